@@ -1,0 +1,70 @@
+"""Engine registry. Each engine is one module, imported only when asked for.
+
+``import mnv3.backends`` imports no engine; ``get_backend(name)`` imports one and says how to
+install it when it is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+
+from mnv3.errors import BackendUnavailable, ModelError, UsageError
+from mnv3.meta import read_meta, sha256_file
+
+# name -> (module, class, pip extra that installs it)
+_BACKENDS = {
+    "onnxruntime": ("mnv3.backends.onnxruntime", "OnnxRuntimeBackend", 'pip install "mnv3"'),
+    "openvino": ("mnv3.backends.openvino", "OpenVinoBackend", 'pip install "mnv3[openvino]"'),
+}
+
+DEFAULT_BACKEND = "onnxruntime"
+
+
+def list_backends(available_only: bool = False) -> list[str]:
+    names = [n for n, (mod, _, _) in _BACKENDS.items() if importlib.util.find_spec(mod)]
+    if not available_only:
+        return names
+    out = []
+    for n in names:
+        try:
+            get_backend(n)
+            out.append(n)
+        except BackendUnavailable:
+            pass
+    return out
+
+
+def get_backend(name: str):
+    """The backend instance for ``name``; BackendUnavailable with an install hint if missing."""
+    if name not in _BACKENDS:
+        raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(_BACKENDS)}")
+    module, cls, hint = _BACKENDS[name]
+    try:
+        mod = importlib.import_module(module)
+        return getattr(mod, cls)()
+    except ImportError as e:
+        raise BackendUnavailable(
+            f"backend {name!r} is not available ({e}); install it with: {hint}"
+        ) from e
+
+
+def load(model_dir: str | os.PathLike, threads: int | None = None, **options):
+    """Load a built model directory; returns a Session with ``predict(x) -> logits``.
+
+    Checks the compiled file against the sha256 in meta.json first, so a corrupted or swapped
+    file is a clear error rather than wrong answers.
+    """
+    model_dir = Path(model_dir)
+    meta = read_meta(model_dir)
+    compiled = model_dir / meta.compiled_file
+    if not compiled.is_file():
+        raise ModelError(f"{model_dir} lacks its compiled file {meta.compiled_file}; rebuild it")
+    if sha256_file(compiled) != meta.compiled_sha256:
+        raise ModelError(
+            f"{compiled} does not match the sha256 recorded in meta.json: the file is corrupt or "
+            "was replaced; rebuild the model with 'mnv3 build'"
+        )
+    return get_backend(meta.backend).open(model_dir, meta, threads=threads, **options)

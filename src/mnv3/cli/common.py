@@ -1,0 +1,60 @@
+"""Small helpers shared by subcommands: parsing lists, writing JSON for machines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mnv3.meta import atomic_write_text
+
+
+def add_parser(sub, name: str, module_doc: str, func) -> argparse.ArgumentParser:
+    """A subparser whose --help is the command module's docstring (first line = summary)."""
+    summary, _, body = (module_doc or "").strip().partition("\n")
+    p = sub.add_parser(
+        name, help=summary, description=(summary + "\n" + body).strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=func)
+    return p
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def str_list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def str2bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("true", "1", "yes", "y"):
+        return True
+    if t in ("false", "0", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def write_json(path: str | Path | None, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` ('-' = stdout); nothing when path is None."""
+    if path is None:
+        return
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(path, text)

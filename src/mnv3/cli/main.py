@@ -1,0 +1,67 @@
+"""``mnv3``: the command line. Each subcommand is one thin module in this package.
+
+A subcommand module defines ``add_parser(subparsers)`` (its docstring is its --help) and
+``run(args) -> int``. User errors (``Mnv3Error``) print one line and exit with their code;
+anything else is our bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from mnv3 import __version__
+from mnv3.errors import Interrupted, Mnv3Error
+
+# The pipeline, in order.
+SUBCOMMANDS = ("export", "build", "infer", "eval", "bench", "run")
+
+EPILOG = """\
+stages:  export -> build -> infer / eval -> bench;  'run' does them all.
+example: mnv3 run                      # the whole pipeline on the bundled demo images
+         mnv3 <command> --help         # each command's flags, with an example
+
+exit codes: 0 ok, 2 usage, 3 data, 4 checkpoint, 5 export, 6 build, 7 model,
+            8 backend unavailable, 130 interrupted; 1 means a bug (please report the traceback).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mnv3",
+        description="Deploy a trained PyTorch MobileNetV3 for fast inference, and prove its "
+        "accuracy and speed.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mnv3 {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for name in SUBCOMMANDS:
+        module_name = f"mnv3.cli.{name}_cmd"
+        if importlib.util.find_spec(module_name) is None:
+            continue  # stage not implemented yet
+        importlib.import_module(module_name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        err = Interrupted("interrupted; nothing partial was left behind")
+        print(f"mnv3: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except Mnv3Error as err:
+        print(f"mnv3 {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""What a built model *is*: ``ModelMeta`` written as ``meta.json`` beside the compiled file.
+
+Preprocessing travels with the model (``PreprocessCfg``) so nothing downstream hard-codes 224 or
+the ImageNet mean: a wrong normalization silently costs many top-1 points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mnv3.errors import ModelError, UsageError
+
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+
+QUANT_MODES = ("force_float32", "force_float16", "qint8_mixed_float16", "qint8_mixed_float32")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_quant_mode(mode: str) -> str:
+    """Canonical quant mode; the seed's ``forced_*`` spellings are accepted too."""
+    canonical = mode.strip().lower().replace("forced_", "force_", 1)
+    if canonical not in QUANT_MODES:
+        raise UsageError(
+            f"unknown quant mode {mode!r}; choose one of {', '.join(QUANT_MODES)} "
+            "(the seed's 'forced_*' spellings are accepted)"
+        )
+    return canonical
+
+
+def model_dir_name(quant_mode: str, shape_mutable: bool, batch_size: int) -> str:
+    """The seed's naming, e.g. ``qint8_mixed_float16_false_8``."""
+    return f"{normalize_quant_mode(quant_mode)}_{str(bool(shape_mutable)).lower()}_{int(batch_size)}"
+
+
+@dataclass(frozen=True)
+class PreprocessCfg:
+    """The one preprocessing recipe: resize short side, center crop, scale to [0,1], normalize.
+
+    ``mean`` and ``std`` are in 0-1 units, per channel in ``channel_order``.
+    """
+
+    resize: int = 256
+    crop: int = 224
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "RGB"
+
+    def __post_init__(self):
+        if self.crop <= 0 or self.resize < self.crop:
+            raise UsageError(
+                f"preprocessing needs 0 < crop <= resize, got resize={self.resize} crop={self.crop}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise UsageError(
+                f"mean and std need 3 values each and std > 0, got mean={self.mean} std={self.std}"
+            )
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise UsageError(
+                f"interpolation {self.interpolation!r} is not one of bilinear, bicubic, nearest"
+            )
+        if self.channel_order not in ("RGB", "BGR"):
+            raise UsageError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
+        # Normalise to tuples of floats so equality and JSON round-trips are exact.
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessCfg:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known})
+
+
+@dataclass
+class ModelMeta:
+    """Everything needed to load and trust a built model without the source code."""
+
+    backend: str
+    backend_version: str
+    quant_mode: str
+    shape_mutable: bool
+    batch_size: int
+    compiled_file: str
+    compiled_sha256: str
+    input_name: str
+    output_name: str
+    input_shape: list  # e.g. ["batch", 3, 224, 224] for mutable, [8, 3, 224, 224] for fixed
+    output_shape: list
+    num_classes: int
+    preprocess: PreprocessCfg = field(default_factory=PreprocessCfg)
+    class_names: list[str] | None = None
+    # op type -> precision it actually runs in, e.g. {"Conv": "int8", "HardSwish": "float16"}
+    op_precisions: dict[str, str] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)  # path, sha256, arch, layout, ...
+    calibration: dict[str, Any] | None = None  # count, method, files_sha256
+    fidelity: dict[str, Any] | None = None  # vs force_float32 on held-out images
+    notes: list[str] = field(default_factory=list)  # honest caveats, e.g. slow fp16 on CPU
+    extra: dict[str, Any] = field(default_factory=dict)  # backend-specific
+    created: str = ""
+    mnv3_version: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def name(self) -> str:
+        return model_dir_name(self.quant_mode, self.shape_mutable, self.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["preprocess"] = PreprocessCfg.from_dict(d.get("preprocess", {}))
+        return cls(**kwargs)
+
+
+def write_meta(meta: ModelMeta, model_dir: str | os.PathLike) -> Path:
+    path = Path(model_dir) / META_FILE
+    path.write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+def read_meta(model_dir: str | os.PathLike) -> ModelMeta:
+    """Read ``meta.json``; a clear ModelError when it is missing, unreadable or too new."""
+    model_dir = Path(model_dir)
+    path = model_dir / META_FILE
+    if not model_dir.is_dir():
+        raise ModelError(f"model directory {model_dir} does not exist; build one with 'mnv3 build'")
+    if not path.is_file():
+        raise ModelError(
+            f"{model_dir} has no {META_FILE}, so it is not a built mnv3 model; "
+            "rebuild it with 'mnv3 build'"
+        )
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path} is not valid JSON ({e}); rebuild the model with 'mnv3 build'") from e
+    if not isinstance(d, dict):
+        raise ModelError(f"{path} does not hold a JSON object; rebuild the model with 'mnv3 build'")
+    version = d.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelError(
+            f"{path} has format_version {version!r} but this mnv3 reads up to {FORMAT_VERSION}; "
+            "upgrade mnv3 (pip install -U mnv3) or rebuild the model with this version"
+        )
+    try:
+        return ModelMeta.from_dict(d)
+    except (TypeError, ValueError, UsageError) as e:
+        raise ModelError(f"{path} is missing fields or has bad values ({e}); rebuild the model") from e
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file so readers see the old content or the new, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
