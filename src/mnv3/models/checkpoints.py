@@ -1,0 +1,233 @@
+"""Load a trained MobileNetV3 from a checkpoint file, safely, and say clearly when it does not fit.
+
+What is accepted (issue 2):
+- ``.pth`` / ``.pth.tar`` / ``.pt`` files holding a raw state dict, or one wrapped under
+  ``state_dict`` / ``model`` (/ ``model_state_dict``), with or without DataParallel's ``module.``
+  prefix;
+- a TorchScript archive (``torch.jit.save``), which becomes an opaque model source
+  (arch and layout ``"torchscript"``).
+
+Safety: pickles are always read with ``torch.load(..., weights_only=True)``, which refuses any
+object that is not a tensor / plain container, so a checkpoint can never execute code.
+
+Detection: layout and arch come from the key names, width multiplier and class count from the
+shapes; loading is strict. A mismatch names the closest known network, the first missing and
+unexpected keys and the shape mismatches, and says which arguments to pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mnv3.errors import CheckpointError
+from mnv3.meta import PreprocessCfg, sha256_file
+from mnv3.models.registry import (ARCHS, LAYOUT_NAMES, DEFAULT_PRESET, build_module, canonical_arch,
+                                  check_layout, count_params, describe, preprocess_preset)
+
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+CLASSIFIER_KEY = {"seed": "classifier.1.weight", "torchvision": "classifier.3.weight"}
+# Widths tried when none is given: multiples of 0.05 and of 0.125 up to 3.0.
+WIDTH_GRID = tuple(sorted({round(k * 0.05, 4) for k in range(1, 61)}
+                          | {round(k * 0.125, 4) for k in range(1, 25)}))
+TORCHSCRIPT = "torchscript"
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for export, and where it came from."""
+
+    module: nn.Module
+    arch: str
+    layout: str
+    width_mult: float | None
+    num_classes: int | None
+    preprocess: PreprocessCfg = field(default_factory=PreprocessCfg)
+    source_path: str = ""
+    source_sha256: str = ""
+
+    @property
+    def num_params(self) -> int:
+        return count_params(self.module)
+
+    def to_dict(self) -> dict:
+        """What ``meta.json``'s ``source`` records about the checkpoint."""
+        return {"path": self.source_path, "sha256": self.source_sha256, "arch": self.arch,
+                "layout": self.layout, "width_mult": self.width_mult,
+                "num_classes": self.num_classes, "num_params": self.num_params}
+
+
+def load_checkpoint(path, arch: str = "auto", layout: str = "auto", width_mult: float | None = None,
+                    num_classes: int | None = None,
+                    preprocess: PreprocessCfg | str | None = None) -> LoadedModel:
+    """Read ``path`` and return the matching network with the weights loaded strictly, in eval mode.
+
+    ``arch``/``layout`` = ``"auto"`` and ``width_mult``/``num_classes`` = None are detected from the
+    checkpoint; pass them to restrict the search (a wrong value is then reported, not ignored).
+    ``preprocess``: a PreprocessCfg or preset name (see ``PREPROCESS_PRESETS``); default ImageNet.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (expected a .pth, .pth.tar or .pt file)")
+    if isinstance(preprocess, str):
+        preprocess = preprocess_preset(preprocess)
+    preprocess = preprocess or preprocess_preset(DEFAULT_PRESET)
+    digest = sha256_file(path)
+    if is_torchscript(path):
+        module = _load_torchscript(path)
+        return LoadedModel(module, TORCHSCRIPT, TORCHSCRIPT, None, _probe_classes(module, path),
+                           preprocess, str(path), digest)
+    state = state_dict_from(read_pickle(path), path)
+    found = match_network(state, path, arch, layout, width_mult, num_classes)
+    lay, ar, wm, nc = found
+    module = build_module(ar, lay, wm, nc)
+    module.load_state_dict(_fill_batch_counters(state, module), strict=True)
+    describe(module.eval(), ar, lay, wm, nc, preprocess)
+    return LoadedModel(module, ar, lay, wm, nc, preprocess, str(path), digest)
+
+
+# ------------------------------------------------------------------------------------ reading
+def is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zips with a ``code/`` folder; state-dict zips have only ``data``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    try:
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as e:  # torch raises RuntimeError subclasses with long C++ traces
+        raise CheckpointError(f"{path} looks like TorchScript but torch.jit.load failed: "
+                              f"{str(e).splitlines()[0]}") from None
+
+
+def _probe_classes(module: nn.Module, path: Path) -> int:
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, 3, 224, 224))
+    except Exception as e:
+        raise CheckpointError(f"TorchScript model {path} does not run on a 1x3x224x224 float "
+                              f"image: {str(e).splitlines()[0]}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise CheckpointError(f"TorchScript model {path} must return [batch, classes] logits")
+    return int(out.shape[1])
+
+
+def read_pickle(path: Path):
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, never code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"refused to load {path}: it pickles objects other than tensors, and mnv3 loads "
+            f"checkpoints with weights_only=True so that a file can never run code ({first}). "
+            "If you trust the file, re-save only the weights: "
+            "torch.save(model.state_dict(), 'weights.pth')") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                              "expected a file written by torch.save") from None
+
+
+def state_dict_from(obj, path: Path) -> dict[str, torch.Tensor]:
+    """Unwrap ``{'state_dict': ...}`` / ``{'model': ...}`` and strip DataParallel's ``module.``."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a state dict "
+                              "(a dict of tensors, optionally under 'state_dict' or 'model')")
+    for key in WRAPPER_KEYS:
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad or not state:
+        raise CheckpointError(
+            f"{path} is not a state dict: {'it is empty' if not state else f'{bad[:3]} are not tensors'}"
+            f" (top-level keys: {list(obj)[:5]}); expected a dict of tensors, optionally wrapped "
+            f"under one of {', '.join(WRAPPER_KEYS)}")
+    return state
+
+
+# ---------------------------------------------------------------------------------- matching
+@functools.lru_cache(maxsize=256)
+def expected_shapes(layout: str, arch: str, width_mult: float, num_classes: int) -> dict:
+    """Key -> shape of a network, built on the meta device (no memory, ~20 ms)."""
+    with torch.device("meta"):
+        module = build_module(arch, layout, width_mult, num_classes)
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def _diff(state: dict, shapes: dict) -> tuple[list, list, list]:
+    """Missing keys, unexpected keys, shape mismatches; BatchNorm batch counters are optional."""
+    missing = [k for k in shapes if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in shapes]
+    wrong = [(k, tuple(state[k].shape), s) for k, s in shapes.items()
+             if k in state and tuple(state[k].shape) != s]
+    return missing, unexpected, wrong
+
+
+def _width_candidates(state: dict, layout: str, arch: str) -> list[float]:
+    """Grid widths near the median ratio of conv widths to their width-1.0 sizes, nearest first."""
+    ref = expected_shapes(layout, arch, 1.0, 1000)
+    ratios = sorted(state[k].shape[0] / s[0] for k, s in ref.items()
+                    if len(s) == 4 and k in state and state[k].dim() == 4)
+    if not ratios:
+        return [1.0]
+    est = ratios[len(ratios) // 2]  # the median ignores fixed-width layers (stem, seed's head)
+    near = [w for w in WIDTH_GRID if abs(w - est) <= 0.15 * est + 0.05]
+    return sorted(near, key=lambda w: (abs(w - est), w % 0.25 != 0)) or [1.0]
+
+
+def match_network(state: dict, path: Path, arch="auto", layout="auto", width_mult=None,
+                  num_classes=None) -> tuple[str, str, float, int]:
+    """(layout, arch, width_mult, num_classes) whose keys and shapes equal the checkpoint's."""
+    layouts = LAYOUT_NAMES if layout in (None, "auto") else (check_layout(layout),)
+    archs = ARCHS if arch in (None, "auto") else (canonical_arch(arch),)
+    tried = []  # (score, layout, arch, width, classes, diff)
+    for lay in layouts:
+        for ar in archs:
+            nc = num_classes or _classes_from(state, lay)
+            widths = [float(width_mult)] if width_mult else _width_candidates(state, lay, ar)
+            for wm in widths:
+                diff = _diff(state, expected_shapes(lay, ar, wm, nc))
+                if not any(diff):
+                    return lay, ar, wm, nc
+                tried.append((sum(map(len, diff)), lay, ar, wm, nc, diff))
+    raise CheckpointError(_mismatch_message(path, min(tried, key=lambda t: t[0]), layouts, archs))
+
+
+def _classes_from(state: dict, layout: str) -> int:
+    w = state.get(CLASSIFIER_KEY[layout])
+    return int(w.shape[0]) if w is not None and w.dim() == 2 else 1000
+
+
+def _mismatch_message(path, best, layouts, archs) -> str:
+    _, lay, ar, wm, nc, (missing, unexpected, wrong) = best
+    parts = [f"{len(missing)} missing keys (first: {', '.join(missing[:3])})" if missing else "",
+             f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})"
+             if unexpected else "",
+             "shape mismatches: " + "; ".join(f"{k} is {list(a)} in the checkpoint, {list(b)} in "
+                                              "the network" for k, a, b in wrong[:3]) if wrong else ""]
+    return (f"{path} does not match any known MobileNetV3 (tried layouts {', '.join(layouts)} x "
+            f"archs {', '.join(archs)}); closest is layout={lay} arch={ar} width_mult={wm:g} "
+            f"num_classes={nc}: " + ", ".join(p for p in parts if p) +
+            ". Pass --arch/--layout/--width-mult/--num-classes (load_checkpoint(arch=..., "
+            "layout=..., width_mult=..., num_classes=...)) to match how it was trained, or re-save "
+            "it with one of these layouts' keys")
+
+
+def _fill_batch_counters(state: dict, module: nn.Module) -> dict:
+    """Old checkpoints may lack BatchNorm's ``num_batches_tracked`` (unused at inference): add them."""
+    own = module.state_dict()
+    extra = {k: torch.zeros_like(own[k]) for k in own
+             if k.endswith("num_batches_tracked") and k not in state}
+    return {**state, **extra} if extra else state
