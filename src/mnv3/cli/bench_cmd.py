@@ -1,0 +1,71 @@
+"""Benchmark a built model: throughput (images/s and queries/s), latency percentiles, cold start.
+
+Feeds one pre-filled input to the engine, exactly one engine call per query (as trtexec,
+benchmark_app and mm_run do), after one timed cold run and --warmup unmeasured runs. The
+measured phase stops after --iterations queries or --duration seconds (whichever comes first
+when both are given; default 1000 iterations).
+
+Throughput is given in images/s (mm_run counts images) and queries/s (trtexec counts a batch as
+one query). Latency is per query, in ms: min, avg, p50, p90, p95, p99, max.
+Percentiles use linear interpolation between closest ranks, numpy.percentile's default
+(method='linear', Hyndman & Fan type 7): the p-th percentile of n sorted latencies v is
+v[k] + f*(v[k+1]-v[k]) with k + f = (n-1)*p/100.
+
+--threads T is the engine's intra-op thread count per request (default: the engine's choice;
+1 when --streams > 1). --streams S runs S concurrent requests, each a thread calling the same
+loaded session (as fast as S sessions with ONNX Runtime here, and it loads once).
+
+examples:
+  mnv3 bench --model data/models/force_float32_false_8
+  mnv3 bench --model data/models/force_float32_true_1 --batch 4 --threads 1 --duration 10
+  mnv3 bench --model data/models/qint8_mixed_float16_false_1 --streams 2 --json bench.json
+"""
+
+from __future__ import annotations
+
+import time
+
+from mnv3.cli.common import add_parser as _add, write_json
+
+
+def add_parser(sub):
+    p = _add(sub, "bench", __doc__, run)
+    p.add_argument("--model", required=True, metavar="DIR", help="a built model directory")
+    p.add_argument("--batch", type=int, default=None, metavar="N",
+                   help="images per query (default: the model's fixed batch, or 1)")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="intra-op threads per request (default: engine's choice)")
+    p.add_argument("--streams", type=int, default=1, metavar="S",
+                   help="concurrent requests (default 1)")
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--iterations", type=int, default=None, metavar="N",
+                      help="measured queries (default 1000)")
+    stop.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                      help="measure for this many seconds instead")
+    p.add_argument("--warmup", type=int, default=10, metavar="N",
+                   help="unmeasured runs per stream after the cold run (default 10)")
+    p.add_argument("--json", default=None, metavar="F", help="also write the result as JSON "
+                   "('-' = stdout)")
+    return p
+
+
+def run(args) -> int:
+    from mnv3.backends import load
+    from mnv3.bench import benchmark
+    from mnv3.errors import UsageError
+    from mnv3.report import format_bench
+
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    threads = args.threads if args.threads is not None else (1 if args.streams > 1 else None)
+    t0 = time.perf_counter()
+    session = load(args.model, threads=threads)
+    load_s = time.perf_counter() - t0
+    with session:
+        result = benchmark(session, batch=args.batch, threads=threads, streams=args.streams,
+                           iterations=args.iterations, duration=args.duration,
+                           warmup=args.warmup, load_time_s=load_s)
+    if args.json != "-":
+        print(format_bench(result))
+    write_json(args.json, result.to_dict())
+    return 0

@@ -1,0 +1,247 @@
+"""What a run proved, for people and machines: Markdown tables, report.json, report.png.
+
+``RunReport`` is what ``mnv3.pipeline.run_all`` returns. It renders the seed's two tables
+(performance, accuracy) plus a baselines table where every mnv3 speed figure gets its ratio
+against PyTorch eager fp32 and a plain ONNX Runtime session, both measured in the same run on
+the same input and threads. ``write_report`` writes report.md, report.json and report.png into
+the output folder, each atomically (a reader never sees half a file).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from mnv3.bench import BenchResult
+from mnv3.meta import atomic_write_text
+
+SCHEMA = "mnv3.run/1"
+BASELINE_TORCH = "pytorch-eager-fp32"
+BASELINE_ORT = "onnxruntime-plain-fp32"
+BASELINE_TITLES = {BASELINE_TORCH: "PyTorch eager fp32", BASELINE_ORT: "ORT plain fp32"}
+
+
+@dataclass
+class ModelRow:
+    """One built model (quant mode x shape mutability x batch) and what it measured."""
+
+    name: str  # the seed's QuantMode_ShapeMutable_BatchSize, e.g. force_float32_false_8
+    quant_mode: str
+    shape_mutable: bool
+    batch: int
+    model_dir: str
+    reused: bool = False  # True: an existing build whose meta.json matched was used
+    build_s: float | None = None
+    accuracy: dict[str, Any] | None = None  # top1, top5, agreement, images (fractions 0..1)
+    bench: BenchResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BaselineRow:
+    name: str  # BASELINE_TORCH or BASELINE_ORT
+    batch: int
+    bench: BenchResult
+
+
+@dataclass
+class RunReport:
+    model: str  # e.g. 'mobilenetv3-small (seed layout, width 1.0)'
+    untrained: bool  # True: random init, top-1/top-5 mean nothing
+    device: str
+    rows: list[ModelRow] = field(default_factory=list)
+    baselines: list[BaselineRow] = field(default_factory=list)
+    weights: str | None = None
+    dataset: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    system: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    schema: str = SCHEMA
+
+    def baseline(self, name: str, batch: int) -> BenchResult | None:
+        return next((b.bench for b in self.baselines if b.name == name and b.batch == batch), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for row, src in zip(d["rows"], self.rows):
+            row["bench"] = src.bench.to_dict() if src.bench else None
+        for row, src in zip(d["baselines"], self.baselines):
+            row["bench"] = src.bench.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunReport:
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"not a {SCHEMA} report (schema={d.get('schema')!r})")
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["rows"] = [ModelRow(**{**r, "bench": r["bench"] and BenchResult.from_dict(r["bench"])})
+                      for r in d.get("rows", [])]
+        kw["baselines"] = [BaselineRow(**{**b, "bench": BenchResult.from_dict(b["bench"])})
+                           for b in d.get("baselines", [])]
+        return cls(**kw)
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _f(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def performance_table(rep: RunReport) -> str:
+    header = ["Model", "QuantMode_ShapeMutable_BatchSize", "Throughput (images/s)",
+              "Latency Avg (ms)", "95% (ms)", "99% (ms)", "device"]
+    rows = []
+    for r in rep.rows:
+        b = r.bench
+        rows.append([rep.model, r.name, _f(b and b.throughput_ips, 1),
+                     _f(b and b.latency_ms.avg, 3), _f(b and b.latency_ms.p95, 3),
+                     _f(b and b.latency_ms.p99, 3), rep.device])
+    return _table(header, rows)
+
+
+def accuracy_table(rep: RunReport) -> str:
+    header = ["Model", "QuantMode_ShapeMutable_BatchSize", "top1", "top5",
+              "agreement with fp32", "device"]
+    mark = " (untrained)" if rep.untrained else ""
+    rows = []
+    for r in rep.rows:
+        a = r.accuracy or {}
+        rows.append([rep.model, r.name, _pct(a.get("top1")) + mark, _pct(a.get("top5")) + mark,
+                     _pct(a.get("agreement")), rep.device])
+    return _table(header, rows)
+
+
+def baselines_table(rep: RunReport) -> str:
+    """mnv3 images/s beside both baselines at the same batch, with the ratios."""
+    header = ["QuantMode_ShapeMutable_BatchSize", "mnv3 (images/s)"]
+    for name in (BASELINE_TORCH, BASELINE_ORT):
+        header += [f"{BASELINE_TITLES[name]} (images/s)", f"x vs {BASELINE_TITLES[name]}"]
+    rows = []
+    for r in rep.rows:
+        ours = r.bench.throughput_ips if r.bench else None
+        cells = [r.name, _f(ours, 1)]
+        for name in (BASELINE_TORCH, BASELINE_ORT):
+            base = rep.baseline(name, r.batch)
+            ratio = ours / base.throughput_ips if ours and base else None
+            cells += [_f(base and base.throughput_ips, 1), _f(ratio, 2) + ("x" if ratio else "")]
+        rows.append(cells)
+    return _table(header, rows)
+
+
+def untrained_warning(rep: RunReport) -> str:
+    return ("**UNTRAINED MODEL**: no --weights given, so the network has a deterministic random "
+            "initialization (seed 0). Its top-1/top-5 are meaningless and marked (untrained); "
+            "agreement with fp32 and all speed figures are still real.")
+
+
+def markdown(rep: RunReport) -> str:
+    """The whole report.md."""
+    b0 = next((r.bench for r in rep.rows if r.bench), None)
+    parts = [f"# mnv3 run: {rep.model}", ""]
+    if rep.untrained:
+        parts += ["> " + untrained_warning(rep), ""]
+    ds = rep.dataset
+    parts += [
+        f"- weights: {rep.weights or 'none (random init, seed 0)'}",
+        f"- dataset: {ds.get('image_dir', '?')} ({ds.get('images', '?')} images"
+        f"{', bundled demo set' if ds.get('demo') else ''})",
+        f"- backend: {rep.config.get('backend', '?')}"
+        f"{f' {b0.backend_version}' if b0 else ''}, threads {rep.config.get('threads')}, "
+        f"streams 1",
+        f"- device: {rep.device}; {_machine(rep.system)}",
+        "",
+        "## Performance", "", performance_table(rep), "",
+        "## Accuracy", "", accuracy_table(rep), "",
+        "agreement with fp32: share of images whose top-1 equals PyTorch eager fp32's top-1 "
+        "on the same preprocessed input.", "",
+        "## Against baselines (same run, same input, same threads)", "", baselines_table(rep), "",
+    ]
+    if b0:
+        parts += [f"Latency is per query (one engine call of `batch` images). Percentiles: "
+                  f"{b0.percentile_definition}. Each figure pools "
+                  f"{rep.config.get('rounds', 1)} round(s) interleaved with the other "
+                  "configurations of the same batch.", ""]
+    if rep.notes:
+        parts += ["## Notes", ""] + [f"- {n}" for n in rep.notes] + [""]
+    if rep.timings:
+        parts += ["## Time", ""] + [f"- {k}: {v:.1f} s" for k, v in rep.timings.items()] + [""]
+    return "\n".join(parts)
+
+
+def _machine(system: dict[str, Any]) -> str:
+    if not system:
+        return "machine unknown"
+    c = system.get("cores", {})
+    v = system.get("versions", {})
+    feats = " ".join(system.get("cpu_features", []))
+    return (f"{system.get('cpu_model')} ({c.get('physical')} cores, {c.get('usable')} usable; "
+            f"{feats}); " + ", ".join(f"{k} {v[k]}" for k in sorted(v)))
+
+
+def format_bench(r: BenchResult) -> str:
+    """The human block `mnv3 bench` prints."""
+    c = r.system.get("cores", {})
+    lat = r.latency_ms
+    rows = [
+        ("model", f"{r.model} ({r.backend} {r.backend_version}, {r.quant_mode}, "
+                  f"{'shape-mutable' if r.shape_mutable else 'fixed batch'})"),
+        ("configuration", f"batch {r.batch}, threads {r.threads or 'engine default'}, "
+                          f"streams {r.streams}, warm-up {r.warmup}, stop at {r.stop}"),
+        ("machine", f"{r.system.get('cpu_model', '?')}, {c.get('physical')} cores "
+                    f"({c.get('usable')} usable); {' '.join(r.system.get('cpu_features', []))}"),
+        ("load", f"{_f(r.load_time_ms, 1)} ms"),
+        ("first run", f"{_f(r.first_run_ms, 3)} ms (cold, not in the statistics)"),
+        ("measured", f"{r.iterations} queries in {r.duration_s:.3f} s"),
+        ("throughput", f"{r.throughput_ips:.1f} images/s   {r.throughput_qps:.1f} queries/s "
+                       f"(1 query = {r.batch} image{'s' if r.batch > 1 else ''})"),
+        ("latency (ms)", "  ".join(f"{k} {getattr(lat, k):.3f}" for k in
+                                   ("min", "avg", "p50", "p90", "p95", "p99", "max"))),
+    ]
+    text = "\n".join(f"  {k:<14}{v}" for k, v in rows)
+    notes = "".join(f"\n  note: {n}" for n in r.notes)
+    return (f"mnv3 bench\n{text}{notes}\n  percentiles: {r.percentile_definition}")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def write_report(rep: RunReport, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write report.md, report.json and report.png into ``out_dir``, each atomically."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
+    atomic_write_text(paths["md"], markdown(rep))
+    atomic_write_text(paths["json"], json.dumps(rep.to_dict(), indent=2, default=str) + "\n")
+    _atomic_png(rep, paths["png"])
+    return paths
+
+
+def _atomic_png(rep: RunReport, path: Path) -> None:
+    from mnv3.report_plot import plot_report  # matplotlib is imported only here
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        plot_report(rep, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

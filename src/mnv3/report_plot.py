@@ -1,0 +1,102 @@
+"""report.png: throughput by quant mode and batch (with the baselines), accuracy by quant mode.
+
+Kept apart from ``mnv3.report`` so matplotlib (slow to import) loads only when a plot is drawn;
+the Agg backend needs no display.
+"""
+
+from __future__ import annotations
+
+from mnv3.report import BASELINE_ORT, BASELINE_TITLES, BASELINE_TORCH, RunReport
+
+MODE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+BASELINE_COLORS = {BASELINE_TORCH: "#7f7f7f", BASELINE_ORT: "#bcbcbc"}
+
+
+def plot_report(rep: RunReport, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_a) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
+    _throughput(ax_t, rep)
+    _accuracy(ax_a, rep)
+    title = f"mnv3 run: {rep.model} on {rep.device}"
+    if rep.untrained:
+        title += "  (UNTRAINED: random init, seed 0)"
+    fig.suptitle(title, fontsize=12, color="#b00020" if rep.untrained else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _modes(rep: RunReport) -> list[str]:
+    return list(dict.fromkeys(r.quant_mode for r in rep.rows))
+
+
+def _throughput(ax, rep: RunReport) -> None:
+    """Grouped bars: one group per batch size; mnv3 modes, then the two baselines (grey)."""
+    batches = sorted({r.batch for r in rep.rows})
+    series = [(m, MODE_COLORS[i % len(MODE_COLORS)], lambda b, m=m: _ips(rep, m, b))
+              for i, m in enumerate(_modes(rep))]
+    series += [(BASELINE_TITLES[n], BASELINE_COLORS[n],
+                lambda b, n=n: (rep.baseline(n, b).throughput_ips if rep.baseline(n, b) else 0))
+               for n in (BASELINE_TORCH, BASELINE_ORT) if any(x.name == n for x in rep.baselines)]
+    width = 0.8 / max(len(series), 1)
+    for i, (label, color, value) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(batches))]
+        vals = [value(b) for b in batches]
+        bars = ax.bar(xs, vals, width, label=label, color=color)
+        ax.bar_label(bars, labels=[f"{v:.0f}" if v else "" for v in vals], fontsize=7,
+                     rotation=90, padding=2)
+    ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+    ax.set_ylabel("throughput (images/s, higher is better)")
+    ax.set_title(f"Throughput by quant mode and batch ({_threads(rep)})", fontsize=10)
+    ax.margins(y=0.18)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _ips(rep: RunReport, mode: str, batch: int) -> float:
+    row = next((r for r in rep.rows if r.quant_mode == mode and r.batch == batch), None)
+    return row.bench.throughput_ips if row and row.bench else 0.0
+
+
+def _wrap(mode: str) -> str:
+    """qint8_mixed_float16 -> two lines, so long mode names do not collide."""
+    head, _, tail = mode.rpartition("_")
+    return f"{head}_\n{tail}" if len(mode) > 14 else mode
+
+
+def _threads(rep: RunReport) -> str:
+    t = rep.config.get("threads")
+    return f"{t} thread{'s' if t != 1 else ''}" if t else "engine default threads"
+
+
+def _accuracy(ax, rep: RunReport) -> None:
+    """Per mode (smallest batch; accuracy does not depend on batch): top-1, top-5, agreement."""
+    modes = _modes(rep)
+    metrics = [("agreement", "top-1 agreement with fp32", "#2ca02c")]
+    if not rep.untrained:
+        metrics = [("top1", "top-1", "#1f77b4"), ("top5", "top-5", "#9ecae1")] + metrics
+    width = 0.8 / len(metrics)
+    for i, (key, label, color) in enumerate(metrics):
+        vals = []
+        for m in modes:
+            rows = sorted((r for r in rep.rows if r.quant_mode == m and r.accuracy),
+                          key=lambda r: r.batch)
+            v = rows[0].accuracy.get(key) if rows else None
+            vals.append(100 * v if v is not None else 0.0)
+        xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(modes))]
+        bars = ax.bar(xs, vals, width, label=label, color=color)
+        ax.bar_label(bars, labels=[f"{v:.1f}" for v in vals], fontsize=7, padding=2)
+    ax.set_xticks(range(len(modes)), [_wrap(m) for m in modes], fontsize=8)
+    ax.set_ylim(0, 125)  # headroom for the legend above 100%
+    ax.set_ylabel("% of images")
+    n = rep.dataset.get("images", "?")
+    title = f"Accuracy by quant mode ({n} images)"
+    if rep.untrained:
+        title += "\nuntrained: top-1/top-5 not shown"
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
+    ax.grid(axis="y", alpha=0.3)

@@ -1,0 +1,114 @@
+"""What machine and software a figure was measured on: CPU model, core counts, engine versions.
+
+Every speed figure mnv3 prints carries this, because a throughput without its CPU, thread count
+and engine version cannot be compared with anything. Reading it is cheap and imports no engine
+(versions come from the installed package metadata, not from importing torch or onnxruntime).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+# Distribution names whose versions matter for a speed figure (pip name -> label).
+ENGINES = {
+    "onnxruntime": "onnxruntime",
+    "onnxruntime-gpu": "onnxruntime-gpu",
+    "openvino": "openvino",
+    "torch": "torch",
+    "onnx": "onnx",
+    "numpy": "numpy",
+}
+
+# CPU features that decide which kernels the engines pick (fp32 FMA, bf16, int8 dot products).
+FEATURE_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
+def _cpuinfo(path: str = "/proc/cpuinfo") -> list[dict[str, str]]:
+    """/proc/cpuinfo as one dict per logical CPU ([] where there is no such file)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    cpus, cur = [], {}
+    for line in text.splitlines():
+        if not line.strip():
+            if cur:
+                cpus.append(cur)
+            cur = {}
+            continue
+        key, _, value = line.partition(":")
+        cur[key.strip()] = value.strip()
+    if cur:
+        cpus.append(cur)
+    return cpus
+
+
+def cpu_model(cpuinfo: list[dict[str, str]] | None = None) -> str:
+    """The CPU's marketing name, e.g. 'AMD EPYC' (falls back to platform.processor())."""
+    cpus = _cpuinfo() if cpuinfo is None else cpuinfo
+    for cpu in cpus:
+        if cpu.get("model name"):
+            return cpu["model name"]
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def core_counts(cpuinfo: list[dict[str, str]] | None = None) -> dict[str, int | None]:
+    """Logical CPUs, physical cores (None if unknown) and the CPUs this process may run on."""
+    cpus = _cpuinfo() if cpuinfo is None else cpuinfo
+    physical = {(c.get("physical id"), c.get("core id")) for c in cpus if "core id" in c}
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        usable = os.cpu_count()
+    return {
+        "logical": os.cpu_count(),
+        "physical": len(physical) or None,
+        "usable": usable,
+    }
+
+
+def cpu_features(cpuinfo: list[dict[str, str]] | None = None) -> list[str]:
+    cpus = _cpuinfo() if cpuinfo is None else cpuinfo
+    flags = set(cpus[0].get("flags", "").split()) if cpus else set()
+    return [f for f in FEATURE_FLAGS if f in flags]
+
+
+def engine_versions() -> dict[str, str]:
+    """Installed versions of the engines and numeric libraries (absent ones are left out)."""
+    out = {"python": platform.python_version()}
+    for dist, label in ENGINES.items():
+        try:
+            out[label] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        out["mnv3"] = metadata.version("mnv3")
+    except metadata.PackageNotFoundError:
+        from mnv3 import __version__
+
+        out["mnv3"] = __version__
+    return out
+
+
+@lru_cache(maxsize=1)
+def system_info() -> dict:
+    """Everything above in one JSON-able dict (cached: it does not change within a process)."""
+    cpus = _cpuinfo()
+    return {
+        "cpu_model": cpu_model(cpus),
+        "cores": core_counts(cpus),
+        "cpu_features": cpu_features(cpus),
+        "os": f"{platform.system()} {platform.release()}",
+        "versions": engine_versions(),
+    }
+
+
+def device_label(info: dict | None = None) -> str:
+    """A short 'device' column for report tables, e.g. 'CPU AMD EPYC x2'."""
+    info = info or system_info()
+    n = info["cores"].get("usable") or info["cores"].get("logical")
+    return f"CPU {info['cpu_model']} x{n}"

@@ -1,0 +1,155 @@
+"""bench: the JSON schema, the percentile definition, stop rules, streams, fixed-batch refusal."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from mnv3.backends.base import Session
+from mnv3.bench import (
+    PERCENTILES,
+    BenchResult,
+    LatencyStats,
+    benchmark,
+    merge_results,
+    percentile,
+)
+from mnv3.errors import ModelError, UsageError
+from mnv3.meta import ModelMeta
+
+
+def fake_meta(batch=4, mutable=False, size=8, classes=5) -> ModelMeta:
+    shape = ["batch" if mutable else batch, 3, size, size]
+    return ModelMeta(
+        backend="onnxruntime", backend_version="0.0", quant_mode="force_float32",
+        shape_mutable=mutable, batch_size=batch, compiled_file="model.onnx",
+        compiled_sha256="0" * 64, input_name="input", output_name="logits",
+        input_shape=shape, output_shape=[shape[0], classes], num_classes=classes,
+    )
+
+
+class FakeSession(Session):
+    """A numpy 'engine' that sleeps a little so latencies are measurable."""
+
+    def __init__(self, meta, delay=0.0005):
+        super().__init__(meta)
+        self.delay = delay
+        self.calls = []
+
+    def _run(self, batch):
+        self.calls.append(batch.shape[0])
+        time.sleep(self.delay)
+        return np.zeros((batch.shape[0], self.meta.num_classes), np.float32)
+
+
+def test_percentile_matches_numpy_linear_on_synthetic_latencies():
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 3, 7, 100, 1001):
+        lat = rng.lognormal(mean=0.0, sigma=0.5, size=n)
+        s = sorted(lat)
+        for p in (0, 1, 25, 50, 90, 95, 99, 99.9, 100):
+            assert percentile(s, p) == pytest.approx(np.percentile(lat, p, method="linear"),
+                                                     rel=1e-12)
+
+
+def test_latency_stats_match_numpy():
+    rng = np.random.default_rng(2)
+    secs = list(rng.uniform(0.001, 0.004, size=257))
+    st = LatencyStats.from_seconds(secs)
+    ms = np.array(secs) * 1e3
+    assert st.min == pytest.approx(ms.min())
+    assert st.max == pytest.approx(ms.max())
+    assert st.avg == pytest.approx(ms.mean())
+    for p in PERCENTILES:
+        assert getattr(st, f"p{p}") == pytest.approx(np.percentile(ms, p))
+
+
+def test_iterations_stop_and_counts():
+    sess = FakeSession(fake_meta(batch=4))
+    r = benchmark(sess, iterations=20, warmup=3, load_time_s=0.25)
+    assert r.iterations == 20 and r.batch == 4
+    assert len(sess.calls) == 1 + 3 + 20  # first (cold) run, warm-up, measured
+    assert r.first_run_ms is not None and r.load_time_ms == pytest.approx(250.0)
+    assert r.throughput_ips == pytest.approx(4 * r.throughput_qps)
+    assert r.throughput_qps == pytest.approx(20 / r.duration_s)
+    st = r.latency_ms
+    assert 0.5 <= st.min <= st.p50 <= st.p90 <= st.p95 <= st.p99 <= st.max
+    assert st.avg * 20 / 1e3 <= r.duration_s  # the loop adds only time, never removes it
+    assert r.system["cpu_model"] and r.system["cores"]["logical"] >= 1
+    assert "linear" in r.percentile_definition
+
+
+def test_duration_stop():
+    sess = FakeSession(fake_meta(batch=1, mutable=True), delay=0.001)
+    r = benchmark(sess, duration=0.1, warmup=0)
+    assert 0.1 <= r.duration_s < 0.5
+    assert 10 <= r.iterations <= 110
+
+
+def test_iterations_and_duration_whichever_first():
+    sess = FakeSession(fake_meta(batch=1, mutable=True), delay=0.001)
+    assert benchmark(sess, iterations=5, duration=10, warmup=0).iterations == 5
+    assert benchmark(sess, iterations=100000, duration=0.05, warmup=0).iterations < 100000
+
+
+def test_streams_share_the_work():
+    sess = FakeSession(fake_meta(batch=2), delay=0.002)
+    r = benchmark(sess, streams=3, iterations=31, warmup=2, first_run=False)
+    assert r.streams == 3 and r.iterations == 31
+    assert len(sess.calls) == 3 * 2 + 31
+    # sleep releases the GIL, so 3 streams overlap: wall well under 31 serial queries
+    assert r.duration_s < 31 * 0.002 * 0.8
+
+
+def test_mutable_model_takes_any_batch():
+    sess = FakeSession(fake_meta(mutable=True))
+    assert benchmark(sess, batch=6, iterations=2, warmup=0).batch == 6
+    assert set(sess.calls) == {6}
+    assert benchmark(sess, iterations=2, warmup=0).batch == 1  # default for mutable models
+
+
+def test_fixed_batch_model_refuses_another_batch():
+    sess = FakeSession(fake_meta(batch=4))
+    with pytest.raises(ModelError, match="fixed batch of 4"):
+        benchmark(sess, batch=8, iterations=2)
+    assert sess.calls == []  # refused before any engine call
+
+
+@pytest.mark.parametrize("kwargs", [dict(iterations=0), dict(duration=0), dict(streams=0),
+                                    dict(warmup=-1), dict(batch=0),
+                                    dict(iterations=2, streams=3)])
+def test_bad_arguments_are_usage_errors(kwargs):
+    with pytest.raises(UsageError):
+        benchmark(FakeSession(fake_meta(mutable=True)), **kwargs)
+
+
+def test_json_round_trip_schema():
+    r = benchmark(FakeSession(fake_meta(batch=2)), iterations=5, warmup=1, threads=1,
+                  load_time_s=0.01)
+    d = json.loads(json.dumps(r.to_dict()))
+    expected = {"model", "backend", "backend_version", "quant_mode", "shape_mutable", "batch",
+                "threads", "streams", "warmup", "iterations", "duration_s", "stop",
+                "throughput_ips", "throughput_qps", "latency_ms", "load_time_ms",
+                "first_run_ms", "percentile_definition", "system", "notes", "schema"}
+    assert set(d) == expected
+    assert set(d["latency_ms"]) == {"min", "avg", "p50", "p90", "p95", "p99", "max"}
+    assert d["schema"] == "mnv3.bench/1" and d["threads"] == 1
+    back = BenchResult.from_dict(d)
+    assert back == r
+    assert back.to_dict() == d
+    with pytest.raises(ValueError, match="schema"):
+        BenchResult.from_dict({**d, "schema": "other"})
+
+
+def test_merge_rounds_pools_latencies():
+    sess = FakeSession(fake_meta(batch=2))
+    a = benchmark(sess, iterations=4, warmup=0)
+    b = benchmark(sess, iterations=6, warmup=0, first_run=False)
+    m = merge_results([a, b])
+    assert m.iterations == 10 and m.duration_s == pytest.approx(a.duration_s + b.duration_s)
+    assert m.throughput_ips == pytest.approx(20 / m.duration_s)
+    assert m.latency_ms.max == max(a.latency_ms.max, b.latency_ms.max)
+    assert m.first_run_ms == a.first_run_ms
