@@ -6,6 +6,7 @@ Resize(short side, bilinear, antialiased as PIL does) -> CenterCrop -> ToTensor 
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -24,19 +25,31 @@ _RESAMPLE = {
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file to RGB; DataError naming the file when it cannot be decoded."""
+    """Decode an image file to RGB; DataError naming the file when it cannot be decoded.
+
+    Any exception while *decoding* is the file's fault (Pillow's plugins raise struct.error,
+    IndexError, EOFError ... on malformed files), so all of them become DataError: a corrupt
+    image must never kill a run half-way through. Converting the decoded pixels is our code and
+    stays outside that net.
+    """
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
-                return to_rgb(img)
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except IsADirectoryError:
+        raise DataError(f"image {path} is a folder, not an image file") from None
+    except MemoryError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
         raise DataError(f"cannot decode image {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - see docstring
+        raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
+    return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -69,22 +82,56 @@ def resize_and_crop(img: Image.Image, cfg: PreprocessCfg) -> Image.Image:
     return img.crop((left, top, left + cfg.crop, top + cfg.crop))
 
 
-def normalize(img: Image.Image, cfg: PreprocessCfg) -> np.ndarray:
-    """RGB uint8 HWC -> float32 CHW in [0,1] -> (x - mean) / std, channel order per cfg."""
-    arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
-    if cfg.channel_order == "BGR":
-        arr = arr[..., ::-1]
-    mean = np.asarray(cfg.mean, dtype=np.float32)
-    std = np.asarray(cfg.std, dtype=np.float32)
-    return np.ascontiguousarray(((arr - mean) / std).transpose(2, 0, 1))
+def normalize(img: Image.Image, cfg: PreprocessCfg, out: np.ndarray | None = None) -> np.ndarray:
+    """RGB uint8 HWC -> float32 CHW: ``(x / 255 - mean) / std``, channel order per cfg.
+
+    A uint8 pixel has only 256 values, so each channel goes through a 256-entry table computed
+    with exactly the float32 operations of torchvision's ToTensor + Normalize (divide by 255,
+    subtract mean, divide by std): bit-identical to doing the arithmetic per pixel, and about
+    3x faster (one gather instead of four passes over the image). ``out`` ([3, H, W] float32,
+    e.g. a slot of a batch array) avoids a copy.
+    """
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"normalize expects an RGB image, got array shape {arr.shape}")
+    if out is None:
+        out = np.empty((3, arr.shape[0], arr.shape[1]), dtype=np.float32)
+    table = _lookup_table(cfg.mean, cfg.std)
+    for c in range(3):
+        src = 2 - c if cfg.channel_order == "BGR" else c
+        # mode='clip' lets numpy write straight into out (uint8 indices are always in range)
+        np.take(table[c], arr[:, :, src], out=out[c], mode="clip")
+    return out
 
 
-def preprocess_image(image: str | os.PathLike | Image.Image, cfg: PreprocessCfg) -> np.ndarray:
-    """One image (path or PIL) -> float32 [3, crop, crop], exactly as the reference pipeline."""
+@functools.lru_cache(maxsize=16)
+def _lookup_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """[3, 256] float32: value v of channel c -> (float32(v) / 255 - mean[c]) / std[c]."""
+    x = np.arange(256, dtype=np.float32) / np.float32(255.0)
+    m = np.asarray(mean, dtype=np.float32)[:, None]
+    s = np.asarray(std, dtype=np.float32)[:, None]
+    table = (x[None, :] - m) / s
+    table.setflags(write=False)
+    return table
+
+
+def preprocess_image(image: str | os.PathLike | Image.Image, cfg: PreprocessCfg,
+                     out: np.ndarray | None = None) -> np.ndarray:
+    """One image (path or PIL) -> float32 [3, crop, crop], exactly as the reference pipeline.
+
+    ``out`` (float32 [3, crop, crop], e.g. ``batch[i]``) receives the result without a copy.
+    """
     img = to_rgb(image) if isinstance(image, Image.Image) else load_image(image)
-    return normalize(resize_and_crop(img, cfg), cfg)
+    return normalize(resize_and_crop(img, cfg), cfg, out=out)
 
 
 def preprocess_batch(images, cfg: PreprocessCfg) -> np.ndarray:
-    """Several images -> float32 [N, 3, crop, crop]."""
-    return np.stack([preprocess_image(im, cfg) for im in images]).astype(np.float32, copy=False)
+    """Several images (paths or PIL) -> float32 [N, 3, crop, crop], decoded one after another.
+
+    For many files use ``mnv3.data.loader.iter_batches`` (threads, bounded prefetch).
+    """
+    images = list(images)
+    batch = np.empty((len(images), 3, cfg.crop, cfg.crop), dtype=np.float32)
+    for i, im in enumerate(images):
+        preprocess_image(im, cfg, out=batch[i])
+    return batch

@@ -1,0 +1,236 @@
+"""Datasets: an image folder (plus labels) -> a sorted list of ``Sample(path, label)``.
+
+Four layouts, chosen by what is given (``load_dataset``):
+
+* a folder plus a label file of ``filename class_index`` lines (the seed's format);
+* a folder plus a label file of ``filename wnid`` lines, mapped through a synsets file
+  (``wnid readable name`` per line, line N = class index N);
+* an ImageFolder tree (one sub-folder per class; class index = the folder's line in the synsets
+  file when one is given, else its rank among the sorted folder names, as torchvision does);
+* an unlabeled folder (predict only: ``label`` is None).
+
+Every problem is a ``DataError`` that names the file (and line) and says what to do. File names
+from a label file must stay inside the image folder: ``../../etc/passwd`` is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
+
+from mnv3.errors import DataError
+
+# Looked for case-insensitively; listed in the "no images found" error.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+_WNID = re.compile(r"^n\d{8}$")
+
+
+class Sample(NamedTuple):
+    """One image: its path and its class index (None when unlabeled). Unpacks as (path, label)."""
+
+    path: Path
+    label: int | None = None
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def demo_dir() -> Path:
+    """The bundled demo folder inside the package: ``images/``, ``labels.txt``, ``synsets.txt``."""
+    return Path(__file__).resolve().parent / "demo"
+
+
+def demo_dataset() -> list[Sample]:
+    """The bundled demo images (28 real ImageNet photos) with their labels."""
+    d = demo_dir()
+    return load_dataset(d / "images", d / "labels.txt", d / "synsets.txt")
+
+
+def load_synsets(synsets_file: str | os.PathLike) -> list[tuple[str, str]]:
+    """``[(wnid, name), ...]`` in class-index order from a synsets file.
+
+    A line is ``wnid readable name`` (``n01440764 tench``); a line whose first word is not a
+    wnid is taken as a bare class name (``tench``) and gets an empty wnid.
+    """
+    path = Path(synsets_file)
+    lines = _read_lines(path, "synsets file")
+    while lines and not lines[-1].strip():
+        lines.pop()  # trailing blank lines are harmless
+    out, seen = [], {}
+    for lineno, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text:
+            raise DataError(
+                f"{path}:{lineno}: blank line in a synsets file; line N must be class N, "
+                "so remove the blank line"
+            )
+        first, _, rest = text.partition(" ")
+        if _WNID.match(first):
+            wnid, name = first, rest.strip() or first
+            if wnid in seen:
+                raise DataError(f"{path}:{lineno}: wnid {wnid} already appears on line {seen[wnid]}")
+            seen[wnid] = lineno
+        else:
+            wnid, name = "", text
+        out.append((wnid, name))
+    if not out:
+        raise DataError(f"synsets file {path} is empty; expected one 'wnid name' line per class")
+    return out
+
+
+def load_class_names(synsets_file: str | os.PathLike) -> list[str]:
+    """Readable class names in class-index order (``['tench', 'goldfish', ...]``)."""
+    return [name for _, name in load_synsets(synsets_file)]
+
+
+def load_dataset(image_dir: str | os.PathLike, label_file: str | os.PathLike | None = None,
+                 synsets_file: str | os.PathLike | None = None, *,
+                 num_classes: int | None = None) -> list[Sample]:
+    """The images under ``image_dir`` with their labels, sorted by path.
+
+    ``num_classes`` (or the synsets file's length) bounds class indices; pass the model's
+    number of classes to catch labels it can never predict.
+    """
+    root = Path(image_dir)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a folder")
+    synsets = load_synsets(synsets_file) if synsets_file is not None else None
+    if num_classes is None and synsets is not None:
+        num_classes = len(synsets)
+    images = _find_images(root)
+    if label_file is not None:
+        samples = _from_label_file(root, images, Path(label_file), synsets, num_classes)
+    elif images and all(len(rel.parts) == 1 for rel in images):
+        samples = [Sample(root / rel, None) for rel in images]
+    else:
+        samples = _from_image_folder(root, images, synsets, num_classes)
+    return sorted(samples, key=lambda s: str(s.path))
+
+
+def _find_images(root: Path) -> list[PurePosixPath]:
+    """Image files under ``root`` (recursively, skipping hidden entries), relative and sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        base = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
+        found.extend(base / f for f in filenames if is_image_file(Path(f)))
+    if not found:
+        raise DataError(
+            f"no images found in {root}; looked for files ending in "
+            f"{', '.join(IMAGE_EXTENSIONS)} (any case)"
+        )
+    return sorted(found)
+
+
+def _from_label_file(root: Path, images: list[PurePosixPath], label_file: Path,
+                     synsets: list[tuple[str, str]] | None,
+                     num_classes: int | None) -> list[Sample]:
+    wnid_index = {w: i for i, (w, _) in enumerate(synsets or []) if w}
+    on_disk = set(images)
+    labels: dict[PurePosixPath, tuple[int, int]] = {}  # name -> (label, line number)
+    for lineno, line in enumerate(_read_lines(label_file, "label file"), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        where = f"{label_file}:{lineno}"
+        parts = text.rsplit(None, 1)  # the file name may contain spaces, the label may not
+        if len(parts) != 2:
+            raise DataError(f"{where}: cannot parse {text!r}; expected 'filename class_index' "
+                            "or 'filename wnid'")
+        name = _safe_name(parts[0], where)
+        label = _parse_label(parts[1], where, wnid_index, synsets is not None, num_classes)
+        if name in labels:
+            raise DataError(f"{where}: {name} is already labelled on line {labels[name][1]}")
+        if name not in on_disk:
+            raise DataError(f"{where}: label for {name} but there is no such image in {root}")
+        labels[name] = (label, lineno)
+    unlabeled = [rel for rel in images if rel not in labels]
+    if unlabeled:
+        more = f" and {len(unlabeled) - 1} more" if len(unlabeled) > 1 else ""
+        raise DataError(
+            f"image {root / unlabeled[0]}{more} has no label in {label_file}; add a line "
+            f"'{unlabeled[0]} class_index' or move the image out of the folder"
+        )
+    return [Sample(root / rel, lab) for rel, (lab, _) in labels.items()]
+
+
+def _parse_label(token: str, where: str, wnid_index: dict[str, int], have_synsets: bool,
+                 num_classes: int | None) -> int:
+    if _WNID.match(token):
+        if not have_synsets:
+            raise DataError(f"{where}: label {token} is a wnid; pass the synsets file "
+                            "(--synsets) that maps wnids to class indices")
+        if token not in wnid_index:
+            raise DataError(f"{where}: wnid {token} is not in the synsets file")
+        return wnid_index[token]
+    try:
+        label = int(token)
+    except ValueError:
+        raise DataError(f"{where}: label {token!r} is neither a class index nor a wnid "
+                        "(like n01440764)") from None
+    _check_range(label, where, num_classes)
+    return label
+
+
+def _check_range(label: int, where: str, num_classes: int | None) -> None:
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+        raise DataError(f"{where}: class index {label} is out of range (expected {bound})")
+
+
+def _safe_name(name: str, where: str) -> PurePosixPath:
+    """A label-file name as a relative path that cannot leave the image folder.
+
+    Checked lexically (no symlink resolution), so a folder of symlinks the user made still works,
+    while ``../x`` or ``/etc/x`` in a label file is refused.
+    """
+    rel = PurePosixPath(name.replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts or re.match(r"^[A-Za-z]:", name):
+        raise DataError(f"{where}: file name {name!r} points outside the image folder; "
+                        "names must be relative to it (like 'img_001.JPEG')")
+    return PurePosixPath(*[p for p in rel.parts if p != "."])
+
+
+def _from_image_folder(root: Path, images: list[PurePosixPath],
+                       synsets: list[tuple[str, str]] | None,
+                       num_classes: int | None) -> list[Sample]:
+    loose = [rel for rel in images if len(rel.parts) == 1]
+    if loose:
+        raise DataError(
+            f"{root} mixes images ({loose[0]}) with class sub-folders; put every image in its "
+            "class folder (ImageFolder), or give a label file"
+        )
+    classes = sorted({rel.parts[0] for rel in images} | _subdirs(root))
+    if synsets is not None and any(w for w, _ in synsets):
+        wnid_index = {w: i for i, (w, _) in enumerate(synsets) if w}
+        missing = [c for c in classes if c not in wnid_index]
+        if missing:
+            raise DataError(f"class folder {root / missing[0]} is not a wnid of the synsets file; "
+                            "name class folders by wnid (like n01440764)")
+        index = {c: wnid_index[c] for c in classes}
+    else:
+        index = {c: i for i, c in enumerate(classes)}
+    for c, i in index.items():
+        _check_range(i, str(root / c), num_classes)
+    return [Sample(root / rel, index[rel.parts[0]]) for rel in images]
+
+
+def _subdirs(root: Path) -> set[str]:
+    return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+
+def _read_lines(path: Path, what: str) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"{what} {path} is a folder, expected a text file") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{what} {path} is not UTF-8 text ({e})") from None
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path}: {e}") from None

@@ -1,0 +1,117 @@
+"""Threaded decoding with a bounded prefetch queue, yielding preprocessed batches in order.
+
+Pillow releases the GIL while it decodes and resizes, so a few threads decode images in parallel
+while the caller runs the model on the previous batch: decoding overlaps inference. At most
+``prefetch`` images are decoded ahead (memory stays bounded however large the dataset), and
+batches come out in the order of ``samples`` whatever order the threads finish in.
+
+Images that cannot be decoded are skipped and recorded in ``loader.skipped`` (or, with
+``strict=True``, raise DataError at once); batches are filled with the next good images, so every
+batch but the last is full.
+
+    loader = iter_batches(samples, meta.preprocess, batch_size=8)
+    for batch in loader:
+        logits = session.predict(batch.images)     # batch.samples: the Sample of each row
+    print(loader.skipped)                            # [(Sample, reason), ...]
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from mnv3.data.datasets import Sample
+from mnv3.data.preprocess import preprocess_image
+from mnv3.errors import DataError, UsageError
+from mnv3.meta import PreprocessCfg
+
+
+class Batch(NamedTuple):
+    """float32 images [n, 3, crop, crop] and the Sample of each row (unpacks as a pair)."""
+
+    images: np.ndarray
+    samples: list[Sample]
+
+
+def default_workers() -> int:
+    """Decode threads when not given: one per CPU this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class BatchLoader:
+    """Iterable of ``Batch``; ``skipped`` lists ``(Sample, reason)`` for undecodable images."""
+
+    def __init__(self, samples: Sequence[Sample], cfg: PreprocessCfg, batch_size: int,
+                 workers: int | None = None, strict: bool = False, prefetch: int | None = None):
+        if batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {batch_size}")
+        self.samples = list(samples)
+        self.cfg = cfg
+        self.batch_size = int(batch_size)
+        self.workers = int(workers) if workers else default_workers()
+        if self.workers < 1:
+            raise UsageError(f"workers must be at least 1, got {workers}")
+        # Enough in flight to keep every thread busy and one batch ready ahead of the model.
+        self.prefetch = int(prefetch) if prefetch else max(2 * self.batch_size, 4 * self.workers)
+        if self.prefetch < 1:
+            raise UsageError(f"prefetch must be at least 1, got {prefetch}")
+        self.strict = strict
+        self.skipped: list[tuple[Sample, str]] = []
+
+    def __len__(self) -> int:
+        """Upper bound on the number of batches (exact when nothing is skipped)."""
+        return -(-len(self.samples) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.skipped = []
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mnv3-decode")
+        pending: deque[tuple[Sample, Future]] = deque()
+        todo = iter(self.samples)
+        try:
+            images: list[np.ndarray] = []
+            done: list[Sample] = []
+            while True:
+                for sample in todo:  # top the queue up to `prefetch` images in flight
+                    pending.append((sample, pool.submit(self._decode, sample)))
+                    if len(pending) >= self.prefetch:
+                        break
+                if not pending:
+                    break
+                sample, future = pending.popleft()
+                try:
+                    images.append(future.result())
+                    done.append(sample)
+                except DataError as e:
+                    if self.strict:
+                        raise DataError(f"{e} (--strict: stopping at the first bad image)") from None
+                    self.skipped.append((sample, str(e)))
+                if len(images) == self.batch_size:
+                    yield Batch(np.stack(images), done)
+                    images, done = [], []
+            if images:
+                yield Batch(np.stack(images), done)
+        finally:
+            # On break, error or Ctrl-C: drop queued work, let running decodes finish (ms).
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _decode(self, sample: Sample) -> np.ndarray:
+        return preprocess_image(sample.path, self.cfg)
+
+
+def iter_batches(samples: Sequence[Sample], cfg: PreprocessCfg, batch_size: int,
+                 workers: int | None = None, strict: bool = False,
+                 prefetch: int | None = None) -> BatchLoader:
+    """Preprocessed batches of ``samples`` in order, decoded on ``workers`` threads.
+
+    ``prefetch`` bounds how many images are decoded ahead (default: the larger of two batches
+    and four per thread). Returns a ``BatchLoader``: iterate it, then read ``.skipped``.
+    """
+    return BatchLoader(samples, cfg, batch_size, workers=workers, strict=strict,
+                       prefetch=prefetch)
