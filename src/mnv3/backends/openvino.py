@@ -1,0 +1,281 @@
+"""OpenVINO engine: builds OpenVINO IR (``model.xml`` + ``model.bin``) and runs it on the CPU.
+
+Modes and what actually runs (``meta.op_precisions`` is read back from the compiled model, so it
+reports the precision each layer type really executes in on the build machine):
+
+* ``force_float32``: fp32 weights; ``INFERENCE_PRECISION_HINT=f32`` is set explicitly, because
+  on a CPU with bf16 (AVX512-BF16 / AMX) OpenVINO otherwise silently runs "fp32" models in bf16.
+* ``force_float16``: fp16-compressed weights (half the file). Compute is f16 where the CPU has
+  fp16 arithmetic (``FP16`` in OPTIMIZATION_CAPABILITIES); elsewhere the weights are expanded to
+  f32 at load and everything runs in f32 (said in meta.json's notes).
+* ``force_bfloat16`` (OpenVINO only): fp32 weights, ``INFERENCE_PRECISION_HINT=bf16``. Refused
+  with BackendUnavailable on CPUs without bf16, at build and at load.
+* ``qint8_mixed_float32`` / ``qint8_mixed_float16``: NNCF post-training int8 (FakeQuantize on
+  convolutions / matmuls), fed by the same calibration files and ``preprocess_image`` as the ONNX
+  Runtime backend (see ``mnv3.backends.openvino_quant``); the other ops run in f32, or in the
+  CPU's 16-bit float (f16, else bf16, else f32) respectively.
+
+Load compiles with a model cache (``<model_dir>/.ov_cache``), the latency hint for batch 1 and
+the throughput hint otherwise, and keeps a pool of infer requests so ``Session.run`` is safe to
+call from several threads at once (``mnv3 bench --streams``).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov  # ImportError here -> get_backend() prints the install hint
+
+from mnv3.backends.base import Backend, BuildConfig, CompiledModel, Session
+from mnv3.errors import BackendUnavailable, BuildError, ModelError
+from mnv3.meta import ModelMeta, sha256_file
+
+XML_FILE, BIN_FILE = "model.xml", "model.bin"
+CACHE_DIR_NAME = ".ov_cache"
+MODES = ("force_float32", "force_float16", "force_bfloat16",
+         "qint8_mixed_float16", "qint8_mixed_float32")
+
+NOTE_F16_AS_F32 = ("this CPU has no fp16 arithmetic: the model keeps fp16 weights but runs with "
+                   "INFERENCE_PRECISION_HINT=f32 (op_precisions shows each layer type's precision)")
+NOTE_F16_AS_BF16 = ("this CPU has no fp16 arithmetic: the non-int8 ops run in bf16, its 16-bit "
+                    "float (use qint8_mixed_float32 to keep them in f32)")
+
+
+@lru_cache(maxsize=1)
+def cpu_capabilities() -> frozenset[str]:
+    """OpenVINO's CPU OPTIMIZATION_CAPABILITIES, e.g. {'FP32', 'BF16', 'INT8'} (the probe)."""
+    return frozenset(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def inference_precision(mode: str, caps: frozenset[str] | None = None) -> str:
+    """The INFERENCE_PRECISION_HINT a mode runs with on a CPU with capabilities ``caps``."""
+    caps = cpu_capabilities() if caps is None else caps
+    if mode == "force_bfloat16":
+        if "BF16" not in caps:
+            raise BackendUnavailable(
+                "force_bfloat16 needs a CPU with bfloat16 support (AVX512-BF16 or AMX); this one "
+                f"offers {', '.join(sorted(caps))}. Use force_float32 or force_float16 instead"
+            )
+        return "bf16"
+    if mode in ("force_float16", "qint8_mixed_float16") and "FP16" in caps:
+        return "f16"
+    if mode == "qint8_mixed_float16" and "BF16" in caps:
+        return "bf16"
+    return "f32"
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    install_hint = 'pip install "mnv3[openvino]"'
+
+    def version(self) -> str:
+        return ov.get_version()
+
+    # ------------------------------------------------------------------ build
+    def build_compiled(self, onnx_path: Path, out_dir: Path, cfg: BuildConfig) -> CompiledModel:
+        """Convert ``onnx_path`` to IR in ``out_dir`` for ``cfg.quant_mode``; report what runs how."""
+        mode = cfg.quant_mode
+        if mode not in MODES:
+            raise BuildError(f"the openvino backend does not know quant mode {mode!r}; "
+                             f"choose one of {', '.join(MODES)}")
+        precision = inference_precision(mode)  # refuses bf16 here, before any work
+        model = _convert(onnx_path)
+        extra: dict[str, Any] = {"inference_precision": precision}
+        notes: list[str] = []
+        if mode.startswith("qint8"):
+            from mnv3.backends.openvino_quant import quantize  # NNCF is imported only for int8
+
+            _set_batch(model, 1)  # calibrate image by image, whatever the target batch
+            model, extra["quantization"] = quantize(model, cfg)
+        if mode in ("force_float16", "qint8_mixed_float16"):
+            notes.append({"f32": NOTE_F16_AS_F32, "bf16": NOTE_F16_AS_BF16}.get(precision, ""))
+        _set_batch(model, -1 if cfg.shape_mutable else cfg.batch_size)
+        try:
+            ov.save_model(model, str(out_dir / XML_FILE),
+                          compress_to_fp16=mode in ("force_float16", "qint8_mixed_float16"))
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises plain RuntimeError
+            raise BuildError(f"OpenVINO could not write the IR to {out_dir}: {e}") from e
+        extra["bin_file"] = BIN_FILE
+        extra["bin_sha256"] = sha256_file(out_dir / BIN_FILE)
+        runtime = ov.Core().compile_model(str(out_dir / XML_FILE), "CPU",
+                                          {"INFERENCE_PRECISION_HINT": precision})
+        if mode.startswith("qint8"):
+            extra["float_layers"] = float_layers(runtime)
+        return CompiledModel(XML_FILE, op_precisions=op_precisions(runtime),
+                             notes=[n for n in notes if n], extra=extra)
+
+    # ------------------------------------------------------------------ load
+    def open(self, model_dir: Path, meta: ModelMeta, threads: int | None = None,
+             streams: int | None = None, hint: str | None = None, **options: Any) -> Session:
+        """Compile the IR for this CPU.
+
+        threads: threads per stream (as ONNX Runtime's per-session threads); None = OpenVINO's
+        choice. streams: concurrent infer streams (``mnv3 bench --streams``); None = what the hint
+        picks. hint: "latency" / "throughput"; None = latency for batch 1, throughput otherwise.
+        options: ``cache_dir`` (a folder, or "" to disable the model cache).
+        """
+        model_dir = Path(model_dir)
+        _check_bin(model_dir, meta)
+        precision = meta.extra.get("inference_precision") or inference_precision(meta.quant_mode)
+        if precision == "bf16" or meta.quant_mode == "force_bfloat16":
+            inference_precision("force_bfloat16")  # refuses on a CPU without bf16
+        elif precision == "f16" and "FP16" not in cpu_capabilities():
+            precision = "f32"  # built on an fp16 CPU, loaded on one without: f32 is what runs
+        core = ov.Core()
+        cache = _cache_dir(model_dir, options.get("cache_dir"))
+        if cache:
+            core.set_property({"CACHE_DIR": cache})
+        config = _compile_config(meta, precision, threads, streams, hint)
+        try:
+            compiled = core.compile_model(str(model_dir / meta.compiled_file), "CPU", config)
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"OpenVINO cannot compile {model_dir / meta.compiled_file}: {e}; "
+                             "rebuild the model with 'mnv3 build --backend openvino'") from e
+        return OpenVinoSession(meta, compiled, threads, streams, cache)
+
+
+class OpenVinoSession(Session):
+    """A compiled OpenVINO model with a pool of infer requests.
+
+    ``_run`` takes a free request (creating one when every request is busy, so S threads end up
+    with S requests), points its input at the caller's array (no copy), runs it synchronously
+    (OpenVINO releases the GIL) and copies the logits out before returning the request.
+    """
+
+    def __init__(self, meta: ModelMeta, compiled, threads, streams, cache_dir: str | None):
+        super().__init__(meta)
+        self.compiled = compiled
+        self.threads = threads
+        self.streams = streams
+        self.cache_dir = cache_dir
+        self.loaded_from_cache = bool(compiled.get_property("LOADED_FROM_CACHE"))
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        for _ in range(max(1, n)):
+            self._free.put(compiled.create_infer_request())
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            request = self._free.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            request.set_input_tensor(ov.Tensor(batch, shared_memory=True))
+            request.infer()
+            return request.get_output_tensor().data.copy()
+        finally:
+            self._free.put(request)
+
+    def config(self) -> dict[str, str]:
+        """The settings OpenVINO actually chose (hint, streams, threads, precision)."""
+        keys = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS",
+                "INFERENCE_PRECISION_HINT", "OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        return {k: str(self.compiled.get_property(k)) for k in keys}
+
+    def close(self) -> None:
+        self._free = queue.SimpleQueue()
+        self.compiled = None
+
+
+# ---------------------------------------------------------------------- helpers
+def _convert(onnx_path: Path) -> ov.Model:
+    try:
+        return ov.convert_model(str(onnx_path))
+    except Exception as e:  # noqa: BLE001
+        raise BuildError(f"OpenVINO cannot convert {onnx_path}: {e}; is it a valid ONNX "
+                         "classifier with one NCHW float input?") from e
+
+
+def _set_batch(model: ov.Model, batch: int) -> None:
+    """Fix (or free, with -1) the batch dimension; H, W and channels stay as exported."""
+    if len(model.inputs) != 1:
+        raise BuildError(f"expected a classifier with one input, got {len(model.inputs)} inputs")
+    shape = model.input(0).get_partial_shape()
+    if shape.rank.is_dynamic or shape.rank.get_length() != 4:
+        raise BuildError(f"expected an NCHW input of rank 4, got {shape}")
+    dims = [ov.Dimension(batch)] + [shape[i] for i in range(1, 4)]
+    try:
+        model.reshape({model.input(0): ov.PartialShape(dims)})
+    except Exception as e:  # noqa: BLE001
+        raise BuildError(f"cannot reshape the model to batch {batch}: {e}") from e
+
+
+def _compile_config(meta: ModelMeta, precision: str, threads, streams, hint) -> dict[str, Any]:
+    if hint is None:
+        hint = "latency" if int(meta.batch_size) == 1 else "throughput"
+    config: dict[str, Any] = {"PERFORMANCE_HINT": hint.upper(),
+                              "INFERENCE_PRECISION_HINT": precision}
+    if streams:
+        config["NUM_STREAMS"] = int(streams)
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads) * int(streams or 1)
+    return config
+
+
+def _check_bin(model_dir: Path, meta: ModelMeta) -> None:
+    """``mnv3.load`` checked model.xml; the weights live in model.bin, so check it too."""
+    name, expected = meta.extra.get("bin_file", BIN_FILE), meta.extra.get("bin_sha256")
+    path = model_dir / name
+    if not path.is_file():
+        raise ModelError(f"{model_dir} lacks its weights file {name}; rebuild the model")
+    if not expected or sha256_file(path) != expected:
+        raise ModelError(f"{path} does not match the sha256 recorded in meta.json: the weights "
+                         "are corrupt or were replaced; rebuild the model with 'mnv3 build'")
+
+
+def _cache_dir(model_dir: Path, requested) -> str | None:
+    """Where compiled blobs are cached: ``requested``, else ``<model_dir>/.ov_cache``, else the
+    user cache (read-only model directories); "" disables caching. OpenVINO keys each blob by
+    model, device and settings, so one folder serves every configuration safely."""
+    if requested == "" or requested is False:
+        return None
+    candidates = [Path(requested)] if requested else [
+        model_dir / CACHE_DIR_NAME,
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnv3" / "openvino"]
+    for path in candidates:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=path).close()  # writable?
+            return str(path)
+        except OSError:
+            continue
+    return None
+
+
+_SKIP = {"Input", "Output", "Parameter", "Result", "Const", "Reorder", "Reshape", "Convert"}
+
+
+def op_precisions(compiled) -> dict[str, str]:
+    """Layer type -> precision it runs in, from the executed graph, e.g. {'Convolution': 'int8'}.
+
+    Mixed types read like 'int8 (52), f32 (2)'.
+    """
+    seen: dict[str, Counter] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layer = info["layerType"].astype(str)
+        if layer in _SKIP:
+            continue
+        prec = info["runtimePrecision"].astype(str)
+        prec = "int8" if prec in ("u8", "i8") else prec
+        seen.setdefault(layer, Counter())[prec] += 1
+    return {layer: next(iter(c)) if len(c) == 1 else
+            ", ".join(f"{p} ({n})" for p, n in c.most_common()) for layer, c in sorted(seen.items())}
+
+
+def float_layers(compiled) -> list[str]:
+    """Convolutions / matmuls that run in float (what int8 left, or accuracy control restored)."""
+    out = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) in ("Convolution", "FullyConnected", "MatMul") \
+                and info["runtimePrecision"].astype(str) not in ("u8", "i8"):
+            out.append(op.get_friendly_name())
+    return out

@@ -1,0 +1,122 @@
+"""NNCF int8 for the OpenVINO backend: plain post-training quantization and accuracy control.
+
+Calibration images are the build's ``cfg.calib_files`` (sorted, chosen by ``mnv3.build``), each
+preprocessed by ``mnv3.data.preprocess.preprocess_image`` with the model's ``cfg.preprocess``:
+the same files and the same tensors as the ONNX Runtime backend's CalibrationDataReader. They
+are decoded one at a time as NNCF iterates (never all in memory).
+
+Accuracy control (``cfg.options["max_drop"]``, in top-1 points) uses
+``nncf.quantize_with_accuracy_control``. Its metric is top-1 *agreement with the fp32 model* in
+percent, which needs no labels; since top-1 accuracy can only fall where predictions change, an
+agreement drop within ``max_drop`` bounds the top-1 drop on those images by ``max_drop`` too.
+NNCF returns the layers that hurt most to float until the budget holds.
+
+Defaults (``DEFAULTS``) were chosen by measurement on the real EfficientNet-Lite0 weights, 100
+calibration / 400 held-out images of the ImageNet sample (``benchmarks/openvino_fidelity.py``);
+every one can be overridden through ``cfg.options`` (``--option`` style knobs of ``mnv3.build``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from mnv3.backends.base import BuildConfig
+from mnv3.data.preprocess import preprocess_image
+from mnv3.errors import BackendUnavailable, BuildError, UsageError
+
+# See the module docstring: measured, not guessed. "minmax" maps to NNCF's own min/max
+# estimator (mean over images of per-image min/max for activations, global for weights).
+DEFAULTS: dict[str, Any] = {
+    "preset": "performance",  # symmetric activations: what the CPU plugin's VNNI kernels like
+    "fast_bias_correction": False,  # full bias correction (MobileNet-family: depthwise layers)
+    "overflow_fix": "disable",  # VNNI CPUs need no 7-bit weights
+}
+_RANGE = {"minmax": "MEAN_MINMAX", "percentile": "MEAN_QUANTILE", "entropy": "HISTOGRAM"}
+
+
+def _nncf():
+    try:
+        import nncf
+    except ImportError as e:
+        raise BackendUnavailable(
+            f"int8 with OpenVINO needs NNCF ({e}); install it with: pip install \"mnv3[openvino]\""
+        ) from e
+    return nncf
+
+
+def settings(cfg: BuildConfig) -> dict[str, Any]:
+    """The quantization settings for ``cfg``: DEFAULTS overridden by ``cfg.options``."""
+    s = {k: cfg.options.get(k, v) for k, v in DEFAULTS.items()}
+    if cfg.calib_method not in _RANGE:
+        raise UsageError(f"calibration method {cfg.calib_method!r} is not one of {', '.join(_RANGE)}")
+    s["range_estimator"] = cfg.options.get("range_estimator", _RANGE[cfg.calib_method])
+    s["ignored_scope"] = list(cfg.options.get("ignored_layers", []))
+    if cfg.options.get("max_drop") is not None:
+        s["max_drop"] = float(cfg.options["max_drop"])
+        if s["max_drop"] < 0:
+            raise UsageError(f"--max-drop must be >= 0 top-1 points, got {s['max_drop']}")
+    return s
+
+
+def quantize(model: ov.Model, cfg: BuildConfig) -> tuple[ov.Model, dict[str, Any]]:
+    """int8 ``model`` (batch 1) with NNCF; returns the quantized model and what was done."""
+    nncf = _nncf()
+    if not cfg.calib_files:
+        raise BuildError("int8 quantization needs calibration images; pass --calib-dir DIR")
+    s = settings(cfg)
+    files = [str(p) for p in cfg.calib_files]
+    calib = nncf.Dataset(files, lambda f: preprocess_image(f, cfg.preprocess)[None])
+    kwargs = _nncf_kwargs(nncf, s, len(files))
+    try:
+        if "max_drop" in s:
+            quantized, control = _with_accuracy_control(nncf, model, calib, cfg, s, kwargs)
+            s["accuracy_control"] = control
+        else:
+            quantized = nncf.quantize(model, calib, **kwargs)
+    except (BuildError, UsageError, BackendUnavailable):
+        raise
+    except Exception as e:  # noqa: BLE001 - NNCF raises many kinds
+        raise BuildError(f"NNCF int8 quantization failed: {e}") from e
+    s.update(tool=f"nncf {nncf.__version__}", calibration_images=len(files))
+    return quantized, s
+
+
+def _nncf_kwargs(nncf, s: dict[str, Any], subset: int) -> dict[str, Any]:
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix(s["overflow_fix"]),
+        activations_range_estimator_params=getattr(RangeEstimatorParametersSet,
+                                                   s["range_estimator"].upper()),
+    )
+    kwargs = dict(preset=nncf.QuantizationPreset(s["preset"]), subset_size=subset,
+                  fast_bias_correction=bool(s["fast_bias_correction"]),
+                  target_device=nncf.TargetDevice.CPU)
+    if s["ignored_scope"]:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=s["ignored_scope"], validate=False)
+    return {**kwargs, "advanced_parameters": advanced}
+
+
+def _with_accuracy_control(nncf, model, calib, cfg: BuildConfig, s, kwargs):
+    """Quantize, then restore float layers until top-1 agreement drops by <= max_drop points."""
+    files = [str(p) for p in cfg.options.get("validation_files") or cfg.calib_files]
+    images = [preprocess_image(f, cfg.preprocess)[None] for f in files]  # reused every round
+    reference = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    items = [(x, int(np.argmax(reference(x)[0]))) for x in images]
+
+    def agreement(compiled, data) -> tuple[float, list[float]]:
+        hits = [float(np.argmax(compiled(x)[0]) == label) for x, label in data]
+        return 100.0 * float(np.mean(hits)), hits
+
+    kwargs = dict(kwargs)
+    kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
+    quantized = nncf.quantize_with_accuracy_control(
+        model, calib, nncf.Dataset(items), agreement, max_drop=s["max_drop"],
+        drop_type=nncf.DropType.ABSOLUTE, **kwargs)
+    q = ov.Core().compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return quantized, {"metric": "top-1 agreement with fp32 (%)", "validation_images": len(files),
+                       "agreement": agreement(q, items)[0]}
