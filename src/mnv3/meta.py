@@ -21,6 +21,8 @@ FORMAT_VERSION = 1
 META_FILE = "meta.json"
 
 QUANT_MODES = ("force_float32", "force_float16", "qint8_mixed_float16", "qint8_mixed_float32")
+# Modes beyond the seed's four that only some backends build: mode -> those backends.
+BACKEND_ONLY_MODES = {"force_bfloat16": ("openvino",)}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,12 +31,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def normalize_quant_mode(mode: str) -> str:
     """Canonical quant mode; the seed's ``forced_*`` spellings are accepted too."""
     canonical = mode.strip().lower().replace("forced_", "force_", 1)
-    if canonical not in QUANT_MODES:
+    if canonical not in QUANT_MODES and canonical not in BACKEND_ONLY_MODES:
         raise UsageError(
             f"unknown quant mode {mode!r}; choose one of {', '.join(QUANT_MODES)} "
-            "(the seed's 'forced_*' spellings are accepted)"
+            "(the seed's 'forced_*' spellings are accepted), or force_bfloat16 (openvino only)"
         )
     return canonical
+
+
+def check_mode_backend(quant_mode: str, backend: str) -> None:
+    """UsageError when ``backend`` cannot build ``quant_mode`` (e.g. bf16 on onnxruntime)."""
+    allowed = BACKEND_ONLY_MODES.get(normalize_quant_mode(quant_mode))
+    if allowed is not None and backend not in allowed:
+        raise UsageError(
+            f"quant mode {quant_mode} is built only by the {', '.join(allowed)} backend, not "
+            f"{backend}; add --backend {allowed[0]} or choose one of {', '.join(QUANT_MODES)}"
+        )
 
 
 def model_dir_name(quant_mode: str, shape_mutable: bool, batch_size: int) -> str:
