@@ -1,0 +1,74 @@
+"""Directories that appear whole: a per-target lock, and an atomic swap into place.
+
+A build writes into ``.<name>.tmp-XXXX`` beside the target and then calls ``publish_dir``.
+On Linux the swap is one ``renameat2(RENAME_EXCHANGE)``, so the path holds the old model or
+the new one at every instant; elsewhere the old directory is first moved aside (a moment with
+nothing at the path, never a mixture). ``build_lock`` keeps two builds of the same target
+from interleaving: the second one refuses at once with a clear message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import shutil
+from pathlib import Path
+
+from mnv3.errors import BuildError
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@contextlib.contextmanager
+def build_lock(target: Path):
+    """Hold ``.<name>.lock`` beside ``target`` (an flock: released even if we crash)."""
+    lock_path = target.parent / f".{target.name}.lock"
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; builds still publish atomically
+        yield
+        return
+    # The lock file is left in place on purpose: unlinking it would race with a waiting builder.
+    with open(lock_path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BuildError(f"another build is writing {target} right now (lock {lock_path}); "
+                             "wait for it to finish or build to another --output") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False when unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def publish_dir(tmp: Path, target: Path) -> None:
+    """Move the finished ``tmp`` directory to ``target``, replacing an old one atomically."""
+    if not target.exists():
+        os.rename(tmp, target)
+        return
+    if _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old model
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

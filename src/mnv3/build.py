@@ -1,0 +1,227 @@
+"""Stage 2: build a deployable model directory (compiled file + meta.json), atomically.
+
+``build`` validates everything it can before any slow work, fixes the ONNX batch dimension
+(a number for ``shape_mutable=False``, symbolic otherwise), lets the backend quantize/compile
+into a temporary directory beside the target, measures fidelity against float32 on images
+not used for calibration, writes meta.json, and only then renames the directory into place.
+An interrupted or failed build leaves nothing at the output path; a rebuild over an existing
+model swaps it atomically, so the path always holds the old model or the new one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import sys
+import tempfile
+import types
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mnv3 import __version__
+from mnv3 import quantize as q
+from mnv3.backends import get_backend
+from mnv3.backends.base import BuildConfig
+from mnv3.errors import BuildError, UsageError
+from mnv3.onnx_source import prepare_source
+from mnv3.meta import (META_FILE, ModelMeta, PreprocessCfg, model_dir_name, normalize_quant_mode,
+                       sha256_file, write_meta)
+from mnv3.atomic import build_lock, publish_dir
+
+DEFAULT_MODELS_DIR = Path("data/models")
+FIDELITY_NUM = 100  # held-out images compared against float32 at build time
+
+
+def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, batch_size: int,
+          preprocess: PreprocessCfg | None = None, calib_dir=None, calib_num: int = 100,
+          calib_method: str = "minmax", backend: str = "onnxruntime",
+          class_names: Sequence[str] | None = None, source: dict | None = None,
+          options: dict | None = None) -> ModelMeta:
+    """Quantize/compile ``onnx_path`` into a model directory; returns its ModelMeta.
+
+    ``output_dir`` defaults to ``data/models/<quant_mode>_<mutable>_<batch>``. int8 modes
+    calibrate on ``calib_num`` images of ``calib_dir`` (a seeded, sorted subset; the bundled
+    demo images when None); if fewer exist, all are used and meta.json notes it. ``options``
+    are backend knobs (e.g. ``{"fidelity_num": 400, "progress": False}``).
+    """
+    quant_mode = normalize_quant_mode(quant_mode)
+    options = dict(options or {})
+    onnx_path = Path(onnx_path)
+    preprocess = preprocess or PreprocessCfg()
+    _check_args(onnx_path, shape_mutable, batch_size, calib_num, calib_method)
+    engine = get_backend(backend)
+    name = model_dir_name(quant_mode, shape_mutable, batch_size)
+    target = Path(output_dir) if output_dir is not None else DEFAULT_MODELS_DIR / name
+    _check_target(target)
+    calib, held_out, calib_info = _calibration_files(quant_mode, calib_dir, calib_num,
+                                                     calib_method)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(target):
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+        try:
+            meta = _build_into(tmp, engine, onnx_path, quant_mode, bool(shape_mutable),
+                               int(batch_size), preprocess, calib, held_out, calib_info,
+                               calib_method, class_names, source or {}, options)
+            publish_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return meta
+
+
+def _build_into(tmp: Path, engine, onnx_path, quant_mode, mutable, batch, preprocess, calib,
+                held_out, calib_info, calib_method, class_names, source, options) -> ModelMeta:
+    src = prepare_source(onnx_path, tmp / ".source.onnx", mutable, batch, preprocess)
+    if class_names is not None and len(class_names) != src.num_classes:
+        raise UsageError(f"{len(class_names)} class names given but the model has "
+                         f"{src.num_classes} classes; pass a synsets file with one name per class")
+    cfg = BuildConfig(quant_mode=quant_mode, shape_mutable=mutable, batch_size=batch,
+                      preprocess=preprocess, calib_files=calib, calib_method=calib_method,
+                      options=options)
+    compiled = engine.build_compiled(src.path, tmp, cfg)
+    calib_notes = calib_info.pop("notes", []) if calib_info else []
+    shape_in = ["batch" if mutable else batch, 3, src.image_size, src.image_size]
+    meta = ModelMeta(
+        backend=engine.name, backend_version=engine.version(), quant_mode=quant_mode,
+        shape_mutable=mutable, batch_size=batch, compiled_file=compiled.compiled_file,
+        compiled_sha256=sha256_file(tmp / compiled.compiled_file), input_name=src.input_name,
+        output_name=src.output_name, input_shape=shape_in,
+        output_shape=[shape_in[0], src.num_classes], num_classes=src.num_classes,
+        preprocess=preprocess, class_names=list(class_names) if class_names else None,
+        op_precisions=compiled.op_precisions,
+        source={"path": str(onnx_path.resolve()), "sha256": sha256_file(onnx_path), **source},
+        calibration=calib_info, notes=calib_notes + compiled.notes,
+        extra=compiled.extra,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        mnv3_version=__version__,
+    )
+    num = int(options.get("fidelity_num", FIDELITY_NUM))
+    fid_files, unseen = (held_out[:num], True) if held_out else (calib[:num], not calib)
+    with engine.open(tmp, meta, threads=options.get("threads")) as session:
+        meta.fidelity = measure_fidelity(src.reference_path, session, fid_files, preprocess,
+                                         held_out=unseen)
+    (tmp / ".source.onnx").unlink(missing_ok=True)
+    src.cleanup()
+    write_meta(meta, tmp)
+    return meta
+
+
+# ----------------------------------------------------------------------------- validation
+def _check_args(onnx_path: Path, mutable, batch_size, calib_num, calib_method) -> None:
+    if not onnx_path.is_file():
+        raise UsageError(f"ONNX model {onnx_path} does not exist; export one with 'mnv3 export'")
+    if not isinstance(mutable, bool):
+        raise UsageError(f"shape_mutable must be true or false, got {mutable!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise UsageError(f"batch size must be a whole number >= 1, got {batch_size!r}")
+    if not isinstance(calib_num, int) or calib_num < 1:
+        raise UsageError(f"--calib-num must be >= 1, got {calib_num!r}")
+    if calib_method not in q.CALIB_METHODS:
+        raise UsageError(f"unknown calibration method {calib_method!r}; "
+                         f"choose one of {', '.join(q.CALIB_METHODS)}")
+
+
+def _check_target(target: Path) -> None:
+    """Only a built model (or an empty folder) may be replaced; never a user's other files."""
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"output {target} exists and is not a directory; choose another --output")
+    if target.is_dir() and any(target.iterdir()) and not (target / META_FILE).is_file():
+        raise UsageError(f"output {target} is a non-empty directory without {META_FILE}, so it "
+                         "is not a model this tool built; choose another --output or remove it")
+
+
+def _demo_dir() -> Path | None:
+    try:
+        from mnv3.data.datasets import demo_dir
+        return Path(demo_dir())
+    except (ImportError, AttributeError):  # the data stage is not installed yet
+        return None
+
+
+def _calibration_files(quant_mode, calib_dir, calib_num, method):
+    """(calibration files, held-out files, meta.calibration) for this build."""
+    int8 = quant_mode.startswith("qint8")
+    folder = Path(calib_dir) if calib_dir is not None else _demo_dir()
+    if folder is None:
+        if int8:
+            raise UsageError("int8 modes need calibration images: pass --calib-dir DIR "
+                             "(a folder of training-like images, ~100 are enough)")
+        return [], [], None
+    files = q.list_images(folder)
+    if int8 and not files:
+        raise UsageError(f"calibration folder {folder} holds no images "
+                         f"({', '.join(q.IMAGE_EXTS)}); pass --calib-dir with images")
+    if not int8:
+        return [], files, None
+    calib, held_out = q.split_calibration(files, calib_num)
+    info: dict[str, Any] = {"count": len(calib), "requested": calib_num, "method": method,
+                            "folder": str(folder), "files_sha256": q.files_sha256(calib),
+                            "seed": q.CALIB_SEED, "notes": []}
+    if calib_num > len(files):
+        info["notes"].append(f"--calib-num {calib_num} asked for more images than {folder} holds "
+                             f"({len(files)}): all were used for calibration")
+    return calib, held_out, info
+
+
+# ----------------------------------------------------------------------------- fidelity
+def measure_fidelity(reference_onnx: Path, session, files: Sequence[Path], cfg: PreprocessCfg,
+                     held_out: bool = True, chunk: int = 16) -> dict[str, Any]:
+    """Top-1 agreement, cosine similarity and max |diff| of logits vs float32 ONNX Runtime.
+
+    Uses ``files`` (images not seen by calibration); without images it falls back to seeded
+    random inputs, which checks numerics but says nothing about accuracy (labelled as such).
+    """
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(str(reference_onnx), providers=["CPUExecutionProvider"])
+    name = ref.get_inputs()[0].name
+    size = session.image_size
+    if files:
+        batches = q.iter_batches(list(files), cfg, chunk)
+        inputs = f"{len(files)} images" + ("" if held_out else " (also used for calibration)")
+    else:
+        rng = np.random.default_rng(0)
+        batches = iter([rng.standard_normal((8, 3, size, size), dtype=np.float32)])
+        inputs = "8 random-normal tensors (no images: pass --calib-dir for real figures)"
+    agree, cos, max_abs, n = 0, [], 0.0, 0
+    for x in batches:
+        a = _run_padded(ref, name, x).astype(np.float64)
+        b = session.predict(x).astype(np.float64)
+        agree += int((a.argmax(1) == b.argmax(1)).sum())
+        cos.extend((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30))
+        max_abs = max(max_abs, float(np.abs(a - b).max()))
+        n += len(x)
+    return {"reference": "force_float32 (source ONNX on ONNX Runtime CPU)", "inputs": inputs,
+            "count": n, "top1_agreement": agree / n, "cosine_mean": float(np.mean(cos)),
+            "cosine_min": float(np.min(cos)), "max_abs_diff": max_abs,
+            "files_sha256": q.files_sha256(files) if files else None}
+
+
+def _run_padded(sess, name: str, x: np.ndarray) -> np.ndarray:
+    """Run an ORT session whose batch may be fixed: split and pad like Session.predict."""
+    b = sess.get_inputs()[0].shape[0]
+    if not isinstance(b, int) or b == len(x):
+        return sess.run(None, {name: x})[0]
+    out = []
+    for i in range(0, len(x), b):
+        chunk = x[i:i + b]
+        pad = np.repeat(chunk[-1:], b - len(chunk), axis=0)
+        out.append(sess.run(None, {name: np.concatenate([chunk, pad])})[0][:len(chunk)])
+    return np.concatenate(out)
+
+
+class _CallableModule(types.ModuleType):
+    """``mnv3.build`` names both this module and the stage function (the public API).
+
+    Importing a submodule sets ``mnv3.build`` to the module, shadowing the lazily exported
+    function; making the module callable keeps ``mnv3.build(...)`` working either way.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return build(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

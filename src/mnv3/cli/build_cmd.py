@@ -1,0 +1,124 @@
+"""Quantize and compile a model into a deployable directory (compiled file + meta.json).
+
+The source is an ONNX classifier (--onnx, any NCHW float32 ImageNet-style network) or a
+PyTorch checkpoint (--weights, exported to ONNX on the way). The directory appears atomically
+at --output (default data/models/<quant_mode>_<mutable>_<batch>); meta.json records the
+preprocessing, what precision each op really runs in, the calibration set and the fidelity
+against float32 measured on held-out images.
+
+int8 modes calibrate on a seeded subset of --calib-num images from --calib-dir (default: the
+bundled demo images); if the folder holds fewer, all are used and meta.json says so.
+Normalization travels with the model: for networks brought as ONNX pass the --mean/--std they
+were trained with (a wrong one silently costs many top-1 points).
+
+examples:
+  mnv3 build --onnx mnv3_large.onnx --quant-mode qint8_mixed_float32 --shape-mutable false \\
+      --batch-size 8 --calib-dir ../shared/datasets/imagenet-sample-500/images
+  mnv3 build --onnx lite0.onnx --quant-mode force_float32 --shape-mutable true --batch-size 1 \\
+      --mean 0.498,0.498,0.498 --std 0.502,0.502,0.502
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+from pathlib import Path
+
+from mnv3.cli import common
+from mnv3.errors import UsageError
+from mnv3.meta import QUANT_MODES, PreprocessCfg
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = common.add_parser(sub, "build", __doc__, run)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--onnx", type=Path, help="source ONNX classifier (NCHW float32 input)")
+    src.add_argument("--weights", type=Path, help="PyTorch checkpoint (exported to ONNX first)")
+    p.add_argument("--arch", default="auto", help="with --weights: network (default: detect)")
+    p.add_argument("--layout", default="auto", help="with --weights: state-dict layout")
+    p.add_argument("--width-mult", type=float, help="with --weights: width multiplier")
+    p.add_argument("--num-classes", type=int, help="with --weights: classifier size")
+    p.add_argument("--image-size", type=int, help="with --weights: export resolution (= crop)")
+    p.add_argument("--quant-mode", required=True, metavar="MODE",
+                   help=f"one of {', '.join(QUANT_MODES)} (forced_* accepted)")
+    p.add_argument("--shape-mutable", required=True, type=common.str2bool, metavar="true|false",
+                   help="true: any batch per call; false: fixed --batch-size (often faster)")
+    p.add_argument("--batch-size", required=True, type=int, metavar="N")
+    p.add_argument("--calib-dir", type=Path, help="calibration images (default: demo images)")
+    p.add_argument("--calib-num", type=int, default=100, help="calibration images (default 100)")
+    p.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"))
+    p.add_argument("--resize", type=int, help="short side before the crop (default 256)")
+    p.add_argument("--crop", type=int, help="center crop = model input size (default 224)")
+    p.add_argument("--mean", type=common.float_list, help="per-channel mean, 0-1 units")
+    p.add_argument("--std", type=common.float_list, help="per-channel std, 0-1 units")
+    p.add_argument("--backend", default="onnxruntime", help="inference engine (default onnxruntime)")
+    p.add_argument("--output", type=Path, help="model directory to create or replace")
+    p.add_argument("--json", type=Path, help="write meta.json's content here too ('-' = stdout)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _preprocess(args, default: PreprocessCfg) -> PreprocessCfg:
+    """The network's defaults (or ImageNet's), overridden by the flags given."""
+    over = {k: v for k, v in (("resize", args.resize), ("crop", args.crop), ("mean", args.mean),
+                              ("std", args.std)) if v is not None}
+    if args.crop is not None and args.resize is None:
+        over["resize"] = max(args.crop, round(args.crop / 0.875))  # keep the 224/256 ratio
+    return dataclasses.replace(default, **over)
+
+
+def _export_weights(args, workdir: Path) -> tuple[Path, PreprocessCfg, dict]:
+    """--weights: load the checkpoint and export it to ONNX in ``workdir``."""
+    from mnv3.export import export_onnx
+    from mnv3.models import load_checkpoint
+
+    loaded = load_checkpoint(args.weights, arch=args.arch, layout=args.layout,
+                             width_mult=args.width_mult, num_classes=args.num_classes)
+    cfg = _preprocess(args, loaded.preprocess)
+    if args.image_size is not None and args.image_size != cfg.crop:
+        raise UsageError(f"--image-size {args.image_size} differs from the crop {cfg.crop}; "
+                         "pass --crop with the same value")
+    onnx_path = workdir / "exported.onnx"
+    export_onnx(loaded.module, onnx_path, batch_size=args.batch_size, dynamic_batch=True,
+                image_size=cfg.crop, preprocess=cfg)
+    source = {"checkpoint": str(args.weights), "checkpoint_sha256": loaded.source_sha256,
+              "arch": loaded.arch, "layout": loaded.layout, "width_mult": loaded.width_mult}
+    return onnx_path, cfg, source
+
+
+def run(args) -> int:
+    from mnv3.build import build
+
+    with tempfile.TemporaryDirectory(prefix="mnv3-build-") as work:
+        if args.weights is not None:
+            onnx_path, cfg, source = _export_weights(args, Path(work))
+        else:
+            onnx_path, cfg, source = args.onnx, _preprocess(args, PreprocessCfg()), {}
+        meta = build(onnx_path, args.output, quant_mode=args.quant_mode,
+                     shape_mutable=args.shape_mutable, batch_size=args.batch_size,
+                     preprocess=cfg, calib_dir=args.calib_dir, calib_num=args.calib_num,
+                     calib_method=args.calib_method, backend=args.backend, source=source,
+                     options={"progress": not args.no_progress})
+    out = args.output or Path("data/models") / meta.name
+    print(summary(meta, out))
+    common.write_json(args.json, meta.to_dict())
+    return 0
+
+
+def summary(meta, out: Path) -> str:
+    """Human summary: where, what, and the fidelity against float32."""
+    lines = [f"built {out}  ({meta.backend} {meta.backend_version}, {meta.quant_mode}, "
+             f"batch {'mutable' if meta.shape_mutable else meta.batch_size}, "
+             f"input {meta.input_shape}, {meta.num_classes} classes)"]
+    if meta.calibration:
+        c = meta.calibration
+        lines.append(f"calibration: {c['count']} images, {c['method']}")
+    f = meta.fidelity or {}
+    if f:
+        lines.append(f"fidelity vs float32 on {f['inputs']}: top-1 agreement "
+                     f"{100 * f['top1_agreement']:.2f}%, cosine mean {f['cosine_mean']:.6f}, "
+                     f"max |diff| {f['max_abs_diff']:.4g}")
+    lines.append("precisions: " + ", ".join(f"{k}={v}" for k, v in meta.op_precisions.items()))
+    lines += [f"note: {n}" for n in meta.notes]
+    return "\n".join(lines)

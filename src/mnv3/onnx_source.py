@@ -1,0 +1,105 @@
+"""Check a source ONNX classifier and give it the batch dimension the build asks for.
+
+``mnv3 build --onnx`` accepts any ImageNet-style classifier exported elsewhere, so nothing is
+assumed: one float32 NCHW input with 3 channels and a square image matching the crop, one
+[N, classes] output. The batch may be fixed or symbolic in the source; graphs that bake their
+export batch into constants (a Reshape to [1, -1]) are detected by running them, and refused
+with what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from mnv3 import quantize as q
+from mnv3.errors import BuildError, UsageError
+from mnv3.meta import PreprocessCfg
+
+
+@dataclass
+class PreparedSource:
+    path: Path  # the source with the target batch dim (what the backend compiles)
+    reference_path: Path  # the same float32 graph, used as the fidelity reference
+    input_name: str
+    output_name: str
+    image_size: int
+    num_classes: int
+    source_batch: int | str
+
+    def cleanup(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as e:
+        raise BuildError(f"{path} is not a valid ONNX model ({e}); export it again "
+                         "('mnv3 export' or torch.onnx.export)") from e
+    return model
+
+
+def prepare_source(onnx_path: Path, out_path: Path, mutable: bool, batch: int,
+                   preprocess: PreprocessCfg) -> PreparedSource:
+    """Validate ``onnx_path`` and write it with the target batch dim to ``out_path``."""
+    model = load_onnx(onnx_path)
+    inp, out = q.graph_io(model)
+    size = _check_input(onnx_path, inp, preprocess)
+    src_batch = q.dims_of(inp)[0]
+    for d in inp.type.tensor_type.shape.dim[1:]:  # symbolic C/H/W become 3 and the crop size
+        if not d.HasField("dim_value"):
+            d.Clear()
+            d.dim_value = 3 if d is inp.type.tensor_type.shape.dim[1] else size
+    model = q.set_batch_dim(model, "batch" if mutable else batch)
+    onnx.save(model, str(out_path))
+    num_classes = _check_runs(out_path, inp.name, size, [None, 2] if mutable else [batch],
+                              src_batch, batch)
+    return PreparedSource(out_path, out_path, inp.name, out.name, size, num_classes, src_batch)
+
+
+def _check_input(path: Path, inp: onnx.ValueInfoProto, cfg: PreprocessCfg) -> int:
+    dims = q.dims_of(inp)
+    bad_channels = len(dims) == 4 and isinstance(dims[1], int) and dims[1] != 3
+    if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4 or bad_channels:
+        raise BuildError(f"{path} input {inp.name!r} is {dims} of ONNX type "
+                         f"{inp.type.tensor_type.elem_type}; expected float32 [N, 3, H, W] (NCHW)")
+    h, w = dims[2], dims[3]
+    if isinstance(h, int) and isinstance(w, int):
+        if h != w:
+            raise BuildError(f"{path} takes {h}x{w} images; only square inputs are supported")
+        if h != cfg.crop:
+            raise UsageError(f"{path} takes {h}x{h} images but preprocessing crops {cfg.crop}; "
+                             f"pass --crop {h} (and a matching --resize, e.g. {round(h / 0.875)})")
+        return h
+    return cfg.crop
+
+
+def _check_runs(path: Path, input_name: str, size: int, batches, src_batch, batch: int) -> int:
+    """Run the re-batched graph once per batch size; returns the class count."""
+    import onnxruntime as ort
+
+    try:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        num_classes = None
+        for n in batches:
+            n = n or 1
+            y = sess.run(None, {input_name: np.zeros((n, 3, size, size), np.float32)})[0]
+            if y.ndim != 2 or y.shape[0] != n:
+                raise ValueError(f"batch {n} gave output shape {list(y.shape)}, not [{n}, classes]")
+            num_classes = int(y.shape[1])
+    except Exception as e:
+        hint = (f"re-export it with a dynamic batch ('mnv3 export --dynamic-batch') or build with "
+                f"--shape-mutable false --batch-size {src_batch}") if isinstance(src_batch, int) \
+            else "check that it is an image classifier returning [N, classes] logits"
+        raise BuildError(f"{path} cannot run with the requested batch "
+                         f"({'mutable' if len(batches) > 1 else batch}): {e}. The graph seems to "
+                         f"bake in its export batch size; {hint}") from e
+    return num_classes

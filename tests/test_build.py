@@ -1,0 +1,186 @@
+"""mnv3.build: every mode x mutable builds and loads, fixed batches, atomicity, clear errors."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import mnv3
+from mnv3 import build as build_mod
+from mnv3.backends.onnxruntime import OnnxRuntimeBackend
+from mnv3.errors import BuildError, ModelError, UsageError
+from mnv3.meta import QUANT_MODES, PreprocessCfg, read_meta
+from mnv3.data.preprocess import preprocess_batch
+from tiny_onnx import SIZE, export_tiny, torch_logits, write_images
+
+CFG = PreprocessCfg(resize=36, crop=SIZE)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    model = export_tiny(d / "tiny.onnx", dynamic=False)  # fixed batch 1: re-batching is tested
+    images = write_images(d / "images", 12)
+    return {"onnx": d / "tiny.onnx", "model": model, "images": images, "calib": d / "images"}
+
+
+def _build(tiny, out, mode="force_float32", mutable=False, batch=4, **kw):
+    kw.setdefault("calib_dir", tiny["calib"])
+    kw.setdefault("calib_num", 6)
+    return mnv3.build(tiny["onnx"], out, quant_mode=mode, shape_mutable=mutable,
+                      batch_size=batch, preprocess=CFG, options={"progress": False}, **kw)
+
+
+# tolerance of each mode against the float PyTorch model (tiny net, random weights)
+TOL = {"force_float32": 1e-4, "force_float16": 2e-2, "qint8_mixed_float32": 0.2,
+       "qint8_mixed_float16": 0.2}
+
+
+@pytest.mark.parametrize("mode", QUANT_MODES)
+@pytest.mark.parametrize("mutable", [True, False])
+def test_every_mode_builds_loads_and_predicts(tiny, tmp_path, mode, mutable):
+    meta = _build(tiny, tmp_path / "m", mode, mutable, batch=4)
+    assert meta.quant_mode == mode and meta.shape_mutable is mutable
+    assert read_meta(tmp_path / "m") == meta  # meta.json round trip
+    assert meta.input_shape == ["batch" if mutable else 4, 3, SIZE, SIZE]
+    assert meta.fidelity["count"] > 0 and meta.op_precisions
+    if mode.startswith("qint8"):
+        assert meta.op_precisions.get("QLinearConv") == "int8"  # the convs really run int8
+        assert meta.calibration["count"] == 6
+    x = preprocess_batch(tiny["images"][:5], CFG)
+    with mnv3.load(tmp_path / "m", threads=1) as s:
+        y = s.predict(x)
+    ref = torch_logits(tiny["model"], x)
+    assert y.shape == ref.shape and np.abs(y - ref).max() < TOL[mode]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.tmp")]
+
+
+@pytest.mark.parametrize("n", [1, 3, 11])
+def test_fixed_batch_predicts_any_count(tiny, tmp_path_factory, n):
+    out = tmp_path_factory.getbasetemp() / "fixed4"
+    if not out.exists():
+        _build(tiny, out, batch=4)
+    x = np.random.default_rng(n).standard_normal((n, 3, SIZE, SIZE)).astype(np.float32)
+    with mnv3.load(out) as s:
+        np.testing.assert_allclose(s.predict(x), torch_logits(tiny["model"], x), atol=1e-4)
+        with pytest.raises(ModelError, match="fixed batch of 4"):
+            s.run(x)  # run() is exactly one engine call: it never splits or pads
+
+
+def test_forced_spelling_and_default_name(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    meta = mnv3.build(tiny["onnx"], quant_mode="forced_float32", shape_mutable=False,
+                      batch_size=2, preprocess=CFG)
+    assert meta.quant_mode == "force_float32"
+    assert (tmp_path / "data/models/force_float32_false_2/meta.json").is_file()
+
+
+def test_failure_mid_build_leaves_nothing(tiny, tmp_path, monkeypatch):
+    def boom(self, onnx_path, out_dir, cfg):
+        (out_dir / "model.onnx").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "build_compiled", boom)
+    with pytest.raises(KeyboardInterrupt):
+        _build(tiny, tmp_path / "m")
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_failed_rebuild_keeps_old_model_and_rebuild_replaces(tiny, tmp_path, monkeypatch):
+    old = _build(tiny, tmp_path / "m")
+    real = OnnxRuntimeBackend.build_compiled
+    monkeypatch.setattr(OnnxRuntimeBackend, "build_compiled",
+                        lambda *a: (_ for _ in ()).throw(BuildError("injected")))
+    with pytest.raises(BuildError, match="injected"):
+        _build(tiny, tmp_path / "m", mode="force_float16")
+    assert read_meta(tmp_path / "m") == old
+    mnv3.load(tmp_path / "m").predict(np.zeros((1, 3, SIZE, SIZE), np.float32))
+    monkeypatch.setattr(OnnxRuntimeBackend, "build_compiled", real)
+    new = _build(tiny, tmp_path / "m", mode="force_float16")
+    assert read_meta(tmp_path / "m") == new and new.quant_mode == "force_float16"
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["meta.json", "model.onnx"]
+
+
+def test_concurrent_build_to_same_path_refuses(tiny, tmp_path):
+    from mnv3.atomic import build_lock
+
+    (tmp_path / "m").parent.mkdir(exist_ok=True)
+    with build_lock(tmp_path / "m"):
+        err = []
+        t = threading.Thread(target=lambda: err.append(_catch(lambda: _build(tiny, tmp_path / "m"))))
+        t.start()
+        t.join()
+    assert isinstance(err[0], BuildError) and "another build" in str(err[0])
+    assert not (tmp_path / "m").exists()
+
+
+def _catch(fn):
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - returned for the assertion
+        return e
+
+
+def test_corrupted_compiled_file_is_a_clear_error(tiny, tmp_path):
+    _build(tiny, tmp_path / "m")
+    with open(tmp_path / "m" / "model.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(ModelError, match="sha256"):
+        mnv3.load(tmp_path / "m")
+
+
+def test_unbatchable_source_is_a_clear_error(tmp_path):
+    export_tiny(tmp_path / "baked.onnx", dynamic=False, bake_batch=True)
+    with pytest.raises(BuildError, match="export batch"):
+        mnv3.build(tmp_path / "baked.onnx", tmp_path / "m", quant_mode="force_float32",
+                   shape_mutable=True, batch_size=1, preprocess=CFG)
+    assert not (tmp_path / "m").exists()
+    # its own batch still works
+    mnv3.build(tmp_path / "baked.onnx", tmp_path / "m1", quant_mode="force_float32",
+               shape_mutable=False, batch_size=1, preprocess=CFG)
+
+
+def test_bad_arguments_are_usage_errors(tiny, tmp_path, monkeypatch):
+    with pytest.raises(UsageError, match="crops 224"):
+        mnv3.build(tiny["onnx"], tmp_path / "m", quant_mode="force_float32",
+                   shape_mutable=True, batch_size=1)
+    with pytest.raises(UsageError, match="batch size"):
+        _build(tiny, tmp_path / "m", batch=0)
+    with pytest.raises(UsageError, match="quant mode"):
+        _build(tiny, tmp_path / "m", mode="int4")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(UsageError, match="not a model"):
+        _build(tiny, tmp_path / "mine")
+    monkeypatch.setattr(build_mod, "_demo_dir", lambda: None)
+    with pytest.raises(UsageError, match="--calib-dir"):
+        _build(tiny, tmp_path / "m", mode="qint8_mixed_float32", calib_dir=None)
+    assert not (tmp_path / "m").exists()
+
+
+def test_calib_num_larger_than_folder_uses_all_and_says_so(tiny, tmp_path):
+    meta = _build(tiny, tmp_path / "m", mode="qint8_mixed_float32", calib_num=500)
+    assert meta.calibration["count"] == len(tiny["images"])
+    assert any("--calib-num 500" in n for n in meta.notes)
+    assert "also used for calibration" in meta.fidelity["inputs"]
+
+
+def test_cli_build(tiny, tmp_path, capsys):
+    from mnv3.cli.main import main
+
+    rc = main(["build", "--onnx", str(tiny["onnx"]), "--quant-mode", "force_float32",
+               "--shape-mutable", "true", "--batch-size", "2", "--crop", str(SIZE),
+               "--calib-dir", str(tiny["calib"]), "--output", str(tmp_path / "m"),
+               "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "top-1 agreement 100.00%" in out
+    assert (tmp_path / "r.json").is_file()
+    assert read_meta(tmp_path / "m").preprocess.resize == 37  # round(32 / 0.875)
+    rc = main(["build", "--onnx", str(tiny["onnx"]), "--quant-mode", "int3",
+               "--shape-mutable", "true", "--batch-size", "2"])
+    assert rc == 2
+    assert os.path.exists(tmp_path / "m")
