@@ -1,0 +1,287 @@
+"""Stage 3: run a built model over a dataset; per-image top-1 / top-5 and the seed's result files.
+
+    result = infer("data/models/force_float32_false_8", demo_dataset(), "out/")
+    print(result.top1, result.images_per_s)
+
+Files written in ``output_dir`` (names are the images' paths relative to the dataset folder):
+
+* ``eval_labels.txt``   ``filename label``       (labelled images only)
+* ``eval_result_1.txt`` ``filename top1``
+* ``eval_result_5.txt`` ``filename index``, five lines per image (the seed's layout)
+* ``eval_result.txt``   ``top1 accuracy: x`` / ``top5 accuracy: y`` (labelled images only)
+* ``results.jsonl``     per image: top-5 indices, class names, probabilities
+* ``skipped.txt``       ``filename<TAB>reason`` for images that could not be decoded (if any)
+* ``images/``           with ``save_images``: copies with the top-1 class and probability drawn
+
+Every file is written whole at the end (temporary file + rename), ``eval_result.txt`` last and
+any old one removed first, so a crash or Ctrl-C never leaves an accuracy that does not match the
+other files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+import numpy as np
+
+from mnv3.data.datasets import Sample, demo_dir, load_class_names
+from mnv3.data.loader import iter_batches
+from mnv3.errors import DataError, UsageError
+from mnv3.evaluate import format_accuracy, topk_indices
+from mnv3.meta import atomic_write_text
+
+RESULT_FILES = ("eval_labels.txt", "eval_result_1.txt", "eval_result_5.txt", "results.jsonl",
+                "skipped.txt", "eval_result.txt")
+
+
+@dataclass
+class InferResult:
+    """What ``infer`` did: counts, accuracy (None when nothing was labelled) and speed."""
+
+    images: int  # asked for (after image_num)
+    processed: int  # decoded and predicted
+    skipped: int  # could not be decoded (listed in skipped.txt)
+    labeled: int  # processed images that had a label
+    top1_correct: int | None
+    top5_correct: int | None
+    top1: float | None
+    top5: float | None
+    seconds: float  # end to end: decoding, preprocessing, engine, post-processing
+    engine_seconds: float  # inside the engine calls only
+    images_per_s: float  # end to end
+    engine_images_per_s: float  # processed / engine_seconds
+    batch_size: int
+    workers: int
+    output_dir: str
+    model: str
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
+          batch_size: int | None = None, image_num: int | None = None,
+          workers: int | None = None, strict: bool = False, save_images: bool = False,
+          class_names: list[str] | None = None, progress: bool = True) -> InferResult:
+    """Predict every sample with ``model`` (a Session from ``mnv3.load`` or a model folder).
+
+    ``image_num`` keeps the first N samples; ``strict`` makes an undecodable image an error
+    instead of a skip; ``class_names`` defaults to the model's, else the bundled ImageNet names
+    for a 1000-class model.
+    """
+    session, owned = _open(model)
+    try:
+        meta = session.meta
+        samples = _select(samples, image_num)
+        _check_labels(samples, meta.num_classes)
+        names = _display_names(samples)
+        class_names = class_names or meta.class_names or _imagenet_names(meta.num_classes)
+        bs = int(batch_size or session.fixed_batch or meta.batch_size or 1)
+        loader = iter_batches(samples, meta.preprocess, bs, workers=workers, strict=strict)
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        collect = _Collector(names, class_names, out if save_images else None)
+        engine = 0.0
+        bar = _progress(len(samples), progress)
+        start = time.perf_counter()
+        try:
+            for batch in loader:
+                t0 = time.perf_counter()
+                logits = session.predict(batch.images)
+                engine += time.perf_counter() - t0
+                collect.add(batch.samples, logits)
+                bar.update(collect.count + len(loader.skipped) - bar.n)
+            elapsed = time.perf_counter() - start
+            collect.finish_images()
+        finally:
+            bar.close()
+        skipped = [(names[s.path], reason) for s, reason in loader.skipped]
+        label = meta.name if not isinstance(model, (str, os.PathLike)) else str(model)
+        result = _summary(collect, skipped, len(samples), elapsed, engine, bs, loader.workers,
+                          out, label)
+        _write_files(out, collect, skipped, result)
+        return result
+    finally:
+        if owned:
+            session.close()
+
+
+def _open(model):
+    """(Session, whether we opened it and must close it)."""
+    from mnv3.backends.base import Session
+
+    if isinstance(model, Session):
+        return model, False
+    if isinstance(model, (str, os.PathLike)):
+        from mnv3.backends import load
+
+        return load(model), True
+    raise UsageError(f"model must be a Session (mnv3.load) or a model folder, got {type(model).__name__}")
+
+
+def _select(samples: Sequence[Sample], image_num: int | None) -> list[Sample]:
+    samples = list(samples)
+    if image_num is not None:
+        if image_num < 1:
+            raise UsageError(f"--image-num must be at least 1, got {image_num}")
+        samples = samples[:image_num]
+    if not samples:
+        raise DataError("no images to run; the dataset is empty")
+    return samples
+
+
+def _check_labels(samples: list[Sample], num_classes: int) -> None:
+    bad = next((s for s in samples if s.label is not None
+                and not 0 <= s.label < num_classes), None)
+    if bad is not None:
+        raise DataError(f"{bad.path} has label {bad.label} but the model has {num_classes} "
+                        f"classes (0..{num_classes - 1}); check the label file")
+
+
+def _display_names(samples: list[Sample]) -> dict[Path, str]:
+    """Each image's path relative to the folder all of them share (always inside it: no '..')."""
+    root = Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
+    names = {}
+    for s in samples:
+        rel = PurePosixPath(Path(s.path).relative_to(root).as_posix())
+        names[s.path] = str(rel)
+    if len(set(names.values())) != len(names):
+        raise DataError("two samples have the same file name; each image must appear once")
+    return names
+
+
+def _imagenet_names(num_classes: int) -> list[str] | None:
+    synsets = demo_dir() / "synsets.txt"
+    return load_class_names(synsets) if num_classes == 1000 and synsets.is_file() else None
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", disable=not enabled, file=sys.stderr, leave=False,
+                dynamic_ncols=True)
+
+
+class _Collector:
+    """Turns logits into result lines as batches arrive; optionally saves annotated copies."""
+
+    def __init__(self, names: dict[Path, str], class_names: list[str] | None,
+                 image_dir: Path | None):
+        self.names, self.class_names = names, class_names
+        self.labels: list[str] = []
+        self.top1: list[str] = []
+        self.top5: list[str] = []
+        self.jsonl: list[str] = []
+        self.correct1 = self.correct5 = self.labeled = self.count = 0
+        self.image_dir = image_dir
+        self._saver = ThreadPoolExecutor(1, thread_name_prefix="mnv3-save") if image_dir else None
+        self._saves = []
+
+    def add(self, samples: list[Sample], logits: np.ndarray) -> None:
+        logits = np.asarray(logits, dtype=np.float64)
+        top = topk_indices(logits, 5)
+        probs = _softmax(logits)
+        for i, s in enumerate(samples):
+            name, idx = self.names[s.path], [int(v) for v in top[i]]
+            p = [float(probs[i, j]) for j in idx]
+            self.top1.append(f"{name} {idx[0]}")
+            self.top5.extend(f"{name} {j}" for j in idx)
+            if s.label is not None:
+                self.labeled += 1
+                self.labels.append(f"{name} {s.label}")
+                self.correct1 += idx[0] == s.label
+                self.correct5 += s.label in idx
+            self.jsonl.append(json.dumps({
+                "file": name, "label": s.label, "top5": idx,
+                "names": [self._class_name(j) for j in idx], "probs": [round(v, 6) for v in p],
+            }))
+            if self._saver:
+                dest = self.image_dir / "images" / name
+                if not dest.resolve().is_relative_to((self.image_dir / "images").resolve()):
+                    raise DataError(f"refusing to write {dest}: outside the output folder")
+                self._saves.append(self._saver.submit(
+                    _save_annotated, s.path, dest,
+                    f"{self._class_name(idx[0])} {p[0]:.2f}"))
+        self.count += len(samples)
+
+    def _class_name(self, idx: int) -> str:
+        if self.class_names and idx < len(self.class_names):
+            return self.class_names[idx]
+        return str(idx)
+
+    def finish_images(self) -> None:
+        if self._saver:
+            self._saver.shutdown(wait=True)
+            for f in self._saves:
+                f.result()  # re-raise a failed save here, not silently
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _save_annotated(src: Path, dest: Path, text: str) -> None:
+    """A copy of ``src`` with ``text`` drawn in a box at its top-left corner."""
+    from PIL import ImageDraw, ImageFont
+
+    from mnv3.data.preprocess import load_image
+
+    img = load_image(src)
+    size = max(12, img.width // 25)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType: fixed-size bitmap font
+        font = ImageFont.load_default()
+    draw = ImageDraw.Draw(img)
+    box = draw.textbbox((4, 4), text, font=font)
+    draw.rectangle((0, 0, box[2] + 4, box[3] + 4), fill=(0, 0, 0))
+    draw.text((4, 4), text, fill=(255, 255, 0), font=font)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp{dest.suffix}")
+    img.save(tmp, quality=90) if dest.suffix.lower() in (".jpg", ".jpeg") else img.save(tmp)
+    os.replace(tmp, dest)
+
+
+def _summary(c: _Collector, skipped, images: int, elapsed: float, engine: float, bs: int,
+             workers: int, out: Path, model: str) -> InferResult:
+    lab = c.labeled
+    return InferResult(
+        images=images, processed=c.count, skipped=len(skipped), labeled=lab,
+        top1_correct=c.correct1 if lab else None, top5_correct=c.correct5 if lab else None,
+        top1=c.correct1 / lab if lab else None, top5=c.correct5 / lab if lab else None,
+        seconds=elapsed, engine_seconds=engine,
+        images_per_s=c.count / elapsed if elapsed > 0 else 0.0,
+        engine_images_per_s=c.count / engine if engine > 0 else 0.0,
+        batch_size=bs, workers=workers, output_dir=str(out), model=model,
+        skipped_files=skipped,
+    )
+
+
+def _write_files(out: Path, c: _Collector, skipped, result: InferResult) -> None:
+    """All result files, each atomically; eval_result.txt removed first and written last."""
+    (out / "eval_result.txt").unlink(missing_ok=True)
+    (out / "skipped.txt").unlink(missing_ok=True)
+
+    def text(lines):
+        return "".join(line + "\n" for line in lines)
+
+    if c.labeled:
+        atomic_write_text(out / "eval_labels.txt", text(c.labels))
+    else:
+        (out / "eval_labels.txt").unlink(missing_ok=True)
+    atomic_write_text(out / "eval_result_1.txt", text(c.top1))
+    atomic_write_text(out / "eval_result_5.txt", text(c.top5))
+    atomic_write_text(out / "results.jsonl", text(c.jsonl))
+    if skipped:
+        atomic_write_text(out / "skipped.txt", text(f"{n}\t{r}" for n, r in skipped))
+    if result.top1 is not None:
+        atomic_write_text(out / "eval_result.txt", format_accuracy(result.top1, result.top5))

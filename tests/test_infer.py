@@ -1,0 +1,185 @@
+"""infer: result files, accuracy, skipping, --image-num, --save-images, atomic outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnv3.backends.base import Session
+from mnv3.data.datasets import Sample, demo_dataset, load_class_names, demo_dir
+from mnv3.data.preprocess import preprocess_batch
+from mnv3.errors import DataError
+from mnv3.evaluate import evaluate_files, topk_correct
+from mnv3.infer import infer
+from mnv3.meta import ModelMeta, PreprocessCfg
+
+CFG = PreprocessCfg(resize=40, crop=32)
+
+
+def fake_meta(batch=4, mutable=False, num_classes=1000, cfg=CFG) -> ModelMeta:
+    shape = [batch, 3, cfg.crop, cfg.crop]
+    return ModelMeta(
+        backend="fake", backend_version="0", quant_mode="force_float32", shape_mutable=mutable,
+        batch_size=batch, compiled_file="none", compiled_sha256="", input_name="input",
+        output_name="logits", input_shape=shape, output_shape=[batch, num_classes],
+        num_classes=num_classes, preprocess=cfg,
+    )
+
+
+class FakeSession(Session):
+    """Deterministic 'model': a fixed random projection of channel means. Records its calls."""
+
+    def __init__(self, meta, oracle=None):
+        super().__init__(meta)
+        rng = np.random.default_rng(0)
+        self.w = rng.normal(size=(3, meta.num_classes)).astype(np.float32)
+        self.calls = []
+        self.oracle = oracle  # optional {rounded channel means: label} to force right answers
+
+    def _run(self, batch):
+        self.calls.append(batch.shape[0])
+        pooled = batch.mean(axis=(2, 3))
+        logits = pooled @ self.w
+        if self.oracle:
+            for i, p in enumerate(pooled):
+                label = self.oracle.get(tuple(np.round(p, 4)))
+                if label is not None:
+                    logits[i, label] = 1e3
+        return logits
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return demo_dataset()
+
+
+def _read(path):
+    return path.read_text().splitlines()
+
+
+def test_result_files_match_the_model_and_round_trip_through_eval(demo, tmp_path):
+    session = FakeSession(fake_meta(batch=4))
+    result = infer(session, demo, tmp_path, progress=False)
+    assert result.processed == len(demo) and result.skipped == 0 and result.labeled == len(demo)
+    assert set(session.calls) == {4}  # fixed batch: every engine call gets a full batch
+
+    logits = session.predict(preprocess_batch([s.path for s in demo], CFG))
+    labels = [s.label for s in demo]
+    ok = topk_correct(logits, labels)
+    assert result.top1_correct == ok[1].sum() and result.top5_correct == ok[5].sum()
+    assert result.top1 == pytest.approx(ok[1].mean()) and result.top5 == pytest.approx(ok[5].mean())
+
+    assert _read(tmp_path / "eval_labels.txt")[0] == f"{demo[0].path.name} {demo[0].label}"
+    assert len(_read(tmp_path / "eval_result_1.txt")) == len(demo)
+    assert len(_read(tmp_path / "eval_result_5.txt")) == 5 * len(demo)
+    assert _read(tmp_path / "eval_result.txt") == [
+        f"top1 accuracy: {result.top1:f}", f"top5 accuracy: {result.top5:f}"]
+    ev = evaluate_files(tmp_path / "eval_labels.txt", tmp_path / "eval_result_1.txt",
+                        tmp_path / "eval_result_5.txt")
+    assert (ev.top1_correct, ev.top5_correct, ev.total) == (
+        result.top1_correct, result.top5_correct, len(demo))
+
+    rows = [json.loads(line) for line in _read(tmp_path / "results.jsonl")]
+    names = load_class_names(demo_dir() / "synsets.txt")
+    assert rows[0]["file"] == demo[0].path.name and rows[0]["label"] == demo[0].label
+    assert rows[0]["names"] == [names[i] for i in rows[0]["top5"]]
+    assert rows[0]["probs"] == sorted(rows[0]["probs"], reverse=True)
+    assert result.images_per_s > 0 and result.engine_seconds > 0
+    assert not (tmp_path / "skipped.txt").exists()
+
+
+def test_accuracy_is_one_when_the_model_is_right(demo, tmp_path):
+    x = preprocess_batch([s.path for s in demo], CFG)
+    oracle = {tuple(np.round(p, 4)): s.label for p, s in zip(x.mean(axis=(2, 3)), demo)}
+    result = infer(FakeSession(fake_meta(batch=3), oracle), demo, tmp_path, progress=False)
+    assert (result.top1, result.top5) == (1.0, 1.0)
+
+
+def test_image_num_and_mutable_batch(demo, tmp_path):
+    session = FakeSession(fake_meta(batch=1, mutable=True))
+    result = infer(session, demo, tmp_path, batch_size=8, image_num=11, progress=False)
+    assert result.images == result.processed == 11
+    assert session.calls == [8, 3]
+    assert len(_read(tmp_path / "eval_result_1.txt")) == 11
+
+
+def test_corrupt_images_skipped_listed_and_strict(demo, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    good = []
+    for s in demo[:5]:
+        (data / s.path.name).write_bytes(s.path.read_bytes())
+        good.append(Sample(data / s.path.name, s.label))
+    jpeg = demo[0].path.read_bytes()
+    (data / "truncated.JPEG").write_bytes(jpeg[: len(jpeg) // 3])
+    (data / "zero.JPEG").write_bytes(b"")
+    (data / "text.JPEG").write_text("this is text, not a JPEG\n")
+    bad = [Sample(data / n, 0) for n in ("truncated.JPEG", "zero.JPEG", "text.JPEG")]
+    samples = sorted(good + bad, key=lambda s: str(s.path))
+
+    out = tmp_path / "out"
+    result = infer(FakeSession(fake_meta()), samples, out, progress=False)
+    assert result.processed == 5 and result.skipped == 3 and result.labeled == 5
+    listed = dict(line.split("\t", 1) for line in _read(out / "skipped.txt"))
+    assert set(listed) == {"truncated.JPEG", "zero.JPEG", "text.JPEG"}
+    assert len(_read(out / "eval_labels.txt")) == 5
+
+    with pytest.raises(DataError, match="--strict"):
+        infer(FakeSession(fake_meta()), samples, tmp_path / "strict", strict=True, progress=False)
+    assert not (tmp_path / "strict" / "eval_result.txt").exists()
+
+
+def test_unlabeled_images_give_no_accuracy(demo, tmp_path):
+    samples = [Sample(s.path, None) for s in demo[:4]]
+    (tmp_path / "eval_result.txt").write_text("top1 accuracy: 0.99\n")  # stale from another run
+    result = infer(FakeSession(fake_meta()), samples, tmp_path, progress=False)
+    assert result.top1 is None and result.top5 is None and result.labeled == 0
+    assert not (tmp_path / "eval_result.txt").exists()
+    assert not (tmp_path / "eval_labels.txt").exists()
+    assert len(_read(tmp_path / "eval_result_1.txt")) == 4
+
+
+def test_crash_midway_leaves_no_accuracy_file(demo, tmp_path):
+    class Exploding(FakeSession):
+        def _run(self, batch):
+            if len(self.calls) == 2:
+                raise RuntimeError("engine died")
+            return super()._run(batch)
+
+    (tmp_path / "eval_result.txt").write_text("top1 accuracy: 0.5\n")
+    infer(FakeSession(fake_meta()), demo[:4], tmp_path, progress=False)
+    before = (tmp_path / "eval_result.txt").read_text()
+    with pytest.raises(RuntimeError):
+        infer(Exploding(fake_meta()), demo, tmp_path, progress=False)
+    # the previous, complete run's files are untouched and consistent with each other
+    assert (tmp_path / "eval_result.txt").read_text() == before
+    assert len(_read(tmp_path / "eval_result_1.txt")) == 4
+
+
+def test_save_images_writes_viewable_annotated_copies(demo, tmp_path):
+    infer(FakeSession(fake_meta()), demo[:3], tmp_path, save_images=True, progress=False)
+    for s in demo[:3]:
+        copy = tmp_path / "images" / s.path.name
+        with Image.open(copy) as im:
+            im.load()
+            assert im.size == Image.open(s.path).size and im.mode == "RGB"
+            # the label box is drawn in the top-left corner
+            assert im.getpixel((1, 1)) == (0, 0, 0) or sum(im.getpixel((1, 1))) < 60
+
+
+def test_labels_out_of_model_range(demo, tmp_path):
+    with pytest.raises(DataError, match="has label .* but the model has 10 classes"):
+        infer(FakeSession(fake_meta(num_classes=10)), demo, tmp_path, progress=False)
+
+
+def test_names_keep_subfolders_and_stay_inside(tmp_path, demo):
+    for cls in ("a", "b"):
+        (tmp_path / "tree" / cls).mkdir(parents=True)
+        (tmp_path / "tree" / cls / "x.JPEG").write_bytes(demo[0].path.read_bytes())
+    samples = [Sample(tmp_path / "tree" / c / "x.JPEG", i) for i, c in enumerate("ab")]
+    infer(FakeSession(fake_meta()), samples, tmp_path / "out", save_images=True, progress=False)
+    assert _read(tmp_path / "out" / "eval_labels.txt") == ["a/x.JPEG 0", "b/x.JPEG 1"]
+    assert (tmp_path / "out" / "images" / "b" / "x.JPEG").is_file()

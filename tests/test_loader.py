@@ -1,0 +1,111 @@
+"""Threaded loader: order, batching, bounded prefetch, skipping and --strict."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import mnv3.data.loader as loader_mod
+from mnv3.data.datasets import Sample, demo_dataset
+from mnv3.data.loader import iter_batches
+from mnv3.data.preprocess import preprocess_image
+from mnv3.errors import DataError, UsageError
+from mnv3.meta import PreprocessCfg
+
+CFG = PreprocessCfg(resize=40, crop=32)  # small crop keeps the tests fast
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return demo_dataset()[:10]
+
+
+def test_batches_in_order_and_equal_to_single_images(demo):
+    loader = iter_batches(demo, CFG, batch_size=4, workers=3)
+    batches = list(loader)
+    assert [len(b.samples) for b in batches] == [4, 4, 2]
+    assert [s for b in batches for s in b.samples] == demo
+    images = np.concatenate([b.images for b in batches])
+    assert images.dtype == np.float32 and images.shape == (10, 3, 32, 32)
+    expected = np.stack([preprocess_image(s.path, CFG) for s in demo])
+    np.testing.assert_array_equal(images, expected)
+    assert loader.skipped == []
+
+
+def test_order_is_deterministic_whatever_finishes_first(demo, monkeypatch):
+    """Later images finishing first must not reorder the output."""
+    real = loader_mod.preprocess_image
+
+    def slow_first(path, cfg):
+        if path == demo[0].path:
+            time.sleep(0.2)
+        return real(path, cfg)
+
+    monkeypatch.setattr(loader_mod, "preprocess_image", slow_first)
+    got = [s for b in iter_batches(demo, CFG, 3, workers=4) for s in b.samples]
+    assert got == demo
+
+
+def test_bad_images_are_skipped_and_batches_stay_full(demo, tmp_path):
+    bad = []
+    for name, data in (("zero.JPEG", b""), ("text.JPEG", b"hello, I am not a JPEG\n")):
+        (tmp_path / name).write_bytes(data)
+        bad.append(Sample(tmp_path / name, 1))
+    samples = [demo[0], bad[0], demo[1], demo[2], bad[1], demo[3]]
+    loader = iter_batches(samples, CFG, batch_size=2, workers=2)
+    batches = list(loader)
+    assert [len(b.samples) for b in batches] == [2, 2]
+    assert [s for b in batches for s in b.samples] == [demo[0], demo[1], demo[2], demo[3]]
+    assert [s for s, _ in loader.skipped] == bad
+    assert all("cannot decode" in reason for _, reason in loader.skipped)
+
+
+def test_strict_raises_on_first_bad_image(demo, tmp_path):
+    (tmp_path / "zero.JPEG").write_bytes(b"")
+    samples = [demo[0], Sample(tmp_path / "zero.JPEG", 0), demo[1]]
+    with pytest.raises(DataError, match="zero.JPEG.*--strict"):
+        list(iter_batches(samples, CFG, 2, strict=True))
+
+
+def test_prefetch_bounds_images_in_flight(demo, monkeypatch):
+    started, lock = [], threading.Lock()
+    real = loader_mod.preprocess_image
+
+    def counting(path, cfg):
+        with lock:
+            started.append(path)
+        return real(path, cfg)
+
+    monkeypatch.setattr(loader_mod, "preprocess_image", counting)
+    it = iter(iter_batches(demo, CFG, batch_size=1, workers=2, prefetch=3))
+    next(it)
+    time.sleep(0.2)  # give the threads every chance to run ahead
+    assert len(started) <= 1 + 3  # the one consumed plus at most `prefetch` in flight
+    it.close()
+
+
+def test_early_stop_shuts_the_pool_down(demo):
+    before = threading.active_count()
+    for _ in iter_batches(demo * 3, CFG, batch_size=2, workers=3):
+        break
+    time.sleep(0.05)
+    assert threading.active_count() <= before
+
+
+def test_bad_arguments(demo):
+    with pytest.raises(UsageError):
+        iter_batches(demo, CFG, batch_size=0)
+    with pytest.raises(UsageError):
+        iter_batches(demo, CFG, batch_size=2, workers=-1)
+
+
+def test_missing_file_is_skipped(demo, tmp_path):
+    shutil.copy(demo[0].path, tmp_path / "x.JPEG")
+    samples = [Sample(tmp_path / "x.JPEG", 0), Sample(tmp_path / "gone.JPEG", 0)]
+    loader = iter_batches(samples, CFG, 4)
+    assert sum(len(b.samples) for b in loader) == 1
+    assert "does not exist" in loader.skipped[0][1]
