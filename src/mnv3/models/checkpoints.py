@@ -202,7 +202,15 @@ def match_network(state: dict, path: Path, arch="auto", layout="auto", width_mul
                 if not any(diff):
                     return lay, ar, wm, nc
                 tried.append((sum(map(len, diff)), lay, ar, wm, nc, diff))
-    raise CheckpointError(_mismatch_message(path, min(tried, key=lambda t: t[0]), layouts, archs))
+    message = _mismatch_message(path, min(tried, key=lambda t: t[0]), layouts, archs)
+    if (layout, arch, width_mult, num_classes) != ("auto", "auto", None, None):
+        try:  # a wrong hint is the likeliest cause: say what the file really is
+            lay, ar, wm, nc = match_network(state, path)
+            message += (f". Detected without hints: --layout {lay} --arch {ar} --width-mult {wm:g} "
+                        f"--num-classes {nc}")
+        except CheckpointError:
+            pass
+    raise CheckpointError(message)
 
 
 def _classes_from(state: dict, layout: str) -> int:
