@@ -11,7 +11,6 @@ model swaps it atomically, so the path always holds the old model or the new one
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import shutil
 import sys
 import tempfile
@@ -23,13 +22,13 @@ import numpy as np
 
 from mnv3 import __version__
 from mnv3 import quantize as q
+from mnv3.atomic import build_lock, publish_dir
 from mnv3.backends import get_backend
 from mnv3.backends.base import BuildConfig
-from mnv3.errors import BuildError, UsageError
+from mnv3.errors import UsageError
+from mnv3.meta import (META_FILE, ModelMeta, PreprocessCfg, check_mode_backend, model_dir_name,
+                       normalize_quant_mode, sha256_file, write_meta)
 from mnv3.onnx_source import prepare_source
-from mnv3.meta import (META_FILE, ModelMeta, PreprocessCfg, model_dir_name, normalize_quant_mode,
-                       sha256_file, write_meta)
-from mnv3.atomic import build_lock, publish_dir
 
 DEFAULT_MODELS_DIR = Path("data/models")
 FIDELITY_NUM = 100  # held-out images compared against float32 at build time
@@ -52,6 +51,7 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
     onnx_path = Path(onnx_path)
     preprocess = preprocess or PreprocessCfg()
     _check_args(onnx_path, shape_mutable, batch_size, calib_num, calib_method)
+    check_mode_backend(quant_mode, backend)
     engine = get_backend(backend)
     name = model_dir_name(quant_mode, shape_mutable, batch_size)
     target = Path(output_dir) if output_dir is not None else DEFAULT_MODELS_DIR / name

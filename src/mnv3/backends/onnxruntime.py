@@ -79,12 +79,14 @@ class OnnxRuntimeBackend(Backend):
             elif mode == "force_float16":
                 model = q.convert_fp16(onnx.load(str(fp32)))
                 notes.append(NOTE_FP16_CPU)
-            else:
+            elif mode in ("qint8_mixed_float32", "qint8_mixed_float16"):
                 model, extra["quantization"] = self._int8(fp32, work, cfg)
                 notes.append(NOTE_INT8_CPU)
                 if mode == "qint8_mixed_float16":
                     model = q.convert_fp16(model, keep_fp32_nodes=q.quantized_node_names(model))
                     notes.append(NOTE_FP16_CPU)
+            else:
+                raise BuildError(f"the onnxruntime backend cannot build quant mode {mode!r}")
             model = q.set_batch_dim(model, "batch" if cfg.shape_mutable else cfg.batch_size)
             onnx.save(model, str(out_dir / COMPILED_FILE))
             precisions = self._inspect(out_dir / COMPILED_FILE, work)
