@@ -183,3 +183,82 @@ def test_names_keep_subfolders_and_stay_inside(tmp_path, demo):
     infer(FakeSession(fake_meta()), samples, tmp_path / "out", save_images=True, progress=False)
     assert _read(tmp_path / "out" / "eval_labels.txt") == ["a/x.JPEG 0", "b/x.JPEG 1"]
     assert (tmp_path / "out" / "images" / "b" / "x.JPEG").is_file()
+
+
+# ---------------------------------------------------------------- through a real built model
+def _tiny_1000_class_onnx(path):
+    """A tiny conv net with 1000 outputs (so ImageNet labels are in range), exported to ONNX."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.Hardswish(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 1000)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, 3, CFG.crop, CFG.crop),), str(path),
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+    return net
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    import mnv3
+
+    d = tmp_path_factory.mktemp("built")
+    net = _tiny_1000_class_onnx(d / "tiny.onnx")
+    mnv3.build(d / "tiny.onnx", d / "model", quant_mode="force_float32", shape_mutable=False,
+               batch_size=4, preprocess=CFG, options={"fidelity_num": 4, "progress": False})
+    return d / "model", net
+
+
+def test_cli_infer_on_demo_with_a_built_model_then_eval(built, demo, tmp_path, capsys):
+    import torch
+
+    from mnv3.cli.main import main
+
+    model_dir, net = built
+    out = tmp_path / "out"
+    assert main(["infer", "--model", str(model_dir), "--output-dir", str(out),
+                 "--json", str(tmp_path / "s.json"), "--workers", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "bundled demo set" in printed and "images/s end to end" in printed
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["processed"] == len(demo)
+
+    # the engine's top-1 equals PyTorch eager's on the same preprocessing, image by image
+    x = preprocess_batch([s.path for s in demo], CFG)
+    with torch.no_grad():
+        eager = net(torch.from_numpy(x)).numpy()
+    got = [int(line.split()[1]) for line in _read(out / "eval_result_1.txt")]
+    assert got == eager.argmax(axis=1).tolist()
+
+    assert main(["eval", "--result-label-file", str(out / "eval_labels.txt"),
+                 "--result-1-file", str(out / "eval_result_1.txt"),
+                 "--result-5-file", str(out / "eval_result_5.txt")]) == 0
+    assert capsys.readouterr().out.splitlines() == _read(out / "eval_result.txt")
+
+
+def test_cli_infer_strict_and_errors(built, demo, tmp_path, capsys):
+    from mnv3.cli.main import main
+
+    model_dir, _ = built
+    data = tmp_path / "data"
+    data.mkdir()
+    for s in demo[:3]:
+        (data / s.path.name).write_bytes(s.path.read_bytes())
+    (data / "zero.JPEG").write_bytes(b"")
+    args = ["infer", "--model", str(model_dir), "--image-dir", str(data),
+            "--output-dir", str(tmp_path / "o")]
+    assert main(args) == 0  # unlabeled folder: predictions only, the bad file skipped
+    printed = capsys.readouterr().out
+    assert "1 skipped" in printed and "zero.JPEG" in printed
+    assert main(args + ["--strict"]) == 3
+    assert "zero.JPEG" in capsys.readouterr().err
+    assert main(args + ["--label-file", str(tmp_path / "nope.txt")]) == 3
+    assert main(["infer", "--model", str(model_dir), "--demo", "--image-dir", str(data),
+                 "--output-dir", str(tmp_path / "o")]) == 2

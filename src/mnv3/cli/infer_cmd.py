@@ -1,0 +1,105 @@
+"""Run a built model over images: per-image top-1 / top-5, accuracy, images/s, the seed's result files.
+
+Data: --image-dir D with an optional --label-file F (`filename class_index` or `filename wnid`
+lines; wnids need --synsets), an ImageFolder tree (one sub-folder per class) or a plain folder
+(predict only). With no data flags, the bundled demo set (28 ImageNet photos) is used.
+
+Writes into --output-dir: eval_labels.txt, eval_result_1.txt, eval_result_5.txt (five lines per
+image), eval_result.txt (`top1 accuracy: x` / `top5 accuracy: y`), results.jsonl (top-5 indices,
+class names, probabilities per image) and skipped.txt when an image could not be decoded
+(skipped and counted; --strict makes it an error). --save-images also writes copies with the
+top-1 class and probability drawn on them. Images are decoded on --workers threads while the
+model runs, so end-to-end images/s is printed beside the engine-only figure.
+
+examples:
+  mnv3 infer --model data/models/force_float32_false_8 --output-dir out/demo
+  mnv3 infer --model data/models/force_float32_false_8 --image-dir val/images \\
+      --label-file val/labels.txt --output-dir out/val --image-num 500 --json out/val.json
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mnv3.cli.common import add_parser as _add, write_json
+
+
+def add_parser(sub):
+    p = _add(sub, "infer", __doc__, run)
+    p.add_argument("--model", required=True, metavar="DIR", help="a built model directory")
+    data = p.add_argument_group("data (default: the bundled demo set)")
+    data.add_argument("--image-dir", metavar="D", help="folder of images (or ImageFolder tree)")
+    data.add_argument("--label-file", metavar="F", help="'filename class_index' or "
+                      "'filename wnid' lines")
+    data.add_argument("--synsets", metavar="F", help="'wnid name' per line, line N = class N: "
+                      "maps wnid labels and names the classes")
+    data.add_argument("--demo", action="store_true", help="use the bundled demo set")
+    p.add_argument("--output-dir", required=True, metavar="O", help="where result files go")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="images per engine call (default: the model's batch)")
+    p.add_argument("--image-num", type=int, default=None, metavar="N",
+                   help="only the first N images (sorted by name)")
+    p.add_argument("--workers", type=int, default=None, metavar="W",
+                   help="decode threads (default: one per CPU)")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="engine intra-op threads (default: the engine's choice)")
+    p.add_argument("--save-images", action="store_true",
+                   help="write copies with the top-1 class drawn on them to O/images/")
+    p.add_argument("--strict", action="store_true",
+                   help="stop with an error at the first image that cannot be decoded")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", default=None, metavar="F",
+                   help="also write the summary as JSON ('-' = stdout)")
+    return p
+
+
+def run(args) -> int:
+    from mnv3.backends import load
+    from mnv3.data.datasets import demo_dataset, demo_dir, load_class_names, load_dataset
+    from mnv3.errors import UsageError
+    from mnv3.infer import infer
+
+    if args.demo and (args.image_dir or args.label_file):
+        raise UsageError("--demo uses the bundled images; drop --image-dir / --label-file")
+    if args.label_file and not args.image_dir:
+        raise UsageError("--label-file needs --image-dir (the folder its file names are in)")
+    say = (lambda *a: None) if args.json == "-" else print
+    session = load(args.model, threads=args.threads)
+    with session:
+        synsets = args.synsets
+        if args.image_dir:
+            samples = load_dataset(args.image_dir, args.label_file, synsets,
+                                   num_classes=session.meta.num_classes)
+        else:
+            say(f"no --image-dir given: using the bundled demo set ({demo_dir()})")
+            samples = demo_dataset()
+            synsets = synsets or str(demo_dir() / "synsets.txt")
+        class_names = load_class_names(synsets) if synsets else None
+        result = infer(session, samples, args.output_dir, batch_size=args.batch_size,
+                       image_num=args.image_num, workers=args.workers, strict=args.strict,
+                       save_images=args.save_images, class_names=class_names,
+                       progress=not args.no_progress and sys.stderr.isatty())
+    for line in summary_lines(result):
+        say(line)
+    write_json(args.json, result.to_dict())
+    return 0
+
+
+def summary_lines(r) -> list[str]:
+    lines = [f"images: {r.processed} predicted, {r.skipped} skipped "
+             f"(of {r.images}; batch {r.batch_size}, {r.workers} decode threads)"]
+    if r.skipped:
+        lines.append(f"skipped (could not decode), listed in {r.output_dir}/skipped.txt:")
+        lines += [f"  {name}: {reason}" for name, reason in r.skipped_files[:5]]
+        if r.skipped > 5:
+            lines.append(f"  ... and {r.skipped - 5} more")
+    if r.top1 is not None:
+        lines.append(f"top1 accuracy: {r.top1:f} ({r.top1_correct}/{r.labeled})")
+        lines.append(f"top5 accuracy: {r.top5:f} ({r.top5_correct}/{r.labeled})")
+    else:
+        lines.append("no labels given: predictions only (see results.jsonl)")
+    lines.append(f"speed: {r.images_per_s:.1f} images/s end to end (decode included), "
+                 f"{r.engine_images_per_s:.1f} images/s engine only "
+                 f"({r.engine_seconds:.2f} s of {r.seconds:.2f} s in the engine)")
+    lines.append(f"results in {r.output_dir}")
+    return lines
