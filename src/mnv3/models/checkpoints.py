@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +104,9 @@ def is_torchscript(path: Path) -> bool:
 
 def _load_torchscript(path: Path) -> nn.Module:
     try:
-        return torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # still supported in torch 2.13
+            return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as e:  # torch raises RuntimeError subclasses with long C++ traces
         raise CheckpointError(f"{path} looks like TorchScript but torch.jit.load failed: "
                               f"{str(e).splitlines()[0]}") from None
@@ -193,15 +196,14 @@ def match_network(state: dict, path: Path, arch="auto", layout="auto", width_mul
     layouts = LAYOUT_NAMES if layout in (None, "auto") else (check_layout(layout),)
     archs = ARCHS if arch in (None, "auto") else (canonical_arch(arch),)
     tried = []  # (score, layout, arch, width, classes, diff)
-    for lay in layouts:
-        for ar in archs:
-            nc = num_classes or _classes_from(state, lay)
-            widths = [float(width_mult)] if width_mult else _width_candidates(state, lay, ar)
-            for wm in widths:
-                diff = _diff(state, expected_shapes(lay, ar, wm, nc))
-                if not any(diff):
-                    return lay, ar, wm, nc
-                tried.append((sum(map(len, diff)), lay, ar, wm, nc, diff))
+    for lay, ar in _by_key_overlap(state, layouts, archs):
+        nc = num_classes or _classes_from(state, lay)
+        widths = [float(width_mult)] if width_mult else _width_candidates(state, lay, ar)
+        for wm in widths:
+            diff = _diff(state, expected_shapes(lay, ar, wm, nc))
+            if not any(diff):
+                return lay, ar, wm, nc
+            tried.append((sum(map(len, diff)), lay, ar, wm, nc, diff))
     message = _mismatch_message(path, min(tried, key=lambda t: t[0]), layouts, archs)
     if (layout, arch, width_mult, num_classes) != ("auto", "auto", None, None):
         try:  # a wrong hint is the likeliest cause: say what the file really is
@@ -211,6 +213,17 @@ def match_network(state: dict, path: Path, arch="auto", layout="auto", width_mul
         except CheckpointError:
             pass
     raise CheckpointError(message)
+
+
+def _by_key_overlap(state: dict, layouts, archs) -> list[tuple[str, str]]:
+    """(layout, arch) pairs whose key names best overlap the checkpoint's (key names barely depend
+    on the width), so the width search runs only where it can succeed."""
+    keys = set(state)
+    scored = [(len(keys & set(expected_shapes(lay, ar, 1.0, 1000))) /
+               len(keys | set(expected_shapes(lay, ar, 1.0, 1000))), lay, ar)
+              for lay in layouts for ar in archs]
+    best = max(s for s, _, _ in scored)
+    return [(lay, ar) for s, lay, ar in scored if s == best]
 
 
 def _classes_from(state: dict, layout: str) -> int:
