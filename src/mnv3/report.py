@@ -144,7 +144,7 @@ def baselines_table(rep: RunReport) -> str:
     return _table(header, rows)
 
 
-def untrained_warning(rep: RunReport) -> str:
+def untrained_warning(rep: RunReport | None = None) -> str:
     return ("**UNTRAINED MODEL**: no --weights given, so the network has a deterministic random "
             "initialization (seed 0). Its top-1/top-5 are meaningless and marked (untrained); "
             "agreement with fp32 and all speed figures are still real.")

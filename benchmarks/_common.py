@@ -1,0 +1,56 @@
+"""Helpers shared by the benchmark scripts: a model to measure, interleaved rounds, medians.
+
+On these 2-vCPU machines 2-thread speed is bimodal for minutes at a time (see DESIGN.md), so
+every script compares configurations by interleaving them (A B A B ...) in one process and
+quoting the median of the rounds and the median of the per-round ratios.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+
+def export_fp32(arch: str = "mobilenetv3-small", width_mult: float = 1.0,
+                out_dir: str | Path | None = None, layout: str = "seed"):
+    """(torch module, fp32 ONNX path with a dynamic batch) for a seeded random network."""
+    from mnv3.models import create_model
+
+    model = create_model(arch, layout=layout, width_mult=width_mult, seed=0)
+    out = Path(out_dir or tempfile.mkdtemp(prefix="mnv3-bench-")) / f"{arch}-{width_mult}.onnx"
+    try:
+        from mnv3.export import export_onnx
+    except ImportError:  # the export stage has not landed in this checkout: plain torch export
+        import torch
+
+        torch.onnx.export(model, torch.zeros(2, 3, 224, 224), str(out), input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+        return model, out
+    export_onnx(model, out, dynamic_batch=True)
+    return model, out
+
+
+def interleave(configs: dict, rounds: int, measure) -> dict[str, list]:
+    """Run ``measure(name, cfg)`` for every config, round after round: A B C A B C ..."""
+    results: dict[str, list] = {name: [] for name in configs}
+    for r in range(rounds):
+        for name, cfg in configs.items():
+            results[name].append(measure(name, cfg))
+            print(f"  round {r + 1}/{rounds} {name}: {_fmt(results[name][-1])}", file=sys.stderr)
+    return results
+
+
+def _fmt(v) -> str:
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """Median of the per-round ratios a/b (rounds ran back to back, so they share conditions)."""
+    return statistics.median(x / y for x, y in zip(a, b))

@@ -1,0 +1,91 @@
+"""Run the whole pipeline: export, build every quant mode x batch, infer + eval, bench, report.
+
+With no arguments: MobileNetV3-Small (seed layout) with a deterministic RANDOM initialization
+(no --weights: top-1/top-5 are then meaningless and marked "untrained"), the bundled demo
+images, ONNX Runtime, quant modes force_float32, force_float16, qint8_mixed_float16 at batch
+1, 4 and 8. Every speed figure is compared with PyTorch eager fp32 and a plain ONNX Runtime
+session on the exported fp32 ONNX, measured in the same run on the same input and threads.
+
+Prints the performance and accuracy tables (Markdown) and writes report.md, report.json and
+report.png into --out, beside onnx/, models/ and results/. Resumable: a model whose meta.json
+matches the request is reused, not rebuilt. Lists are comma-separated.
+
+examples:
+  mnv3 run
+  mnv3 run --weights mobilenetv3_small_67.4.pth.tar \\
+           --image-dir ../shared/datasets/imagenet-sample-500/images \\
+           --label-file ../shared/datasets/imagenet-sample-500/labels.txt
+  mnv3 run --quant-modes force_float32,qint8_mixed_float32 --batch-sizes 1,8 --out runs/a
+"""
+
+from __future__ import annotations
+
+from mnv3.cli.common import add_parser as _add
+from mnv3.cli.common import int_list, str2bool, str_list, write_json
+
+
+def add_parser(sub):
+    p = _add(sub, "run", __doc__, run)
+    p.add_argument("--weights", default=None, metavar="CKPT",
+                   help="trained checkpoint (.pth/.pth.tar/.pt); default: random init (untrained)")
+    p.add_argument("--arch", default="auto",
+                   help="auto|mobilenetv3-small|mobilenetv3-large (auto: from the checkpoint, "
+                        "else small)")
+    p.add_argument("--layout", default="auto", help="auto|seed|torchvision (auto: from the "
+                   "checkpoint, else seed)")
+    p.add_argument("--width-mult", type=float, default=None, help="width multiplier "
+                   "(default: from the checkpoint, else 1.0)")
+    p.add_argument("--image-dir", default=None, metavar="D",
+                   help="evaluation images (default: the bundled demo set)")
+    p.add_argument("--label-file", default=None, metavar="F", help="'filename class' lines")
+    p.add_argument("--synsets-file", default=None, metavar="F", help="wnid -> class index")
+    p.add_argument("--image-num", type=int, default=None, metavar="N",
+                   help="use only the first N images")
+    p.add_argument("--quant-modes", type=str_list,
+                   default=("force_float32", "force_float16", "qint8_mixed_float16"),
+                   help="default force_float32,force_float16,qint8_mixed_float16")
+    p.add_argument("--batch-sizes", type=int_list, default=(1, 4, 8), help="default 1,4,8")
+    p.add_argument("--shape-mutable", type=str2bool, default=False, help="default false")
+    p.add_argument("--backend", default="onnxruntime", help="default onnxruntime")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="intra-op threads for mnv3 and both baselines (default: all cores)")
+    p.add_argument("--calib-dir", default=None, metavar="D",
+                   help="int8 calibration images (default: the evaluation images)")
+    p.add_argument("--calib-num", type=int, default=100, metavar="N", help="default 100")
+    p.add_argument("--bench-duration", type=float, default=1.0, metavar="S",
+                   help="seconds per configuration per round (default 1)")
+    p.add_argument("--bench-iterations", type=int, default=None, metavar="N",
+                   help="or stop each round after N queries")
+    p.add_argument("--bench-rounds", type=int, default=3, metavar="R",
+                   help="interleaved rounds per configuration (default 3)")
+    p.add_argument("--out", default="data", metavar="DIR", help="output folder (default data)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", default=None, metavar="F", help="also write report.json's content "
+                   "to F ('-' = stdout)")
+    return p
+
+
+def run(args) -> int:
+    from mnv3.pipeline import run_all
+    from mnv3.report import accuracy_table, baselines_table, performance_table
+
+    rep = run_all(
+        weights=args.weights, arch=args.arch, layout=args.layout, width_mult=args.width_mult,
+        image_dir=args.image_dir, label_file=args.label_file, synsets_file=args.synsets_file,
+        image_num=args.image_num, quant_modes=args.quant_modes, batch_sizes=args.batch_sizes,
+        shape_mutable=args.shape_mutable, backend=args.backend, threads=args.threads,
+        calib_dir=args.calib_dir, calib_num=args.calib_num, bench_duration=args.bench_duration,
+        bench_iterations=args.bench_iterations, bench_rounds=args.bench_rounds, out=args.out,
+        progress=not args.no_progress,
+    )
+    if args.json != "-":
+        if rep.untrained:
+            print("UNTRAINED (random init, seed 0): top-1/top-5 below are meaningless.\n")
+        print("## Performance\n\n" + performance_table(rep) + "\n")
+        print("## Accuracy\n\n" + accuracy_table(rep) + "\n")
+        print("## Against baselines (same run, same input, same threads)\n\n"
+              + baselines_table(rep) + "\n")
+        print(f"report: {args.out}/report.md, report.json, report.png "
+              f"({rep.timings.get('total', 0):.0f} s)")
+    write_json(args.json, rep.to_dict())
+    return 0

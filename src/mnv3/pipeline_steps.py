@@ -1,0 +1,236 @@
+"""The steps ``mnv3.pipeline.run_all`` strings together, each reusable and resumable.
+
+Reuse rules (what makes ``mnv3 run`` resumable):
+* export: ``onnx/<source>.onnx`` is reused when ``onnx/<source>.json`` records the same request
+  (network, layout, width, classes, weights sha256 or random seed) and the file's sha256;
+* build: ``models/<name>`` is reused when its meta.json matches the request (backend, mode,
+  shape mutability, batch, the ONNX file's sha256, preprocessing, calibration folder/count/
+  method) and the compiled file still has the sha256 meta.json records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mnv3.meta import META_FILE, PreprocessCfg, atomic_write_text, read_meta, sha256_file
+
+RANDOM_SEED = 0
+
+
+@dataclass
+class Source:
+    """The network being deployed and what identifies it for reuse."""
+
+    model: object  # nn.Module or LoadedModel (what export_onnx takes)
+    module: object  # the nn.Module
+    label: str  # the report's Model column
+    untrained: bool
+    preprocess: PreprocessCfg
+    num_classes: int
+    key: dict = field(default_factory=dict)  # what identifies the export
+
+    @property
+    def tag(self) -> str:
+        k = self.key
+        who = f"seed{RANDOM_SEED}" if self.untrained else k["weights_sha256"][:12]
+        return f"{k['arch']}_{k['layout']}_{k['width_mult']:g}_{who}"
+
+
+def open_source(weights, arch: str, layout: str, width_mult: float | None) -> Source:
+    from mnv3.models import create_model, load_checkpoint
+
+    if weights is not None:
+        lm = load_checkpoint(weights, arch=arch, layout=layout, width_mult=width_mult)
+        key = {"arch": lm.arch, "layout": lm.layout, "width_mult": lm.width_mult or 1.0,
+               "num_classes": lm.num_classes, "weights_sha256": lm.source_sha256}
+        return Source(lm, lm.module, _label(lm.arch, lm.layout, lm.width_mult), False,
+                      lm.preprocess, int(lm.num_classes or 1000), key)
+    arch = "mobilenetv3-small" if arch in (None, "auto") else arch
+    layout = "seed" if layout in (None, "auto") else layout
+    m = create_model(arch, layout=layout, width_mult=width_mult or 1.0, seed=RANDOM_SEED)
+    key = {"arch": m.arch, "layout": m.layout, "width_mult": m.width_mult,
+           "num_classes": m.num_classes, "random_seed": RANDOM_SEED}
+    return Source(m, m, _label(m.arch, m.layout, m.width_mult), True, m.preprocess,
+                  int(m.num_classes), key)
+
+
+def _label(arch, layout, width) -> str:
+    extra = [] if layout == "seed" else [f"{layout} layout"]
+    if width not in (None, 1.0):
+        extra.append(f"x{width:g}")
+    return arch + (f" ({', '.join(extra)})" if extra else "")
+
+
+def export_or_reuse(src: Source, onnx_dir: Path) -> tuple[Path, bool]:
+    from mnv3.export import export_onnx
+
+    path = onnx_dir / f"{src.tag}.onnx"
+    sidecar = path.with_suffix(".json")
+    request = {**src.key, "dynamic_batch": True, "image_size": src.preprocess.crop}
+    if path.is_file() and sidecar.is_file():
+        try:
+            rec = json.loads(sidecar.read_text(encoding="utf-8"))
+            if rec.get("request") == request and rec.get("sha256") == sha256_file(path):
+                return path, True
+        except (OSError, ValueError):
+            pass  # unreadable record: export again
+    report = export_onnx(src.model, path, dynamic_batch=True, image_size=src.preprocess.crop)
+    atomic_write_text(sidecar, json.dumps({"request": request, "sha256": sha256_file(path),
+                                           "report": report.to_dict()}, indent=2, default=str))
+    return path, False
+
+
+def reference_top1(src: Source, samples, out_dir: Path, threads: int) -> dict[str, int]:
+    """PyTorch eager fp32 top-1 per image: what 'agreement with fp32' compares against."""
+    from mnv3.baselines import TorchEagerSession
+    from mnv3.infer import infer
+
+    session = TorchEagerSession(src.module, threads=threads, image_size=src.preprocess.crop,
+                                num_classes=src.num_classes)
+    infer(session, samples, out_dir, batch_size=8, progress=False)
+    return read_top1(out_dir)
+
+
+def read_top1(result_dir: Path) -> dict[str, int]:
+    """``{filename: top-1 class}`` from an ``eval_result_1.txt`` written by mnv3 infer."""
+    out = {}
+    for line in (result_dir / "eval_result_1.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            name, _, idx = line.rpartition(" ")
+            out[name] = int(idx)
+    return out
+
+
+def build_or_reuse(onnx_path: Path, target: Path, mode: str, mutable: bool, batch: int,
+                   src: Source, backend: str, calib: Path, calib_num: int, threads: int,
+                   options: dict | None) -> tuple[Path, bool, float]:
+    from mnv3.build import build
+
+    request = {"backend": backend, "quant_mode": mode, "shape_mutable": mutable,
+               "batch_size": batch, "onnx_sha256": sha256_file(onnx_path),
+               "preprocess": src.preprocess, "calib": (str(calib), calib_num, "minmax")}
+    if reusable(target, request):
+        return target, True, 0.0
+    t0 = time.perf_counter()
+    build(onnx_path, target, quant_mode=mode, shape_mutable=mutable, batch_size=batch,
+          preprocess=src.preprocess, calib_dir=calib, calib_num=calib_num, backend=backend,
+          source=dict(src.key), options={"progress": False, "threads": threads,
+                                         **(options or {})})
+    return target, False, time.perf_counter() - t0
+
+
+def reusable(target: Path, request: dict) -> bool:
+    """True when ``target`` holds a whole, intact model built for exactly this request."""
+    from mnv3.errors import ModelError
+
+    if not (target / META_FILE).is_file():
+        return False
+    try:
+        meta = read_meta(target)
+    except ModelError:
+        return False
+    compiled = target / meta.compiled_file
+    cal = meta.calibration or {}
+    int8 = request["quant_mode"].startswith("qint8")
+    return (meta.backend == request["backend"] and meta.quant_mode == request["quant_mode"]
+            and meta.shape_mutable == request["shape_mutable"]
+            and int(meta.batch_size) == request["batch_size"]
+            and meta.source.get("sha256") == request["onnx_sha256"]
+            and meta.preprocess == request["preprocess"]
+            and (not int8 or (cal.get("folder"), cal.get("requested"), cal.get("method"))
+                 == request["calib"])
+            and compiled.is_file() and sha256_file(compiled) == meta.compiled_sha256)
+
+
+def infer_and_score(row, samples, out_dir: Path, ref: dict[str, int], threads: int):
+    """(accuracy dict, model notes): top-1/top-5 from mnv3 infer, agreement with the reference."""
+    from mnv3.backends import load
+    from mnv3.infer import infer
+
+    with load(row.model_dir, threads=threads) as session:
+        res = infer(session, samples, out_dir, batch_size=row.batch, progress=False)
+        notes = list(session.meta.notes)
+    top1 = read_top1(out_dir)
+    common = [n for n in top1 if n in ref]
+    agree = sum(top1[n] == ref[n] for n in common) / len(common) if common else None
+    acc = {"top1": res.top1, "top5": res.top5, "agreement": agree, "images": res.processed,
+           "labeled": res.labeled, "skipped": res.skipped,
+           "end_to_end_images_per_s": res.images_per_s,
+           "engine_images_per_s": res.engine_images_per_s}
+    return acc, notes
+
+
+def bench_batch(rows, src: Source, onnx_path: Path, batch: int, threads: int, iterations,
+                duration, rounds: int, warmup: int):
+    """Bench every model of this batch and both baselines, interleaved round by round."""
+    from mnv3.backends import load
+    from mnv3.baselines import PlainOrtSession, TorchEagerSession
+    from mnv3.bench import benchmark, merge_results
+    from mnv3.report import BASELINE_ORT, BASELINE_TORCH, BaselineRow
+
+    sessions, load_s = {}, {}
+    for key, opener in [*((r.name, lambda r=r: load(r.model_dir, threads=threads)) for r in rows),
+                        (BASELINE_TORCH, lambda: TorchEagerSession(
+                            src.module, threads=threads, image_size=src.preprocess.crop,
+                            num_classes=src.num_classes)),
+                        (BASELINE_ORT, lambda: PlainOrtSession(onnx_path, threads=threads))]:
+        t0 = time.perf_counter()
+        sessions[key] = opener()
+        load_s[key] = time.perf_counter() - t0
+    runs: dict[str, list] = {k: [] for k in sessions}
+    try:
+        for r in range(rounds):
+            for key, sess in sessions.items():
+                runs[key].append(benchmark(
+                    sess, batch=batch, threads=threads, iterations=iterations, duration=duration,
+                    warmup=warmup, load_time_s=load_s[key], first_run=(r == 0), label=key))
+    finally:
+        for sess in sessions.values():
+            sess.close()
+    for row in rows:
+        row.bench = merge_results(runs[row.name])
+    return [BaselineRow(k, batch, merge_results(runs[k])) for k in (BASELINE_TORCH, BASELINE_ORT)]
+
+
+class Progress:
+    """Which of the N steps is running: a tqdm bar over steps (stderr), or silence."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.enabled = enabled
+        self.i = 0
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="mnv3 run", unit="step", file=sys.stderr,
+                            bar_format="{desc} |{bar:20}| {n_fmt}/{total_fmt} steps "
+                                       "[{elapsed}<{remaining}]")
+        self.total = total
+        self._note = ""
+
+    @contextlib.contextmanager
+    def step(self, what: str, timings: dict, bucket: str):
+        self.i += 1
+        if self.bar is not None:
+            self.bar.set_description(f"mnv3 run: step {self.i}/{self.total}: {what}")
+        t0 = time.perf_counter()
+        yield
+        dt = time.perf_counter() - t0
+        timings[bucket] = timings.get(bucket, 0.0) + dt
+        if self.bar is not None:
+            note, self._note = self._note, ""
+            self.bar.write(f"[{self.i}/{self.total}] {what}: {note}{dt:.1f} s", file=sys.stderr)
+            self.bar.update(1)
+
+    def done(self, what: str) -> None:
+        """A word on how the current step went, printed with its line (e.g. 'reused')."""
+        self._note = f"{what}; "
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

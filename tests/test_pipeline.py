@@ -1,0 +1,84 @@
+"""mnv3 run end to end on a tiny model and 4 demo images: tables, report files, reuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mnv3.cli.main import main
+from mnv3.errors import UsageError
+from mnv3.meta import read_meta
+from mnv3.pipeline import run_all
+
+# Tiny and quick: MobileNetV3-Small x0.35, 4 demo images, two modes, one batch, short benches.
+ARGS = ["--width-mult", "0.35", "--image-num", "4", "--quant-modes",
+        "force_float32,qint8_mixed_float32", "--batch-sizes", "2", "--threads", "1",
+        "--calib-num", "4", "--bench-duration", "0.05", "--bench-rounds", "1", "--no-progress"]
+KWARGS = dict(width_mult=0.35, image_num=4, quant_modes=("force_float32", "qint8_mixed_float32"),
+              batch_sizes=(2,), threads=1, calib_num=4, bench_duration=0.05, bench_rounds=1,
+              progress=False)
+NAMES = ("force_float32_false_2", "qint8_mixed_float32_false_2")
+
+
+
+
+def test_run_end_to_end_then_reuse(tmp_path, capsys):
+    out = tmp_path / "data"
+    assert main(["run", *ARGS, "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "WARNING" in printed.err and "UNTRAINED" in printed.err  # said loudly at the start
+    stdout = printed.out
+    assert "| Model | QuantMode_ShapeMutable_BatchSize | Throughput (images/s) |" in stdout
+    assert "| Model | QuantMode_ShapeMutable_BatchSize | top1 | top5 | agreement with fp32 |" \
+        in stdout
+    for name in NAMES:
+        assert stdout.count(f"| {name} |") == 3  # performance, accuracy, baselines
+    assert {"report.md", "report.json", "report.png"} <= {p.name for p in out.iterdir()}
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    md = (out / "report.md").read_text()
+    assert "UNTRAINED" in md and "(untrained)" in md and "## Against baselines" in md
+
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["untrained"] is True and rep["dataset"]["images"] == 4 and rep["dataset"]["demo"]
+    rows = {r["name"]: r for r in rep["rows"]}
+    assert set(rows) == set(NAMES) and not any(r["reused"] for r in rows.values())
+    # fp32 ORT must pick the same top-1 as PyTorch eager fp32 on every image
+    assert rows["force_float32_false_2"]["accuracy"]["agreement"] == 1.0
+    for r in rows.values():
+        b = r["bench"]
+        assert b["batch"] == 2 and b["threads"] == 1 and b["throughput_ips"] > 0
+        assert (out / "results" / r["name"] / "eval_result_1.txt").is_file()
+    assert {(b["name"], b["batch"]) for b in rep["baselines"]} == {
+        ("pytorch-eager-fp32", 2), ("onnxruntime-plain-fp32", 2)}
+
+    # A second run reuses the export and both builds: nothing is rewritten.
+    metas = {n: read_meta(out / "models" / n) for n in NAMES}
+    mtimes = {n: (out / "models" / n / "meta.json").stat().st_mtime_ns for n in NAMES}
+    onnx = next((out / "onnx").glob("*.onnx"))
+    onnx_mtime = onnx.stat().st_mtime_ns
+    rep2 = run_all(**KWARGS, out=out)
+    assert all(r.reused and r.build_s is None for r in rep2.rows)
+    assert onnx.stat().st_mtime_ns == onnx_mtime
+    for n in NAMES:
+        assert (out / "models" / n / "meta.json").stat().st_mtime_ns == mtimes[n]
+        assert read_meta(out / "models" / n).created == metas[n].created
+    assert "reused" not in capsys.readouterr().out  # progress=False: quiet
+
+
+def test_changed_request_rebuilds(tmp_path):
+    """A model whose meta.json does not match (here: another calibration count) is rebuilt."""
+    kw = {**KWARGS, "quant_modes": ("qint8_mixed_float32",), "bench_iterations": 2,
+          "bench_duration": None}
+    run_all(**kw, out=tmp_path)
+    rep = run_all(**{**kw, "calib_num": 3}, out=tmp_path)
+    assert not rep.rows[0].reused
+    assert read_meta(tmp_path / "models" / NAMES[1]).calibration["requested"] == 3
+
+
+@pytest.mark.parametrize("bad", [dict(quant_modes=("bogus",)), dict(batch_sizes=(0,)),
+                                 dict(threads=0), dict(label_file="labels.txt")])
+def test_bad_request_fails_before_writing_anything(tmp_path, bad):
+    with pytest.raises(UsageError):
+        run_all(**{**KWARGS, **bad}, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
