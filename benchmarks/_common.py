@@ -15,21 +15,18 @@ from pathlib import Path
 
 def export_fp32(arch: str = "mobilenetv3-small", width_mult: float = 1.0,
                 out_dir: str | Path | None = None, layout: str = "seed"):
-    """(torch module, fp32 ONNX path with a dynamic batch) for a seeded random network."""
+    """(torch module, fp32 ONNX path with a dynamic batch) for a seeded random network.
+
+    Speed does not depend on the weights' values, so random weights give real speed figures.
+    An existing export in ``out_dir`` is reused.
+    """
+    from mnv3.export import export_onnx
     from mnv3.models import create_model
 
     model = create_model(arch, layout=layout, width_mult=width_mult, seed=0)
-    out = Path(out_dir or tempfile.mkdtemp(prefix="mnv3-bench-")) / f"{arch}-{width_mult}.onnx"
-    try:
-        from mnv3.export import export_onnx
-    except ImportError:  # the export stage has not landed in this checkout: plain torch export
-        import torch
-
-        torch.onnx.export(model, torch.zeros(2, 3, 224, 224), str(out), input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}},
-                          opset_version=17, dynamo=False)
-        return model, out
-    export_onnx(model, out, dynamic_batch=True)
+    out = Path(out_dir or tempfile.mkdtemp(prefix="mnv3-bench-")) / f"{arch}-{width_mult:g}.onnx"
+    if not out.is_file():
+        export_onnx(model, out, dynamic_batch=True)
     return model, out
 
 
@@ -54,3 +51,16 @@ def median(values) -> float:
 def median_ratio(a: list[float], b: list[float]) -> float:
     """Median of the per-round ratios a/b (rounds ran back to back, so they share conditions)."""
     return statistics.median(x / y for x, y in zip(a, b))
+
+
+def build_model(onnx_path, quant_mode: str, batch: int, out_dir, mutable: bool = False,
+                calib_dir=None):
+    """A built mnv3 model directory (an existing one is reused: scripts can be rerun)."""
+    from mnv3.build import build
+    from mnv3.meta import model_dir_name
+
+    target = Path(out_dir) / model_dir_name(quant_mode, mutable, batch)
+    if not (target / "meta.json").is_file():
+        build(onnx_path, target, quant_mode=quant_mode, shape_mutable=mutable, batch_size=batch,
+              calib_dir=calib_dir, options={"progress": False})
+    return target

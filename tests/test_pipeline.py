@@ -65,6 +65,18 @@ def test_run_end_to_end_then_reuse(tmp_path, capsys):
         assert read_meta(out / "models" / n).created == metas[n].created
     assert "reused" not in capsys.readouterr().out  # progress=False: quiet
 
+    # mnv3 bench on a model the run built: human block + JSON; a wrong batch is refused.
+    model = str(out / "models" / NAMES[0])
+    js = tmp_path / "bench.json"
+    assert main(["bench", "--model", model, "--iterations", "5", "--warmup", "1",
+                 "--threads", "1", "--json", str(js)]) == 0
+    text = capsys.readouterr().out
+    assert "images/s" in text and "queries/s" in text and "p99" in text and "first run" in text
+    d = json.loads(js.read_text())
+    assert d["iterations"] == 5 and d["batch"] == 2 and d["load_time_ms"] > 0
+    assert main(["bench", "--model", model, "--batch", "3", "--iterations", "5"]) == 7
+    assert "fixed batch of 2" in capsys.readouterr().err
+
 
 def test_changed_request_rebuilds(tmp_path):
     """A model whose meta.json does not match (here: another calibration count) is rebuilt."""

@@ -1,0 +1,67 @@
+"""The report's speed table for MobileNetV3-Large and -Small at batch 1 and 8, 1 and 2 threads.
+
+Runs ``mnv3.run_all`` (the code behind ``mnv3 run``) per network and thread count, so the
+figures are exactly the report's: every mnv3 build is measured interleaved with the two
+baselines of the same batch (PyTorch eager fp32 channels_last + inference_mode, and a plain ONNX
+Runtime session on the exported fp32 ONNX), in ``--rounds`` rounds of ``--duration`` seconds,
+all on the same pre-filled input and threads; the ratios compare figures from the same rounds.
+Builds are reused between thread counts and reruns (``--work``). Accuracy is not the point
+here (random weights: speed does not depend on their values; 4 demo images for the eval step).
+
+    python benchmarks/speed.py [--archs mobilenetv3-large,mobilenetv3-small] [--batches 1,8]
+        [--threads 1,2] [--modes force_float32,force_float16,qint8_mixed_float16]
+        [--rounds 3] [--duration 1.0] [--work /tmp/mnv3-speed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--archs", default="mobilenetv3-large,mobilenetv3-small")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--modes", default="force_float32,force_float16,qint8_mixed_float16")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=1.0)
+    ap.add_argument("--work", default="/tmp/mnv3-speed")
+    a = ap.parse_args()
+
+    from mnv3.pipeline import run_all
+    from mnv3.report import BASELINE_ORT, BASELINE_TORCH
+    from mnv3.sysinfo import system_info
+
+    info = system_info()
+    v = info["versions"]
+    print(f"machine: {info['cpu_model']}, {info['cores']['usable']} usable cores "
+          f"({' '.join(info['cpu_features'])}); onnxruntime {v.get('onnxruntime')}, "
+          f"torch {v.get('torch')}")
+    print(f"each figure: {a.rounds} interleaved rounds x {a.duration:g} s, 1 stream; "
+          "ratios = mnv3 images/s / baseline images/s in the same rounds\n")
+    print("| model | batch | threads | QuantMode_ShapeMutable_BatchSize | mnv3 images/s | "
+          "p95 ms | PyTorch eager fp32 | x PyTorch | ORT plain fp32 | x ORT plain |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    t0 = time.perf_counter()
+    for arch in a.archs.split(","):
+        for threads in (int(t) for t in a.threads.split(",")):
+            rep = run_all(arch=arch, threads=threads, quant_modes=a.modes.split(","),
+                          batch_sizes=[int(b) for b in a.batches.split(",")], image_num=4,
+                          bench_rounds=a.rounds, bench_duration=a.duration,
+                          out=f"{a.work}/{arch}", progress=False)
+            for row in rep.rows:
+                torch_b = rep.baseline(BASELINE_TORCH, row.batch)
+                ort_b = rep.baseline(BASELINE_ORT, row.batch)
+                ips = row.bench.throughput_ips
+                print(f"| {arch} | {row.batch} | {threads} | {row.name} | {ips:.1f} | "
+                      f"{row.bench.latency_ms.p95:.2f} | {torch_b.throughput_ips:.1f} | "
+                      f"{ips / torch_b.throughput_ips:.2f}x | {ort_b.throughput_ips:.1f} | "
+                      f"{ips / ort_b.throughput_ips:.2f}x |", flush=True)
+    print(f"\n({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
