@@ -40,6 +40,7 @@ class TorchEagerSession(Session):
         import torch
 
         self._torch = torch
+        self._threads_before = torch.get_num_threads()
         if threads:
             torch.set_num_threads(int(threads))  # process-wide: PyTorch has no per-model pool
         self.threads = threads
@@ -53,6 +54,10 @@ class TorchEagerSession(Session):
         with torch.inference_mode():
             x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
             return self.module(x).numpy()
+
+    def close(self) -> None:
+        """Give the process its PyTorch thread count back."""
+        self._torch.set_num_threads(self._threads_before)
 
 
 class PlainOrtSession(Session):

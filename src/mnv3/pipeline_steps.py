@@ -90,9 +90,9 @@ def reference_top1(src: Source, samples, out_dir: Path, threads: int) -> dict[st
     from mnv3.baselines import TorchEagerSession
     from mnv3.infer import infer
 
-    session = TorchEagerSession(src.module, threads=threads, image_size=src.preprocess.crop,
-                                num_classes=src.num_classes)
-    infer(session, samples, out_dir, batch_size=8, progress=False)
+    with TorchEagerSession(src.module, threads=threads, image_size=src.preprocess.crop,
+                           num_classes=src.num_classes) as session:
+        infer(session, samples, out_dir, batch_size=8, progress=False)
     return read_top1(out_dir)
 
 

@@ -144,6 +144,20 @@ def baselines_table(rep: RunReport) -> str:
     return _table(header, rows)
 
 
+def builds_table(rep: RunReport) -> str:
+    """Per model: built or reused, cold start apart from the steady state, end-to-end infer."""
+    header = ["QuantMode_ShapeMutable_BatchSize", "build", "load (ms)", "first run (ms)",
+              "infer end-to-end (images/s)", "engine only (images/s)"]
+    rows = []
+    for r in rep.rows:
+        b, a = r.bench, r.accuracy or {}
+        built = "reused" if r.reused else (f"{r.build_s:.1f} s" if r.build_s else "n/a")
+        rows.append([r.name, built, _f(b and b.load_time_ms, 1), _f(b and b.first_run_ms, 2),
+                     _f(a.get("end_to_end_images_per_s"), 1),
+                     _f(a.get("engine_images_per_s"), 1)])
+    return _table(header, rows)
+
+
 def untrained_warning(rep: RunReport | None = None) -> str:
     return ("**UNTRAINED MODEL**: no --weights given, so the network has a deterministic random "
             "initialization (seed 0). Its top-1/top-5 are meaningless and marked (untrained); "
@@ -171,6 +185,9 @@ def markdown(rep: RunReport) -> str:
         "agreement with fp32: share of images whose top-1 equals PyTorch eager fp32's top-1 "
         "on the same preprocessed input.", "",
         "## Against baselines (same run, same input, same threads)", "", baselines_table(rep), "",
+        "## Builds and cold start", "", builds_table(rep), "",
+        "infer end-to-end includes JPEG decoding and preprocessing of the evaluation images "
+        f"({ds.get('images', '?')} images: small sets say little about it).", "",
     ]
     if b0:
         parts += [f"Latency is per query (one engine call of `batch` images). Percentiles: "
