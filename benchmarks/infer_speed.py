@@ -1,0 +1,108 @@
+"""End-to-end `mnv3 infer` speed (decode included) beside engine-only speed of the same model.
+
+Target (issue 4): end-to-end >= 50% of engine-only for MobileNetV3-Large force_float32 at
+batch 8 on this 2-core machine. The model is a seeded random MobileNetV3-Large (speed does not
+depend on the weights), exported and built force_float32 with a fixed batch of 8.
+
+Measured, interleaved round after round in one process (DESIGN.md: 2-vCPU speed is bimodal):
+
+* engine only   : ``session.run`` on one pre-decoded batch of 8, no decoding at all;
+* decode only   : the threaded loader alone (JPEG decode + exact preprocessing), W threads;
+* end to end    : ``mnv3.infer`` over the images (decoding overlaps the engine), W threads.
+
+    python benchmarks/infer_speed.py [--images N] [--rounds R] [--workers 1,2] [--threads T]
+
+Images: ../shared/datasets/imagenet-sample-500 when present (first --images of them), else the
+bundled demo set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import export_fp32, interleave, median, median_ratio  # noqa: E402
+
+import mnv3  # noqa: E402
+from mnv3.data.datasets import demo_dataset, load_dataset  # noqa: E402
+from mnv3.data.loader import iter_batches  # noqa: E402
+from mnv3.data.preprocess import preprocess_batch  # noqa: E402
+from mnv3.infer import infer  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/datasets/imagenet-sample-500"
+BATCH = 8
+
+
+def samples(n: int):
+    if (SAMPLE / "labels.txt").is_file():
+        return load_dataset(SAMPLE / "images", SAMPLE / "labels.txt")[:n]
+    print(f"{SAMPLE} not found: using the bundled demo set", file=sys.stderr)
+    return demo_dataset()
+
+
+def engine_only(session, x, n_images: int) -> float:
+    for _ in range(2):
+        session.run(x)  # warm
+    calls = max(1, n_images // BATCH)
+    t = time.perf_counter()
+    for _ in range(calls):
+        session.run(x)
+    return calls * BATCH / (time.perf_counter() - t)
+
+
+def decode_only(data, cfg, workers: int) -> float:
+    t = time.perf_counter()
+    n = sum(len(b.samples) for b in iter_batches(data, cfg, BATCH, workers=workers))
+    return n / (time.perf_counter() - t)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", default="1,2", help="decode threads to try, comma-separated")
+    ap.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
+    ap.add_argument("--arch", default="mobilenetv3-large")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mnv3-infer-speed-"))
+    _, onnx_path = export_fp32(args.arch, out_dir=work)
+    meta = mnv3.build(onnx_path, work / "model", quant_mode="force_float32", shape_mutable=False,
+                      batch_size=BATCH, options={"fidelity_num": 8, "progress": False})
+    session = mnv3.load(work / "model", threads=args.threads)
+    data = samples(args.images)
+    cfg = meta.preprocess
+    x = preprocess_batch([s.path for s in data[:BATCH]], cfg)
+    workers = [int(w) for w in args.workers.split(",")]
+
+    configs = {"engine only": None}
+    configs.update({f"decode only W={w}": w for w in workers})
+    configs.update({f"end to end W={w}": w for w in workers})
+
+    def measure(name, w):
+        if name == "engine only":
+            return engine_only(session, x, len(data))
+        if name.startswith("decode"):
+            return decode_only(data, cfg, w)
+        r = infer(session, data, work / "out", workers=w, progress=False)
+        return r.images_per_s
+
+    print(f"{args.arch} force_float32, fixed batch {BATCH}, ORT threads "
+          f"{args.threads or 'default'}, {len(data)} images, {args.rounds} rounds (interleaved)")
+    res = interleave(configs, args.rounds, measure)
+    print(f"{'configuration':<22}{'median images/s':>16}{'vs engine only':>16}")
+    for name, vals in res.items():
+        ratio = median_ratio(vals, res["engine only"])
+        print(f"{name:<22}{median(vals):>16.1f}{ratio:>15.0%}")
+    best = max((n for n in res if n.startswith("end")), key=lambda n: median(res[n]))
+    ratio = median_ratio(res[best], res["engine only"])
+    print(f"target: end to end >= 50% of engine only -> {best}: {ratio:.0%} "
+          f"({'met' if ratio >= 0.5 else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
