@@ -2,8 +2,8 @@
 
 Feeds one pre-filled input to the engine, exactly one engine call per query (as trtexec,
 benchmark_app and mm_run do), after one timed cold run and --warmup unmeasured runs. The
-measured phase stops after --iterations queries or --duration seconds (whichever comes first
-when both are given; default 1000 iterations).
+measured phase stops after --iterations queries (default 1000) or, instead, after --duration
+seconds.
 
 Throughput is given in images/s (mm_run counts images) and queries/s (trtexec counts a batch as
 one query). Latency is per query, in ms: min, avg, p50, p90, p95, p99, max.

@@ -33,7 +33,7 @@ def add_parser(sub):
                         "else small)")
     p.add_argument("--layout", default="auto", help="auto|seed|torchvision (auto: from the "
                    "checkpoint, else seed)")
-    p.add_argument("--width-mult", type=float, default=None, help="width multiplier "
+    p.add_argument("--width-mult", type=float, default=None, metavar="W", help="width multiplier "
                    "(default: from the checkpoint, else 1.0)")
     p.add_argument("--image-dir", default=None, metavar="D",
                    help="evaluation images (default: the bundled demo set)")
@@ -43,9 +43,11 @@ def add_parser(sub):
                    help="use only the first N images")
     p.add_argument("--quant-modes", type=str_list,
                    default=("force_float32", "force_float16", "qint8_mixed_float16"),
-                   help="default force_float32,force_float16,qint8_mixed_float16")
-    p.add_argument("--batch-sizes", type=int_list, default=(1, 4, 8), help="default 1,4,8")
-    p.add_argument("--shape-mutable", type=str2bool, default=False, help="default false")
+                   metavar="M1,M2", help="default force_float32,force_float16,qint8_mixed_float16")
+    p.add_argument("--batch-sizes", type=int_list, default=(1, 4, 8), metavar="B1,B2",
+                   help="default 1,4,8")
+    p.add_argument("--shape-mutable", type=str2bool, default=False, metavar="true|false",
+                   help="default false")
     p.add_argument("--backend", default="onnxruntime", help="default onnxruntime")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="intra-op threads for mnv3 and both baselines (default: all cores)")
