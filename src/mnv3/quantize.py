@@ -19,6 +19,7 @@ The int8 recipe and why (issue 3, "MobileNetV3's int8 traps"):
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 from collections import Counter
@@ -46,7 +47,8 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"calibration folder {folder} does not exist; pass --calib-dir DIR")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    files = sorted(p for p in folder.iterdir()
+                   if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and p.is_file())
     if not files and (folder / "images").is_dir():
         return list_images(folder / "images")
     return files
@@ -188,6 +190,10 @@ def quantize_int8(src: Path, dst: Path, reader, *, method: str = "minmax",
     extra = {"WeightSymmetric": True, "ActivationSymmetric": settings["activation_symmetric"],
              # bound the calibrator's memory: merge ranges every 16 batches
              "CalibMaxIntermediateOutputs": 16}
+    # ORT logs "consider pre-processing" on the root logger; our input already went through
+    # ORT's basic optimizations (BN folding, constant folding) and shape inference.
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
     try:
         quantize_static(
             str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
@@ -200,6 +206,8 @@ def quantize_int8(src: Path, dst: Path, reader, *, method: str = "minmax",
         raise
     except Exception as e:  # ORT raises bare Exceptions for unsupported graphs
         raise BuildError(f"int8 quantization failed: {e}") from e
+    finally:
+        logging.getLogger().setLevel(level)
     return settings
 
 

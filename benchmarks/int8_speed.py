@@ -1,0 +1,98 @@
+"""Issue 3's speed target: our qint8 build vs our force_float32 build of MobileNetV3-Large.
+
+Builds MobileNetV3-Large (random seeded weights: speed does not depend on their values) with a
+fixed batch of 1 and of 8 in each mode, then measures them with ``mnv3.bench.benchmark``
+interleaved (A B A B ..., same process, same threads) because 2-thread speed on these shared
+2-vCPU machines drifts for minutes at a time (DESIGN.md). Prints per batch and thread count the
+median images/s of each mode over the rounds and the ratio to force_float32 (>1 = faster).
+Target: qint8 not slower than force_float32 at batch 1 and 8 (ratio >= 1.0); aim 1.3.
+
+    python benchmarks/int8_speed.py                         # fp32 vs qint8_mixed_float32
+    python benchmarks/int8_speed.py --modes force_float32,qint8_mixed_float32,force_float16
+    python benchmarks/int8_speed.py --arch mobilenetv3-small --rounds 9 --json speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import mnv3
+from mnv3.bench import benchmark
+
+DEFAULT_MODES = "force_float32,qint8_mixed_float32"
+
+
+def build_all(arch: str, out: Path, modes, batches, options: dict) -> dict[tuple, Path]:
+    from mnv3.export import export_onnx
+    from mnv3.models import create_model
+
+    model = create_model(arch, "torchvision", seed=0)
+    onnx_path = out / f"{arch}.onnx"
+    export_onnx(model, onnx_path, dynamic_batch=True)
+    dirs = {}
+    for mode in modes:
+        for b in batches:
+            d = out / f"{mode}_false_{b}"
+            # calibration: the bundled demo images (ranges only; accuracy is not measured here)
+            mnv3.build(onnx_path, d, quant_mode=mode, shape_mutable=False, batch_size=b,
+                       preprocess=model.preprocess, options={"progress": False, **options})
+            dirs[(mode, b)] = d
+    return dirs
+
+
+def measure(dirs, modes, batch: int, threads: int, rounds: int, seconds: float) -> dict:
+    """Interleaved rounds; returns mode -> list of images/s, one per round."""
+    sessions = {m: mnv3.load(dirs[(m, batch)], threads=threads) for m in modes}
+    for s in sessions.values():  # warm every session before the first timed round
+        benchmark(s, iterations=20, warmup=5, first_run=False)
+    ips = {m: [] for m in modes}
+    for _ in range(rounds):
+        for m in modes:
+            r = benchmark(sessions[m], duration=seconds, iterations=10**9, warmup=3,
+                          first_run=False)
+            ips[m].append(r.throughput_ips)
+    return ips
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", default="mobilenetv3-large")
+    ap.add_argument("--modes", default=DEFAULT_MODES)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--seconds", type=float, default=1.5, help="per mode per round")
+    ap.add_argument("--out", type=Path, default=Path("data/bench/int8_speed"))
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    base = modes[0]
+    batches = [int(b) for b in args.batches.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    dirs = build_all(args.arch, args.out, modes, batches, {})
+    print(f"built {len(dirs)} models in {time.perf_counter() - t:.0f} s")
+    rows = []
+    print(f"\n{args.arch}, ONNX Runtime {mnv3.load(next(iter(dirs.values()))).meta.backend_version}"
+          f" CPU, fixed batch, {args.rounds} interleaved rounds of {args.seconds} s per mode; "
+          f"median images/s (ratio to {base})")
+    for threads in [int(t) for t in args.threads.split(",")]:
+        for b in batches:
+            ips = measure(dirs, modes, b, threads, args.rounds, args.seconds)
+            med = {m: statistics.median(v) for m, v in ips.items()}
+            cells = "  ".join(f"{m} {med[m]:8.1f} ({med[m] / med[base]:.2f}x)" for m in modes)
+            print(f"threads {threads} batch {b}: {cells}", flush=True)
+            rows.append({"threads": threads, "batch": b, "images_per_s": ips, "median": med,
+                         "ratio_to_" + base: {m: med[m] / med[base] for m in modes}})
+    if args.json:
+        args.json.write_text(json.dumps({"arch": args.arch, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
