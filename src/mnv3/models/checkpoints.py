@@ -135,7 +135,7 @@ def read_pickle(path: Path):
             f"checkpoints with weights_only=True so that a file can never run code ({first}). "
             "If you trust the file, re-save only the weights: "
             "torch.save(model.state_dict(), 'weights.pth')") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+    except Exception as e:  # a damaged file fails anywhere in unpickling (struct.error, KeyError, ...)
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                               "expected a file written by torch.save") from None
