@@ -94,3 +94,19 @@ def test_bad_request_fails_before_writing_anything(tmp_path, bad):
     with pytest.raises(UsageError):
         run_all(**{**KWARGS, **bad}, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_source_from_weights_is_trained_and_keyed_by_sha(tmp_path):
+    import torch
+
+    from mnv3.models import create_model
+    from mnv3.pipeline_steps import open_source
+
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(create_model("mobilenetv3-small", width_mult=0.35, seed=3).state_dict(), ckpt)
+    src = open_source(ckpt, "auto", "auto", None)
+    assert not src.untrained and src.key["arch"] == "mobilenetv3-small"
+    assert src.key["width_mult"] == 0.35 and len(src.key["weights_sha256"]) == 64
+    assert src.tag.endswith(src.key["weights_sha256"][:12]) and src.label.endswith("(x0.35)")
+    rnd = open_source(None, "auto", "auto", None)
+    assert rnd.untrained and rnd.tag == "mobilenetv3-small_seed_1_seed0"
