@@ -6,14 +6,16 @@ and constants folded, then runs it in ONNX Runtime against PyTorch eager on rand
 given, real preprocessed images. The file appears only when every check passes (it is written to a
 temporary file beside the target and renamed); otherwise ``ExportError`` names the worst check.
 
-How the graph is made (measured, see ``benchmarks/export_choice.py``):
-- exporter ``"torchscript"`` (``torch.onnx.export(dynamo=False)``, the default): 0.3-0.6 s per
-  network here, honours opset 17, and folds eval-mode BatchNorm into Conv itself.
-  ``"dynamo"`` (torch.export-based) gives the same graph in 3-5 s and only emits opset >= 18.
-- then ``onnxscript.optimizer`` folds constants and drops Identity/Constant nodes while keeping
-  HardSwish/HardSigmoid as single standard ops. ORT's offline "basic" optimisation was rejected: it
-  saves HardSwish decomposed into HardSigmoid + Mul, which other engines and int8 quantization
-  then pay for.
+How the graph is made (measured with ``benchmarks/export_choice.py``, full-size networks, shared
+2-vCPU machine under load):
+- exporter ``"torchscript"`` (``torch.onnx.export(dynamo=False)``, the default): 0.5-1.1 s per
+  network, honours opset 17, and folds eval-mode BatchNorm into Conv itself. ``"dynamo"``
+  (torch.export-based) gives the same nodes in 8-12 s and only emits opset >= 18.
+- then ``onnxscript.optimizer`` folds constants and drops Identity/Constant/Flatten leftovers
+  (e.g. Large torchvision 147 -> 140 nodes) while keeping HardSwish/HardSigmoid as single standard
+  ops. ORT's offline "basic" optimisation was rejected: it saves every HardSwish decomposed into
+  HardSigmoid + Mul, which other engines and int8 quantization then pay for. ORT latency at batch 1
+  did not separate the variants beyond run-to-run noise (e.g. Small seed 3.5-4.0 ms for all four).
 - a symbolic batch is exported from a batch-2 example, never batch 1, which can silently
   specialise the "dynamic" batch to 1 (a known trap); verification then runs batches 1, 3 and 8.
 """
