@@ -87,7 +87,11 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
         bs = int(batch_size or session.fixed_batch or meta.batch_size or 1)
         loader = iter_batches(samples, meta.preprocess, bs, workers=workers, strict=strict)
         out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file in the way, a read-only place: the user's to fix
+            raise UsageError(f"cannot create output folder {out} ({e.strerror or e}); "
+                             "choose a writable --output-dir") from None
         collect = _Collector(names, class_names, out if save_images else None)
         engine = 0.0
         bar = _progress(len(samples), progress)
@@ -104,6 +108,9 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
         finally:
             bar.close()
         skipped = [(names[s.path], reason) for s, reason in loader.skipped]
+        if not collect.count:  # not a run with a few bad files: nothing usable at all
+            raise DataError(f"none of the {len(samples)} images could be decoded (first: "
+                            f"{skipped[0][1]}); check that the folder holds valid images")
         label = meta.name if not isinstance(model, (str, os.PathLike)) else str(model)
         result = _summary(collect, skipped, len(samples), elapsed, engine, bs, loader.workers,
                           out, label)
