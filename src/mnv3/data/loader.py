@@ -90,7 +90,8 @@ class BatchLoader:
                     done.append(sample)
                 except DataError as e:
                     if self.strict:
-                        raise DataError(f"{e} (--strict: stopping at the first bad image)") from None
+                        raise DataError(f"{e} (--strict: stopping at the first bad image; replace or "
+                                        "remove it, or drop --strict to skip bad images)") from None
                     self.skipped.append((sample, str(e)))
                 if len(images) == self.batch_size:
                     yield Batch(np.stack(images), done)
