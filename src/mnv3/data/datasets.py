@@ -144,10 +144,15 @@ def _from_label_file(root: Path, images: list[PurePosixPath], label_file: Path,
         name = _safe_name(parts[0], where)
         label = _parse_label(parts[1], where, wnid_index, synsets is not None, num_classes)
         if name in labels:
-            raise DataError(f"{where}: {name} is already labelled on line {labels[name][1]}")
+            raise DataError(f"{where}: {name} is already labelled on line {labels[name][1]}; "
+                            "remove one of the lines")
         if name not in on_disk:
-            raise DataError(f"{where}: label for {name} but there is no such image in {root}")
+            raise DataError(f"{where}: label for {name} but there is no such image in {root}; "
+                            "remove the line or add the image")
         labels[name] = (label, lineno)
+    if not labels:
+        raise DataError(f"label file {label_file} has no 'filename class_index' lines; fill it "
+                        "in, or drop the label file to predict without labels")
     unlabeled = [rel for rel in images if rel not in labels]
     if unlabeled:
         more = f" and {len(unlabeled) - 1} more" if len(unlabeled) > 1 else ""
@@ -227,10 +232,10 @@ def _read_lines(path: Path, what: str) -> list[str]:
     try:
         return path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
-        raise DataError(f"{what} {path} does not exist") from None
+        raise DataError(f"{what} {path} does not exist; check the path") from None
     except IsADirectoryError:
         raise DataError(f"{what} {path} is a folder, expected a text file") from None
     except UnicodeDecodeError as e:
-        raise DataError(f"{what} {path} is not UTF-8 text ({e})") from None
+        raise DataError(f"{what} {path} is not UTF-8 text ({e}); save it as UTF-8") from None
     except OSError as e:
         raise DataError(f"cannot read {what} {path}: {e}") from None
