@@ -63,6 +63,9 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
         print("mnv3 run: WARNING: " + untrained_warning().replace("**", ""), file=sys.stderr)
     samples, dataset = _dataset(image_dir, label_file, synsets_file, image_num, src)
     calib = Path(calib_dir or dataset["image_dir"]).resolve()
+    if not calib.is_dir():
+        raise UsageError(f"calibration folder {calib_dir} does not exist; pass --calib-dir with "
+                         "a folder of images (or leave it out to use the evaluation images)")
     steps = 2 + 2 * len(plan["models"]) + len(plan["batches"]) + 1
     bar = Progress(steps, enabled=progress)
     timings: dict[str, float] = {}
