@@ -181,3 +181,25 @@ def test_demo_copy_loads_from_anywhere(tmp_path):
     shutil.copytree(demo_dir(), tmp_path / "demo")
     ds = load_dataset(tmp_path / "demo" / "images", tmp_path / "demo" / "labels.txt")
     assert [s.label for s in ds] == [s.label for s in demo_dataset()]
+
+
+def test_demo_files_are_declared_package_data():
+    """Every bundled demo file matches pyproject's package-data, so wheels ship it."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip("not running from a source checkout")
+    patterns = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["mnv3"]
+    pkg = demo_dir().parents[1]  # .../mnv3
+    files = [p.relative_to(pkg).as_posix() for p in demo_dir().rglob("*") if p.is_file()]
+    assert files
+
+    def shipped(f, pat):  # setuptools globs: '*' stays within one folder
+        fp, pp = f.split("/"), pat.split("/")
+        return len(fp) == len(pp) and all(fnmatch.fnmatch(a, b) for a, b in zip(fp, pp))
+
+    unshipped = [f for f in files if not any(shipped(f, pat) for pat in patterns)]
+    assert unshipped == []

