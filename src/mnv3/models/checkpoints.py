@@ -129,7 +129,12 @@ def read_pickle(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's first line advises weights_only=False; the GLOBAL line names the object refused
+        first = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), None)
+        if first is None:  # bad opcodes: garbage or another format (ONNX, text), not objects
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not a pickle "
+                                  "torch.load can read); expected a file written by torch.save"
+                                  ) from None
         raise CheckpointError(
             f"refused to load {path}: it pickles objects other than tensors, and mnv3 loads "
             f"checkpoints with weights_only=True so that a file can never run code ({first}). "
