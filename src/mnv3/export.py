@@ -23,6 +23,7 @@ How the graph is made (measured with ``benchmarks/export_choice.py``, full-size 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -138,6 +139,17 @@ def _export_and_verify(module, info, tmp, output, batch_size, dynamic_batch, ima
 
 # ------------------------------------------------------------------------------------- pieces
 @contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@contextlib.contextmanager
 def _one_torch_thread():
     """Export and verification batches are small; on a shared 2-vCPU machine torch's OpenMP
     threads spin-wait on each other (measured: 13.5 s wall / 5.2 s CPU with 2 threads vs 1.6 s /
@@ -189,10 +201,12 @@ def _export(module, example, path: Path, opset: int, dynamic: bool, exporter: st
                 torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
                                   dynamic_axes=axes, do_constant_folding=True, **names)
             else:
+                warnings.simplefilter("ignore", FutureWarning)
                 shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic else None
-                prog = torch.onnx.export(module, (example,), dynamo=True, opset_version=max(opset, 18),
-                                         dynamic_shapes=shapes, optimize=True, verbose=False,
-                                         **names)
+                with _quiet_logger("torch.onnx"):  # "torchvision is not installed. Skipping ..."
+                    prog = torch.onnx.export(
+                        module, (example,), dynamo=True, opset_version=max(opset, 18),
+                        dynamic_shapes=shapes, optimize=True, verbose=False, **names)
                 prog.save(str(path), external_data=False)
     except Exception as e:  # exporter failures are many types; keep the cause chained
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
