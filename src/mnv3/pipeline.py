@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from mnv3.errors import UsageError
-from mnv3.meta import model_dir_name, normalize_quant_mode
+from mnv3.meta import check_mode_backend, model_dir_name, normalize_quant_mode
 from mnv3.pipeline_steps import (Progress, bench_batch, build_or_reuse, export_or_reuse,
                                  infer_and_score, open_source, reference_top1)
 from mnv3.report import ModelRow, RunReport, untrained_warning, write_report
@@ -56,7 +56,7 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
         notes that calibration then saw the evaluated images).
     """
     t_start = time.perf_counter()
-    plan = _plan(quant_modes, batch_sizes, shape_mutable, bench_rounds, threads)
+    plan = _plan(quant_modes, batch_sizes, shape_mutable, bench_rounds, threads, backend)
     out = Path(out)
     src = open_source(weights, arch, layout, width_mult)
     if src.untrained:  # loudly, whatever the progress setting
@@ -67,7 +67,20 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
         raise UsageError(f"calibration folder {calib_dir} does not exist; pass --calib-dir with "
                          "a folder of images (or leave it out to use the evaluation images)")
     steps = 2 + 2 * len(plan["models"]) + len(plan["batches"]) + 1
-    bar = Progress(steps, enabled=progress)
+    with Progress(steps, enabled=progress) as bar:
+        rep = _run_steps(bar, plan, src, samples, dataset, calib, out, weights, backend,
+                         shape_mutable, calib_num, build_options, bench_iterations,
+                         bench_duration, bench_warmup)
+        with bar.step("write report.md, report.json, report.png", rep.timings, "report"):
+            rep.timings["total"] = time.perf_counter() - t_start  # all but this last step
+            write_report(rep, out)
+    return rep
+
+
+def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, backend, shape_mutable,
+               calib_num, build_options, bench_iterations, bench_duration,
+               bench_warmup) -> RunReport:
+    """Every step but the report, in order; ``bar`` says which is running."""
     timings: dict[str, float] = {}
 
     with bar.step("export to ONNX", timings, "export"):
@@ -105,18 +118,20 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
                        bench_warmup, calib, calib_num, out),
         system=system_info(), notes=_notes(rows, src, dataset, calib, plan),
     )
-    with bar.step("write report.md, report.json, report.png", timings, "report"):
-        rep.timings = {**timings, "total": time.perf_counter() - t_start}
-        write_report(rep, out)
-    bar.close()
+    rep.timings = timings
     return rep
 
 
-def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads) -> dict:
+def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backend) -> dict:
     """Validate the request up front, before any slow work."""
+    from mnv3.backends import get_backend
+
     modes = [normalize_quant_mode(m) for m in quant_modes]
     if not modes:
         raise UsageError("--quant-modes is empty; give at least one, e.g. force_float32")
+    get_backend(backend)  # unknown or not installed: say so now, not after the export
+    for m in modes:
+        check_mode_backend(m, backend)
     batches = list(dict.fromkeys(int(b) for b in batch_sizes))
     if not batches or any(b < 1 for b in batches):
         raise UsageError(f"--batch-sizes must be whole numbers >= 1, got {list(batch_sizes)}")

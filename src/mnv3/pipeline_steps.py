@@ -231,6 +231,9 @@ class Progress:
         """A word on how the current step went, printed with its line (e.g. 'reused')."""
         self._note = f"{what}; "
 
-    def close(self) -> None:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
         if self.bar is not None:
             self.bar.close()
