@@ -257,6 +257,9 @@ def test_cli_infer_strict_and_errors(built, demo, tmp_path, capsys):
     assert main(args) == 0  # unlabeled folder: predictions only, the bad file skipped
     printed = capsys.readouterr().out
     assert "1 skipped" in printed and "zero.JPEG" in printed
+    assert main(args + ["--image-num", "2"]) == 0
+    assert len(_read(tmp_path / "o" / "eval_result_1.txt")) == 2
+    capsys.readouterr()
     assert main(args + ["--strict"]) == 3
     assert "zero.JPEG" in capsys.readouterr().err
     assert main(args + ["--label-file", str(tmp_path / "nope.txt")]) == 3

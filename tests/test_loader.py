@@ -100,7 +100,9 @@ def test_bad_arguments(demo):
     with pytest.raises(UsageError):
         iter_batches(demo, CFG, batch_size=0)
     with pytest.raises(UsageError):
-        iter_batches(demo, CFG, batch_size=2, workers=-1)
+        iter_batches(demo, CFG, batch_size=2, workers=0)
+    with pytest.raises(UsageError):
+        iter_batches(demo, CFG, batch_size=2, prefetch=0)
 
 
 def test_missing_file_is_skipped(demo, tmp_path):

@@ -55,11 +55,12 @@ class BatchLoader:
         self.samples = list(samples)
         self.cfg = cfg
         self.batch_size = int(batch_size)
-        self.workers = int(workers) if workers else default_workers()
+        self.workers = default_workers() if workers is None else int(workers)
         if self.workers < 1:
             raise UsageError(f"workers must be at least 1, got {workers}")
         # Enough in flight to keep every thread busy and one batch ready ahead of the model.
-        self.prefetch = int(prefetch) if prefetch else max(2 * self.batch_size, 4 * self.workers)
+        self.prefetch = (max(2 * self.batch_size, 4 * self.workers) if prefetch is None
+                         else int(prefetch))
         if self.prefetch < 1:
             raise UsageError(f"prefetch must be at least 1, got {prefetch}")
         self.strict = strict
@@ -90,8 +91,8 @@ class BatchLoader:
                     done.append(sample)
                 except DataError as e:
                     if self.strict:
-                        raise DataError(f"{e} (--strict: stopping at the first bad image; replace or "
-                                        "remove it, or drop --strict to skip bad images)") from None
+                        raise DataError(f"{e} (--strict: stopping at the first bad image; drop "
+                                        "--strict to skip bad images)") from None
                     self.skipped.append((sample, str(e)))
                 if len(images) == self.batch_size:
                     yield Batch(np.stack(images), done)
