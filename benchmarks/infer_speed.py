@@ -10,6 +10,10 @@ Measured, interleaved round after round in one process (DESIGN.md: 2-vCPU speed 
 * decode only   : the threaded loader alone (JPEG decode + exact preprocessing), W threads;
 * end to end    : ``mnv3.infer`` over the images (decoding overlaps the engine), W threads.
 
+With --no-spin the same runs are repeated on a second ORT session whose intra-op threads do not
+spin-wait (``session.intra_op.allow_spinning=0``): spinning threads burn the CPU time that the
+decode threads need, so this shows what such a session option would buy ``mnv3 infer``.
+
     python benchmarks/infer_speed.py [--images N] [--rounds R] [--workers 1,2] [--threads T]
 
 Images: ../shared/datasets/imagenet-sample-500 when present (first --images of them), else the
@@ -60,6 +64,21 @@ def decode_only(data, cfg, workers: int) -> float:
     return n / (time.perf_counter() - t)
 
 
+def no_spin_session(model_dir: Path, meta, threads):
+    """The built model in an ORT session whose idle threads block instead of spinning."""
+    import onnxruntime as ort
+
+    from mnv3.backends.onnxruntime import OrtSession
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads or 0)
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    raw = ort.InferenceSession(str(model_dir / meta.compiled_file), so,
+                               providers=["CPUExecutionProvider"])
+    return OrtSession(meta, raw, threads)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=200)
@@ -67,6 +86,8 @@ def main() -> int:
     ap.add_argument("--workers", default="1,2", help="decode threads to try, comma-separated")
     ap.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
     ap.add_argument("--arch", default="mobilenetv3-large")
+    ap.add_argument("--no-spin", action="store_true",
+                    help="also measure an ORT session without spin-waiting threads")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mnv3-infer-speed-"))
     _, onnx_path = export_fp32(args.arch, out_dir=work)
@@ -78,29 +99,37 @@ def main() -> int:
     x = preprocess_batch([s.path for s in data[:BATCH]], cfg)
     workers = [int(w) for w in args.workers.split(",")]
 
-    configs = {"engine only": None}
-    configs.update({f"decode only W={w}": w for w in workers})
-    configs.update({f"end to end W={w}": w for w in workers})
+    sessions = {"": session}
+    if args.no_spin:
+        sessions[" no-spin"] = no_spin_session(work / "model", meta, args.threads)
+    configs = {}
+    for tag, sess in sessions.items():
+        configs[f"engine only{tag}"] = (sess, None)
+    configs.update({f"decode only W={w}": (None, w) for w in workers})
+    for tag, sess in sessions.items():
+        configs.update({f"end to end W={w}{tag}": (sess, w) for w in workers})
 
-    def measure(name, w):
-        if name == "engine only":
-            return engine_only(session, x, len(data))
+    def measure(name, cfg_):
+        sess, w = cfg_
+        if name.startswith("engine"):
+            return engine_only(sess, x, len(data))
         if name.startswith("decode"):
             return decode_only(data, cfg, w)
-        r = infer(session, data, work / "out", workers=w, progress=False)
+        r = infer(sess, data, work / "out", workers=w, progress=False)
         return r.images_per_s
 
     print(f"{args.arch} force_float32, fixed batch {BATCH}, ORT threads "
           f"{args.threads or 'default'}, {len(data)} images, {args.rounds} rounds (interleaved)")
     res = interleave(configs, args.rounds, measure)
-    print(f"{'configuration':<22}{'median images/s':>16}{'vs engine only':>16}")
+    print(f"{'configuration':<30}{'median images/s':>16}{'vs engine only':>16}")
+    engine = max((n for n in res if n.startswith("engine")), key=lambda n: median(res[n]))
     for name, vals in res.items():
-        ratio = median_ratio(vals, res["engine only"])
-        print(f"{name:<22}{median(vals):>16.1f}{ratio:>15.0%}")
+        ratio = median_ratio(vals, res[engine])
+        print(f"{name:<30}{median(vals):>16.1f}{ratio:>15.0%}")
     best = max((n for n in res if n.startswith("end")), key=lambda n: median(res[n]))
-    ratio = median_ratio(res[best], res["engine only"])
-    print(f"target: end to end >= 50% of engine only -> {best}: {ratio:.0%} "
-          f"({'met' if ratio >= 0.5 else 'NOT met'})")
+    ratio = median_ratio(res[best], res[engine])
+    print(f"target: end to end >= 50% of the fastest engine only ({engine}) -> {best}: "
+          f"{ratio:.0%} ({'met' if ratio >= 0.5 else 'NOT met'})")
     return 0
 
 
