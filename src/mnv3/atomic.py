@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from mnv3.errors import BuildError
+from mnv3.errors import BuildError, UsageError
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -32,7 +32,12 @@ def build_lock(target: Path):
         yield
         return
     # The lock file is left in place on purpose: unlinking it would race with a waiting builder.
-    with open(lock_path, "a+") as f:
+    try:
+        f = open(lock_path, "a+")
+    except OSError as e:  # read-only or not a folder: say so before any work is done
+        raise UsageError(f"cannot write beside {target} (lock {lock_path}: {e.strerror or e}); "
+                         "choose a writable --output") from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
