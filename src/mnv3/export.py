@@ -104,8 +104,12 @@ def export_onnx(model, output, *, batch_size: int = 1, dynamic_batch: bool = Fal
     # Bad image folders fail before any work is done.
     images = _verify_images(verify_images, info["preprocess"], image_size, max_verify_images)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    except OSError as e:  # a file in the way, a read-only place: the user's to fix
+        raise UsageError(f"cannot write {output} ({e.strerror or e}); "
+                         "choose a writable --output") from None
     os.close(fd)
     tmp = Path(tmp)
     try:
