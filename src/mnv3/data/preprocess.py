@@ -46,9 +46,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as e:
-        raise DataError(f"cannot decode image {path}: {e}") from None
+        raise DataError(f"cannot decode image {path}: {e}; replace or remove the file") from None
     except Exception as e:  # noqa: BLE001 - see docstring
-        raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
+        raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}; "
+                        "replace or remove the file") from None
     return to_rgb(img)
 
 
