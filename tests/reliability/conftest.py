@@ -1,45 +1,15 @@
-"""Fixtures of the reliability suite: a tiny built model, and a CLI runner that checks errors.
-
-Every case goes through ``cli(...)`` (the real ``mnv3`` entry point, in-process) and
-``assert_user_error``: the exit code of the error class, exactly one ``mnv3 <cmd>: error:``
-line, no traceback, a message naming what was wrong and saying what to do.
-"""
+"""Fixtures of the reliability suite: a tiny built model and an in-process CLI runner."""
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from mnv3.meta import PreprocessCfg
+from tiny_onnx import export_tiny, write_images
 
-HERE = Path(__file__).resolve().parent
-TESTS = HERE.parent
-for p in (str(TESTS), str(HERE)):  # tiny_onnx, ckpt_factory, badfiles
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-from tiny_onnx import SIZE, export_tiny, write_images  # noqa: E402
-
-CFG = PreprocessCfg(resize=36, crop=SIZE)
-PRE_FLAGS = ["--resize", "36", "--crop", str(SIZE)]
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def error_lines(self) -> list[str]:
-        return [ln for ln in self.err.splitlines() if re.match(r"^mnv3( \w+)?: error:", ln)]
+from .helpers import CFG, CliResult
 
 
 @pytest.fixture
@@ -59,35 +29,10 @@ def cli(capsys):
     return run
 
 
-def assert_user_error(res: CliResult, code: int, what: str, do: str) -> str:
-    """The error contract: exit ``code``; one error line matching ``what`` (the problem) and
-    ``do`` (the remedy), both regexes, case-insensitive; never a traceback. Returns the line."""
-    assert "Traceback" not in res.err, res.err
-    assert res.code == code, f"exit {res.code}, expected {code}; stderr: {res.err}"
-    lines = res.error_lines
-    assert len(lines) == 1, f"expected one error line, got: {res.err!r}"
-    line = lines[0]
-    assert re.search(what, line, re.I), f"message does not say what was wrong ({what}): {line}"
-    assert re.search(do, line, re.I), f"message does not say what to do ({do}): {line}"
-    return line
-
-
-def tree(path: Path) -> dict[str, int]:
-    """Every file under ``path`` (hidden ones too) -> size: to prove nothing was added/changed."""
-    if not path.exists():
-        return {}
-    return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*"))}
-
-
-def leftovers(parent: Path) -> list[str]:
-    """Temporary build/write debris beside outputs (the lock file is kept on purpose)."""
-    return sorted(p.name for p in parent.iterdir()
-                  if ".tmp" in p.name or p.name.endswith(".old") or ".old-" in p.name)
-
-
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict:
-    """A tiny ONNX classifier (32x32, 10 classes), a few calibration images, a built model."""
+    """A tiny ONNX classifier (32x32, 10 classes), 6 calibration images, a built model
+    (force_float32, fixed batch 2)."""
     import mnv3
 
     d = tmp_path_factory.mktemp("rel_tiny")
@@ -105,20 +50,3 @@ def model_copy(tiny, tmp_path) -> Path:
     dst = tmp_path / "model"
     shutil.copytree(tiny["model"], dst)
     return dst
-
-
-def build_argv(tiny, output, mode="force_float32", *extra) -> list:
-    return ["build", "--onnx", tiny["onnx"], "--quant-mode", mode, "--shape-mutable", "false",
-            "--batch-size", "2", *PRE_FLAGS, "--calib-dir", tiny["images"], "--no-progress",
-            "--output", output, *extra]
-
-
-def subprocess_env() -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(TESTS)]),
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
-def spawn(args: list, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *map(str, args)], env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)

@@ -8,9 +8,9 @@ import pickle
 import pytest
 import torch
 
-from badfiles import SIDE_EFFECT, RunsCode, make_code_pickle, make_code_torchscript_lookalike
+from .badfiles import SIDE_EFFECT, RunsCode, make_code_pickle, make_code_torchscript_lookalike
 from ckpt_factory import write_checkpoint
-from conftest import PRE_FLAGS, assert_user_error, tree
+from .helpers import PRE_FLAGS, assert_user_error, tree
 
 WIDTH, CLASSES = 0.35, 10
 NOT_READABLE = (r"is not a readable PyTorch checkpoint", r"expected a file written by torch\.save")

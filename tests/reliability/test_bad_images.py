@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from badfiles import IMAGE_CASES, make_bomb_png, make_exif_rotated
-from conftest import CFG, assert_user_error, tree
+from .badfiles import IMAGE_CASES, make_bomb_png, make_exif_rotated
+from .helpers import CFG, assert_user_error, tree
 from mnv3.data.preprocess import load_image, preprocess_image
 from mnv3.errors import DataError
 

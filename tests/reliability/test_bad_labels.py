@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from conftest import assert_user_error
+from .helpers import assert_user_error
 
 GOOD = ["img_000.png 0", "img_001.png 1", "img_002.png 2", "img_003.png 3", "img_004.png 4",
         "img_005.png 5"]

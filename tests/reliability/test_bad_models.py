@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import mnv3
-from conftest import assert_user_error
+from .helpers import assert_user_error
 from mnv3.errors import ModelError
 
 

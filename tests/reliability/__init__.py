@@ -1,0 +1,1 @@
+"""Reliability and security suite (issue 7): bad inputs across the CLI and API."""
