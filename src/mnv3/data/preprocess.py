@@ -1,7 +1,18 @@
 """The one preprocessing: calibration, inference and evaluation all call ``preprocess_image``.
 
-It reproduces the reference PyTorch/torchvision pipeline to the pixel:
-Resize(short side, bilinear, antialiased as PIL does) -> CenterCrop -> ToTensor -> Normalize.
+It reproduces the reference PyTorch/torchvision evaluation pipeline bit for bit:
+``Image.open(f).convert("RGB")`` -> Resize(short side, bilinear, antialiased as PIL does) ->
+CenterCrop -> ToTensor -> Normalize, with the sizes, mean and std of the model's meta.json.
+``tests/test_preprocess.py`` checks it against an independent implementation.
+
+It is made fast only in ways that keep every pixel (a DataLoader-style pool of threads in
+``mnv3.data.loader`` does the rest): the resize skips the columns or rows the crop throws away
+(``_resize_cropped``) and normalization is a table lookup (``normalize``). Lossy speed-ups (JPEG
+draft decoding, box-filtered or OpenCV resizing) are deliberately absent: they move top-1.
+
+Two deliberate departures from ``convert("RGB")``, for images the reference mishandles:
+transparent images are composited over white (convert would expose whatever colour hides under
+transparent pixels, often black), and 16-bit greyscale is scaled to 8 bits (not clipped at 255).
 """
 
 from __future__ import annotations
