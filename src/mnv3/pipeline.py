@@ -96,7 +96,7 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, backend, s
             meta_dir, reused, secs = build_or_reuse(
                 onnx_path, out / "models" / name, mode, shape_mutable, batch, src, backend,
                 calib, calib_num, plan["threads"], build_options)
-            bar.done("reused (meta.json matches)" if reused else f"built in {secs:.1f} s")
+            bar.done("reused (meta.json matches)" if reused else "built")
         rows.append(ModelRow(name=name, quant_mode=mode, shape_mutable=shape_mutable,
                              batch=batch, model_dir=str(meta_dir), reused=reused,
                              build_s=None if reused else secs))
