@@ -83,11 +83,15 @@ def _check_runs(path: Path, input_name: str, size: int, batches, src_batch, batc
     """Run the re-batched graph once per batch size; returns the class count."""
     import onnxruntime as ort
 
-    try:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.log_severity_level = 3
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    try:  # a load failure (unknown or custom op) is not a batch problem: say so apart
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise BuildError(f"ONNX Runtime cannot load the model ({e}); use standard ONNX ops "
+                         "(export with 'mnv3 export' or torch.onnx.export)") from e
+    try:
         num_classes = None
         for n in batches:
             n = n or 1
