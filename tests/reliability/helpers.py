@@ -42,6 +42,7 @@ def assert_user_error(res: CliResult, code: int, what: str, do: str) -> str:
     lines = res.error_lines
     assert len(lines) == 1, f"expected one error line, got: {res.err!r}"
     line = lines[0]
+    assert res.err.rstrip("\n").endswith(line), f"the message runs over several lines: {res.err!r}"
     assert re.search(what, line, re.I), f"message does not say what was wrong ({what}): {line}"
     assert re.search(do, line, re.I), f"message does not say what to do ({do}): {line}"
     return line
