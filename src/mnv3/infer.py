@@ -216,7 +216,7 @@ class _Collector:
                     raise DataError(f"refusing to write {dest}: outside the output folder")
                 self._saves.append(self._saver.submit(
                     _save_annotated, s.path, dest,
-                    f"{self._class_name(idx[0])} {p[0]:.2f}"))
+                    f"{self._class_name(idx[0])} {p[0]:.1%}"))
         self.count += len(samples)
 
     def _class_name(self, idx: int) -> str:
