@@ -265,3 +265,17 @@ def test_cli_infer_strict_and_errors(built, demo, tmp_path, capsys):
     assert main(args + ["--label-file", str(tmp_path / "nope.txt")]) == 3
     assert main(["infer", "--model", str(model_dir), "--demo", "--image-dir", str(data),
                  "--output-dir", str(tmp_path / "o")]) == 2
+    assert main(["infer", "--model", str(model_dir), "--dataset", str(data),
+                 "--output-dir", str(tmp_path / "o")]) == 3  # no images/ inside
+    assert "expected a folder holding images/" in capsys.readouterr().err
+
+
+def test_cli_dataset_folder_and_demo_name(built, demo, tmp_path):
+    from mnv3.cli.main import main
+
+    model_dir, _ = built
+    for i, ds in enumerate((str(demo_dir()), "demo")):
+        out = tmp_path / f"o{i}"
+        assert main(["infer", "--model", str(model_dir), "--dataset", ds, "--image-num", "4",
+                     "--output-dir", str(out)]) == 0
+        assert _read(out / "eval_labels.txt") == [f"{s.path.name} {s.label}" for s in demo[:4]]

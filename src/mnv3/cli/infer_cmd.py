@@ -2,7 +2,9 @@
 
 Data: --image-dir D with an optional --label-file F (`filename class_index` or `filename wnid`
 lines; wnids need --synsets), an ImageFolder tree (one sub-folder per class) or a plain folder
-(predict only). With no data flags, the bundled demo set (28 ImageNet photos) is used.
+(predict only). --dataset DIR takes a folder laid out as images/ + labels.txt (+ synsets.txt),
+like ../shared/datasets/imagenet-sample-500; --dataset demo (or no data flags at all) is the
+bundled demo set (28 ImageNet photos).
 
 Writes into --output-dir: eval_labels.txt, eval_result_1.txt, eval_result_5.txt (five lines per
 image), eval_result.txt (`top1 accuracy: x` / `top5 accuracy: y`), results.jsonl (top-5 indices,
@@ -13,6 +15,8 @@ model runs, so end-to-end images/s is printed beside the engine-only figure.
 
 examples:
   mnv3 infer --model data/models/force_float32_false_8 --output-dir out/demo
+  mnv3 infer --model data/models/force_float32_false_8 \\
+      --dataset ../shared/datasets/imagenet-sample-500 --output-dir out/sample
   mnv3 infer --model data/models/force_float32_false_8 --image-dir val/images \\
       --label-file val/labels.txt --output-dir out/val --image-num 500 --json out/val.json
 """
@@ -33,6 +37,8 @@ def add_parser(sub):
                       "'filename wnid' lines")
     data.add_argument("--synsets", metavar="F", help="'wnid name' per line, line N = class N: "
                       "maps wnid labels and names the classes")
+    data.add_argument("--dataset", metavar="DIR", help="a folder with images/, labels.txt "
+                      "and optionally synsets.txt; 'demo' = the bundled demo set")
     data.add_argument("--demo", action="store_true", help="use the bundled demo set")
     p.add_argument("--output-dir", required=True, metavar="O", help="where result files go")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
@@ -59,10 +65,19 @@ def run(args) -> int:
     from mnv3.errors import UsageError
     from mnv3.infer import infer
 
-    if args.demo and (args.image_dir or args.label_file):
-        raise UsageError("--demo uses the bundled images; drop --image-dir / --label-file")
+    if args.dataset == "demo":
+        args.demo, args.dataset = True, None
+    if sum(map(bool, (args.demo, args.dataset, args.image_dir))) > 1:
+        raise UsageError("give one of --image-dir, --dataset or --demo")
+    if args.dataset and args.label_file:
+        raise UsageError("--dataset brings its own labels.txt; drop --label-file")
     if args.label_file and not args.image_dir:
         raise UsageError("--label-file needs --image-dir (the folder its file names are in)")
+    if args.dataset:
+        args.image_dir, args.label_file, args.synsets = _dataset_dir(args.dataset, args.synsets)
+    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
+        if value is not None and value < 1:  # 0 would silently mean "the default"
+            raise UsageError(f"{flag} must be at least 1, got {value}")
     say = (lambda *a: None) if args.json == "-" else print
     session = load(args.model, threads=args.threads)
     with session:
@@ -83,6 +98,21 @@ def run(args) -> int:
         say(line)
     write_json(args.json, result.to_dict())
     return 0
+
+
+def _dataset_dir(folder: str, synsets: str | None):
+    """(image dir, label file or None, synsets or None) of a folder laid out like the demo set."""
+    from pathlib import Path
+
+    from mnv3.errors import DataError
+
+    d = Path(folder)
+    if not (d / "images").is_dir():
+        raise DataError(f"--dataset {d}: expected a folder holding images/ (and labels.txt, "
+                        "synsets.txt); for a plain folder of images use --image-dir")
+    labels = d / "labels.txt"
+    syn = synsets or (str(d / "synsets.txt") if (d / "synsets.txt").is_file() else None)
+    return str(d / "images"), str(labels) if labels.is_file() else None, syn
 
 
 def summary_lines(r) -> list[str]:
