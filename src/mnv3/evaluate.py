@@ -95,7 +95,8 @@ def _lines(path: str | os.PathLike, what: str) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise DataError(f"{what} {path} does not exist") from None
+        raise DataError(f"{what} {path} does not exist; pass the files 'mnv3 infer' wrote "
+                        "(eval_labels.txt, eval_result_1.txt, eval_result_5.txt)") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {what} {path}: {e}") from None
+        raise DataError(f"cannot read {what} {path}: {e}; pass a UTF-8 text file") from None
     return [line.rstrip("\r\n") for line in text.splitlines() if line.strip()]
