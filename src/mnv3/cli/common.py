@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mnv3.errors import UsageError
 from mnv3.meta import atomic_write_text
 
 
@@ -57,4 +58,8 @@ def write_json(path: str | Path | None, data: Any) -> None:
     if str(path) == "-":
         sys.stdout.write(text)
     else:
-        atomic_write_text(path, text)
+        try:
+            atomic_write_text(path, text)
+        except OSError as e:  # the work is done; only this copy of the summary failed
+            raise UsageError(f"cannot write --json {path} ({e.strerror or e}); choose a "
+                             "writable path (the output above is complete)") from None
