@@ -72,7 +72,8 @@ def load_synsets(synsets_file: str | os.PathLike) -> list[tuple[str, str]]:
         if _WNID.match(first):
             wnid, name = first, rest.strip() or first
             if wnid in seen:
-                raise DataError(f"{path}:{lineno}: wnid {wnid} already appears on line {seen[wnid]}")
+                raise DataError(f"{path}:{lineno}: wnid {wnid} already appears on line {seen[wnid]}; "
+                                "each class must appear once")
             seen[wnid] = lineno
         else:
             wnid, name = "", text
@@ -97,7 +98,8 @@ def load_dataset(image_dir: str | os.PathLike, label_file: str | os.PathLike | N
     """
     root = Path(image_dir)
     if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist or is not a folder")
+        raise DataError(f"image folder {root} does not exist or is not a folder; "
+                        "pass the folder that holds your images")
     synsets = load_synsets(synsets_file) if synsets_file is not None else None
     if num_classes is None and synsets is not None:
         num_classes = len(synsets)
@@ -170,7 +172,8 @@ def _parse_label(token: str, where: str, wnid_index: dict[str, int], have_synset
             raise DataError(f"{where}: label {token} is a wnid; pass the synsets file "
                             "(--synsets) that maps wnids to class indices")
         if token not in wnid_index:
-            raise DataError(f"{where}: wnid {token} is not in the synsets file")
+            raise DataError(f"{where}: wnid {token} is not in the synsets file; pass the synsets "
+                            "file of the dataset the labels come from")
         return wnid_index[token]
     try:
         label = int(token)
