@@ -159,6 +159,40 @@ def test_crash_midway_leaves_no_accuracy_file(demo, tmp_path):
     assert len(_read(tmp_path / "eval_result_1.txt")) == 4
 
 
+def test_ctrl_c_leaves_nothing_partial(demo, tmp_path):
+    import threading
+
+    class Interrupted(FakeSession):
+        def _run(self, batch):
+            if self.calls:
+                raise KeyboardInterrupt
+            return super()._run(batch)
+
+    before = threading.active_count()
+    with pytest.raises(KeyboardInterrupt):
+        infer(Interrupted(fake_meta()), demo, tmp_path / "o", progress=False)
+    assert list((tmp_path / "o").iterdir()) == []  # no result file, no temporary file
+    assert threading.active_count() <= before  # decode threads are gone
+
+
+def test_unwritable_output_folder_fails_before_any_work(demo, tmp_path, monkeypatch):
+    from mnv3.errors import UsageError
+
+    (tmp_path / "file").write_text("in the way")
+    session = FakeSession(fake_meta())
+    with pytest.raises(UsageError, match="choose a writable --output-dir"):
+        infer(session, demo, tmp_path / "file" / "out", progress=False)
+    import mnv3.infer as infer_mod
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(infer_mod.tempfile, "TemporaryFile", refuse)  # as a read-only folder
+    with pytest.raises(UsageError, match="cannot write into output folder .*Permission denied"):
+        infer(session, demo, tmp_path / "ro", progress=False)
+    assert session.calls == []
+
+
 def test_save_images_writes_viewable_annotated_copies(demo, tmp_path):
     infer(FakeSession(fake_meta()), demo[:3], tmp_path, save_images=True, progress=False)
     for s in demo[:3]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -92,6 +93,7 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
         except OSError as e:  # a file in the way, a read-only place: the user's to fix
             raise UsageError(f"cannot create output folder {out} ({e.strerror or e}); "
                              "choose a writable --output-dir") from None
+        _check_writable(out)  # now, not after decoding every image
         collect = _Collector(names, class_names, out if save_images else None)
         engine = 0.0
         bar = _progress(len(samples), progress)
@@ -132,6 +134,15 @@ def _open(model):
 
         return load(model), True
     raise UsageError(f"model must be a Session (mnv3.load) or a model folder, got {type(model).__name__}")
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write into output folder {out} ({e.strerror or e}); "
+                         "choose a writable --output-dir") from None
 
 
 def _select(samples: Sequence[Sample], image_num: int | None) -> list[Sample]:
