@@ -16,8 +16,9 @@ reports the precision each layer type really executes in on the build machine):
   CPU's 16-bit float (f16, else bf16, else f32) respectively.
 
 Load compiles with a model cache (``<model_dir>/.ov_cache``), the latency hint for batch 1 and
-the throughput hint otherwise, and keeps a pool of infer requests so ``Session.run`` is safe to
-call from several threads at once (``mnv3 bench --streams``).
+the throughput hint otherwise, one stream per concurrent caller (``streams``, default 1), and
+keeps a pool of infer requests so ``Session.run`` is safe to call from several threads at once
+(``mnv3 bench --streams S`` loads with ``streams=S``).
 """
 
 from __future__ import annotations
@@ -117,8 +118,9 @@ class OpenVinoBackend(Backend):
         """Compile the IR for this CPU.
 
         threads: threads per stream (as ONNX Runtime's per-session threads); None = OpenVINO's
-        choice. streams: concurrent infer streams (``mnv3 bench --streams``); None = what the hint
-        picks. hint: "latency" / "throughput"; None = latency for batch 1, throughput otherwise.
+        choice. streams: concurrent infer streams, one per calling thread (``mnv3 bench
+        --streams S``); None = 1. hint: "latency" / "throughput"; None = latency for batch 1,
+        throughput otherwise.
         options: ``cache_dir`` (a folder, or "" to disable the model cache).
         """
         model_dir = Path(model_dir)
@@ -212,8 +214,10 @@ def _compile_config(meta: ModelMeta, precision: str, threads, streams, hint) -> 
         hint = "latency" if int(meta.batch_size) == 1 else "throughput"
     config: dict[str, Any] = {"PERFORMANCE_HINT": hint.upper(),
                               "INFERENCE_PRECISION_HINT": precision}
-    if streams:
-        config["NUM_STREAMS"] = int(streams)
+    # Session.run is synchronous: one caller keeps one stream busy, and the throughput hint's
+    # own choice (one stream per core) would leave a lone caller on one core. Concurrent
+    # callers (mnv3 bench --streams S) say so with streams=S.
+    config["NUM_STREAMS"] = int(streams or 1)
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads) * int(streams or 1)
     return config

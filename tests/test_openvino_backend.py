@@ -1,0 +1,217 @@
+"""OpenVINO backend: every mode builds, loads and predicts like fp32; cache; refusals; corruption.
+
+Runs when openvino (and nncf) are installed (CI installs ``.[dev,openvino]``) and skips with the
+reason otherwise, except the install-hint test, which simulates the missing package.
+The shared tiny MobileNet-like net (tests/tiny_onnx.py) on 32x32 images keeps it fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from mnv3.backends import get_backend
+from mnv3.errors import BackendUnavailable, ModelError, UsageError
+from mnv3.meta import PreprocessCfg
+
+PP = PreprocessCfg(resize=36, crop=32)
+MODES = ("force_float32", "force_float16", "force_bfloat16", "qint8_mixed_float32",
+         "qint8_mixed_float16")
+
+
+def test_missing_openvino_gives_install_hint(monkeypatch):
+    """Without the package, --backend openvino says how to install it (simulated ImportError)."""
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes 'import openvino' raise
+    monkeypatch.delitem(sys.modules, "mnv3.backends.openvino", raising=False)
+    with pytest.raises(BackendUnavailable, match=r'pip install "mnv3\[openvino\]"'):
+        get_backend("openvino")
+
+
+ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[openvino]')")
+ovb = importlib.import_module("mnv3.backends.openvino")
+from mnv3.build import build  # noqa: E402  (after the skip: build imports the backends lazily)
+from mnv3.backends import load  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(tiny.onnx with a dynamic batch, folder of 8 calibration/held-out PNGs, fp32 reference fn)."""
+    pytest.importorskip("torch")
+    from tiny_onnx import export_tiny, torch_logits, write_images
+
+    root = tmp_path_factory.mktemp("ov")
+    net = export_tiny(root / "tiny.onnx", dynamic=True, batch=2)
+    write_images(root / "images", 8)
+    return root / "tiny.onnx", root / "images", lambda x: torch_logits(net, x)
+
+
+def _build(tiny, tmp_path, mode, mutable=False, batch=2, **options):
+    onnx_path, images, _ = tiny
+    out = tmp_path / f"{mode}_{mutable}_{batch}"
+    build(onnx_path, out, quant_mode=mode, shape_mutable=mutable, batch_size=batch,
+          preprocess=PP, calib_dir=images, calib_num=6, backend="openvino",
+          options={"progress": False, **options})
+    return out
+
+
+def _cosine(a, b):
+    return float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_builds_loads_and_predicts_like_fp32(tiny, tmp_path, mode):
+    if mode == "force_bfloat16" and "BF16" not in ovb.cpu_capabilities():
+        pytest.skip("this CPU has no bf16 (the refusal is tested below)")
+    model = _build(tiny, tmp_path, mode)
+    meta = json.loads((model / "meta.json").read_text())
+    assert meta["backend"] == "openvino" and meta["compiled_file"] == "model.xml"
+    assert meta["extra"]["bin_sha256"] and meta["op_precisions"]
+    x = np.random.default_rng(1).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    ref = tiny[2](x)
+    with load(model) as session:
+        for n in (1, 3, 5):  # fixed batch 2: split and pad by the base Session
+            y = session.predict(x[:n])
+            assert y.shape == (n, 10) and y.dtype == np.float32
+            np.testing.assert_allclose(y, session.predict(x)[:n], rtol=0, atol=1e-6)
+        y = session.predict(x)
+    if mode == "force_float32":
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+    else:  # 16-bit floats or int8: close in direction, same top-1 on these inputs
+        assert _cosine(y, ref) > (0.999 if mode.startswith("force") else 0.99)
+        assert (y.argmax(1) == ref.argmax(1)).all()
+    if mode.startswith("qint8"):
+        assert meta["op_precisions"]["Convolution"].startswith("int8")
+        assert meta["extra"]["quantization"]["calibration_images"] == 6
+        # the classifier's Linear stays float by default (DEFAULTS["ignored_types"])
+        assert len(meta["extra"]["float_layers"]) == 1
+        assert meta["op_precisions"]["FullyConnected"] in ("f32", "bf16", "f16")
+
+
+def test_mutable_batch_model_takes_any_batch(tiny, tmp_path):
+    model = _build(tiny, tmp_path, "force_float32", mutable=True, batch=1)
+    x = np.random.default_rng(2).standard_normal((7, 3, 32, 32)).astype(np.float32)
+    with load(model) as session:
+        assert session.fixed_batch is None
+        np.testing.assert_allclose(session.run(x), tiny[2](x), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(session.run(x[:1]), tiny[2](x[:1]), rtol=1e-4, atol=1e-4)
+
+
+def test_second_load_comes_from_the_compiled_model_cache(tiny, tmp_path):
+    model = _build(tiny, tmp_path, "force_float32")
+    cache = tmp_path / "cache"
+    first = load(model, cache_dir=str(cache))
+    assert not first.loaded_from_cache and any(cache.iterdir())
+    second = load(model, cache_dir=str(cache))
+    assert second.loaded_from_cache
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    np.testing.assert_array_equal(first.run(x), second.run(x))
+    assert not load(model, cache_dir="").loaded_from_cache  # "" disables the cache
+
+
+def test_bf16_is_refused_on_a_cpu_without_bf16(tiny, tmp_path, monkeypatch):
+    no_bf16 = frozenset({"FP32", "INT8", "BIN"})
+    if "BF16" in ovb.cpu_capabilities():
+        built = _build(tiny, tmp_path, "force_bfloat16")  # built here, loaded "elsewhere"
+    monkeypatch.setattr(ovb, "cpu_capabilities", lambda: no_bf16)
+    with pytest.raises(BackendUnavailable, match="bfloat16"):
+        _build(tiny, tmp_path / "refused", "force_bfloat16")
+    left = [p.name for p in (tmp_path / "refused").iterdir() if not p.name.endswith(".lock")]
+    assert left == []  # nothing half-built left behind
+    if "built" in locals():
+        with pytest.raises(BackendUnavailable, match="bfloat16"):
+            load(built)
+    # fp16 modes on a CPU without fp16 arithmetic: f32 (float16) or bf16 (int8 + 16-bit float)
+    assert ovb.inference_precision("force_float16", no_bf16) == "f32"
+    assert ovb.inference_precision("qint8_mixed_float16", frozenset({"BF16"})) == "bf16"
+    assert ovb.inference_precision("force_float16", frozenset({"FP16", "BF16"})) == "f16"
+    assert ovb.inference_precision("force_float32", frozenset({"FP16", "BF16"})) == "f32"
+
+
+def test_bf16_is_an_openvino_only_mode(tiny, tmp_path):
+    with pytest.raises(UsageError, match="openvino"):
+        build(tiny[0], tmp_path / "m", quant_mode="force_bfloat16", shape_mutable=False,
+              batch_size=1, preprocess=PP, backend="onnxruntime")
+
+
+def test_corrupted_weights_file_is_a_clear_error(tiny, tmp_path):
+    model = _build(tiny, tmp_path, "force_float32")
+    data = bytearray((model / "model.bin").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (model / "model.bin").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"model\.bin.*sha256.*rebuild"):
+        load(model)
+    (model / "model.bin").unlink()
+    with pytest.raises(ModelError, match=r"lacks its weights file model\.bin"):
+        load(model)
+
+
+def test_run_is_safe_from_several_threads(tiny, tmp_path):
+    """mnv3 bench --streams S calls one session from S threads: each gets its own request."""
+    model = _build(tiny, tmp_path, "force_float32")
+    rng = np.random.default_rng(3)
+    inputs = [rng.standard_normal((2, 3, 32, 32)).astype(np.float32) for _ in range(4)]
+    with load(model, threads=1, streams=2) as session:
+        assert session.config()["NUM_STREAMS"] == "2"
+        expected = [session.run(x) for x in inputs]
+        results: dict[int, list] = {i: [] for i in range(4)}
+
+        def worker(i):
+            for _ in range(25):
+                results[i].append(session.run(inputs[i]))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    for i in range(4):
+        for y in results[i]:
+            np.testing.assert_array_equal(y, expected[i])
+
+
+def test_accuracy_control_records_its_metric_and_float_layers(tiny, tmp_path):
+    model = _build(tiny, tmp_path, "qint8_mixed_float32", max_drop=0.0)
+    extra = json.loads((model / "meta.json").read_text())["extra"]
+    control = extra["quantization"]["accuracy_control"]
+    assert extra["quantization"]["max_drop"] == 0.0
+    assert control["agreement"] == 100.0  # within a zero-point budget on the validation images
+    assert isinstance(extra["float_layers"], list)
+
+
+def test_percentile_calibration_is_refused_with_the_alternatives(tiny, tmp_path):
+    with pytest.raises(UsageError, match="minmax or entropy"):
+        build(tiny[0], tmp_path / "m", quant_mode="qint8_mixed_float32", shape_mutable=False,
+              batch_size=1, preprocess=PP, calib_dir=tiny[1], calib_method="percentile",
+              backend="openvino", options={"progress": False})
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_build_infer_bench_with_the_openvino_backend(tiny, tmp_path, capsys):
+    """`mnv3 build/infer/bench --backend openvino` through the shared CLI, --max-drop included."""
+    from mnv3.cli.main import main
+
+    onnx_path, images, _ = tiny
+    model = tmp_path / "m"
+    assert main(["build", "--onnx", str(onnx_path), "--backend", "openvino",
+                 "--quant-mode", "qint8_mixed_float16", "--shape-mutable", "false",
+                 "--batch-size", "2", "--calib-dir", str(images), "--calib-num", "6",
+                 "--resize", "36", "--crop", "32", "--max-drop", "1.0", "--no-progress",
+                 "--output", str(model)]) == 0
+    meta = json.loads((model / "meta.json").read_text())
+    assert meta["backend"] == "openvino" and meta["extra"]["quantization"]["max_drop"] == 1.0
+    assert main(["infer", "--model", str(model), "--image-dir", str(images),
+                 "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
+    bench = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(model), "--streams", "2", "--iterations", "20",
+                 "--json", str(bench)]) == 0
+    result = json.loads(bench.read_text())
+    assert result["backend"] == "openvino" and result["streams"] == 2
+    assert result["iterations"] == 20 and result["throughput_ips"] > 0
+    # --max-drop is an OpenVINO knob: asking ONNX Runtime for it is a usage error (exit 2)
+    assert main(["build", "--onnx", str(onnx_path), "--quant-mode", "force_float32",
+                 "--shape-mutable", "false", "--batch-size", "1", "--max-drop", "0.2",
+                 "--output", str(tmp_path / "ort")]) == 2
+    assert "needs --backend openvino" in capsys.readouterr().err
