@@ -59,7 +59,7 @@ def run(args) -> int:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     threads = args.threads if args.threads is not None else (1 if args.streams > 1 else None)
     t0 = time.perf_counter()
-    session = load(args.model, threads=threads)
+    session = load(args.model, threads=threads, streams=args.streams)  # OpenVINO: 1 per caller
     load_s = time.perf_counter() - t0
     with session:
         result = benchmark(session, batch=args.batch, threads=threads, streams=args.streams,

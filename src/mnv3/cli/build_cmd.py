@@ -41,13 +41,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="with --weights: classifier size")
     p.add_argument("--image-size", type=int, help="with --weights: export resolution (= crop)")
     p.add_argument("--quant-mode", required=True, metavar="MODE",
-                   help=f"one of {', '.join(QUANT_MODES)} (forced_* accepted)")
+                   help=f"one of {', '.join(QUANT_MODES)} (forced_* accepted); "
+                   "force_bfloat16 with --backend openvino")
     p.add_argument("--shape-mutable", required=True, type=common.str2bool, metavar="true|false",
                    help="true: any batch per call; false: fixed --batch-size (often faster)")
     p.add_argument("--batch-size", required=True, type=int, metavar="N")
     p.add_argument("--calib-dir", type=Path, help="calibration images (default: demo images)")
     p.add_argument("--calib-num", type=int, default=100, help="calibration images (default 100)")
     p.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"))
+    p.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="openvino int8: accuracy-aware quantization, layers return to float until "
+                   "top-1 agreement with fp32 on the calibration images drops <= POINTS")
     p.add_argument("--resize", type=int, help="short side before the crop (default 256)")
     p.add_argument("--crop", type=int, help="center crop = model input size (default 224)")
     p.add_argument("--mean", type=common.float_list, help="per-channel mean, 0-1 units")
@@ -90,6 +94,11 @@ def _export_weights(args, workdir: Path) -> tuple[Path, PreprocessCfg, dict]:
 def run(args) -> int:
     from mnv3.build import build
 
+    options = {"progress": not args.no_progress}
+    if args.max_drop is not None:
+        if args.backend != "openvino":
+            raise UsageError("--max-drop (accuracy-aware int8) needs --backend openvino")
+        options["max_drop"] = args.max_drop
     with tempfile.TemporaryDirectory(prefix="mnv3-build-") as work:
         if args.weights is not None:
             onnx_path, cfg, source = _export_weights(args, Path(work))
@@ -99,7 +108,7 @@ def run(args) -> int:
                      shape_mutable=args.shape_mutable, batch_size=args.batch_size,
                      preprocess=cfg, calib_dir=args.calib_dir, calib_num=args.calib_num,
                      calib_method=args.calib_method, backend=args.backend, source=source,
-                     options={"progress": not args.no_progress})
+                     options=options)
     out = args.output or Path("data/models") / meta.name
     print(summary(meta, out))
     common.write_json(args.json, meta.to_dict())
