@@ -54,6 +54,15 @@ def demo():
     return demo_dataset()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The reference's tensors are small: threads only add overhead on a shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("cfg", [IMAGENET, TF_STYLE, BGR_SMALL], ids=["imagenet", "tf", "bgr"])
 def test_demo_images_equal_the_reference(demo, cfg):
     got = preprocess_batch([s.path for s in demo], cfg)
@@ -208,3 +217,12 @@ def test_truncated_jpeg_and_missing_file(demo, tmp_path):
         load_image(tmp_path / "t.JPEG")
     with pytest.raises(DataError, match="does not exist"):
         load_image(tmp_path / "missing.JPEG")
+
+
+def test_absurdly_thin_image_is_a_data_error(tmp_path):
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (2, 2000), (9, 9, 9)).save(path)
+    with pytest.raises(DataError, match="2x2000, more than 64 times longer than wide"):
+        preprocess_image(path, IMAGENET)
+    Image.new("RGB", (40, 2000), (9, 9, 9)).save(path)  # 50:1 still works
+    assert preprocess_image(path, IMAGENET).shape == (3, 224, 224)

@@ -28,6 +28,8 @@ from PIL import Image, UnidentifiedImageError
 from mnv3.errors import DataError
 from mnv3.meta import PreprocessCfg
 
+MAX_ASPECT = 64  # refuse thinner strips than this (see resize_and_crop)
+
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -85,6 +87,9 @@ def resize_and_crop(img: Image.Image, cfg: PreprocessCfg) -> Image.Image:
     """torchvision's Resize(cfg.resize) then CenterCrop(cfg.crop): same arithmetic, same pixels."""
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
+    if long > MAX_ASPECT * short:  # resizing would allocate gigabytes for one thin strip
+        raise DataError(f"image is {w}x{h}, more than {MAX_ASPECT} times longer than wide; "
+                        "crop it to the subject first")
     new_short, new_long = cfg.resize, int(cfg.resize * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     top = int(round((new_h - cfg.crop) / 2.0))
