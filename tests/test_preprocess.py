@@ -178,12 +178,18 @@ def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
     assert (got[..., 0] == got[..., 2]).all()
 
 
-@pytest.mark.parametrize("mode", ["1", "LA", "P", "I", "F", "YCbCr", "HSV"])
+@pytest.mark.parametrize("mode", ["1", "LA", "P", "I", "F", "YCbCr", "HSV", "LAB", "RGBX",
+                                  "I;16B"])
 def test_other_modes_become_rgb(mode):
-    img = Image.new("RGB", (33, 21), (120, 60, 30)).convert(mode) if mode != "I" else \
-        Image.new("I", (33, 21), 1000)
+    img = Image.new("RGB", (33, 21), (120, 60, 30)).convert(mode) if mode in (
+        "1", "LA", "P", "F", "YCbCr", "HSV", "LAB", "RGBX") else Image.new(mode, (33, 21), 1000)
     out = to_rgb(img)
     assert out.mode == "RGB" and out.size == (33, 21)
+
+
+def test_unconvertible_mode_is_a_data_error():
+    with pytest.raises(DataError, match="cannot convert a 'La' image to RGB"):
+        to_rgb(Image.new("La", (4, 4)))
 
 
 def test_pil_image_input_equals_file_input(demo):

@@ -67,7 +67,18 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to RGB; transparent images are composited over white."""
+    """Any PIL mode to RGB; transparent images are composited over white.
+
+    A mode Pillow cannot convert (rare, e.g. premultiplied "La") is a DataError, not a crash.
+    """
+    try:
+        return _to_rgb(img)
+    except ValueError as e:
+        raise DataError(f"cannot convert a {img.mode!r} image to RGB ({e}); save it as an RGB "
+                        "JPEG or PNG") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode == "P" and "transparency" in img.info:
@@ -76,7 +87,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode.startswith("I;16") or img.mode == "I":
         # 16-bit greyscale: scale to 8 bits rather than clipping at 255.
         arr = np.asarray(img, dtype=np.float64) / 257.0
         return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
