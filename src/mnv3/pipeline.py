@@ -57,6 +57,8 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
     """
     t_start = time.perf_counter()
     plan = _plan(quant_modes, batch_sizes, shape_mutable, bench_rounds, threads, backend)
+    if not isinstance(calib_num, int) or isinstance(calib_num, bool) or calib_num < 1:
+        raise UsageError(f"--calib-num must be >= 1, got {calib_num!r}")
     out = Path(out)
     src = open_source(weights, arch, layout, width_mult)
     if src.untrained:  # loudly, whatever the progress setting
