@@ -133,7 +133,8 @@ def test_json_round_trip_schema():
     expected = {"model", "backend", "backend_version", "quant_mode", "shape_mutable", "batch",
                 "threads", "streams", "warmup", "iterations", "duration_s", "stop",
                 "throughput_ips", "throughput_qps", "latency_ms", "load_time_ms",
-                "first_run_ms", "percentile_definition", "system", "notes", "schema"}
+                "first_run_ms", "other_cpu_load", "percentile_definition", "system", "notes",
+                "schema"}
     assert set(d) == expected
     assert set(d["latency_ms"]) == {"min", "avg", "p50", "p90", "p95", "p99", "max"}
     assert d["schema"] == "mnv3.bench/1" and d["threads"] == 1
@@ -153,3 +154,20 @@ def test_merge_rounds_pools_latencies():
     assert m.throughput_ips == pytest.approx(20 / m.duration_s)
     assert m.latency_ms.max == max(a.latency_ms.max, b.latency_ms.max)
     assert m.first_run_ms == a.first_run_ms
+
+
+def test_other_processes_cpu_share(tmp_path):
+    from mnv3.sysinfo import cpu_busy_seconds, others_cores
+
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice, in ticks
+    stat.write_text("cpu  100 0 50 1000 30 5 5 10 0 0\ncpu0 1 2 3\n")
+    import os
+
+    assert cpu_busy_seconds(str(stat)) == pytest.approx(170 / os.sysconf("SC_CLK_TCK"))
+    assert cpu_busy_seconds(str(tmp_path / "missing")) is None
+    # 3 CPU-seconds busy in total over 2 s, of which 1 was ours: others took 1 core
+    assert others_cores((10.0, 5.0), (13.0, 6.0), 2.0) == pytest.approx(1.0)
+    assert others_cores(None, (13.0, 6.0), 2.0) is None
+    r = benchmark(FakeSession(fake_meta(batch=1)), iterations=3, warmup=0)
+    assert r.other_cpu_load is None or r.other_cpu_load >= 0

@@ -26,6 +26,7 @@ the figures against an independent ``perf_counter`` loop in the same process.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
@@ -35,10 +36,11 @@ from typing import Any
 import numpy as np
 
 from mnv3.errors import UsageError
-from mnv3.sysinfo import system_info
+from mnv3.sysinfo import cpu_clocks, others_cores, system_info
 
 SCHEMA = "mnv3.bench/1"
 DEFAULT_ITERATIONS = 1000
+BUSY_CORES = 0.25  # other processes' CPU use above which a result carries a warning note
 PERCENTILE_DEFINITION = (
     "linear interpolation between closest ranks (numpy.percentile's default method='linear', "
     "Hyndman & Fan type 7): sort the n latencies v[0..n-1]; the p-th percentile is "
@@ -105,6 +107,8 @@ class BenchResult:
     latency_ms: LatencyStats
     load_time_ms: float | None = None
     first_run_ms: float | None = None  # the cold first inference, not in the statistics
+    # cores' worth of CPU taken by other processes during the measured phase (None: unknown)
+    other_cpu_load: float | None = None
     percentile_definition: str = PERCENTILE_DEFINITION
     system: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -154,10 +158,18 @@ def benchmark(session, *, batch: int | None = None, threads: int | None = None,
         t0 = time.perf_counter()
         session.run(x)  # also where a fixed-batch model refuses a wrong batch
         first_ms = (time.perf_counter() - t0) * 1e3
+    cpu0 = cpu_clocks()
     per_stream, wall = _measure(session.run, x, streams, iterations, duration, warmup)
+    others = others_cores(cpu0, cpu_clocks(), wall)
     samples = [s for lat in per_stream for s in lat]
-    return _result(session, label, batch, threads, streams, warmup, samples, wall, stop,
-                   load_time_s, first_ms)
+    result = _result(session, label, batch, threads, streams, warmup, samples, wall, stop,
+                     load_time_s, first_ms)
+    result.other_cpu_load = others
+    if others is not None and others > BUSY_CORES:
+        result.notes.append(
+            f"other processes kept {others:.1f} of {result.system['cores']['usable']} cores busy "
+            "while this was measured: figures are lower and noisier than on an idle machine")
+    return result
 
 
 def merge_results(results: list[BenchResult]) -> BenchResult:
@@ -180,8 +192,17 @@ def merge_results(results: list[BenchResult]) -> BenchResult:
                             "throughput_ips": iters * first.batch / wall,
                             "throughput_qps": iters / wall,
                             "latency_ms": LatencyStats.from_seconds(samples),
+                            "other_cpu_load": _weighted_load(results),
+                            "notes": list(dict.fromkeys(n for r in results for n in r.notes)),
                             "samples": samples})
     return merged
+
+
+def _weighted_load(results: list[BenchResult]) -> float | None:
+    loads = [(r.other_cpu_load, r.duration_s) for r in results]
+    if any(v is None for v, _ in loads):
+        return None
+    return sum(v * d for v, d in loads) / sum(d for _, d in loads)
 
 
 def _validate(session, batch, streams, iterations, duration, warmup):

@@ -118,7 +118,7 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, backend, s
         baselines=baselines, weights=str(weights) if weights else None, dataset=dataset,
         config=_config(plan, backend, shape_mutable, bench_iterations, bench_duration,
                        bench_warmup, calib, calib_num, out),
-        system=system_info(), notes=_notes(rows, src, dataset, calib, plan),
+        system=system_info(), notes=_notes(rows, baselines, dataset, calib, plan),
     )
     rep.timings = timings
     return rep
@@ -176,8 +176,17 @@ def _config(plan, backend, mutable, iters, duration, warmup, calib, calib_num, o
             "calib_dir": str(calib), "calib_num": calib_num, "out": str(out)}
 
 
-def _notes(rows, src, dataset, calib: Path, plan) -> list[str]:
+def _notes(rows, baselines, dataset, calib: Path, plan) -> list[str]:
+    from mnv3.bench import BUSY_CORES
+
     notes = []  # (untrained: the report's banner says it, first thing)
+    loads = [b.other_cpu_load for b in [r.bench for r in rows] + [b.bench for b in baselines]
+             if b is not None and b.other_cpu_load is not None]
+    if loads and max(loads) > BUSY_CORES:
+        notes.append(f"other processes used up to {max(loads):.1f} of "
+                     f"{system_info()['cores']['usable']} cores while benchmarks ran: speed "
+                     "figures are lower and noisier than on an idle machine (ratios from the "
+                     "same interleaved rounds suffer least); rerun when the machine is idle.")
     if any(r.quant_mode.startswith("qint8") for r in rows) and \
             calib == Path(dataset["image_dir"]).resolve():
         notes.append("int8 calibration used images from the evaluation folder; for an unbiased "

@@ -222,6 +222,8 @@ def format_bench(r: BenchResult) -> str:
                           f"streams {r.streams}, warm-up {r.warmup}, stop at {r.stop}"),
         ("machine", f"{r.system.get('cpu_model', '?')}, {c.get('physical')} cores "
                     f"({c.get('usable')} usable); {' '.join(r.system.get('cpu_features', []))}"),
+        ("other load", "unknown" if r.other_cpu_load is None else
+                       f"{r.other_cpu_load:.2f} cores used by other processes while measuring"),
         ("load", f"{_f(r.load_time_ms, 1)} ms"),
         ("first run", f"{_f(r.first_run_ms, 3)} ms (cold, not in the statistics)"),
         ("measured", f"{r.iterations} queries in {r.duration_s:.3f} s"),

@@ -94,6 +94,42 @@ def engine_versions() -> dict[str, str]:
     return out
 
 
+def cpu_busy_seconds(path: str = "/proc/stat") -> float | None:
+    """CPU-seconds all CPUs spent not idle since boot (steal included: the hypervisor took it).
+
+    None where /proc/stat does not exist. The difference over an interval, minus this process's
+    own CPU time, tells how much CPU other processes took while we measured.
+    """
+    try:
+        with open(path, encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+    ticks = [int(v) for v in fields[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_clocks() -> tuple[float, float] | None:
+    """(CPU seconds all processes were busy, CPU seconds this process used), or None."""
+    busy = cpu_busy_seconds()
+    if busy is None:
+        return None
+    t = os.times()
+    return busy, t.user + t.system
+
+
+def others_cores(before, after, wall: float) -> float | None:
+    """Cores' worth of CPU other processes (and the hypervisor) took during ``wall`` seconds."""
+    if before is None or after is None or wall <= 0:
+        return None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return max(0.0, others / wall)
+
+
 @lru_cache(maxsize=1)
 def system_info() -> dict:
     """Everything above in one JSON-able dict (cached: it does not change within a process)."""
