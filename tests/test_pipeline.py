@@ -90,7 +90,8 @@ def test_changed_request_rebuilds(tmp_path):
 
 @pytest.mark.parametrize("bad", [dict(quant_modes=("bogus",)), dict(batch_sizes=(0,)),
                                  dict(threads=0), dict(label_file="labels.txt"),
-                                 dict(calib_dir="/nonexistent/calib"), dict(calib_num=0)])
+                                 dict(calib_dir="/nonexistent/calib"), dict(calib_num=0),
+                                 dict(bench_duration=0)])
 def test_bad_request_fails_before_writing_anything(tmp_path, bad):
     with pytest.raises(UsageError):
         run_all(**{**KWARGS, **bad}, out=tmp_path / "out")

@@ -59,6 +59,7 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
     plan = _plan(quant_modes, batch_sizes, shape_mutable, bench_rounds, threads, backend)
     if not isinstance(calib_num, int) or isinstance(calib_num, bool) or calib_num < 1:
         raise UsageError(f"--calib-num must be >= 1, got {calib_num!r}")
+    _check_bench(bench_iterations, bench_duration, bench_warmup)
     out = Path(out)
     src = open_source(weights, arch, layout, width_mult)
     if src.untrained:  # loudly, whatever the progress setting
@@ -146,6 +147,15 @@ def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backend) -> 
     usable = system_info()["cores"]["usable"] or os.cpu_count() or 1
     return {"models": [(m, b) for m in dict.fromkeys(modes) for b in batches],
             "batches": batches, "rounds": int(rounds), "threads": int(threads or usable)}
+
+
+def _check_bench(iterations, duration, warmup) -> None:
+    if iterations is not None and int(iterations) < 1:
+        raise UsageError(f"--bench-iterations must be at least 1, got {iterations}")
+    if duration is not None and not float(duration) > 0:
+        raise UsageError(f"--bench-duration must be a positive number of seconds, got {duration}")
+    if int(warmup) < 0:
+        raise UsageError(f"bench warm-up must be 0 or more, got {warmup}")
 
 
 def _dataset(image_dir, label_file, synsets_file, image_num, src):
