@@ -109,6 +109,7 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
             collect.finish_images()
         finally:
             bar.close()
+            collect.close()  # on error or Ctrl-C: drop queued image saves
         skipped = [(names[s.path], reason) for s, reason in loader.skipped]
         if not collect.count:  # not a run with a few bad files: nothing usable at all
             raise DataError(f"none of the {len(samples)} images could be decoded (first: "
@@ -240,6 +241,10 @@ class _Collector:
             self._saver.shutdown(wait=True)
             for f in self._saves:
                 f.result()  # re-raise a failed save here, not silently
+
+    def close(self) -> None:
+        if self._saver:
+            self._saver.shutdown(wait=True, cancel_futures=True)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
