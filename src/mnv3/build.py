@@ -11,6 +11,7 @@ model swaps it atomically, so the path always holds the old model or the new one
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import shutil
 import sys
 import tempfile
@@ -58,18 +59,29 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
     _check_target(target)
     calib, held_out, calib_info = _calibration_files(quant_mode, calib_dir, calib_num,
                                                      calib_method)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, a read-only place: the user's to fix
+        raise UsageError(f"cannot create {target.parent} for the model ({e.strerror or e}); "
+                         "choose a writable --output") from None
     with build_lock(target):
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+        _remove_temps(target)  # left by a killed build (SIGKILL cannot be cleaned up after)
         try:
+            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
             meta = _build_into(tmp, engine, onnx_path, quant_mode, bool(shape_mutable),
                                int(batch_size), preprocess, calib, held_out, calib_info,
                                calib_method, class_names, source or {}, options)
             publish_dir(tmp, target)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_temps(target)  # by pattern: Ctrl-C may land inside mkdtemp, before `tmp =`
             raise
     return meta
+
+
+def _remove_temps(target: Path) -> None:
+    """Delete ``.<name>.tmp-*`` beside ``target``; only the lock holder may call this."""
+    for tmp in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _build_into(tmp: Path, engine, onnx_path, quant_mode, mutable, batch, preprocess, calib,
