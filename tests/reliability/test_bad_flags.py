@@ -4,6 +4,7 @@ before any work; and a --json that cannot be written, which must not hide finish
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from ckpt_factory import write_checkpoint
 
@@ -105,3 +106,47 @@ def test_eval_missing_result_file(cli, tiny, tmp_path, which):
               "--result-5-file", files["top5"], "--top1andtop5-file", tmp_path / "acc.txt")
     assert_user_error(res, 3, r"missing.txt does not exist", r"pass the files 'mnv3 infer' wrote")
     assert not (tmp_path / "acc.txt").exists()
+
+
+# ------------------------------------------------------------------------------- mnv3 run
+def _run_cases():
+    def garbage(d):
+        (d / "w.pth").write_text("not weights")
+        return ["--weights", d / "w.pth"]
+
+    def traversal(d):
+        (d / "imgs").mkdir()
+        Image.new("RGB", (40, 40)).save(d / "imgs" / "a.png")
+        (d / "labels.txt").write_text("a.png 1\n../../etc/x.JPEG 1\n")
+        return ["--image-dir", d / "imgs", "--label-file", d / "labels.txt"]
+
+    def no_images(d):
+        (d / "imgs").mkdir()
+        return ["--image-dir", d / "imgs"]
+
+    return {
+        "garbage_weights": (garbage, 4, r"w.pth is not a readable PyTorch checkpoint",
+                            r"expected a file written by torch.save"),
+        "unknown_quant_mode": (lambda d: ["--quant-modes", "int4"], 2,
+                               r"unknown quant mode 'int4'", r"choose one of"),
+        "batch_size_0": (lambda d: ["--batch-sizes", "0"], 2,
+                         r"--batch-sizes must be whole numbers >= 1", r">= 1"),
+        "label_path_traversal": (traversal, 3, r"'../../etc/x.JPEG' points outside",
+                                 r"must be relative"),
+        "no_images": (no_images, 3, r"no images found", r"\.jpe?g"),
+        "calib_num_0": (lambda d: ["--calib-num", "0", "--quant-modes", "qint8_mixed_float32"], 2,
+                        r"--calib-num must be >= 1", r">= 1"),
+    }
+
+
+RUN_CASES = _run_cases()
+
+
+@pytest.mark.parametrize("case", sorted(RUN_CASES))
+def test_run_refuses_before_writing(cli, tmp_path, case):
+    """``mnv3 run`` checks its whole request before the first slow step: nothing in --out."""
+    make, code, what, do = RUN_CASES[case]
+    out = tmp_path / "out"
+    res = cli("run", "--batch-sizes", "1", *make(tmp_path), "--out", out, "--no-progress")
+    assert_user_error(res, code, what, do)
+    assert not out.exists(), sorted(p.name for p in out.rglob("*"))
