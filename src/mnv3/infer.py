@@ -268,10 +268,15 @@ def _save_annotated(src: Path, dest: Path, text: str) -> None:
     box = draw.textbbox((4, 4), text, font=font)
     draw.rectangle((0, 0, box[2] + 4, box[3] + 4), fill=(0, 0, 0))
     draw.text((4, 4), text, fill=(255, 255, 0), font=font)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp{dest.suffix}")
-    img.save(tmp, quality=90) if dest.suffix.lower() in (".jpg", ".jpeg") else img.save(tmp)
-    os.replace(tmp, dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        img.save(tmp, quality=90) if dest.suffix.lower() in (".jpg", ".jpeg") else img.save(tmp)
+        os.replace(tmp, dest)
+    except OSError as e:  # disk full, permissions: the output folder's problem, not a bug
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {dest} ({e.strerror or e}); free space or choose "
+                         "another --output-dir") from None
 
 
 def _summary(c: _Collector, skipped, images: int, elapsed: float, engine: float, bs: int,
