@@ -117,7 +117,11 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
         label = meta.name if not isinstance(model, (str, os.PathLike)) else str(model)
         result = _summary(collect, skipped, len(samples), elapsed, engine, bs, loader.workers,
                           out, label)
-        _write_files(out, collect, skipped, result)
+        try:
+            _write_files(out, collect, skipped, result)
+        except OSError as e:  # disk full or folder removed meanwhile; eval_result.txt is absent
+            raise UsageError(f"cannot write the result files in {out} ({e.strerror or e}); "
+                             "free space or choose another --output-dir") from None
         return result
     finally:
         if owned:
