@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mnv3.data.annotate import save_annotated
 from mnv3.data.datasets import Sample, demo_dir, load_class_names
 from mnv3.data.loader import iter_batches
 from mnv3.errors import DataError, UsageError
@@ -231,7 +232,7 @@ class _Collector:
                 if not dest.resolve().is_relative_to((self.image_dir / "images").resolve()):
                     raise DataError(f"refusing to write {dest}: outside the output folder")
                 self._saves.append(self._saver.submit(
-                    _save_annotated, s.path, dest,
+                    save_annotated, s.path, dest,
                     f"{self._class_name(idx[0])} {p[0]:.1%}"))
         self.count += len(samples)
 
@@ -254,33 +255,6 @@ class _Collector:
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
-
-
-def _save_annotated(src: Path, dest: Path, text: str) -> None:
-    """A copy of ``src`` with ``text`` drawn in a box at its top-left corner."""
-    from PIL import ImageDraw, ImageFont
-
-    from mnv3.data.preprocess import load_image
-
-    img = load_image(src)
-    size = max(12, img.width // 25)
-    try:
-        font = ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType: fixed-size bitmap font
-        font = ImageFont.load_default()
-    draw = ImageDraw.Draw(img)
-    box = draw.textbbox((4, 4), text, font=font)
-    draw.rectangle((0, 0, box[2] + 4, box[3] + 4), fill=(0, 0, 0))
-    draw.text((4, 4), text, fill=(255, 255, 0), font=font)
-    tmp = dest.with_name(f".{dest.name}.tmp{dest.suffix}")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        img.save(tmp, quality=90) if dest.suffix.lower() in (".jpg", ".jpeg") else img.save(tmp)
-        os.replace(tmp, dest)
-    except OSError as e:  # disk full, permissions: the output folder's problem, not a bug
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {dest} ({e.strerror or e}); free space or choose "
-                         "another --output-dir") from None
 
 
 def _summary(c: _Collector, skipped, images: int, elapsed: float, engine: float, bs: int,
