@@ -69,7 +69,11 @@ def build_argv(tiny, output, mode="force_float32", *extra) -> list:
 
 def spawn(args: list) -> subprocess.Popen:
     """A Python subprocess (for signals) that finds mnv3 and these test modules."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(TESTS)]),
+    import mnv3
+
+    src = Path(mnv3.__file__).resolve().parents[1]  # the same mnv3 this test process uses
+    paths = [str(src), str(HERE), str(TESTS), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p),
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
