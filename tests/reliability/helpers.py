@@ -45,6 +45,9 @@ def assert_user_error(res: CliResult, code: int, what: str, do: str) -> str:
     assert res.err.rstrip("\n").endswith(line), f"the message runs over several lines: {res.err!r}"
     assert re.search(what, line, re.I), f"message does not say what was wrong ({what}): {line}"
     assert re.search(do, line, re.I), f"message does not say what to do ({do}): {line}"
+    if os.environ.get("MNV3_RELIABILITY_LOG"):  # collect every message, to read them as a user
+        with open(os.environ["MNV3_RELIABILITY_LOG"], "a", encoding="utf-8") as f:
+            f.write(f"[exit {res.code}] {line}\n")
     return line
 
 
