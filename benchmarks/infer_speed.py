@@ -10,6 +10,10 @@ Measured, interleaved round after round in one process (DESIGN.md: 2-vCPU speed 
 * decode only   : the threaded loader alone (JPEG decode + exact preprocessing), W threads;
 * end to end    : ``mnv3.infer`` over the images (decoding overlaps the engine), W threads.
 
+Also printed: CPU milliseconds per image for each preprocessing stage (one thread, process
+time, so other load on the machine disturbs it little), against the plain way of doing each
+stage (one-call resize then crop; per-pixel float arithmetic), which gives the same pixels.
+
 With --no-spin the same runs are repeated on a second ORT session whose intra-op threads do not
 spin-wait (``session.intra_op.allow_spinning=0``): spinning threads burn the CPU time that the
 decode threads need, so this shows what such a session option would buy ``mnv3 infer``.
@@ -79,6 +83,54 @@ def no_spin_session(model_dir: Path, meta, threads):
     return OrtSession(meta, raw, threads)
 
 
+def stage_profile(data, cfg) -> None:
+    """CPU ms per image: decode, resize+crop (ours vs plain), normalize (ours vs plain)."""
+    import numpy as np
+    from PIL import Image
+
+    from mnv3.data.preprocess import _RESAMPLE, normalize, resize_and_crop, to_rgb
+
+    def plain_resize(img):
+        w, h = img.size
+        size = ((cfg.resize, int(cfg.resize * h / w)) if w <= h
+                else (int(cfg.resize * w / h), cfg.resize))
+        top, left = int(round((size[1] - cfg.crop) / 2.0)), int(round((size[0] - cfg.crop) / 2.0))
+        return img.resize(size, _RESAMPLE[cfg.interpolation]).crop(
+            (left, top, left + cfg.crop, top + cfg.crop))
+
+    def plain_normalize(img):
+        x = np.asarray(img, dtype=np.float32) / np.float32(255)
+        x = (x - np.float32(cfg.mean)) / np.float32(cfg.std)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    t = dict.fromkeys(("decode", "resize+crop", "resize+crop plain", "normalize",
+                       "normalize plain"), 0.0)
+    for s in data:
+        c = time.process_time()
+        with Image.open(s.path) as im:
+            im.load()
+            img = to_rgb(im)
+        t["decode"] += time.process_time() - c
+        for _ in range(2):  # both orders, so cache warmth favours neither
+            for name, fn in (("resize+crop", lambda: resize_and_crop(img, cfg)),
+                             ("resize+crop plain", lambda: plain_resize(img))):
+                c = time.process_time()
+                small = fn()
+                t[name] += (time.process_time() - c) / 2
+        for name, fn in (("normalize", lambda: normalize(small, cfg)),
+                         ("normalize plain", lambda: plain_normalize(small))):
+            c = time.process_time()
+            fn()
+            t[name] += time.process_time() - c
+    n = len(data)
+    print("preprocessing, CPU ms per image (1 thread): " + ", ".join(
+        f"{k} {v / n * 1e3:.2f}" for k, v in t.items()))
+    ours = t["decode"] + t["resize+crop"] + t["normalize"]
+    plain = t["decode"] + t["resize+crop plain"] + t["normalize plain"]
+    print(f"  total {ours / n * 1e3:.2f} ms (plain {plain / n * 1e3:.2f} ms): "
+          f"{n / ours:.0f} images/s per core")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=200)
@@ -118,6 +170,7 @@ def main() -> int:
         r = infer(sess, data, work / "out", workers=w, progress=False)
         return r.images_per_s
 
+    stage_profile(data, cfg)
     print(f"{args.arch} force_float32, fixed batch {BATCH}, ORT threads "
           f"{args.threads or 'default'}, {len(data)} images, {args.rounds} rounds (interleaved)")
     res = interleave(configs, args.rounds, measure)
