@@ -162,8 +162,8 @@ def normalize(img: Image.Image, cfg: PreprocessCfg, out: np.ndarray | None = Non
     A uint8 pixel has only 256 values, so each channel goes through a 256-entry table computed
     with exactly the float32 operations of torchvision's ToTensor + Normalize (divide by 255,
     subtract mean, divide by std): bit-identical to doing the arithmetic per pixel, and about
-    3x faster (one gather instead of four passes over the image). ``out`` ([3, H, W] float32,
-    e.g. a slot of a batch array) avoids a copy.
+    2.5x faster (0.27 vs 0.67 CPU ms per 224x224 image: one gather instead of four passes).
+    ``out`` ([3, H, W] float32, e.g. a slot of a batch array) avoids a copy.
     """
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3:
