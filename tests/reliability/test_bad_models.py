@@ -110,4 +110,35 @@ def test_backend_not_installed(cli, model_copy, tmp_path, monkeypatch):
 def test_unknown_backend_in_meta(cli, model_copy, tmp_path):
     _edit_meta(model_copy, backend="tensorrt")
     res = cli("infer", "--model", model_copy, "--output-dir", tmp_path / "out", "--no-progress")
-    assert_user_error(res, 2, r"unknown backend 'tensorrt'", r"choose one of onnxruntime")
+    assert_user_error(res, 7, r"built for backend 'tensorrt'", r"upgrade mnv3 or rebuild")
+
+
+def test_meta_compiled_file_outside_model_dir_is_refused(tmp_path):
+    """A meta.json pointing its compiled file outside the directory is not followed."""
+    import json
+
+    import pytest
+
+    from mnv3.backends import load
+    from mnv3.errors import ModelError
+    from mnv3.meta import ModelMeta, write_meta
+
+    outside = tmp_path / "x.onnx"
+    outside.write_bytes(b"not a model")
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    from mnv3.meta import sha256_file
+
+    meta = ModelMeta(backend="onnxruntime", backend_version="x", quant_mode="force_float32",
+                     shape_mutable=True, batch_size=1, compiled_file="../x.onnx",
+                     compiled_sha256=sha256_file(outside), input_name="input",
+                     output_name="logits", input_shape=["batch", 3, 8, 8],
+                     output_shape=["batch", 10], num_classes=10)
+    write_meta(meta, model_dir)
+    with pytest.raises(ModelError, match="not a plain file name"):
+        load(model_dir)
+    data = json.loads((model_dir / "meta.json").read_text())
+    data["compiled_file"], data["backend"] = "x.onnx", "tensorrt"
+    (model_dir / "meta.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="backend 'tensorrt'"):
+        load(model_dir)

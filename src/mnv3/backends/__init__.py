@@ -59,6 +59,16 @@ def load(model_dir: str | os.PathLike, threads: int | None = None, **options):
     """
     model_dir = Path(model_dir)
     meta = read_meta(model_dir)
+    if Path(meta.compiled_file).name != meta.compiled_file or meta.compiled_file in ("", ".", ".."):
+        raise ModelError(
+            f"{model_dir}/meta.json names compiled file {meta.compiled_file!r}, which is not a plain "
+            "file name inside the model directory; rebuild the model with 'mnv3 build'"
+        )
+    if meta.backend not in _BACKENDS:
+        raise ModelError(
+            f"{model_dir} was built for backend {meta.backend!r}, which this mnv3 does not know "
+            f"(known: {', '.join(_BACKENDS)}); upgrade mnv3 or rebuild the model"
+        )
     compiled = model_dir / meta.compiled_file
     if not compiled.is_file():
         raise ModelError(f"{model_dir} lacks its compiled file {meta.compiled_file}; rebuild it")
