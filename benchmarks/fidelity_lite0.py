@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 import lite0  # noqa: E402
 
 import mnv3  # noqa: E402
-from mnv3 import quantize as q  # noqa: E402
+from mnv3 import calibration as cal  # noqa: E402
 from mnv3.cli.main import main as cli  # noqa: E402
 from mnv3.data.datasets import load_dataset  # noqa: E402
 from mnv3.data.preprocess import preprocess_image  # noqa: E402
@@ -40,12 +40,13 @@ DATA = HERE.parent.parent / "shared" / "datasets" / "imagenet-sample-500"
 CFG = lite0.PREPROCESS
 # int8 recipe variants measured with --variants (name -> build options / calibration method)
 VARIANTS = {
-    "minmax per-channel (default)": ("minmax", {}),
+    "minmax, bias corr. (default)": ("minmax", {}),
+    "minmax, no bias corr.": ("minmax", {"bias_correction": False}),
+    "minmax, conv-only QDQ": ("minmax", {"fuse_activations": False}),
     "minmax per-tensor": ("minmax", {"per_channel": False}),
-    "entropy per-channel": ("entropy", {}),
-    "percentile per-channel": ("percentile", {}),
-    "minmax symmetric activations": ("minmax", {"activation_symmetric": True}),
-    "minmax reduce_range": ("minmax", {"reduce_range": True}),
+    "percentile, bias corr.": ("percentile", {}),
+    "percentile, no bias corr.": ("percentile", {"bias_correction": False}),
+    "entropy, bias corr.": ("entropy", {}),
 }
 
 
@@ -148,7 +149,7 @@ def main() -> int:
     eager = lite0.load_lite0()
     onnx_path = lite0.export_lite0(args.out / "lite0.onnx", eager)
     samples = load_dataset(DATA / "images", DATA / "labels.txt")
-    calib, held = q.split_calibration([s.path for s in samples], args.calib_num)
+    calib, held = cal.split_calibration([s.path for s in samples], args.calib_num)
     label_of = {s.path: s.label for s in samples}
     labels = np.array([label_of[f] for f in held])
     modes = [m for m in args.modes.split(",") if m]
@@ -156,7 +157,7 @@ def main() -> int:
     dirs = build_modes(onnx_path, args.out, modes, args.calib_num)
     for d in dirs.values():  # the build calibrated on exactly the subset we hold out from
         c = read_meta(d).calibration
-        assert c is None or c["files_sha256"] == q.files_sha256(calib), "calibration set differs"
+        assert c is None or c["files_sha256"] == cal.files_sha256(calib), "calibration set differs"
     if args.variants:
         dirs |= build_variants(onnx_path, args.out, args.calib_num)
     res = figures(evaluate(dirs, eager, held, labels), labels)

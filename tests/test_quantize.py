@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
+from mnv3 import calibration as calib
 from mnv3 import quantize as q
 from mnv3.data.preprocess import preprocess_image
 from mnv3.errors import UsageError
@@ -17,7 +18,7 @@ CFG = PreprocessCfg(resize=40, crop=SIZE, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 
 
 def test_calibration_tensors_are_the_inference_tensors(tmp_path):
     files = write_images(tmp_path / "img", 5)
-    reader = q.make_reader(files, CFG, "input", batch=2, progress=False)
+    reader = calib.make_reader(files, CFG, "input", batch=2, progress=False)
     got = []
     while (d := reader.get_next()) is not None:
         assert set(d) == {"input"} and d["input"].dtype == np.float32
@@ -29,21 +30,21 @@ def test_calibration_tensors_are_the_inference_tensors(tmp_path):
 
 def test_split_is_seeded_sorted_and_disjoint(tmp_path):
     files = write_images(tmp_path / "img", 20)
-    a, rest = q.split_calibration(list(reversed(files)), 7)
-    b, _ = q.split_calibration(files, 7)
+    a, rest = calib.split_calibration(list(reversed(files)), 7)
+    b, _ = calib.split_calibration(files, 7)
     assert a == b == sorted(a) and len(a) == 7 and not set(a) & set(rest)
     assert sorted(a + rest) == sorted(files)
-    assert q.files_sha256(a) == q.files_sha256(b) != q.files_sha256(rest)
-    everything, none = q.split_calibration(files, 50)
+    assert calib.files_sha256(a) == calib.files_sha256(b) != calib.files_sha256(rest)
+    everything, none = calib.split_calibration(files, 50)
     assert everything == sorted(files) and none == []
 
 
 def test_list_images_finds_images_subfolder_and_rejects_missing(tmp_path):
     write_images(tmp_path / "ds" / "images", 3)
     (tmp_path / "ds" / "labels.txt").write_text("x 1\n")
-    assert len(q.list_images(tmp_path / "ds")) == 3
+    assert len(calib.list_images(tmp_path / "ds")) == 3
     with pytest.raises(UsageError, match="does not exist"):
-        q.list_images(tmp_path / "nope")
+        calib.list_images(tmp_path / "nope")
 
 
 def test_set_batch_dim(tmp_path):
@@ -59,13 +60,46 @@ def test_mixed_fp16_keeps_int8_convolutions_fusable(tmp_path):
     """The fp16 converter's cast round trips must not stop ORT fusing DQ->Conv->Q to int8."""
     export_tiny(tmp_path / "t.onnx", dynamic=True)
     files = write_images(tmp_path / "img", 4)
-    reader = q.make_reader(files, CFG, "input", progress=False)
-    q.quantize_int8(tmp_path / "t.onnx", tmp_path / "q.onnx", reader)
+    s = q.quantize_int8(tmp_path / "t.onnx", tmp_path / "q.onnx", files, CFG, progress=False)
     model = onnx.load(str(tmp_path / "q.onnx"))
     convs = q.quantized_node_names(model)
-    assert len(convs) == 6  # 5 convs + the Gemm
+    # 5 convs + the Gemm, minus the float first conv and last two (conv + Gemm) by default
+    assert len(convs) == 3 and len(s["excluded_nodes"]) == 3
+    assert not set(convs) & set(s["excluded_nodes"])
     mixed = q.convert_fp16(model, keep_fp32_nodes=convs)
     producers = {o: n for n in mixed.graph.node for o in n.output}
     for n in mixed.graph.node:
         if n.name in convs:  # fed straight by DequantizeLinear, no Cast in between
             assert {producers[i].op_type for i in n.input} == {"DequantizeLinear"}
+
+
+def test_bias_correction_removes_the_mean_shift_of_int8_weights():
+    """After correction, a conv with int8-rounded weights has the float conv's mean output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    # channels with very different ranges, like depthwise ones, quantized per tensor
+    scale = np.where(np.arange(8) % 2 == 1, 30.0, 1.0)[:, None, None, None]
+    w = (rng.standard_normal((8, 4, 3, 3)) * scale).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="c", pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 16, 16])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = (rng.standard_normal((16, 4, 16, 16)) + 2.0).astype(np.float32)  # non-zero mean
+    corrected, n = calib.bias_correct(model, [x[:8], x[8:]], per_channel=False)
+    b2 = numpy_helper.to_array(corrected.graph.initializer[1])
+    wq = calib.fake_quant_weight(w.astype(np.float64), 127, per_channel=False)
+
+    # mean output over interior pixels (no padding there): mean input patch . weights + bias
+    patch = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(2, 3)).mean((0, 2, 3))
+
+    def mean_out(weight, bias):
+        return np.einsum("ikl,oikl->o", patch, weight) + bias
+
+    float_mean = mean_out(w, b)
+    before = np.abs(mean_out(wq, b) - float_mean).max()
+    after = np.abs(mean_out(wq, b2) - float_mean).max()
+    assert n == 1 and after < before / 10

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mnv3 import __version__
-from mnv3 import quantize as q
+from mnv3 import calibration as cal
 from mnv3.atomic import build_lock, publish_dir
 from mnv3.backends import get_backend
 from mnv3.backends.base import BuildConfig
@@ -131,9 +131,9 @@ def _check_args(onnx_path: Path, mutable, batch_size, calib_num, calib_method) -
         raise UsageError(f"batch size must be a whole number >= 1, got {batch_size!r}")
     if not isinstance(calib_num, int) or calib_num < 1:
         raise UsageError(f"--calib-num must be >= 1, got {calib_num!r}")
-    if calib_method not in q.CALIB_METHODS:
+    if calib_method not in cal.CALIB_METHODS:
         raise UsageError(f"unknown calibration method {calib_method!r}; "
-                         f"choose one of {', '.join(q.CALIB_METHODS)}")
+                         f"choose one of {', '.join(cal.CALIB_METHODS)}")
 
 
 def _check_target(target: Path) -> None:
@@ -162,16 +162,16 @@ def _calibration_files(quant_mode, calib_dir, calib_num, method):
             raise UsageError("int8 modes need calibration images: pass --calib-dir DIR "
                              "(a folder of training-like images, ~100 are enough)")
         return [], [], None
-    files = q.list_images(folder)
+    files = cal.list_images(folder)
     if int8 and not files:
         raise UsageError(f"calibration folder {folder} holds no images "
-                         f"({', '.join(q.IMAGE_EXTS)}); pass --calib-dir with images")
+                         f"({', '.join(cal.IMAGE_EXTS)}); pass --calib-dir with images")
     if not int8:
         return [], files, None
-    calib, held_out = q.split_calibration(files, calib_num)
+    calib, held_out = cal.split_calibration(files, calib_num)
     info: dict[str, Any] = {"count": len(calib), "requested": calib_num, "method": method,
-                            "folder": str(folder), "files_sha256": q.files_sha256(calib),
-                            "seed": q.CALIB_SEED, "notes": []}
+                            "folder": str(folder), "files_sha256": cal.files_sha256(calib),
+                            "seed": cal.CALIB_SEED, "notes": []}
     if calib_num > len(files):
         info["notes"].append(f"--calib-num {calib_num} asked for more images than {folder} holds "
                              f"({len(files)}): all were used for calibration")
@@ -192,7 +192,7 @@ def measure_fidelity(reference_onnx: Path, session, files: Sequence[Path], cfg: 
     name = ref.get_inputs()[0].name
     size = session.image_size
     if files:
-        batches = q.iter_batches(list(files), cfg, chunk)
+        batches = cal.iter_batches(list(files), cfg, chunk)
         inputs = f"{len(files)} images" + ("" if held_out else " (also used for calibration)")
     else:
         rng = np.random.default_rng(0)
@@ -209,7 +209,7 @@ def measure_fidelity(reference_onnx: Path, session, files: Sequence[Path], cfg: 
     return {"reference": "force_float32 (source ONNX on ONNX Runtime CPU)", "inputs": inputs,
             "count": n, "top1_agreement": agree / n, "cosine_mean": float(np.mean(cos)),
             "cosine_min": float(np.min(cos)), "max_abs_diff": max_abs,
-            "files_sha256": q.files_sha256(files) if files else None}
+            "files_sha256": cal.files_sha256(files) if files else None}
 
 
 def _run_padded(sess, name: str, x: np.ndarray) -> np.ndarray:

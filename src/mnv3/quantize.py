@@ -1,9 +1,7 @@
-"""Stage 2a: calibration data, int8 QDQ quantization, fp16 conversion, batch-dimension edits.
+"""Stage 2a: int8 QDQ quantization, fp16 conversion, batch-dimension edits, precision report.
 
-Everything here speaks ONNX Runtime's quantization interface (``CalibrationDataReader``,
-``quantize_static``) and is fed by ``mnv3.data.preprocess.preprocess_image``, the same function
-inference and evaluation use: a calibration set preprocessed any other way would calibrate the
-wrong activation ranges (DESIGN.md practice 8).
+Everything here speaks ONNX Runtime's quantization interface (``quantize_static`` fed by the
+``CalibrationDataReader`` of ``mnv3.calibration``, which uses the one inference preprocessing).
 
 The int8 recipe and why (issue 3, "MobileNetV3's int8 traps"):
 - weights int8, symmetric, **per channel**: per-tensor scales collapse depthwise convolutions,
@@ -18,96 +16,31 @@ The int8 recipe and why (issue 3, "MobileNetV3's int8 traps"):
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import io
 import logging
-import os
-import random
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-import numpy as np
 import onnx
 
-from mnv3.data.preprocess import preprocess_image
-from mnv3.errors import BuildError, Mnv3Error, UsageError
+from mnv3 import calibration as calib
+from mnv3.errors import BuildError, Mnv3Error
 from mnv3.meta import PreprocessCfg
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
-CALIB_SEED = 0  # fixed: the same folder and count always give the same calibration subset
 # Ops whose inputs/weights are quantized to int8 (the issue's "convolutions and matrix products").
 INT8_OPS = ("Conv", "Gemm", "MatMul")
+# Activations quantized together with their producer: ORT then fuses them into QLinearConv and
+# the conv's output scale covers the activation's range (ReLU6: [0, 6]) rather than the wide
+# pre-activation range. Measured on Lite0: 86% -> 97% top-1 agreement (fidelity_lite0.py).
+FUSED_ACTIVATIONS = ("Relu", "Clip")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-
-
-# ----------------------------------------------------------------------------- calibration files
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Sorted image files of ``folder`` (or of its ``images/`` subfolder, the dataset layout)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UsageError(f"calibration folder {folder} does not exist; pass --calib-dir DIR")
-    files = sorted(p for p in folder.iterdir()
-                   if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and p.is_file())
-    if not files and (folder / "images").is_dir():
-        return list_images(folder / "images")
-    return files
-
-
-def split_calibration(files: Sequence[Path], num: int) -> tuple[list[Path], list[Path]]:
-    """(calibration subset, held-out rest): a seeded sample of ``num`` files, both sorted.
-
-    When ``num`` >= the number of files all of them calibrate and nothing is held out; the
-    caller says so (documented choice: use all with a warning rather than refuse, so small demo
-    folders still build).
-    """
-    files = sorted(files)
-    if num >= len(files):
-        return list(files), []
-    chosen = set(random.Random(CALIB_SEED).sample(range(len(files)), num))
-    calib = [f for i, f in enumerate(files) if i in chosen]
-    rest = [f for i, f in enumerate(files) if i not in chosen]
-    return calib, rest
-
-
-def files_sha256(files: Sequence[Path]) -> str:
-    """Hash of the file list (names, in order): identifies the calibration set in meta.json."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(Path(f).name.encode("utf-8") + b"\n")
-    return h.hexdigest()
-
-
-def iter_batches(files: Sequence[Path], cfg: PreprocessCfg, batch: int) -> Iterator[np.ndarray]:
-    """Preprocessed float32 batches, decoded lazily (only one batch is ever in memory)."""
-    for start in range(0, len(files), batch):
-        yield np.stack([preprocess_image(f, cfg) for f in files[start:start + batch]])
-
-
-def make_reader(files: Sequence[Path], cfg: PreprocessCfg, input_name: str, batch: int = 1,
-                progress: bool = True):
-    """A ``CalibrationDataReader`` streaming ``files`` through the shared preprocessing."""
-    from onnxruntime.quantization import CalibrationDataReader
-    from tqdm import tqdm
-
-    class ImageCalibrationReader(CalibrationDataReader):
-        def __init__(self):
-            self.rewind()
-
-        def rewind(self):
-            self._bar = tqdm(total=len(files), desc="calibrating", unit="img",
-                             disable=not progress, leave=False)
-            self._it = iter_batches(files, cfg, batch)
-
-        def get_next(self):
-            x = next(self._it, None)
-            if x is None:
-                self._bar.close()
-                return None
-            self._bar.update(len(x))
-            return {input_name: x}
-
-    return ImageCalibrationReader()
+# Layers kept in float by default: the first conv and the last two matrix products (Lite0: the
+# 1x1 head conv and the classifier; MobileNetV3: its two classifier Linears). ~5% of the MACs;
+# measured on Lite0 (fidelity_lite0.py --variants): logit cosine vs fp32 0.9978 -> 0.9983.
+FLOAT_FIRST, FLOAT_LAST = 1, 2
+HISTOGRAM_WINDOW = 8  # images per histogram-calibration window (bounds memory)
 
 
 # ----------------------------------------------------------------------------- graph edits
@@ -163,52 +96,100 @@ def has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-def quantize_int8(src: Path, dst: Path, reader, *, method: str = "minmax",
-                  exclude_nodes: Sequence[str] = (), options: dict | None = None) -> dict:
+def quantize_int8(src: Path, dst: Path, files: Sequence[Path], cfg: PreprocessCfg, *,
+                  method: str = "minmax", options: dict | None = None,
+                  progress: bool = True) -> dict:
     """QDQ int8 quantization of ``src`` (a dynamic-batch float model) into ``dst``.
 
-    Returns the settings used (recorded in meta.calibration). ``options`` may override
-    ``per_channel``, ``reduce_range``, ``activation_symmetric`` (measured in
+    Calibrates on ``files`` (preprocessed with ``cfg``). Returns the settings used (recorded
+    in meta.extra). ``options`` may override ``per_channel``, ``reduce_range``,
+    ``activation_symmetric``, ``bias_correction``, ``fuse_activations``, ``float_first``,
+    ``float_last``, ``exclude_nodes`` (measured in
     benchmarks/fidelity_lite0.py).
     """
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
     options = options or {}
+    s = {"format": "QDQ", "weights": "int8 symmetric", "activations": "uint8",
+         "calibration": method,
+         "per_channel": bool(options.get("per_channel", True)),
+         "reduce_range": bool(options.get("reduce_range", not has_vnni())),
+         "activation_symmetric": bool(options.get("activation_symmetric", False)),
+         "bias_correction": bool(options.get("bias_correction", True)),
+         "op_types": list(INT8_OPS + (FUSED_ACTIVATIONS if options.get("fuse_activations", True)
+                                      else ())),
+         "float_first": int(options.get("float_first", FLOAT_FIRST)),
+         "float_last": int(options.get("float_last", FLOAT_LAST))}
+    model = _name_nodes(onnx.load(str(src)))
+    s["excluded_nodes"] = _float_nodes(model, s["float_first"], s["float_last"],
+                                       options.get("exclude_nodes", ()))
+    input_name = graph_io(model)[0].name
+    if s["bias_correction"]:
+        model, s["bias_corrected_layers"] = calib.bias_correct(
+            model, calib.iter_batches(files, cfg, 8), qmax=64 if s["reduce_range"] else 127,
+            per_channel=s["per_channel"], skip=s["excluded_nodes"])
+    src = Path(dst).with_suffix(".prepared.onnx")
+    onnx.save(model, str(src))
+    histogram = method != "minmax"
+    # ORT's histogram calibrators stack equal-shaped batches and keep them all in memory:
+    # feed single images and let ORT merge histograms window by window.
+    batch = 1 if histogram else 8
+    window = max(d for d in range(1, HISTOGRAM_WINDOW + 1) if len(files) % d == 0)
+    extra = {"WeightSymmetric": True, "ActivationSymmetric": s["activation_symmetric"],
+             "CalibMaxIntermediateOutputs": 16}
+    if histogram:
+        extra["CalibStridedMinMax"] = window
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    settings = {
-        "format": "QDQ",
-        "weights": "int8 symmetric",
-        "activations": "uint8",
-        "per_channel": bool(options.get("per_channel", True)),
-        "reduce_range": bool(options.get("reduce_range", not has_vnni())),
-        "activation_symmetric": bool(options.get("activation_symmetric", False)),
-        "op_types": list(INT8_OPS),
-        "excluded_nodes": list(exclude_nodes),
-    }
-    extra = {"WeightSymmetric": True, "ActivationSymmetric": settings["activation_symmetric"],
-             # bound the calibrator's memory: merge ranges every 16 batches
-             "CalibMaxIntermediateOutputs": 16}
-    # ORT logs "consider pre-processing" on the root logger; our input already went through
-    # ORT's basic optimizations (BN folding, constant folding) and shape inference.
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
+    reader = calib.make_reader(files, cfg, input_name, batch=batch, progress=progress)
+    with _quiet_ort():
+        try:
+            quantize_static(
+                str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=s["op_types"], per_channel=s["per_channel"],
+                reduce_range=s["reduce_range"], activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8, nodes_to_exclude=s["excluded_nodes"],
+                calibrate_method=methods[method], extra_options=extra)
+        except (KeyboardInterrupt, Mnv3Error):  # e.g. a DataError naming a bad image
+            raise
+        except Exception as e:  # ORT raises bare Exceptions for unsupported graphs
+            raise BuildError(f"int8 quantization failed: {e}") from e
+    return s
+
+
+def _name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give unnamed nodes unique names: exclusions and reports refer to nodes by name."""
+    taken = {n.name for n in model.graph.node}
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            n.name = f"{n.op_type}_{i}"
+            while n.name in taken:
+                n.name += "_"
+            taken.add(n.name)
+    return model
+
+
+def _float_nodes(model: onnx.ModelProto, first: int, last: int, extra) -> list[str]:
+    """The first ``first`` and last ``last`` Conv/Gemm/MatMul nodes (topological order), plus
+    ``extra``: layers kept in float."""
+    ops = [n.name for n in model.graph.node if n.op_type in INT8_OPS]
+    chosen = ops[:max(first, 0)] + (ops[-last:] if last > 0 else [])
+    return list(dict.fromkeys([*chosen, *extra]))
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    """ORT's quantizer logs "consider pre-processing" (our input already had ORT's basic
+    optimizations and shape inference) and prints histogram progress to stdout."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
     try:
-        quantize_static(
-            str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(INT8_OPS), per_channel=settings["per_channel"],
-            reduce_range=settings["reduce_range"], activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude_nodes),
-            calibrate_method=methods[method], extra_options=extra,
-        )
-    except (KeyboardInterrupt, Mnv3Error):  # e.g. a DataError naming a bad calibration image
-        raise
-    except Exception as e:  # ORT raises bare Exceptions for unsupported graphs
-        raise BuildError(f"int8 quantization failed: {e}") from e
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
-        logging.getLogger().setLevel(level)
-    return settings
+        root.setLevel(level)
 
 
 def convert_fp16(model: onnx.ModelProto, keep_fp32_nodes: Sequence[str] = ()) -> onnx.ModelProto:

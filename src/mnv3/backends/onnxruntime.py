@@ -26,7 +26,6 @@ from mnv3.errors import BackendUnavailable, BuildError, ModelError
 from mnv3.meta import ModelMeta
 
 COMPILED_FILE = "model.onnx"
-CALIB_BATCH = 8  # images per calibration run (ranges do not depend on it; speed does)
 
 NOTE_FP16_CPU = (
     "ONNX Runtime's CPU provider has few float16 kernels: ops without one run in float32 "
@@ -96,15 +95,11 @@ class OnnxRuntimeBackend(Backend):
         if not cfg.calib_files:
             raise BuildError("int8 quantization needs calibration images; pass --calib-dir DIR")
         dyn = work / "dyn.onnx"  # calibrate with a symbolic batch whatever the target batch
-        model = q.set_batch_dim(onnx.load(str(fp32)), "batch")
-        onnx.save(model, str(dyn))
-        inp, _ = q.graph_io(model)
-        reader = q.make_reader(cfg.calib_files, cfg.preprocess, inp.name, batch=CALIB_BATCH,
-                               progress=cfg.options.get("progress", True))
+        onnx.save(q.set_batch_dim(onnx.load(str(fp32)), "batch"), str(dyn))
         out = work / "int8.onnx"
-        settings = q.quantize_int8(dyn, out, reader, method=cfg.calib_method,
-                                   exclude_nodes=cfg.options.get("exclude_nodes", ()),
-                                   options=cfg.options)
+        settings = q.quantize_int8(dyn, out, cfg.calib_files, cfg.preprocess,
+                                   method=cfg.calib_method, options=cfg.options,
+                                   progress=cfg.options.get("progress", True))
         return onnx.load(str(out)), settings
 
     def _inspect(self, compiled: Path, work: Path) -> dict[str, str]:
