@@ -76,9 +76,13 @@ def run_benchmark_app(model_dir: Path, config: dict, batch: int, seconds: float,
     cfg = tmp / "ov_config.json"
     keys = ("NUM_STREAMS", "INFERENCE_NUM_THREADS", "INFERENCE_PRECISION_HINT")
     cfg.write_text(json.dumps({"CPU": {k: config[k] for k in keys}}))
-    cmd = ["benchmark_app", "-m", str(model_dir / "model.xml"), "-d", "CPU", "-hint", "none",
-           "-load_config", str(cfg), "-nireq", config["NUM_STREAMS"], "-t", str(seconds)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    tool = Path(sys.executable).with_name("benchmark_app")  # the one this venv's openvino ships
+    cmd = [str(tool) if tool.exists() else "benchmark_app", "-m", str(model_dir / "model.xml"), "-d", "CPU", "-hint", "none",
+           "-load_config", str(cfg), "-nireq", config["NUM_STREAMS"], "-t", str(max(1, round(seconds)))]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"benchmark_app failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+    out = done.stdout
     count = int(re.search(r"Count:\s+(\d+) iterations", out).group(1))
     duration_ms = float(re.search(r"Duration:\s+([\d.]+) ms", out).group(1))
     return count * batch / (duration_ms / 1e3)

@@ -202,6 +202,7 @@ def test_cli_build_infer_bench_with_the_openvino_backend(tiny, tmp_path, capsys)
                  "--output", str(model)]) == 0
     meta = json.loads((model / "meta.json").read_text())
     assert meta["backend"] == "openvino" and meta["extra"]["quantization"]["max_drop"] == 1.0
+    assert meta["extra"]["inference_precision"] == "f32"  # the budget was checked in f32
     assert main(["infer", "--model", str(model), "--image-dir", str(images),
                  "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
     bench = tmp_path / "bench.json"
