@@ -162,6 +162,13 @@ def test_symlinked_folder_inside_is_allowed(flat):
     assert load_dataset(link, flat / "l.txt")[0].label == 1
 
 
+def test_symlink_loop_is_walked_once(tmp_path):
+    _img(tmp_path / "cls" / "a.jpg")
+    (tmp_path / "cls" / "loop").symlink_to(tmp_path / "cls")
+    ds = load_dataset(tmp_path)
+    assert [s.path.name for s in ds] == ["a.jpg"]
+
+
 def test_demo_set_is_bundled_real_and_labelled():
     d = demo_dir()
     ds = demo_dataset()

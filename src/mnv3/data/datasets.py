@@ -116,7 +116,13 @@ def load_dataset(image_dir: str | os.PathLike, label_file: str | os.PathLike | N
 def _find_images(root: Path) -> list[PurePosixPath]:
     """Image files under ``root`` (recursively, skipping hidden entries), relative and sorted."""
     found = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of folders walked: no symlink loops
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         base = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
         found.extend(base / f for f in filenames if is_image_file(Path(f)))
