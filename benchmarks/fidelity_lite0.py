@@ -40,13 +40,13 @@ DATA = HERE.parent.parent / "shared" / "datasets" / "imagenet-sample-500"
 CFG = lite0.PREPROCESS
 # int8 recipe variants measured with --variants (name -> build options / calibration method)
 VARIANTS = {
-    "minmax, bias corr. (default)": ("minmax", {}),
-    "minmax, no bias corr.": ("minmax", {"bias_correction": False}),
-    "minmax, conv-only QDQ": ("minmax", {"fuse_activations": False}),
-    "minmax per-tensor": ("minmax", {"per_channel": False}),
-    "percentile, bias corr.": ("percentile", {}),
-    "percentile, no bias corr.": ("percentile", {"bias_correction": False}),
-    "entropy, bias corr.": ("entropy", {}),
+    "default (minmax, bias corr., float ends)": ("minmax", {}),
+    "all layers int8 (no float ends)": ("minmax", {"float_first": 0, "float_last": 0}),
+    "no bias correction": ("minmax", {"bias_correction": False}),
+    "conv-only QDQ (ReLU6 not fused)": ("minmax", {"fuse_activations": False}),
+    "per-tensor weights": ("minmax", {"per_channel": False}),
+    "percentile calibration": ("percentile", {}),
+    "entropy calibration": ("entropy", {}),
 }
 
 
@@ -123,9 +123,9 @@ def target(name: str, f: dict) -> str:
 def print_table(res: dict[str, dict], n: int) -> None:
     print(f"\nEfficientNet-Lite0 (real weights), {n} held-out images of {DATA.name}, "
           "ONNX Runtime CPU, 1 thread")
-    print(f"{'build':36s} {'top-1':>7s} {'agree':>8s} {'drop pt':>8s} {'cosine':>9s}  target")
+    print(f"{'build':42s} {'top-1':>7s} {'agree':>8s} {'drop pt':>8s} {'cosine':>9s}  target")
     for k, f in res.items():
-        print(f"{k:36s} {100 * f['top1']:6.2f}% {100 * f['agreement_vs_fp32']:7.2f}% "
+        print(f"{k:42s} {100 * f['top1']:6.2f}% {100 * f['agreement_vs_fp32']:7.2f}% "
               f"{f['drop_points']:8.2f} {f['cosine_mean']:9.6f}  {target(k, f)}")
     print(f"force_float32 vs PyTorch eager: top-1 differs on "
           f"{res['force_float32']['top1_differs_from_eager']} of {n} images")

@@ -1,0 +1,77 @@
+"""Real accuracy: EfficientNet-Lite0 (ImageNet weights) built per mode meets issue 3's targets.
+
+A compact version of benchmarks/fidelity_lite0.py (which also measures the int8 recipe
+variants): calibrate on 100 images of the ImageNet sample, evaluate on the other 400, and
+assert the issue's required thresholds. Skips without the sample or the weights package.
+About a minute on one core.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mnv3
+from conftest import needs_lite0
+from mnv3 import calibration as cal
+from mnv3.data.datasets import load_dataset
+from mnv3.data.preprocess import preprocess_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+pytestmark = needs_lite0
+
+
+@pytest.fixture(scope="module")
+def lite0_logits(imagenet_sample, tmp_path_factory):
+    import lite0
+    import torch
+
+    torch.set_num_threads(1)
+    work = tmp_path_factory.mktemp("lite0")
+    eager = lite0.load_lite0()
+    onnx_path = lite0.export_lite0(work / "lite0.onnx", eager)
+    samples = load_dataset(imagenet_sample / "images", imagenet_sample / "labels.txt")
+    calib, held = cal.split_calibration([s.path for s in samples], 100)
+    sessions = {}
+    for mode in ("force_float32", "force_float16", "qint8_mixed_float32"):
+        meta = mnv3.build(onnx_path, work / mode, quant_mode=mode, shape_mutable=True,
+                          batch_size=8, preprocess=lite0.PREPROCESS,
+                          calib_dir=imagenet_sample / "images", calib_num=100,
+                          options={"progress": False, "fidelity_num": 16})
+        if meta.calibration:  # the build calibrated on exactly the images we hold out from
+            assert meta.calibration["files_sha256"] == cal.files_sha256(calib)
+        sessions[mode] = mnv3.load(work / mode, threads=1)
+    out = {k: [] for k in [*sessions, "eager"]}
+    for i in range(0, len(held), 25):
+        x = np.stack([preprocess_image(f, lite0.PREPROCESS) for f in held[i:i + 25]])
+        with torch.inference_mode():
+            out["eager"].append(eager(torch.from_numpy(x)).numpy())
+        for k, s in sessions.items():
+            out[k].append(s.predict(x))
+    label_of = {s.path: s.label for s in samples}
+    labels = np.array([label_of[f] for f in held])
+    return {k: np.concatenate(v).argmax(1) for k, v in out.items()}, labels
+
+
+def test_float32_matches_pytorch_eager_on_every_image(lite0_logits):
+    top1, _ = lite0_logits
+    assert len(top1["eager"]) == 400
+    assert (top1["force_float32"] == top1["eager"]).all()
+
+
+def test_float16_agrees_with_float32(lite0_logits):
+    top1, _ = lite0_logits
+    assert (top1["force_float16"] == top1["force_float32"]).mean() >= 0.995
+
+
+def test_int8_agrees_with_float32_and_loses_at_most_0_4_points(lite0_logits):
+    top1, labels = lite0_logits
+    agreement = (top1["qint8_mixed_float32"] == top1["force_float32"]).mean()
+    drop = 100 * ((top1["force_float32"] == labels).mean()
+                  - (top1["qint8_mixed_float32"] == labels).mean())
+    assert agreement >= 0.98, f"int8 top-1 agreement {agreement:.2%} < 98%"
+    assert drop <= 0.4, f"int8 loses {drop:.2f} top-1 points > 0.4"
