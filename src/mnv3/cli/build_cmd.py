@@ -27,7 +27,7 @@ from pathlib import Path
 
 from mnv3.cli import common
 from mnv3.errors import UsageError
-from mnv3.meta import QUANT_MODES, PreprocessCfg
+from mnv3.meta import QUANT_MODES, PreprocessCfg, sha256_file
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -86,8 +86,11 @@ def _export_weights(args, workdir: Path) -> tuple[Path, PreprocessCfg, dict]:
     onnx_path = workdir / "exported.onnx"
     export_onnx(loaded.module, onnx_path, batch_size=args.batch_size, dynamic_batch=True,
                 image_size=cfg.crop, preprocess=cfg)
-    source = {"checkpoint": str(args.weights), "checkpoint_sha256": loaded.source_sha256,
-              "arch": loaded.arch, "layout": loaded.layout, "width_mult": loaded.width_mult}
+    # the source is the checkpoint; the temporary ONNX is identified by its hash only
+    source = {"path": str(Path(args.weights).resolve()), "sha256": loaded.source_sha256,
+              "onnx_sha256": sha256_file(onnx_path), "arch": loaded.arch,
+              "layout": loaded.layout, "width_mult": loaded.width_mult,
+              "num_classes": loaded.num_classes}
     return onnx_path, cfg, source
 
 
