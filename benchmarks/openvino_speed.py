@@ -105,17 +105,20 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--work", type=Path, default=None, help="reuse builds across runs")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--build-only", action="store_true", help="build (into --work) and stop")
     args = ap.parse_args()
     modes = args.modes.split(",")
     batches = [int(b) for b in args.batches.split(",")]
     thread_counts = [int(t) for t in args.threads.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="mnv3-ovspeed-"))
     work.mkdir(parents=True, exist_ok=True)
-    onnx = work / f"{args.arch}-1.0.onnx"
-    if not onnx.is_file():
+    onnx = next(work.glob(f"{args.arch}-*.onnx"), None)  # a previous run's export
+    if onnx is None:
         _, onnx = export_fp32(args.arch, out_dir=work, layout="torchvision")
     calib = SAMPLE_IMAGES if SAMPLE_IMAGES.is_dir() else None  # None: the bundled demo images
     dirs = build_models(onnx, work, modes, batches, calib)
+    if args.build_only:
+        return
 
     # Every configuration is opened once; the rounds then interleave them.
     configs = {}

@@ -18,6 +18,7 @@ every one can be overridden through ``cfg.options`` (``--option`` style knobs of
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,9 @@ def quantize(model: ov.Model, cfg: BuildConfig) -> tuple[ov.Model, dict[str, Any
     files = [str(p) for p in cfg.calib_files]
     calib = nncf.Dataset(files, lambda f: preprocess_image(f, cfg.preprocess)[None])
     kwargs = _nncf_kwargs(nncf, s, len(files))
+    logger = logging.getLogger("nncf")  # its INFO lines list every op it skips: noise here
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
         if "max_drop" in s:
             quantized, control = _with_accuracy_control(nncf, model, calib, cfg, s, kwargs)
@@ -93,6 +97,8 @@ def quantize(model: ov.Model, cfg: BuildConfig) -> tuple[ov.Model, dict[str, Any
         raise
     except Exception as e:  # noqa: BLE001 - NNCF raises many kinds
         raise BuildError(f"NNCF int8 quantization failed: {e}") from e
+    finally:
+        logger.setLevel(level)
     s.update(tool=f"nncf {nncf.__version__}", calibration_images=len(files))
     return quantized, s
 
