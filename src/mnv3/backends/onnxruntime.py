@@ -2,7 +2,10 @@
 
 The compiled file is plain ONNX (ORT's *basic* offline optimizations only: constant folding,
 Conv+BatchNorm fusion, no engine-specific ops), so the same artifact serves other engines;
-ORT applies its hardware-specific optimizations when the session is created.
+ORT applies its hardware-specific optimizations when the session is created. A second file
+pre-optimized at ORT's extended level was measured (MobileNetV3-Large, batch 1): session load
+37 -> 34 ms (fp32) and 65 -> 55 ms (int8), identical run time; not worth an ORT-version-bound
+artifact, so none is written.
 
 Modes: force_float32 (fp32 everywhere); force_float16 (fp16 weights/compute, float32 I/O);
 qint8_mixed_float32 / qint8_mixed_float16 (QDQ int8 Conv/Gemm/MatMul, the rest fp32 / fp16).
@@ -27,16 +30,30 @@ from mnv3.meta import ModelMeta
 
 COMPILED_FILE = "model.onnx"
 
-NOTE_FP16_CPU = (
-    "ONNX Runtime's CPU provider has few float16 kernels: ops without one run in float32 "
-    "between inserted Casts (see op_precisions), so float16 on CPU is typically several times "
-    "slower than force_float32; it is meant for GPUs (CUDA/TensorRT providers)."
-)
-NOTE_INT8_CPU = (
-    "int8 speed on ORT CPU depends on how many ops stay float between QuantizeLinear/"
-    "DequantizeLinear pairs (HardSwish/HardSigmoid/Mul in MobileNetV3): measure with "
-    "'mnv3 bench' against the force_float32 build (benchmarks/int8_speed.py)."
-)
+
+
+def precision_notes(mode: str, precisions: dict[str, str], device: str = "CPU") -> list[str]:
+    """Honest caveats read from what ORT actually runs (``op_precisions``), not assumed."""
+    def runs(prec):
+        return sorted(op for op, p in precisions.items() if p == prec or f"{prec}:" in p)
+
+    notes = []
+    if "float16" in mode:
+        half = runs("float16")
+        notes.append(
+            f"float16 on ONNX Runtime's {device} provider: weights are stored in float16, but "
+            "ops without a float16 kernel run in float32 between Casts that ORT inserts "
+            f"(float32: {', '.join(runs('float32')) or 'none'}; float16: "
+            f"{', '.join(half) or 'none'}). Expect about force_float32 speed on CPU "
+            "(benchmarks/int8_speed.py measures it), not a speed-up; fp16 compute needs a GPU "
+            "provider.")
+    if mode.startswith("qint8"):
+        notes.append(
+            f"int8 kernels: {', '.join(runs('int8')) or 'none'}; still float: "
+            f"{', '.join(o for o in runs('float32') + runs('float16')) or 'none'} "
+            "(between QuantizeLinear/DequantizeLinear). int8 speed on ORT CPU depends on how much "
+            "stays float: compare with the force_float32 build (benchmarks/int8_speed.py).")
+    return notes
 
 
 def _session(path: Path | str, level, threads: int | None = None, optimized_out: Path | None = None,
@@ -71,24 +88,21 @@ class OnnxRuntimeBackend(Backend):
                 raise BuildError(f"ONNX Runtime cannot load {onnx_path}: {e}") from e
             extra: dict[str, Any] = {"offline_optimization": "ORT basic (standard ONNX ops)",
                                      "load_optimization": "ORT_ENABLE_ALL"}
-            notes: list[str] = []
             mode = cfg.quant_mode
             if mode == "force_float32":
                 model = onnx.load(str(fp32))
             elif mode == "force_float16":
                 model = q.convert_fp16(onnx.load(str(fp32)))
-                notes.append(NOTE_FP16_CPU)
             elif mode in ("qint8_mixed_float32", "qint8_mixed_float16"):
                 model, extra["quantization"] = self._int8(fp32, work, cfg)
-                notes.append(NOTE_INT8_CPU)
                 if mode == "qint8_mixed_float16":
                     model = q.convert_fp16(model, keep_fp32_nodes=q.quantized_node_names(model))
-                    notes.append(NOTE_FP16_CPU)
             else:
                 raise BuildError(f"the onnxruntime backend cannot build quant mode {mode!r}")
             model = q.set_batch_dim(model, "batch" if cfg.shape_mutable else cfg.batch_size)
             onnx.save(model, str(out_dir / COMPILED_FILE))
             precisions = self._inspect(out_dir / COMPILED_FILE, work)
+        notes = precision_notes(mode, precisions)
         return CompiledModel(COMPILED_FILE, op_precisions=precisions, notes=notes, extra=extra)
 
     def _int8(self, fp32: Path, work: Path, cfg: BuildConfig) -> tuple[onnx.ModelProto, dict]:
