@@ -16,6 +16,7 @@ about fp16 ops that ORT's CPU provider runs in float32 between Casts.
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,43 @@ def precision_notes(mode: str, precisions: dict[str, str], device: str = "CPU") 
             "(between QuantizeLinear/DequantizeLinear). int8 speed on ORT CPU depends on how much "
             "stays float: compare with the force_float32 build (benchmarks/int8_speed.py).")
     return notes
+
+
+_INT8_KERNELS = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
+                 "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearGlobalAveragePool",
+                 "QLinearConcat", "QLinearLeakyRelu", "QLinearAveragePool"}
+_ELEM = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+         onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.DOUBLE: "float64",
+         onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "int8"}
+
+
+def op_precisions(model: onnx.ModelProto) -> dict[str, str]:
+    """op type -> precision it runs in, read from the graph the engine actually executes.
+
+    Pass the engine-optimized graph (ORT's ``optimized_model_filepath``): there the int8
+    patterns appear as QLinearConv / QGemm, and fp16 ops without CPU kernels appear wrapped in
+    Casts back to float32. An op type running in several precisions is reported as
+    ``"mixed(float16:3,float32:1)"``.
+    """
+    model = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(model.graph.value_info) + list(model.graph.input)
+             + list(model.graph.output)}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    seen: dict[str, Counter] = {}
+    for n in model.graph.node:
+        if n.op_type in _INT8_KERNELS:
+            prec = "int8"
+        elif n.op_type in q.QDQ_OPS or n.op_type == "Cast":
+            prec = "conversion"
+        else:
+            prec = _ELEM.get(types.get(n.input[0]) if n.input else None, "float32")
+        seen.setdefault(n.op_type, Counter())[prec] += 1
+    out = {}
+    for op, c in sorted(seen.items()):
+        out[op] = next(iter(c)) if len(c) == 1 else \
+            "mixed(" + ",".join(f"{p}:{k}" for p, k in sorted(c.items())) + ")"
+    return out
 
 
 def _session(path: Path | str, level, threads: int | None = None, optimized_out: Path | None = None,
@@ -123,7 +161,7 @@ class OnnxRuntimeBackend(Backend):
             _session(compiled, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, 1, optimized)
         except Exception as e:
             raise BuildError(f"ONNX Runtime cannot load the model it just built: {e}") from e
-        return q.op_precisions(onnx.load(str(optimized)))
+        return op_precisions(onnx.load(str(optimized)))
 
     # ------------------------------------------------------------------ load
     def open(self, model_dir: Path, meta: ModelMeta, threads: int | None = None,
