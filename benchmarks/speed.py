@@ -45,10 +45,11 @@ def main():
           f"({' '.join(info['cpu_features'])}); onnxruntime {v.get('onnxruntime')}, "
           f"torch {v.get('torch')}")
     print(f"each figure: {a.rounds} interleaved rounds x {a.duration:g} s, 1 stream; "
-          "ratios = mnv3 images/s / baseline images/s in the same rounds\n")
+          "ratios = mnv3 images/s / baseline images/s in the same rounds; other load = cores "
+          "other processes took while mnv3 was measured\n")
     print("| model | batch | threads | QuantMode_ShapeMutable_BatchSize | mnv3 images/s | "
-          "p95 ms | PyTorch eager fp32 | x PyTorch | ORT plain fp32 | x ORT plain |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "p95 ms | PyTorch eager fp32 | x PyTorch | ORT plain fp32 | x ORT plain | other load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     t0 = time.perf_counter()
     summary: dict = {}
     for arch in a.archs.split(","):
@@ -64,12 +65,18 @@ def main():
                 print(f"| {arch} | {row.batch} | {threads} | {row.name} | {ips:.1f} | "
                       f"{row.bench.latency_ms.p95:.2f} | {torch_b.throughput_ips:.1f} | "
                       f"{ips / torch_b.throughput_ips:.2f}x | {ort_b.throughput_ips:.1f} | "
-                      f"{ips / ort_b.throughput_ips:.2f}x |", flush=True)
+                      f"{ips / ort_b.throughput_ips:.2f}x | {_load(row.bench)} |", flush=True)
                 summary.setdefault((arch, row.name, row.model_dir, row.batch), {})[threads] = ips
     if a.streams:
         _streams(summary, a)
     _summary(summary, a)
     print(f"\n({time.perf_counter() - t0:.0f} s)")
+
+
+def _load(bench) -> str:
+    """Cores other processes took while this was measured (see benchmarks/README.md)."""
+    v = bench.other_cpu_load
+    return "?" if v is None else f"{v:.2f}"
 
 
 def _streams(summary: dict, a) -> None:
