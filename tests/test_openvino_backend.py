@@ -8,6 +8,7 @@ The shared tiny MobileNet-like net (tests/tiny_onnx.py) on 32x32 images keeps it
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import sys
 import threading
@@ -15,7 +16,8 @@ import threading
 import numpy as np
 import pytest
 
-from mnv3.backends import get_backend
+from mnv3.backends import get_backend, list_backends, load
+from mnv3.build import build
 from mnv3.errors import BackendUnavailable, ModelError, UsageError
 from mnv3.meta import PreprocessCfg
 
@@ -32,10 +34,10 @@ def test_missing_openvino_gives_install_hint(monkeypatch):
         get_backend("openvino")
 
 
-ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[openvino]')")
-ovb = importlib.import_module("mnv3.backends.openvino")
-from mnv3.build import build  # noqa: E402  (after the skip: build imports the backends lazily)
-from mnv3.backends import load  # noqa: E402
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
+needs_openvino = pytest.mark.skipif(
+    not HAVE_OPENVINO, reason="openvino is not installed (pip install -e '.[openvino]')")
+ovb = importlib.import_module("mnv3.backends.openvino") if HAVE_OPENVINO else None
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,28 @@ def _cosine(a, b):
     return float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
+@pytest.mark.parametrize("backend", list_backends())
+def test_every_backend_meets_the_session_contract(tiny, tmp_path, backend):
+    """The registry's engines, same tiny model: fp32 matches PyTorch, fixed batch splits/pads,
+    bad input is a ModelError (skips an engine that is not installed, with the reason)."""
+    try:
+        get_backend(backend)
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+    out = tmp_path / backend
+    build(tiny[0], out, quant_mode="force_float32", shape_mutable=False, batch_size=4,
+          preprocess=PP, backend=backend, options={"progress": False})
+    x = np.random.default_rng(4).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    with load(out) as session:
+        assert session.meta.backend == backend
+        np.testing.assert_allclose(session.predict(x), tiny[2](x), rtol=1e-4, atol=1e-4)
+        with pytest.raises(ModelError, match="fixed batch of 4"):
+            session.run(x)
+        with pytest.raises(ModelError, match="float32"):
+            session.predict(x.astype(np.float64))
+
+
+@needs_openvino
 @pytest.mark.parametrize("mode", MODES)
 def test_every_mode_builds_loads_and_predicts_like_fp32(tiny, tmp_path, mode):
     if mode == "force_bfloat16" and "BF16" not in ovb.cpu_capabilities():
@@ -92,6 +116,7 @@ def test_every_mode_builds_loads_and_predicts_like_fp32(tiny, tmp_path, mode):
         assert meta["op_precisions"]["FullyConnected"] in ("f32", "bf16", "f16")
 
 
+@needs_openvino
 def test_mutable_batch_model_takes_any_batch(tiny, tmp_path):
     model = _build(tiny, tmp_path, "force_float32", mutable=True, batch=1)
     x = np.random.default_rng(2).standard_normal((7, 3, 32, 32)).astype(np.float32)
@@ -101,6 +126,7 @@ def test_mutable_batch_model_takes_any_batch(tiny, tmp_path):
         np.testing.assert_allclose(session.run(x[:1]), tiny[2](x[:1]), rtol=1e-4, atol=1e-4)
 
 
+@needs_openvino
 def test_second_load_comes_from_the_compiled_model_cache(tiny, tmp_path):
     model = _build(tiny, tmp_path, "force_float32")
     cache = tmp_path / "cache"
@@ -113,6 +139,7 @@ def test_second_load_comes_from_the_compiled_model_cache(tiny, tmp_path):
     assert not load(model, cache_dir="").loaded_from_cache  # "" disables the cache
 
 
+@needs_openvino
 def test_bf16_is_refused_on_a_cpu_without_bf16(tiny, tmp_path, monkeypatch):
     no_bf16 = frozenset({"FP32", "INT8", "BIN"})
     if "BF16" in ovb.cpu_capabilities():
@@ -138,6 +165,7 @@ def test_bf16_is_an_openvino_only_mode(tiny, tmp_path):
               batch_size=1, preprocess=PP, backend="onnxruntime")
 
 
+@needs_openvino
 def test_corrupted_weights_file_is_a_clear_error(tiny, tmp_path):
     model = _build(tiny, tmp_path, "force_float32")
     data = bytearray((model / "model.bin").read_bytes())
@@ -150,6 +178,7 @@ def test_corrupted_weights_file_is_a_clear_error(tiny, tmp_path):
         load(model)
 
 
+@needs_openvino
 def test_run_is_safe_from_several_threads(tiny, tmp_path):
     """mnv3 bench --streams S calls one session from S threads: each gets its own request."""
     model = _build(tiny, tmp_path, "force_float32")
@@ -172,6 +201,7 @@ def test_run_is_safe_from_several_threads(tiny, tmp_path):
             np.testing.assert_array_equal(y, expected[i])
 
 
+@needs_openvino
 def test_accuracy_control_records_its_metric_and_float_layers(tiny, tmp_path):
     model = _build(tiny, tmp_path, "qint8_mixed_float32", max_drop=0.0)
     extra = json.loads((model / "meta.json").read_text())["extra"]
@@ -181,6 +211,7 @@ def test_accuracy_control_records_its_metric_and_float_layers(tiny, tmp_path):
     assert isinstance(extra["float_layers"], list)
 
 
+@needs_openvino
 def test_percentile_calibration_is_refused_with_the_alternatives(tiny, tmp_path):
     with pytest.raises(UsageError, match="minmax or entropy"):
         build(tiny[0], tmp_path / "m", quant_mode="qint8_mixed_float32", shape_mutable=False,
@@ -189,6 +220,7 @@ def test_percentile_calibration_is_refused_with_the_alternatives(tiny, tmp_path)
     assert not (tmp_path / "m").exists()
 
 
+@needs_openvino
 def test_cli_build_infer_bench_with_the_openvino_backend(tiny, tmp_path, capsys):
     """`mnv3 build/infer/bench --backend openvino` through the shared CLI, --max-drop included."""
     from mnv3.cli.main import main
@@ -216,3 +248,11 @@ def test_cli_build_infer_bench_with_the_openvino_backend(tiny, tmp_path, capsys)
                  "--shape-mutable", "false", "--batch-size", "1", "--max-drop", "0.2",
                  "--output", str(tmp_path / "ort")]) == 2
     assert "needs --backend openvino" in capsys.readouterr().err
+
+
+@needs_openvino
+def test_int8_without_nncf_says_how_to_install_it(tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nncf", None)  # openvino present, NNCF missing
+    with pytest.raises(BackendUnavailable, match=r'pip install "mnv3\[openvino\]"'):
+        _build(tiny, tmp_path, "qint8_mixed_float32")
+    _build(tiny, tmp_path, "force_float32")  # float modes need no NNCF
