@@ -129,6 +129,8 @@ def test_mutable_batch_model_takes_any_batch(tiny, tmp_path):
 @needs_openvino
 def test_second_load_comes_from_the_compiled_model_cache(tiny, tmp_path):
     model = _build(tiny, tmp_path, "force_float32")
+    assert not (model / ".ov_cache").exists()  # the build's fidelity run leaves no orphan blobs
+    assert not load(model).loaded_from_cache and load(model).loaded_from_cache  # default cache
     cache = tmp_path / "cache"
     first = load(model, cache_dir=str(cache))
     assert not first.loaded_from_cache and any(cache.iterdir())

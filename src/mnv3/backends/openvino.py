@@ -249,6 +249,10 @@ def _cache_dir(model_dir: Path, requested) -> str | None:
     model, device and settings, so one folder serves every configuration safely."""
     if requested == "" or requested is False:
         return None
+    if not requested and model_dir.name.startswith("."):
+        # mnv3.build's temporary directory (".<name>.tmp-*", opened to measure fidelity):
+        # OpenVINO keys blobs by the model's path, so they would be orphaned by the rename.
+        return None
     candidates = [Path(requested)] if requested else [
         model_dir / CACHE_DIR_NAME,
         Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnv3" / "openvino"]
