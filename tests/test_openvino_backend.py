@@ -154,6 +154,11 @@ def test_bf16_is_refused_on_a_cpu_without_bf16(tiny, tmp_path, monkeypatch):
     if "built" in locals():
         with pytest.raises(BackendUnavailable, match="bfloat16"):
             load(built)
+        monkeypatch.undo()
+        mixed = _build(tiny, tmp_path, "qint8_mixed_float16")  # bf16 for its float ops here
+        monkeypatch.setattr(ovb, "cpu_capabilities", lambda: no_bf16)
+        with load(mixed) as session:  # elsewhere they fall back to f32 instead of failing
+            assert "float32" in session.config()["INFERENCE_PRECISION_HINT"]
     # fp16 modes on a CPU without fp16 arithmetic: f32 (float16) or bf16 (int8 + 16-bit float)
     assert ovb.inference_precision("force_float16", no_bf16) == "f32"
     assert ovb.inference_precision("qint8_mixed_float16", frozenset({"BF16"})) == "bf16"

@@ -135,10 +135,12 @@ class OpenVinoBackend(Backend):
         model_dir = Path(model_dir)
         _check_bin(model_dir, meta)
         precision = meta.extra.get("inference_precision") or inference_precision(meta.quant_mode)
-        if precision == "bf16" or meta.quant_mode == "force_bfloat16":
-            inference_precision("force_bfloat16")  # refuses on a CPU without bf16
-        elif precision == "f16" and "FP16" not in cpu_capabilities():
-            precision = "f32"  # built on an fp16 CPU, loaded on one without: f32 is what runs
+        caps = cpu_capabilities()
+        if meta.quant_mode == "force_bfloat16":
+            inference_precision(meta.quant_mode, caps)  # refuses on a CPU without bf16
+        elif {"bf16": "BF16", "f16": "FP16"}.get(precision, "FP32") not in caps:
+            # built where a 16-bit float ran the non-int8 ops; this CPU lacks it
+            precision = inference_precision(meta.quant_mode, caps)
         core = ov.Core()
         cache = _cache_dir(model_dir, options.get("cache_dir"))
         if cache:
