@@ -184,3 +184,17 @@ def test_cli_build(tiny, tmp_path, capsys):
                "--shape-mutable", "true", "--batch-size", "2"])
     assert rc == 2
     assert os.path.exists(tmp_path / "m")
+
+
+def test_bad_calibration_image_is_a_data_error_and_leaves_nothing(tiny, tmp_path):
+    import shutil
+
+    from mnv3.errors import DataError
+
+    folder = tmp_path / "calib"
+    shutil.copytree(tiny["calib"], folder)
+    (folder / "img_000.png").write_bytes(b"not a png")  # sorted first: always in the subset
+    with pytest.raises(DataError, match="img_000.png"):
+        _build(tiny, tmp_path / "m", mode="qint8_mixed_float32", calib_dir=folder, calib_num=12)
+    assert not (tmp_path / "m").exists()
+    assert not list(tmp_path.glob(".m.tmp-*"))
