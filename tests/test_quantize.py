@@ -103,3 +103,27 @@ def test_bias_correction_removes_the_mean_shift_of_int8_weights():
     before = np.abs(mean_out(wq, b) - float_mean).max()
     after = np.abs(mean_out(wq, b2) - float_mean).max()
     assert n == 1 and after < before / 10
+
+
+def test_bias_correction_models_the_weights_ort_actually_writes(tmp_path):
+    """fake_quant_weight must equal ORT's int8 weights, or the correction corrects a fiction."""
+    from onnx import numpy_helper
+
+    export_tiny(tmp_path / "t.onnx", dynamic=True)
+    files = write_images(tmp_path / "img", 4)
+    q.quantize_int8(tmp_path / "t.onnx", tmp_path / "q.onnx", files, CFG, progress=False)
+    source = onnx.load(str(tmp_path / "t.onnx"))
+    float_w = {i.name: numpy_helper.to_array(i) for i in source.graph.initializer}
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    checked = 0
+    for n in model.graph.node:
+        name = n.input[0].removesuffix("_quantized")
+        if n.op_type == "DequantizeLinear" and name in float_w and float_w[name].ndim == 4 \
+                and init[n.input[0]].dtype == np.int8:
+            scale = init[n.input[1]].reshape(-1, 1, 1, 1)
+            ort_w = init[n.input[0]].astype(np.float64) * scale
+            ours = calib.fake_quant_weight(float_w[name].astype(np.float64), 127, per_channel=True)
+            np.testing.assert_allclose(ort_w, ours, rtol=1e-5, atol=1e-7)
+            checked += 1
+    assert checked >= 3
