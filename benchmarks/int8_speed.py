@@ -10,6 +10,7 @@ Target: qint8 not slower than force_float32 at batch 1 and 8 (ratio >= 1.0); aim
     python benchmarks/int8_speed.py                         # fp32 vs qint8_mixed_float32
     python benchmarks/int8_speed.py --modes force_float32,qint8_mixed_float32,force_float16
     python benchmarks/int8_speed.py --arch mobilenetv3-small --rounds 9 --json speed.json
+    python benchmarks/int8_speed.py --variant 'first3={"float_first": 3}'   # an int8 recipe
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from mnv3.bench import benchmark
 DEFAULT_MODES = "force_float32,qint8_mixed_float32"
 
 
-def build_all(arch: str, out: Path, modes, batches, options: dict) -> dict[tuple, Path]:
+def build_all(arch: str, out: Path, modes, batches, variants: dict) -> dict[tuple, Path]:
+    """Builds per (label, batch); a label is a mode, or a variant name = qint8_mixed_float32
+    built with that variant's options."""
     from mnv3.export import export_onnx
     from mnv3.models import create_model
 
@@ -35,13 +38,15 @@ def build_all(arch: str, out: Path, modes, batches, options: dict) -> dict[tuple
     onnx_path = out / f"{arch}.onnx"
     export_onnx(model, onnx_path, dynamic_batch=True)
     dirs = {}
-    for mode in modes:
+    for label in modes:
+        mode, options = ("qint8_mixed_float32", variants[label]) if label in variants \
+            else (label, {})
         for b in batches:
-            d = out / f"{mode}_false_{b}"
+            d = out / f"{label}_false_{b}".replace(" ", "_")
             # calibration: the bundled demo images (ranges only; accuracy is not measured here)
             mnv3.build(onnx_path, d, quant_mode=mode, shape_mutable=False, batch_size=b,
                        preprocess=model.preprocess, options={"progress": False, **options})
-            dirs[(mode, b)] = d
+            dirs[(label, b)] = d
     return dirs
 
 
@@ -68,14 +73,17 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=1.5, help="per mode per round")
     ap.add_argument("--out", type=Path, default=Path("data/bench/int8_speed"))
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help='extra int8 build with options, e.g. first3=\'{"float_first": 3}\'')
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    modes = [m for m in args.modes.split(",") if m]
+    variants = {v.split("=", 1)[0]: json.loads(v.split("=", 1)[1]) for v in args.variant}
+    modes = [m for m in args.modes.split(",") if m] + list(variants)
     base = modes[0]
     batches = [int(b) for b in args.batches.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    dirs = build_all(args.arch, args.out, modes, batches, {})
+    dirs = build_all(args.arch, args.out, modes, batches, variants)
     print(f"built {len(dirs)} models in {time.perf_counter() - t:.0f} s")
     rows = []
     print(f"\n{args.arch}, ONNX Runtime {mnv3.load(next(iter(dirs.values()))).meta.backend_version}"

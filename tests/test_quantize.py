@@ -56,16 +56,26 @@ def test_set_batch_dim(tmp_path):
     assert q.dims_of(q.graph_io(m)[0])[0] == "batch"
 
 
-def test_mixed_fp16_keeps_int8_convolutions_fusable(tmp_path):
-    """The fp16 converter's cast round trips must not stop ORT fusing DQ->Conv->Q to int8."""
+def test_default_float_ends(tmp_path):
     export_tiny(tmp_path / "t.onnx", dynamic=True)
     files = write_images(tmp_path / "img", 4)
     s = q.quantize_int8(tmp_path / "t.onnx", tmp_path / "q.onnx", files, CFG, progress=False)
     model = onnx.load(str(tmp_path / "q.onnx"))
     convs = q.quantized_node_names(model)
-    # 5 convs + the Gemm, minus the float first conv and last two (conv + Gemm) by default
-    assert len(convs) == 3 and len(s["excluded_nodes"]) == 3
+    # 5 convs + the Gemm: the first three and the last two stay float by default
+    assert len(convs) == 1 and len(s["excluded_nodes"]) == 5
     assert not set(convs) & set(s["excluded_nodes"])
+
+
+def test_mixed_fp16_keeps_int8_convolutions_fusable(tmp_path):
+    """The fp16 converter's cast round trips must not stop ORT fusing DQ->Conv->Q to int8."""
+    export_tiny(tmp_path / "t.onnx", dynamic=True)
+    files = write_images(tmp_path / "img", 4)
+    q.quantize_int8(tmp_path / "t.onnx", tmp_path / "q.onnx", files, CFG, progress=False,
+                    options={"float_first": 0, "float_last": 0})
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    convs = q.quantized_node_names(model)
+    assert len(convs) == 6  # 5 convs + the Gemm
     mixed = q.convert_fp16(model, keep_fp32_nodes=convs)
     producers = {o: n for n in mixed.graph.node for o in n.output}
     for n in mixed.graph.node:
@@ -111,7 +121,8 @@ def test_bias_correction_models_the_weights_ort_actually_writes(tmp_path):
 
     export_tiny(tmp_path / "t.onnx", dynamic=True)
     files = write_images(tmp_path / "img", 4)
-    q.quantize_int8(tmp_path / "t.onnx", tmp_path / "q.onnx", files, CFG, progress=False)
+    q.quantize_int8(tmp_path / "t.onnx", tmp_path / "q.onnx", files, CFG, progress=False,
+                    options={"float_first": 0, "float_last": 0})
     source = onnx.load(str(tmp_path / "t.onnx"))
     float_w = {i.name: numpy_helper.to_array(i) for i in source.graph.initializer}
     model = onnx.load(str(tmp_path / "q.onnx"))
