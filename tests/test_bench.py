@@ -98,10 +98,19 @@ def test_iterations_and_duration_whichever_first():
 def test_streams_share_the_work():
     sess = FakeSession(fake_meta(batch=2), delay=0.002)
     r = benchmark(sess, streams=3, iterations=31, warmup=2, first_run=False)
-    assert r.streams == 3 and r.iterations == 31
+    assert r.streams == 3 and r.iterations == 31 and r.sessions == 1
     assert len(sess.calls) == 3 * 2 + 31
     # sleep releases the GIL, so 3 streams overlap: wall well under 31 serial queries
     assert r.duration_s < 31 * 0.002 * 0.8
+
+
+def test_streams_on_separate_sessions():
+    sessions = [FakeSession(fake_meta(batch=2), delay=0.002) for _ in range(2)]
+    r = benchmark(sessions[0], streams=2, iterations=20, warmup=1, stream_sessions=sessions)
+    assert r.sessions == 2 and r.streams == 2 and r.iterations == 20
+    assert len(sessions[1].calls) == 1 + 10  # warm-up + its share; the cold run used the first
+    with pytest.raises(UsageError, match="2 stream sessions given for 3 streams"):
+        benchmark(sessions[0], streams=3, iterations=3, stream_sessions=sessions)
 
 
 def test_mutable_model_takes_any_batch():
@@ -133,8 +142,8 @@ def test_json_round_trip_schema():
     expected = {"model", "backend", "backend_version", "quant_mode", "shape_mutable", "batch",
                 "threads", "streams", "warmup", "iterations", "duration_s", "stop",
                 "throughput_ips", "throughput_qps", "latency_ms", "load_time_ms",
-                "first_run_ms", "other_cpu_load", "percentile_definition", "system", "notes",
-                "schema"}
+                "first_run_ms", "other_cpu_load", "sessions", "percentile_definition",
+                "system", "notes", "schema"}
     assert set(d) == expected
     assert set(d["latency_ms"]) == {"min", "avg", "p50", "p90", "p95", "p99", "max"}
     assert d["schema"] == "mnv3.bench/1" and d["threads"] == 1

@@ -13,9 +13,13 @@ call per query, no splitting, no per-call copies) and returns a ``BenchResult``:
 * the configuration: backend and version, quant mode, batch, threads, streams, CPU, cores.
 
 Streams: ``streams=S`` runs S Python threads, each calling ``run`` in a loop on the SAME
-session (ONNX Runtime's ``InferenceSession.run`` is thread-safe and releases the GIL). On this
-machine that is as fast as S separate sessions and loads once; ``benchmarks/streams.py``
-prints the measurement. ``threads`` is the engine's intra-op thread count per request.
+session (ONNX Runtime's ``InferenceSession.run`` is thread-safe and releases the GIL);
+``stream_sessions`` gives each stream its own session instead. Measured here with
+``benchmarks/streams.py`` (2 streams x 1 thread, interleaved rounds, shared/separate ratio):
+0.99, 1.01, 1.09, 1.12 for Small b1, Large b1, Small b8, Small b1 on mnv3 builds, 0.97-1.06 on
+bare ORT sessions: no consistent difference, so the CLI shares one session, which loads once.
+Both beat one request at a time with 2 intra-op threads by about 2x on these 2 vCPUs.
+``threads`` is the engine's intra-op thread count per request.
 
 The timed loop keeps Python out of the way: the input is built once, ``session.run`` is bound
 to a local, and the only work between engine calls is two ``perf_counter`` reads and a list
@@ -109,6 +113,7 @@ class BenchResult:
     first_run_ms: float | None = None  # the cold first inference, not in the statistics
     # cores' worth of CPU taken by other processes during the measured phase (None: unknown)
     other_cpu_load: float | None = None
+    sessions: int = 1  # engine sessions serving the streams (1: all streams share one)
     percentile_definition: str = PERCENTILE_DEFINITION
     system: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -134,14 +139,16 @@ class BenchResult:
 def benchmark(session, *, batch: int | None = None, threads: int | None = None,
               streams: int = 1, iterations: int | None = None, duration: float | None = None,
               warmup: int = 10, load_time_s: float | None = None, first_run: bool = True,
-              label: str | None = None) -> BenchResult:
+              label: str | None = None, stream_sessions=None) -> BenchResult:
     """Measure ``session`` (an ``mnv3.backends.base.Session``) on a pre-filled input.
 
     batch: images per query; default = the model's fixed batch, or 1 for a shape-mutable model.
         A fixed-batch model given another batch raises the Session's ModelError.
     threads: recorded as the intra-op thread count; the session must have been opened with it
         (``mnv3.load(dir, threads=T)``). None: read ``session.threads`` if the backend has it.
-    streams: concurrent requests, each a thread calling ``session.run`` on this session.
+    streams: concurrent requests, each a thread calling ``run`` in a loop.
+    stream_sessions: one session per stream (``session`` first), e.g. S ``mnv3.load`` calls;
+        None: every stream calls ``session``.
     iterations / duration: stop after this many queries or seconds, whichever comes first;
         neither given: ``DEFAULT_ITERATIONS`` queries.
     warmup: unmeasured iterations per stream after the first run.
@@ -150,6 +157,9 @@ def benchmark(session, *, batch: int | None = None, threads: int | None = None,
     """
     batch, streams, iterations, duration, stop = _validate(
         session, batch, streams, iterations, duration, warmup)
+    pool = list(stream_sessions) if stream_sessions else [session] * streams
+    if len(pool) != streams:
+        raise UsageError(f"{len(pool)} stream sessions given for {streams} streams")
     if threads is None:
         threads = getattr(session, "threads", None)
     x = _prefilled_input(session, batch)
@@ -159,12 +169,13 @@ def benchmark(session, *, batch: int | None = None, threads: int | None = None,
         session.run(x)  # also where a fixed-batch model refuses a wrong batch
         first_ms = (time.perf_counter() - t0) * 1e3
     cpu0 = cpu_clocks()
-    per_stream, wall = _measure(session.run, x, streams, iterations, duration, warmup)
+    per_stream, wall = _measure([s.run for s in pool], x, iterations, duration, warmup)
     others = others_cores(cpu0, cpu_clocks(), wall)
     samples = [s for lat in per_stream for s in lat]
     result = _result(session, label, batch, threads, streams, warmup, samples, wall, stop,
                      load_time_s, first_ms)
     result.other_cpu_load = others
+    result.sessions = len({id(s) for s in pool})
     if others is not None and others > BUSY_CORES:
         result.notes.append(
             f"other processes kept {others:.1f} of {result.system['cores']['usable']} cores busy "
@@ -254,21 +265,23 @@ def _timed_loop(run, x, count: int, deadline: float | None) -> list[float]:
     return lat
 
 
-def _measure(run, x, streams, iterations, duration, warmup):
-    """Warm up, then run the timed loop on ``streams`` threads; (latencies per stream, wall s)."""
+def _measure(runs, x, iterations, duration, warmup):
+    """Warm up, then the timed loop, one thread per entry of ``runs``; (latencies, wall s)."""
+    streams = len(runs)
     total = iterations if iterations is not None else sys.maxsize
     quotas = [total // streams + (i < total % streams) for i in range(streams)]
     if streams == 1:
+        run = runs[0]
         for _ in range(warmup):
             run(x)
         start = time.perf_counter()
         deadline = start + duration if duration else None
         lat = _timed_loop(run, x, quotas[0], deadline)
         return [lat], time.perf_counter() - start
-    return _measure_threads(run, x, quotas, duration, warmup)
+    return _measure_threads(runs, x, quotas, duration, warmup)
 
 
-def _measure_threads(run, x, quotas, duration, warmup):
+def _measure_threads(runs, x, quotas, duration, warmup):
     streams = len(quotas)
     shared: dict[str, float] = {}
     results: list[Any] = [None] * streams
@@ -280,6 +293,7 @@ def _measure_threads(run, x, quotas, duration, warmup):
     barrier = threading.Barrier(streams, action=start_clock)
 
     def worker(i: int):
+        run = runs[i]
         try:
             xi = x.copy()  # each request owns its input buffer, as separate clients would
             for _ in range(warmup):
