@@ -18,13 +18,15 @@ session (ONNX Runtime's ``InferenceSession.run`` is thread-safe and releases the
 ``benchmarks/streams.py`` (2 streams x 1 thread, interleaved rounds, shared/separate ratio):
 0.99, 1.01, 1.09, 1.12 for Small b1, Large b1, Small b8, Small b1 on mnv3 builds, 0.97-1.06 on
 bare ORT sessions: no consistent difference, so the CLI shares one session, which loads once.
-Both beat one request at a time with 2 intra-op threads by about 2x on these 2 vCPUs.
+Both beat one request at a time with 2 intra-op threads by about 2x (measured while other jobs
+shared the 2 vCPUs, which hurts 2-thread synchronous runs most).
 ``threads`` is the engine's intra-op thread count per request.
 
 The timed loop keeps Python out of the way: the input is built once, ``session.run`` is bound
 to a local, and the only work between engine calls is two ``perf_counter`` reads and a list
-append (about 0.1 us against hundreds of us per query); ``benchmarks/bench_vs_loop.py`` checks
-the figures against an independent ``perf_counter`` loop in the same process.
+append (about 0.1 us), plus ``Session.run``'s input checks (about 2 us), against hundreds of us
+per query; ``benchmarks/bench_vs_loop.py`` checks the figures against an independent
+``perf_counter`` loop around ``session.run`` in the same process.
 """
 
 from __future__ import annotations
