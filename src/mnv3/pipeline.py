@@ -91,6 +91,7 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, backend, s
         bar.done("reused" if reused else f"wrote {onnx_path}")
     with bar.step("PyTorch eager fp32 reference predictions", timings, "reference"):
         ref = reference_top1(src, samples, out / "results" / "pytorch_fp32", plan["threads"])
+    dataset["reference_top1_classes"] = len(set(ref.values()))
 
     rows = []
     for mode, batch in plan["models"]:
@@ -119,7 +120,7 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, backend, s
         baselines=baselines, weights=str(weights) if weights else None, dataset=dataset,
         config=_config(plan, backend, shape_mutable, bench_iterations, bench_duration,
                        bench_warmup, calib, calib_num, out),
-        system=system_info(), notes=_notes(rows, baselines, dataset, calib, plan),
+        system=system_info(), notes=_notes(rows, baselines, dataset, calib, plan, src),
     )
     rep.timings = timings
     return rep
@@ -186,10 +187,15 @@ def _config(plan, backend, mutable, iters, duration, warmup, calib, calib_num, o
             "calib_dir": str(calib), "calib_num": calib_num, "out": str(out)}
 
 
-def _notes(rows, baselines, dataset, calib: Path, plan) -> list[str]:
+def _notes(rows, baselines, dataset, calib: Path, plan, src) -> list[str]:
     from mnv3.bench import BUSY_CORES
 
     notes = []  # (untrained: the report's banner says it, first thing)
+    if src.untrained:
+        notes.append(f"the untrained network's PyTorch fp32 top-1 takes "
+                     f"{dataset['reference_top1_classes']} distinct classes over "
+                     f"{dataset['images']} images (random networks favour a few classes), so "
+                     "agreement with fp32 is a weak check here; pass --weights for a real one.")
     loads = [b.other_cpu_load for b in [r.bench for r in rows] + [b.bench for b in baselines]
              if b is not None and b.other_cpu_load is not None]
     if loads and max(loads) > BUSY_CORES:
