@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import textwrap
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -232,9 +233,10 @@ def format_bench(r: BenchResult) -> str:
         ("latency (ms)", "  ".join(f"{k} {getattr(lat, k):.3f}" for k in
                                    ("min", "avg", "p50", "p90", "p95", "p99", "max"))),
     ]
-    text = "\n".join(f"  {k:<14}{v}" for k, v in rows)
-    notes = "".join(f"\n  note: {n}" for n in r.notes)
-    return (f"mnv3 bench\n{text}{notes}\n  percentiles: {r.percentile_definition}")
+    text = "\n".join(f"  {k:<15}{v}" for k, v in rows)
+    wrap = textwrap.TextWrapper(width=100, initial_indent="  ", subsequent_indent="    ")
+    tail = [f"note: {n}" for n in r.notes] + [f"percentiles: {r.percentile_definition}"]
+    return "mnv3 bench\n" + text + "\n" + "\n".join(wrap.fill(t) for t in tail)
 
 
 # ----------------------------------------------------------------------------- files
