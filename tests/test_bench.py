@@ -180,3 +180,19 @@ def test_other_processes_cpu_share(tmp_path):
     assert others_cores(None, (13.0, 6.0), 2.0) is None
     r = benchmark(FakeSession(fake_meta(batch=1)), iterations=3, warmup=0)
     assert r.other_cpu_load is None or r.other_cpu_load >= 0
+
+
+def test_other_load_excludes_warmup():
+    """The CPU snapshot brackets the measured phase only: a long warm-up must not inflate it."""
+    sess = FakeSession(fake_meta(batch=1), delay=0.0)
+
+    class SlowWarm(FakeSession):
+        def _run(self, batch):
+            if len(self.calls) < 3:  # cold run + 2 warm-ups burn CPU in this process
+                sum(range(3_000_000))
+            return super()._run(batch)
+
+    r = benchmark(SlowWarm(fake_meta(batch=1), delay=0.0005), iterations=50, warmup=2)
+    if r.other_cpu_load is not None:
+        assert r.other_cpu_load <= r.system["cores"]["logical"] + 0.5
+    del sess

@@ -170,9 +170,8 @@ def benchmark(session, *, batch: int | None = None, threads: int | None = None,
         t0 = time.perf_counter()
         session.run(x)  # also where a fixed-batch model refuses a wrong batch
         first_ms = (time.perf_counter() - t0) * 1e3
-    cpu0 = cpu_clocks()
-    per_stream, wall = _measure([s.run for s in pool], x, iterations, duration, warmup)
-    others = others_cores(cpu0, cpu_clocks(), wall)
+    per_stream, wall, cpu = _measure([s.run for s in pool], x, iterations, duration, warmup)
+    others = others_cores(cpu[0], cpu[1], wall)
     samples = [s for lat in per_stream for s in lat]
     result = _result(session, label, batch, threads, streams, warmup, samples, wall, stop,
                      load_time_s, first_ms)
@@ -268,7 +267,11 @@ def _timed_loop(run, x, count: int, deadline: float | None) -> list[float]:
 
 
 def _measure(runs, x, iterations, duration, warmup):
-    """Warm up, then the timed loop, one thread per entry of ``runs``; (latencies, wall s)."""
+    """Warm up, then the timed loop, one thread per entry of ``runs``.
+
+    Returns (latencies per stream, wall seconds, CPU clocks at the start and end of the
+    measured phase: warm-up excluded, so other processes' share is over the same interval).
+    """
     streams = len(runs)
     total = iterations if iterations is not None else sys.maxsize
     quotas = [total // streams + (i < total % streams) for i in range(streams)]
@@ -276,10 +279,12 @@ def _measure(runs, x, iterations, duration, warmup):
         run = runs[0]
         for _ in range(warmup):
             run(x)
+        cpu0 = cpu_clocks()
         start = time.perf_counter()
         deadline = start + duration if duration else None
         lat = _timed_loop(run, x, quotas[0], deadline)
-        return [lat], time.perf_counter() - start
+        wall = time.perf_counter() - start
+        return [lat], wall, (cpu0, cpu_clocks())
     return _measure_threads(runs, x, quotas, duration, warmup)
 
 
@@ -290,6 +295,7 @@ def _measure_threads(runs, x, quotas, duration, warmup):
     ends = [0.0] * streams
 
     def start_clock():  # runs once, when every stream has warmed up
+        shared["cpu"] = cpu_clocks()
         shared["start"] = time.perf_counter()
 
     barrier = threading.Barrier(streams, action=start_clock)
@@ -317,7 +323,8 @@ def _measure_threads(runs, x, quotas, duration, warmup):
     real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
     if real or errors:
         raise (real or errors)[0]
-    return results, max(ends) - shared["start"]
+    cpu1 = cpu_clocks()  # includes the threads' exit: microseconds against a measured phase
+    return results, max(ends) - shared["start"], (shared["cpu"], cpu1)
 
 
 def _result(session, label, batch, threads, streams, warmup, samples, wall, stop,
