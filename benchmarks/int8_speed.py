@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import mnv3
+import mnv3.meta
 from mnv3.bench import benchmark
 
 DEFAULT_MODES = "force_float32,qint8_mixed_float32"
@@ -64,6 +65,35 @@ def measure(dirs, modes, batch: int, threads: int, rounds: int, seconds: float) 
     return ips
 
 
+def profile(model_dir: Path, runs: int = 30, top: int = 8) -> None:
+    """Print where one-thread time goes, per op type, from ORT's profiler (the graph ORT runs)."""
+    import collections
+
+    import numpy as np
+    import onnxruntime as ort
+
+    meta = mnv3.meta.read_meta(model_dir)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.enable_profiling = 1, True
+    so.profile_file_prefix = str(model_dir / "profile")
+    sess = ort.InferenceSession(str(model_dir / meta.compiled_file), so)
+    x = np.random.default_rng(0).random(
+        [meta.batch_size, *meta.input_shape[1:]], dtype=np.float32)
+    for _ in range(runs):
+        sess.run(None, {meta.input_name: x})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    time_of, count = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            time_of[e["args"]["op_name"]] += e["dur"]
+            count[e["args"]["op_name"]] += 1
+    total = sum(time_of.values())
+    print(f"\n{model_dir.name}: {total / runs / 1e3:.1f} ms per batch of {meta.batch_size} "
+          "(ORT profiler, 1 thread), share per op type:")
+    for op, t in time_of.most_common(top):
+        print(f"  {op:22s} {100 * t / total:5.1f}%  ({count[op] // runs} nodes)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="mobilenetv3-large")
@@ -75,6 +105,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("data/bench/int8_speed"))
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help='extra int8 build with options, e.g. first3=\'{"float_first": 3}\'')
+    ap.add_argument("--profile", action="store_true", help="also print per-op time shares")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     variants = {v.split("=", 1)[0]: json.loads(v.split("=", 1)[1]) for v in args.variant}
@@ -97,6 +128,9 @@ def main() -> int:
             print(f"threads {threads} batch {b}: {cells}", flush=True)
             rows.append({"threads": threads, "batch": b, "images_per_s": ips, "median": med,
                          "ratio_to_" + base: {m: med[m] / med[base] for m in modes}})
+    if args.profile:
+        for label in modes:
+            profile(dirs[(label, batches[-1])])
     if args.json:
         args.json.write_text(json.dumps({"arch": args.arch, "rows": rows}, indent=2) + "\n")
     return 0
