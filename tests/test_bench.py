@@ -184,12 +184,12 @@ def test_other_processes_cpu_share(tmp_path):
 
 def test_other_load_brackets_the_measured_phase_only(monkeypatch):
     """CPU snapshots are taken after the cold run and warm-up, and right after the last query."""
-    import mnv3.bench as bench
+    import mnv3.bench_loop as bench_loop
 
     for streams in (1, 2):
         sess = FakeSession(fake_meta(batch=1))
         seen = []
-        monkeypatch.setattr(bench, "cpu_clocks",
+        monkeypatch.setattr(bench_loop, "cpu_clocks",
                             lambda: seen.append(len(sess.calls)) or (float(len(seen)), 0.0))
         r = benchmark(sess, iterations=6, warmup=3, streams=streams)
         assert seen == [1 + 3 * streams, 1 + 3 * streams + 6]

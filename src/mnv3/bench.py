@@ -22,7 +22,7 @@ Both beat one request at a time with 2 intra-op threads by about 2x (measured wh
 shared the 2 vCPUs, which hurts 2-thread synchronous runs most).
 ``threads`` is the engine's intra-op thread count per request.
 
-The timed loop keeps Python out of the way: the input is built once, ``session.run`` is bound
+The timed loop (``mnv3.bench_loop``) keeps Python out of the way: the input is built once, ``session.run`` is bound
 to a local, and the only work between engine calls is two ``perf_counter`` reads and a list
 append (about 0.1 us), plus ``Session.run``'s input checks (about 2 us), against hundreds of us
 per query; ``benchmarks/bench_vs_loop.py`` checks the figures against an independent
@@ -32,9 +32,6 @@ per query; ``benchmarks/bench_vs_loop.py`` checks the figures against an indepen
 from __future__ import annotations
 
 import math
-import os
-import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -42,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from mnv3.errors import UsageError
-from mnv3.sysinfo import cpu_clocks, others_cores, system_info
+from mnv3.bench_loop import measure
+from mnv3.sysinfo import others_cores, system_info
 
 SCHEMA = "mnv3.bench/1"
 DEFAULT_ITERATIONS = 1000
@@ -170,7 +168,7 @@ def benchmark(session, *, batch: int | None = None, threads: int | None = None,
         t0 = time.perf_counter()
         session.run(x)  # also where a fixed-batch model refuses a wrong batch
         first_ms = (time.perf_counter() - t0) * 1e3
-    per_stream, wall, cpu = _measure([s.run for s in pool], x, iterations, duration, warmup)
+    per_stream, wall, cpu = measure([s.run for s in pool], x, iterations, duration, warmup)
     others = others_cores(cpu[0], cpu[1], wall)
     samples = [s for lat in per_stream for s in lat]
     result = _result(session, label, batch, threads, streams, warmup, samples, wall, stop,
@@ -243,88 +241,6 @@ def _prefilled_input(session, batch: int) -> np.ndarray:
     """A fixed random input of the model's shape, made once (values do not change the work)."""
     shape = (batch, *(int(d) for d in session.meta.input_shape[1:]))
     return np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-
-
-def _timed_loop(run, x, count: int, deadline: float | None) -> list[float]:
-    """The hot loop: per-query latency in seconds. Nothing else happens between calls."""
-    clock = time.perf_counter
-    lat: list[float] = []
-    add = lat.append
-    if deadline is None:
-        for _ in range(count):
-            t0 = clock()
-            run(x)
-            add(clock() - t0)
-        return lat
-    for _ in range(count):
-        t0 = clock()
-        run(x)
-        t1 = clock()
-        add(t1 - t0)
-        if t1 >= deadline:
-            break
-    return lat
-
-
-def _measure(runs, x, iterations, duration, warmup):
-    """Warm up, then the timed loop, one thread per entry of ``runs``.
-
-    Returns (latencies per stream, wall seconds, CPU clocks at the start and end of the
-    measured phase: warm-up excluded, so other processes' share is over the same interval).
-    """
-    streams = len(runs)
-    total = iterations if iterations is not None else sys.maxsize
-    quotas = [total // streams + (i < total % streams) for i in range(streams)]
-    if streams == 1:
-        run = runs[0]
-        for _ in range(warmup):
-            run(x)
-        cpu0 = cpu_clocks()
-        start = time.perf_counter()
-        deadline = start + duration if duration else None
-        lat = _timed_loop(run, x, quotas[0], deadline)
-        wall = time.perf_counter() - start
-        return [lat], wall, (cpu0, cpu_clocks())
-    return _measure_threads(runs, x, quotas, duration, warmup)
-
-
-def _measure_threads(runs, x, quotas, duration, warmup):
-    streams = len(quotas)
-    shared: dict[str, float] = {}
-    results: list[Any] = [None] * streams
-    ends = [0.0] * streams
-
-    def start_clock():  # runs once, when every stream has warmed up
-        shared["cpu"] = cpu_clocks()
-        shared["start"] = time.perf_counter()
-
-    barrier = threading.Barrier(streams, action=start_clock)
-
-    def worker(i: int):
-        run = runs[i]
-        try:
-            xi = x.copy()  # each request owns its input buffer, as separate clients would
-            for _ in range(warmup):
-                run(xi)
-            barrier.wait()
-            deadline = shared["start"] + duration if duration else None
-            results[i] = _timed_loop(run, xi, quotas[i], deadline)
-            ends[i] = time.perf_counter()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            results[i] = e
-            barrier.abort()
-
-    pool = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(streams)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    errors = [r for r in results if isinstance(r, BaseException)]
-    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
-    if real or errors:
-        raise (real or errors)[0]
-    cpu1 = cpu_clocks()  # includes the threads' exit: microseconds against a measured phase
-    return results, max(ends) - shared["start"], (shared["cpu"], cpu1)
 
 
 def _result(session, label, batch, threads, streams, warmup, samples, wall, stop,
