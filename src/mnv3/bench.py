@@ -22,10 +22,10 @@ Both beat one request at a time with 2 intra-op threads by about 2x (measured wh
 shared the 2 vCPUs, which hurts 2-thread synchronous runs most).
 ``threads`` is the engine's intra-op thread count per request.
 
-The timed loop (``mnv3.bench_loop``) keeps Python out of the way: the input is built once, ``session.run`` is bound
-to a local, and the only work between engine calls is two ``perf_counter`` reads and a list
-append (about 0.1 us), plus ``Session.run``'s input checks (about 2 us), against hundreds of us
-per query; ``benchmarks/bench_vs_loop.py`` checks the figures against an independent
+The timed loop (``mnv3.bench_loop``) keeps Python out of the way: the input is built once,
+``session.run`` is bound to a local, and the only work between engine calls is two
+``perf_counter`` reads and a list append (about 0.1 us), plus ``Session.run``'s input checks
+(about 2 us), against hundreds of us per query; ``benchmarks/bench_vs_loop.py`` checks the figures against an independent
 ``perf_counter`` loop around ``session.run`` in the same process.
 """
 
