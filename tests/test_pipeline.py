@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_run_end_to_end_then_reuse(tmp_path, capsys):
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     md = (out / "report.md").read_text()
     assert "UNTRAINED" in md and "(untrained)" in md and "## Against baselines" in md
-    assert "distinct classes over 4 images" in md  # agreement on a random net is a weak check
+    assert re.search(r"takes \d+ distinct class(es)? over 4 images", md)  # weak check on random nets
 
     rep = json.loads((out / "report.json").read_text())
     assert rep["untrained"] is True and rep["dataset"]["images"] == 4 and rep["dataset"]["demo"]

@@ -192,8 +192,9 @@ def _notes(rows, baselines, dataset, calib: Path, plan, src) -> list[str]:
 
     notes = []  # (untrained: the report's banner says it, first thing)
     if src.untrained:
-        notes.append(f"the untrained network's PyTorch fp32 top-1 takes "
-                     f"{dataset['reference_top1_classes']} distinct classes over "
+        k = dataset["reference_top1_classes"]
+        notes.append(f"the untrained network's PyTorch fp32 top-1 takes {k} distinct "
+                     f"class{'es' if k != 1 else ''} over "
                      f"{dataset['images']} images (random networks favour a few classes), so "
                      "agreement with fp32 is a weak check here; pass --weights for a real one.")
     loads = [b.other_cpu_load for b in [r.bench for r in rows] + [b.bench for b in baselines]
