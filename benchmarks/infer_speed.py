@@ -15,8 +15,9 @@ time, so other load on the machine disturbs it little), against the plain way of
 stage (one-call resize then crop; per-pixel float arithmetic), which gives the same pixels.
 
 With --no-spin the same runs are repeated on a second ORT session whose intra-op threads do not
-spin-wait (``session.intra_op.allow_spinning=0``): spinning threads burn the CPU time that the
-decode threads need, so this shows what such a session option would buy ``mnv3 infer``.
+spin-wait (``mnv3.load(..., spin=False)``, ORT's ``session.intra_op.allow_spinning=0``):
+spinning threads burn the CPU time that the decode threads need. ``mnv3 infer`` opens its
+sessions this way; ``mnv3 bench`` keeps ORT's default (spinning), best for engine-only speed.
 
     python benchmarks/infer_speed.py [--images N] [--rounds R] [--workers 1,2] [--threads T]
 
@@ -66,21 +67,6 @@ def decode_only(data, cfg, workers: int) -> float:
     t = time.perf_counter()
     n = sum(len(b.samples) for b in iter_batches(data, cfg, BATCH, workers=workers))
     return n / (time.perf_counter() - t)
-
-
-def no_spin_session(model_dir: Path, meta, threads):
-    """The built model in an ORT session whose idle threads block instead of spinning."""
-    import onnxruntime as ort
-
-    from mnv3.backends.onnxruntime import OrtSession
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads or 0)
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    raw = ort.InferenceSession(str(model_dir / meta.compiled_file), so,
-                               providers=["CPUExecutionProvider"])
-    return OrtSession(meta, raw, threads)
 
 
 def stage_profile(data, cfg) -> None:
@@ -153,7 +139,7 @@ def main() -> int:
 
     sessions = {"": session}
     if args.no_spin:
-        sessions[" no-spin"] = no_spin_session(work / "model", meta, args.threads)
+        sessions[" no-spin"] = mnv3.load(work / "model", threads=args.threads, spin=False)
     configs = {}
     for tag, sess in sessions.items():
         configs[f"engine only{tag}"] = (sess, None)

@@ -30,6 +30,39 @@ def test_run_equals_predict_and_threads_are_honoured(model_dir):
         np.testing.assert_array_equal(s.run(x), s.predict(x))
 
 
+def _spinning(session) -> str:
+    """The session's allow_spinning entry; "" when unset (ORT's default: spin)."""
+    try:
+        return session.session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning")
+    except RuntimeError:  # ORT raises for an entry never set
+        return ""
+
+
+def test_spin_false_stops_idle_threads_spinning_and_infer_uses_it(model_dir, tmp_path,
+                                                                   monkeypatch):
+    """mnv3 infer decodes on other threads between engine calls: its sessions must not spin."""
+    from mnv3 import backends, infer as infer_mod
+
+    with mnv3.load(model_dir, threads=1, spin=False) as s:
+        assert _spinning(s) == "0"
+    with mnv3.load(model_dir, threads=1) as s:  # bench: ORT's default, best engine-only speed
+        assert _spinning(s) in ("", "1")
+    opened = []
+    real_load = backends.load
+
+    def spy(*a, **kw):
+        s = real_load(*a, **kw)
+        opened.append(_spinning(s))
+        return s
+
+    monkeypatch.setattr(backends, "load", spy)
+    from mnv3.data.datasets import Sample, demo_dataset
+    unlabeled = [Sample(s.path, None) for s in demo_dataset()[:2]]  # the tiny net has 10 classes
+    infer_mod.infer(model_dir, unlabeled, tmp_path / "out", progress=False)
+    assert opened == ["0"]
+
+
 @pytest.mark.parametrize("bad, match", [
     (np.zeros((1, 3, SIZE, SIZE), np.float64), "float32"),
     (np.zeros((3, SIZE, SIZE), np.float32), "shape"),

@@ -138,7 +138,7 @@ def _open(model):
     if isinstance(model, (str, os.PathLike)):
         from mnv3.backends import load
 
-        return load(model), True
+        return load(model, spin=False), True  # ORT: no spin-wait, decoding needs the CPU
     raise UsageError(f"model must be a Session (mnv3.load) or a model folder, got {type(model).__name__}")
 
 

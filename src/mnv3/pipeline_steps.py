@@ -152,7 +152,7 @@ def infer_and_score(row, samples, out_dir: Path, ref: dict[str, int], threads: i
     from mnv3.backends import load
     from mnv3.infer import infer
 
-    with load(row.model_dir, threads=threads) as session:
+    with load(row.model_dir, threads=threads, spin=False) as session:
         res = infer(session, samples, out_dir, batch_size=row.batch, progress=False)
         notes = list(session.meta.notes)
     top1 = read_top1(out_dir)

@@ -95,8 +95,10 @@ def op_precisions(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def _session(path: Path | str, level, threads: int | None = None, optimized_out: Path | None = None,
-             providers: list[str] | None = None) -> ort.InferenceSession:
+             providers: list[str] | None = None, spin: bool | None = None) -> ort.InferenceSession:
     so = ort.SessionOptions()
+    if spin is False:  # idle intra-op threads block instead of burning the cores decoding needs
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = level
     so.intra_op_num_threads = int(threads or 0)  # 0 = ORT's choice (physical cores)
     so.inter_op_num_threads = 1  # one model, one stream: parallelism lives inside ops
@@ -166,7 +168,13 @@ class OnnxRuntimeBackend(Backend):
     # ------------------------------------------------------------------ load
     def open(self, model_dir: Path, meta: ModelMeta, threads: int | None = None,
              **options: Any) -> Session:
-        """An ORT session: CPU provider (CUDA first when ``device="cuda"`` and available)."""
+        """An ORT session: CPU provider (CUDA first when ``device="cuda"`` and available).
+
+        ``spin=False``: idle intra-op threads sleep instead of spin-waiting. Engine-only speed
+        is best with spinning (ORT's default); ``mnv3 infer`` decodes images on other threads
+        between engine calls, and there spinning threads steal their CPU (measured: end-to-end
+        53% of engine-only speed with spinning, 82% without; benchmarks/infer_speed.py).
+        """
         providers = ["CPUExecutionProvider"]
         if options.get("device") == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -178,7 +186,7 @@ class OnnxRuntimeBackend(Backend):
         path = Path(model_dir) / meta.compiled_file
         try:
             sess = _session(path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, threads,
-                            providers=providers)
+                            providers=providers, spin=options.get("spin"))
         except Exception as e:
             raise ModelError(f"ONNX Runtime cannot load {path}: {e}; rebuild the model") from e
         return OrtSession(meta, sess, threads)

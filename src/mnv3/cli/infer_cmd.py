@@ -79,7 +79,7 @@ def run(args) -> int:
         if value is not None and value < 1:  # 0 would silently mean "the default"
             raise UsageError(f"{flag} must be at least 1, got {value}")
     say = (lambda *a: None) if args.json == "-" else print
-    session = load(args.model, threads=args.threads)
+    session = load(args.model, threads=args.threads, spin=False)  # decoding needs the CPU too
     with session:
         synsets = args.synsets
         if args.image_dir:
