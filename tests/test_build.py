@@ -156,6 +156,15 @@ def test_bad_arguments_are_usage_errors(tiny, tmp_path, monkeypatch):
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(UsageError, match="not a model"):
         _build(tiny, tmp_path / "mine")
+    # accuracy-aware int8 is OpenVINO's (NNCF): never silently ignored elsewhere
+    for backend, mode, drop, match in [
+            ("onnxruntime", "qint8_mixed_float32", 0.3, "needs the openvino backend"),
+            ("openvino", "force_float32", 0.3, "int8 modes only"),
+            ("openvino", "qint8_mixed_float32", -1, ">= 0")]:
+        with pytest.raises(UsageError, match=match):
+            mnv3.build(tiny["onnx"], tmp_path / "m", quant_mode=mode, shape_mutable=True,
+                       batch_size=1, preprocess=CFG, backend=backend,
+                       options={"max_drop": drop})
     monkeypatch.setattr(build_mod, "_demo_dir", lambda: None)
     with pytest.raises(UsageError, match="--calib-dir"):
         _build(tiny, tmp_path / "m", mode="qint8_mixed_float32", calib_dir=None)

@@ -254,7 +254,7 @@ def test_cli_build_infer_bench_with_the_openvino_backend(tiny, tmp_path, capsys)
     assert main(["build", "--onnx", str(onnx_path), "--quant-mode", "force_float32",
                  "--shape-mutable", "false", "--batch-size", "1", "--max-drop", "0.2",
                  "--output", str(tmp_path / "ort")]) == 2
-    assert "needs --backend openvino" in capsys.readouterr().err
+    assert "needs the openvino backend" in capsys.readouterr().err
 
 
 @needs_openvino

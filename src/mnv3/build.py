@@ -53,6 +53,7 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
     preprocess = preprocess or PreprocessCfg()
     _check_args(onnx_path, shape_mutable, batch_size, calib_num, calib_method)
     check_mode_backend(quant_mode, backend)
+    check_max_drop(options.get("max_drop"), quant_mode, backend)
     engine = get_backend(backend)
     name = model_dir_name(quant_mode, shape_mutable, batch_size)
     target = Path(output_dir) if output_dir is not None else DEFAULT_MODELS_DIR / name
@@ -76,6 +77,20 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
             _remove_temps(target)  # by pattern: Ctrl-C may land inside mkdtemp, before `tmp =`
             raise
     return meta
+
+
+def check_max_drop(max_drop, quant_mode: str, backend: str) -> None:
+    """Accuracy-aware int8 is NNCF's: refuse it where it would be silently ignored."""
+    if max_drop is None:
+        return
+    if backend != "openvino":
+        raise UsageError(f"max_drop (accuracy-aware int8) needs the openvino backend, not "
+                         f"{backend!r}; pass backend='openvino' (--backend openvino) or drop it")
+    if not quant_mode.startswith("qint8"):
+        raise UsageError(f"max_drop applies to int8 modes only, not {quant_mode}; use "
+                         "qint8_mixed_float16 or qint8_mixed_float32, or drop it")
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0:
+        raise UsageError(f"max_drop is a top-1 drop in points (>= 0, e.g. 0.3), got {max_drop!r}")
 
 
 def _remove_temps(target: Path) -> None:

@@ -95,12 +95,12 @@ def _export_weights(args, workdir: Path) -> tuple[Path, PreprocessCfg, dict]:
 
 
 def run(args) -> int:
-    from mnv3.build import build
+    from mnv3.build import build, check_max_drop
+    from mnv3.meta import normalize_quant_mode
 
     options = {"progress": not args.no_progress}
-    if args.max_drop is not None:
-        if args.backend != "openvino":
-            raise UsageError("--max-drop (accuracy-aware int8) needs --backend openvino")
+    if args.max_drop is not None:  # checked before the export, which can be slow
+        check_max_drop(args.max_drop, normalize_quant_mode(args.quant_mode), args.backend)
         options["max_drop"] = args.max_drop
     with tempfile.TemporaryDirectory(prefix="mnv3-build-") as work:
         if args.weights is not None:
