@@ -114,8 +114,13 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path):
 
 
 @pytest.mark.parametrize(("content", "match"), [
-    (b"", "not a readable PyTorch checkpoint"),
-    (b"not a checkpoint at all", "not a readable PyTorch checkpoint|refused"),
+    (b"", r"not a PyTorch checkpoint: the file is empty \(0 bytes\)"),
+    (b"not a checkpoint at all", r"not a PyTorch checkpoint: it is neither a torch zip archive "
+                                 r"nor a pickle written by torch\.save \(it starts with "
+                                 r"b'not a checkpoint'\)"),
+    # a damaged pickle: torch's reason, without its advice to load with weights_only=False
+    (b"\x80\x02\xff garbage", r"not a readable PyTorch checkpoint \(UnpicklingError: "
+                              r"Unsupported operand 255\); expected a file written by torch\.save$"),
 ])
 def test_garbage_files_are_checkpoint_errors(tmp_path, content, match):
     (tmp_path / "bad.pth").write_bytes(content)

@@ -125,8 +125,8 @@ def _run_cases():
         return ["--image-dir", d / "imgs"]
 
     return {
-        "garbage_weights": (garbage, 4, r"w.pth is not a readable PyTorch checkpoint",
-                            r"expected a file written by torch.save"),
+        "garbage_weights": (garbage, 4, r"w.pth is not a PyTorch checkpoint: it is neither",
+                            r"pass a state dict saved with torch\.save"),
         "unknown_quant_mode": (lambda d: ["--quant-modes", "int4"], 2,
                                r"unknown quant mode 'int4'", r"choose one of"),
         "batch_size_0": (lambda d: ["--batch-sizes", "0"], 2,

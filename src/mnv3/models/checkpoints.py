@@ -127,23 +127,74 @@ def _probe_classes(module: nn.Module, path: Path) -> int:
 def read_pickle(path: Path):
     """``torch.load`` with ``weights_only=True``: tensors and plain containers only, never code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns that a pickle of protocol > 2 may not load: if it loads, that is
+            # noise; if not, our error names the protocol. Either way not for the user's stderr
+            warnings.filterwarnings("ignore", r"Detected pickle protocol", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's first line advises weights_only=False; the GLOBAL line names the object refused
         first = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), None)
         if first is None:  # bad opcodes: garbage or another format (ONNX, text), not objects
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not a pickle "
-                                  "torch.load can read); expected a file written by torch.save"
-                                  ) from None
+            raise CheckpointError(_unreadable(path, e)) from None
         raise CheckpointError(
             f"refused to load {path}: it pickles objects other than tensors, and mnv3 loads "
             f"checkpoints with weights_only=True so that a file can never run code ({first}). "
             "If you trust the file, re-save only the weights: "
             "torch.save(model.state_dict(), 'weights.pth')") from None
     except Exception as e:  # a damaged file fails anywhere in unpickling (struct.error, KeyError, ...)
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                              "expected a file written by torch.save") from None
+        raise CheckpointError(_unreadable(path, e)) from None
+
+
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTO = b"\x80"  # the PROTO opcode opens every pickle of protocol 2 or later
+WHAT_TO_PASS = ("pass a state dict saved with torch.save (a .pth, .pth.tar or .pt file) or a "
+                "TorchScript file saved with torch.jit.save")
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch.load failed, told from the file's first bytes rather than torch's advice."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return f"{path} is not a PyTorch checkpoint: the file is empty (0 bytes); {WHAT_TO_PASS}"
+    if not head.startswith((ZIP_MAGIC, PICKLE_PROTO)):  # a text file, an ONNX model, ...
+        return (f"{path} is not a PyTorch checkpoint: it is neither a torch zip archive nor a "
+                f"pickle written by torch.save (it starts with {head!r}); {WHAT_TO_PASS}")
+    protocol = _pickle_protocol(path, head)
+    if protocol and protocol > 2 and "Unsupported operand" in str(error):
+        kind = "a torch zip archive pickled with" if head.startswith(ZIP_MAGIC) else "a pickle of"
+        return (f"{path} is {kind} protocol {protocol}, which torch.load(weights_only=True) "
+                "cannot read; re-save the weights with torch.save's default protocol (2): "
+                "torch.save(model.state_dict(), 'weights.pth')")
+    return (f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: "
+            f"{_torch_reason(error)}); expected a file written by torch.save")
+
+
+def _torch_reason(error: Exception) -> str:
+    """The first sentence of what went wrong, skipping torch's advice to set weights_only=False."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:  # the reason follows, on this line or the next
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            lines = [rest] if rest else lines[i + 1:i + 2]
+            break
+    return lines[0].split(". ")[0] if lines else ""
+
+
+def _pickle_protocol(path: Path, head: bytes) -> int | None:
+    """The pickle protocol of a raw pickle, or of the ``data.pkl`` inside a torch zip archive."""
+    if head.startswith(ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return None
+                with z.open(name) as f:
+                    head = f.read(2)
+        except (zipfile.BadZipFile, OSError):  # truncated: no central directory
+            return None
+    return head[1] if head.startswith(PICKLE_PROTO) and len(head) > 1 else None
 
 
 def state_dict_from(obj, path: Path) -> dict[str, torch.Tensor]:
