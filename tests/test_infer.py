@@ -171,8 +171,14 @@ def test_ctrl_c_leaves_nothing_partial(demo, tmp_path):
     before = threading.active_count()
     with pytest.raises(KeyboardInterrupt):
         infer(Interrupted(fake_meta()), demo, tmp_path / "o", progress=False)
-    assert list((tmp_path / "o").iterdir()) == []  # no result file, no temporary file
+    assert not (tmp_path / "o").exists()  # the folder it made is gone, not left empty
     assert threading.active_count() <= before  # decode threads are gone
+    (tmp_path / "mine").mkdir()  # a folder the user had: kept, with what was in it
+    (tmp_path / "mine" / "eval_result_1.txt").write_text("earlier run\n")
+    with pytest.raises(KeyboardInterrupt):
+        infer(Interrupted(fake_meta()), demo, tmp_path / "mine", progress=False)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["eval_result_1.txt"]
+    assert (tmp_path / "mine" / "eval_result_1.txt").read_text() == "earlier run\n"
 
 
 def test_unwritable_output_folder_fails_before_any_work(demo, tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -88,42 +89,15 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
         class_names = class_names or meta.class_names or _imagenet_names(meta.num_classes)
         bs = int(batch_size or session.fixed_batch or meta.batch_size or 1)
         loader = iter_batches(samples, meta.preprocess, bs, workers=workers, strict=strict)
-        out = Path(output_dir)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:  # a file in the way, a read-only place: the user's to fix
-            raise UsageError(f"cannot create output folder {out} ({e.strerror or e}); "
-                             "choose a writable --output-dir") from None
-        _check_writable(out)  # now, not after decoding every image
-        collect = _Collector(names, class_names, out if save_images else None)
-        engine = 0.0
-        bar = _progress(len(samples), progress)
-        start = time.perf_counter()
-        try:
-            for batch in loader:
-                t0 = time.perf_counter()
-                logits = session.predict(batch.images)
-                engine += time.perf_counter() - t0
-                collect.add(batch.samples, logits)
-                bar.update(collect.count + len(loader.skipped) - bar.n)
-            elapsed = time.perf_counter() - start
-            collect.finish_images()
-        finally:
-            bar.close()
-            collect.close()  # on error or Ctrl-C: drop queued image saves
-        skipped = [(names[s.path], reason) for s, reason in loader.skipped]
-        if not collect.count:  # not a run with a few bad files: nothing usable at all
-            raise DataError(f"none of the {len(samples)} images could be decoded (first: "
-                            f"{skipped[0][1]}); check that the folder holds valid images")
         label = meta.name if not isinstance(model, (str, os.PathLike)) else str(model)
-        result = _summary(collect, skipped, len(samples), elapsed, engine, bs, loader.workers,
-                          out, label)
+        out = Path(output_dir)
+        created = _make_output_dir(out)
         try:
-            _write_files(out, collect, skipped, result)
-        except OSError as e:  # disk full or folder removed meanwhile; eval_result.txt is absent
-            raise UsageError(f"cannot write the result files in {out} ({e.strerror or e}); "
-                             "free space or choose another --output-dir") from None
-        return result
+            return _run(session, loader, samples, names, class_names, out, batch_size=bs,
+                        save_images=save_images, progress=progress, label=label)
+        except BaseException:  # an error or Ctrl-C: a folder this run made must not stay behind
+            _remove_new_output(out, created)
+            raise
     finally:
         if owned:
             session.close()
@@ -140,6 +114,67 @@ def _open(model):
 
         return load(model, spin=False), True  # ORT: no spin-wait, decoding needs the CPU
     raise UsageError(f"model must be a Session (mnv3.load) or a model folder, got {type(model).__name__}")
+
+
+def _run(session, loader, samples, names, class_names, out: Path, *, batch_size: int,
+         save_images: bool, progress: bool, label: str) -> InferResult:
+    """Predict every batch into ``out`` (which exists) and write the result files."""
+    _check_writable(out)  # now, not after decoding every image
+    collect = _Collector(names, class_names, out if save_images else None)
+    engine = 0.0
+    bar = _progress(len(samples), progress)
+    start = time.perf_counter()
+    try:
+        for batch in loader:
+            t0 = time.perf_counter()
+            logits = session.predict(batch.images)
+            engine += time.perf_counter() - t0
+            collect.add(batch.samples, logits)
+            bar.update(collect.count + len(loader.skipped) - bar.n)
+        elapsed = time.perf_counter() - start
+        collect.finish_images()
+    finally:
+        bar.close()
+        collect.close()  # on error or Ctrl-C: drop queued image saves
+    skipped = [(names[s.path], reason) for s, reason in loader.skipped]
+    if not collect.count:  # not a run with a few bad files: nothing usable at all
+        raise DataError(f"none of the {len(samples)} images could be decoded (first: "
+                        f"{skipped[0][1]}); check that the folder holds valid images")
+    result = _summary(collect, skipped, len(samples), elapsed, engine, batch_size,
+                      loader.workers, out, label)
+    try:
+        _write_files(out, collect, skipped, result)
+    except OSError as e:  # disk full or folder removed meanwhile; eval_result.txt is absent
+        raise UsageError(f"cannot write the result files in {out} ({e.strerror or e}); "
+                         "free space or choose another --output-dir") from None
+    return result
+
+
+def _make_output_dir(out: Path) -> list[Path]:
+    """Create ``out`` and its missing parents; return those created, deepest first."""
+    created = [d for d in (out, *out.parents) if not d.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, a read-only place: the user's to fix
+        raise UsageError(f"cannot create output folder {out} ({e.strerror or e}); "
+                         "choose a writable --output-dir") from None
+    return created
+
+
+def _remove_new_output(out: Path, created: list[Path]) -> None:
+    """After a failed run, remove the output folder if this run created it (and the parents it
+    created), with what the run wrote there: result files, annotated copies. A folder that
+    already existed is left as it is: its earlier results are the user's."""
+    if not created:
+        return
+    for name in RESULT_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "images", ignore_errors=True)  # new with the folder: only this run's copies
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:  # something else appeared in it meanwhile: not ours to delete
+            return
 
 
 def _check_writable(out: Path) -> None:

@@ -200,6 +200,64 @@ def test_export_output_read_only(cli, tmp_path, readonly_dir):
     assert not out.exists()
 
 
+
+# ------------------------------------------------------------------------- failed infer runs
+def _images_then_a_bad_one(tiny, tmp_path) -> Path:
+    """The six good images and, sorted last, one that cannot be decoded: ``--strict`` stops
+    after the earlier batches were predicted (and, with --save-images, saved)."""
+    folder = tmp_path / "imgs"
+    shutil.copytree(tiny["images"], folder)
+    IMAGE_CASES["truncated.JPEG"][0](folder / "zz_truncated.JPEG")
+    return folder
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` -> its bytes: to prove a folder is exactly as it was."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+def _strict_infer(cli, tiny, images: Path, out: Path, *extra):
+    res = cli("infer", "--model", tiny["model"], "--image-dir", images, "--output-dir", out,
+              "--strict", "--no-progress", "--workers", "1", *extra)
+    assert_user_error(res, 3, r"cannot decode image \S+zz_truncated\.JPEG", r"drop --strict")
+
+
+@pytest.mark.parametrize("extra", [[], ["--save-images"]], ids=["results", "save_images"])
+def test_failed_infer_leaves_no_new_output_folder(cli, tiny, tmp_path, extra):
+    """A new --output-dir (and the parents made for it) is removed when the run fails, with the
+    annotated copies already saved in it."""
+    _strict_infer(cli, tiny, _images_then_a_bad_one(tiny, tmp_path),
+                  tmp_path / "new" / "nested" / "out", *extra)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("earlier", ["empty", "earlier_results"])
+def test_failed_infer_keeps_an_existing_output_folder(cli, tiny, tmp_path, earlier):
+    """The user's folder stays, byte for byte: earlier result files are kept."""
+    out = tmp_path / "out"
+    out.mkdir()
+    if earlier == "earlier_results":
+        res = cli("infer", "--model", tiny["model"], "--image-dir", tiny["images"],
+                  "--output-dir", out, "--no-progress")
+        assert res.code == 0 and (out / "eval_result_1.txt").is_file(), res.err
+    before = _files(out)
+    _strict_infer(cli, tiny, _images_then_a_bad_one(tiny, tmp_path), out)
+    assert out.is_dir() and _files(out) == before
+
+
+def test_interrupted_infer_leaves_no_new_output_folder(cli, tiny, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of the predictions: exit 130 and no new output folder."""
+    def interrupt(self, samples, logits):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mnv3.infer._Collector.add", interrupt)
+    out = tmp_path / "out"
+    res = cli("infer", "--model", tiny["model"], "--image-dir", tiny["images"], "--output-dir",
+              out, "--no-progress")
+    assert_user_error(res, 130, r"interrupted", r"nothing partial was left behind")
+    assert not out.exists()
+
 # ----------------------------------------------------------------------------- calibration
 def test_calib_num_larger_than_available(cli, tiny, tmp_path):
     """Not an error: all images are used, and both the summary and meta.json say so."""
