@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 
@@ -114,3 +115,54 @@ def test_source_from_weights_is_trained_and_keyed_by_sha(tmp_path):
     assert src.tag.endswith(src.key["weights_sha256"][:12]) and src.label.endswith("(x0.35)")
     rnd = open_source(None, "auto", "auto", None)
     assert rnd.untrained and rnd.tag == "mobilenetv3-small_seed_1_seed0"
+
+
+@pytest.mark.parametrize("bad", [dict(backends=()), dict(backends=("tensorrt",)),
+                                 dict(quant_modes=("force_bfloat16",), backends="onnxruntime")])
+def test_bad_backends_fail_before_writing_anything(tmp_path, bad):
+    with pytest.raises(UsageError):
+        run_all(**{**KWARGS, **bad}, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_builds_each_mode_for_each_backend_that_can(monkeypatch):
+    """force_bfloat16 is OpenVINO's: skipped (and reported) for ONNX Runtime, not an error."""
+    import mnv3.backends
+    from mnv3.pipeline import _plan
+
+    monkeypatch.setattr(mnv3.backends, "get_backend", lambda name: object())  # no OpenVINO needed
+    plan = _plan(("force_float32", "force_bfloat16"), (1, 8), False, 1, 1,
+                 ("onnxruntime", "openvino"))
+    assert plan["models"] == [("onnxruntime", "force_float32", 1),
+                              ("onnxruntime", "force_float32", 8),
+                              ("openvino", "force_float32", 1), ("openvino", "force_float32", 8),
+                              ("openvino", "force_bfloat16", 1), ("openvino", "force_bfloat16", 8)]
+    assert plan["skipped"] == [("onnxruntime", "force_bfloat16")]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                    reason="openvino is not installed (pip install -e '.[openvino]')")
+def test_run_with_two_backends_one_report(tmp_path, capsys):
+    """`mnv3 run --backends onnxruntime,openvino`: both in one report, with a backend column."""
+    out = tmp_path / "data"
+    assert main(["run", *ARGS, "--backends", "onnxruntime,openvino", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "| Model | Backend | QuantMode_ShapeMutable_BatchSize | Throughput (images/s) |" \
+        in stdout
+    for backend in ("onnxruntime", "openvino"):
+        for name in NAMES:
+            assert stdout.count(f"| {backend} | {name} |") == 3  # perf, accuracy, baselines
+    rep = json.loads((out / "report.json").read_text())
+    rows = {(r["backend"], r["name"]): r for r in rep["rows"]}
+    assert set(rows) == {(b, n) for b in ("onnxruntime", "openvino") for n in NAMES}
+    for (backend, name), r in rows.items():
+        sub = name if backend == "onnxruntime" else f"openvino/{name}"  # ORT: the seed's layout
+        assert r["model_dir"] == str(out / "models" / sub)
+        assert read_meta(out / "models" / sub).backend == backend
+        assert r["bench"]["backend"] == backend and r["bench"]["throughput_ips"] > 0
+        assert (out / "results" / sub / "eval_result_1.txt").is_file()
+    # both fp32 engines pick PyTorch's top-1 on every image
+    assert rows["openvino", NAMES[0]]["accuracy"]["agreement"] == 1.0
+    assert rows["onnxruntime", NAMES[0]]["accuracy"]["agreement"] == 1.0
+    assert rep["config"]["backends"] == ["onnxruntime", "openvino"]
+    assert "onnxruntime 1." in (out / "report.md").read_text()

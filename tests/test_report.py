@@ -69,6 +69,24 @@ def test_accuracy_table_marks_untrained():
     assert "(untrained)" not in accuracy_table(make_report(untrained=False))
 
 
+def test_two_backends_get_a_backend_column_and_ratios_per_row():
+    rep = make_report(untrained=False)
+    for row in rep.rows[2:]:  # the force_float16 rows become OpenVINO's force_float32
+        row.backend, row.quant_mode = "openvino", "force_float32"
+        row.name = row.name.replace("float16", "float32")
+    perf = performance_table(rep).splitlines()
+    assert perf[0].startswith("| Model | Backend | QuantMode_ShapeMutable_BatchSize | ")
+    assert "| mobilenetv3-small | openvino | force_float32_false_8 | 800.0 |" in perf[5]
+    assert accuracy_table(rep).splitlines()[0].startswith("| Model | Backend | QuantMode")
+    t = baselines_table(rep)
+    assert "| onnxruntime | force_float32_false_8 | 2000.0 | 1000.0 | 2.00x |" in t
+    assert "| openvino | force_float32_false_8 | 800.0 | 1000.0 | 0.80x |" in t
+    assert "| openvino | force_float32_false_1 |" in builds_table(rep)
+    assert "- backends: onnxruntime 1.32.0, openvino 1.32.0," in markdown(rep)
+    again = RunReport.from_dict(rep.to_dict())  # the backend survives report.json
+    assert [r.backend for r in again.rows] == ["onnxruntime"] * 2 + ["openvino"] * 2
+
+
 def test_baselines_table_ratios():
     t = baselines_table(make_report())
     # force_float32 batch 8: 2000 images/s vs torch 1000 (2.00x) and plain ORT 1600 (1.25x)

@@ -8,8 +8,9 @@ baselines measured in the same run: PyTorch eager fp32 and a plain ONNX Runtime 
 Everything lands under ``out`` (default ``data``)::
 
     onnx/<source>.onnx (+ .json)   the one export (reused when its request matches)
-    models/<mode>_<mutable>_<b>/   built models (reused when meta.json matches the request)
-    results/<name>/                per-model result files (mnv3 infer), results/pytorch_fp32/
+    models/<mode>_<mutable>_<b>/   built models (reused when meta.json matches the request);
+    models/<backend>/<mode>_...    the same for backends other than onnxruntime (openvino)
+    results/[<backend>/]<name>/    per-model result files (mnv3 infer), results/pytorch_fp32/
     report.md report.json report.png
 
 Resumable: an interrupted run leaves only whole artifacts (export and builds are atomic), and
@@ -20,11 +21,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 import time
 from pathlib import Path
 
 from mnv3.errors import UsageError
-from mnv3.meta import check_mode_backend, model_dir_name, normalize_quant_mode
+from mnv3.meta import BACKEND_ONLY_MODES, check_mode_backend, model_dir_name, normalize_quant_mode
 from mnv3.pipeline_steps import (Progress, bench_batch, build_or_reuse, export_or_reuse,
                                  infer_and_score, open_source, reference_top1)
 from mnv3.report import ModelRow, RunReport, untrained_warning, write_report
@@ -32,12 +34,14 @@ from mnv3.sysinfo import device_label, system_info
 
 DEFAULT_QUANT_MODES = ("force_float32", "force_float16", "qint8_mixed_float16")
 DEFAULT_BATCH_SIZES = (1, 4, 8)
+DEFAULT_BACKEND = "onnxruntime"  # its models sit at models/<name>, as in the seed
 
 
 def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
             width_mult: float | None = None, image_dir=None, label_file=None, synsets_file=None,
             quant_modes=DEFAULT_QUANT_MODES, batch_sizes=DEFAULT_BATCH_SIZES,
-            shape_mutable: bool = False, backend: str = "onnxruntime", out="data",
+            shape_mutable: bool = False, backends: str | Sequence[str] = (DEFAULT_BACKEND,),
+            out="data",
             threads: int | None = None, bench_iterations: int | None = None,
             bench_duration: float | None = 1.0, bench_rounds: int = 3, bench_warmup: int = 10,
             image_num: int | None = None, calib_dir=None, calib_num: int = 100,
@@ -47,6 +51,9 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
     weights: a checkpoint; None = ``create_model(arch, layout, width_mult, seed=0)`` (untrained).
     arch / layout: ``auto`` detects them from the checkpoint, or means mobilenetv3-small / seed.
     image_dir / label_file / synsets_file: the evaluation set; None = the bundled demo images.
+    backends: one name or several (e.g. ``("onnxruntime", "openvino")``): every quant mode x
+        batch is built for each, in one report with a backend column. A mode only some backends
+        build (force_bfloat16: openvino) is skipped for the others, and the report says so.
     threads: intra-op threads for mnv3 and both baselines (default: all usable cores).
     bench_*: each configuration is measured in ``bench_rounds`` rounds, interleaved with the
         other configurations of the same batch (A B C A B C ...) because 2-thread speed on small
@@ -56,7 +63,7 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
         notes that calibration then saw the evaluated images).
     """
     t_start = time.perf_counter()
-    plan = _plan(quant_modes, batch_sizes, shape_mutable, bench_rounds, threads, backend)
+    plan = _plan(quant_modes, batch_sizes, shape_mutable, bench_rounds, threads, backends)
     if not isinstance(calib_num, int) or isinstance(calib_num, bool) or calib_num < 1:
         raise UsageError(f"--calib-num must be >= 1, got {calib_num!r}")
     _check_bench(bench_iterations, bench_duration, bench_warmup)
@@ -71,8 +78,7 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
                          "a folder of images (or leave it out to use the evaluation images)")
     steps = 2 + 2 * len(plan["models"]) + len(plan["batches"]) + 1
     with Progress(steps, enabled=progress) as bar:
-        rep = _run_steps(bar, plan, src, samples, dataset, calib, out, weights, backend,
-                         shape_mutable, calib_num, build_options, bench_iterations,
+        rep = _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_mutable, calib_num, build_options, bench_iterations,
                          bench_duration, bench_warmup)
         with bar.step("write report.md, report.json, report.png", rep.timings, "report"):
             rep.timings["total"] = time.perf_counter() - t_start  # all but this last step
@@ -80,8 +86,7 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
     return rep
 
 
-def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, backend, shape_mutable,
-               calib_num, build_options, bench_iterations, bench_duration,
+def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_mutable, calib_num, build_options, bench_iterations, bench_duration,
                bench_warmup) -> RunReport:
     """Every step but the report, in order; ``bar`` says which is running."""
     timings: dict[str, float] = {}
@@ -94,19 +99,21 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, backend, s
     dataset["reference_top1_classes"] = len(set(ref.values()))
 
     rows = []
-    for mode, batch in plan["models"]:
+    for backend, mode, batch in plan["models"]:
         name = model_dir_name(mode, shape_mutable, batch)
-        with bar.step(f"build {name}", timings, "build"):
+        where = _subdir(backend, name)
+        with bar.step(f"build {where}", timings, "build"):
             meta_dir, reused, secs = build_or_reuse(
-                onnx_path, out / "models" / name, mode, shape_mutable, batch, src, backend,
+                onnx_path, out / "models" / where, mode, shape_mutable, batch, src, backend,
                 calib, calib_num, plan["threads"], build_options)
             bar.done("reused (meta.json matches)" if reused else "built")
         rows.append(ModelRow(name=name, quant_mode=mode, shape_mutable=shape_mutable,
                              batch=batch, model_dir=str(meta_dir), reused=reused,
-                             build_s=None if reused else secs))
+                             build_s=None if reused else secs, backend=backend))
     for row in rows:
-        with bar.step(f"infer + eval {row.name}", timings, "infer"):
-            row.accuracy, row.notes = infer_and_score(row, samples, out / "results" / row.name,
+        where = _subdir(row.backend, row.name)
+        with bar.step(f"infer + eval {where}", timings, "infer"):
+            row.accuracy, row.notes = infer_and_score(row, samples, out / "results" / where,
                                                       ref, plan["threads"])
     baselines = []
     for batch in plan["batches"]:
@@ -118,7 +125,7 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, backend, s
     rep = RunReport(
         model=src.label, untrained=src.untrained, device=device_label(), rows=rows,
         baselines=baselines, weights=str(weights) if weights else None, dataset=dataset,
-        config=_config(plan, backend, shape_mutable, bench_iterations, bench_duration,
+        config=_config(plan, shape_mutable, bench_iterations, bench_duration,
                        bench_warmup, calib, calib_num, out),
         system=system_info(), notes=_notes(rows, baselines, dataset, calib, plan, src),
     )
@@ -126,16 +133,26 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, backend, s
     return rep
 
 
-def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backend) -> dict:
+def _subdir(backend: str, name: str) -> str:
+    """Where a model (and its results) lives under models/ (results/): stable across runs."""
+    return name if backend == DEFAULT_BACKEND else f"{backend}/{name}"
+
+
+def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backends) -> dict:
     """Validate the request up front, before any slow work."""
     from mnv3.backends import get_backend
 
-    modes = [normalize_quant_mode(m) for m in quant_modes]
+    modes = list(dict.fromkeys(normalize_quant_mode(m) for m in quant_modes))
     if not modes:
         raise UsageError("--quant-modes is empty; give at least one, e.g. force_float32")
-    get_backend(backend)  # unknown or not installed: say so now, not after the export
-    for m in modes:
-        check_mode_backend(m, backend)
+    backends = [backends] if isinstance(backends, str) else list(dict.fromkeys(backends))
+    if not backends:
+        raise UsageError("--backends is empty; give at least one, e.g. onnxruntime")
+    for b in backends:
+        get_backend(b)  # unknown or not installed: say so now, not after the export
+    for m in modes:  # a mode no requested backend builds is an error, naming who builds it
+        if not any(b in BACKEND_ONLY_MODES.get(m, backends) for b in backends):
+            check_mode_backend(m, backends[0])
     batches = list(dict.fromkeys(int(b) for b in batch_sizes))
     if not batches or any(b < 1 for b in batches):
         raise UsageError(f"--batch-sizes must be whole numbers >= 1, got {list(batch_sizes)}")
@@ -146,8 +163,15 @@ def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backend) -> 
     if threads is not None and int(threads) < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
     usable = system_info()["cores"]["usable"] or os.cpu_count() or 1
-    return {"models": [(m, b) for m in dict.fromkeys(modes) for b in batches],
-            "batches": batches, "rounds": int(rounds), "threads": int(threads or usable)}
+    pairs = [(be, m) for be in backends for m in modes]
+    return {"models": [(be, m, b) for be, m in pairs if _builds(be, m) for b in batches],
+            "skipped": [(be, m) for be, m in pairs if not _builds(be, m)],
+            "backends": backends, "modes": modes, "batches": batches, "rounds": int(rounds),
+            "threads": int(threads or usable)}
+
+
+def _builds(backend: str, mode: str) -> bool:
+    return backend in BACKEND_ONLY_MODES.get(mode, (backend,))
 
 
 def _check_bench(iterations, duration, warmup) -> None:
@@ -179,9 +203,9 @@ def _dataset(image_dir, label_file, synsets_file, image_num, src):
     return samples, info
 
 
-def _config(plan, backend, mutable, iters, duration, warmup, calib, calib_num, out) -> dict:
-    return {"backend": backend, "shape_mutable": mutable, "threads": plan["threads"],
-            "quant_modes": list(dict.fromkeys(m for m, _ in plan["models"])),
+def _config(plan, mutable, iters, duration, warmup, calib, calib_num, out) -> dict:
+    return {"backends": plan["backends"], "shape_mutable": mutable, "threads": plan["threads"],
+            "quant_modes": plan["modes"],
             "batch_sizes": plan["batches"], "rounds": plan["rounds"],
             "bench_iterations": iters, "bench_duration_s": duration, "bench_warmup": warmup,
             "calib_dir": str(calib), "calib_num": calib_num, "out": str(out)}
@@ -208,6 +232,9 @@ def _notes(rows, baselines, dataset, calib: Path, plan, src) -> list[str]:
             calib == Path(dataset["image_dir"]).resolve():
         notes.append("int8 calibration used images from the evaluation folder; for an unbiased "
                      "accuracy pass a separate calibration folder (calib_dir / --calib-dir).")
+    for backend, mode in plan["skipped"]:
+        notes.append(f"{mode} is built only by {', '.join(BACKEND_ONLY_MODES[mode])}: not built "
+                     f"for {backend}.")
     notes.append(f"all speed figures: {plan['threads']} intra-op thread(s), 1 stream, the same "
                  "pre-filled input for mnv3 and both baselines.")
     for r in rows:

@@ -174,7 +174,7 @@ def bench_batch(rows, src: Source, onnx_path: Path, batch: int, threads: int, it
     from mnv3.report import BASELINE_ORT, BASELINE_TORCH, BaselineRow
 
     sessions, load_s = {}, {}
-    for key, opener in [*((r.name, lambda r=r: load(r.model_dir, threads=threads)) for r in rows),
+    for key, opener in [*((r.key, lambda r=r: load(r.model_dir, threads=threads)) for r in rows),
                         (BASELINE_TORCH, lambda: TorchEagerSession(
                             src.module, threads=threads, image_size=src.preprocess.crop,
                             num_classes=src.num_classes)),
@@ -193,7 +193,7 @@ def bench_batch(rows, src: Source, onnx_path: Path, batch: int, threads: int, it
         for sess in sessions.values():
             sess.close()
     for row in rows:
-        row.bench = merge_results(runs[row.name])
+        row.bench = merge_results(runs[row.key])
     return [BaselineRow(k, batch, merge_results(runs[k])) for k in (BASELINE_TORCH, BASELINE_ORT)]
 
 

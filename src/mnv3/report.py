@@ -39,6 +39,12 @@ class ModelRow:
     accuracy: dict[str, Any] | None = None  # top1, top5, agreement, images (fractions 0..1)
     bench: BenchResult | None = None
     notes: list[str] = field(default_factory=list)
+    backend: str = "onnxruntime"
+
+    @property
+    def key(self) -> str:
+        """Unique within a run: the same name is built once per backend."""
+        return f"{self.backend}/{self.name}"
 
 
 @dataclass
@@ -104,39 +110,52 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
+def backends(rep: RunReport) -> list[str]:
+    return list(dict.fromkeys(r.backend for r in rep.rows))
+
+
+def _ids(rep: RunReport, r: ModelRow) -> list[str]:
+    """The row's name, after a Backend cell when the report holds several backends."""
+    return [r.backend, r.name] if len(backends(rep)) > 1 else [r.name]
+
+
+def _id_header(rep: RunReport) -> list[str]:
+    name = "QuantMode_ShapeMutable_BatchSize"
+    return ["Backend", name] if len(backends(rep)) > 1 else [name]
+
+
 def performance_table(rep: RunReport) -> str:
-    header = ["Model", "QuantMode_ShapeMutable_BatchSize", "Throughput (images/s)",
-              "Latency Avg (ms)", "95% (ms)", "99% (ms)", "device"]
+    header = ["Model", *_id_header(rep), "Throughput (images/s)", "Latency Avg (ms)",
+              "95% (ms)", "99% (ms)", "device"]
     rows = []
     for r in rep.rows:
         b = r.bench
-        rows.append([rep.model, r.name, _f(b and b.throughput_ips, 1),
+        rows.append([rep.model, *_ids(rep, r), _f(b and b.throughput_ips, 1),
                      _f(b and b.latency_ms.avg, 3), _f(b and b.latency_ms.p95, 3),
                      _f(b and b.latency_ms.p99, 3), rep.device])
     return _table(header, rows)
 
 
 def accuracy_table(rep: RunReport) -> str:
-    header = ["Model", "QuantMode_ShapeMutable_BatchSize", "top1", "top5",
-              "agreement with fp32", "device"]
+    header = ["Model", *_id_header(rep), "top1", "top5", "agreement with fp32", "device"]
     mark = " (untrained)" if rep.untrained else ""
     rows = []
     for r in rep.rows:
         a = r.accuracy or {}
-        rows.append([rep.model, r.name, _pct(a.get("top1")) + mark, _pct(a.get("top5")) + mark,
-                     _pct(a.get("agreement")), rep.device])
+        rows.append([rep.model, *_ids(rep, r), _pct(a.get("top1")) + mark,
+                     _pct(a.get("top5")) + mark, _pct(a.get("agreement")), rep.device])
     return _table(header, rows)
 
 
 def baselines_table(rep: RunReport) -> str:
     """mnv3 images/s beside both baselines at the same batch, with the ratios."""
-    header = ["QuantMode_ShapeMutable_BatchSize", "mnv3 (images/s)"]
+    header = [*_id_header(rep), "mnv3 (images/s)"]
     for name in (BASELINE_TORCH, BASELINE_ORT):
         header += [f"{BASELINE_TITLES[name]} (images/s)", f"x vs {BASELINE_TITLES[name]}"]
     rows = []
     for r in rep.rows:
         ours = r.bench.throughput_ips if r.bench else None
-        cells = [r.name, _f(ours, 1)]
+        cells = [*_ids(rep, r), _f(ours, 1)]
         for name in (BASELINE_TORCH, BASELINE_ORT):
             base = rep.baseline(name, r.batch)
             ratio = ours / base.throughput_ips if ours and base else None
@@ -147,13 +166,13 @@ def baselines_table(rep: RunReport) -> str:
 
 def builds_table(rep: RunReport) -> str:
     """Per model: built or reused, cold start apart from the steady state, end-to-end infer."""
-    header = ["QuantMode_ShapeMutable_BatchSize", "build", "load (ms)", "first run (ms)",
+    header = [*_id_header(rep), "build", "load (ms)", "first run (ms)",
               "infer end-to-end (images/s)", "engine only (images/s)"]
     rows = []
     for r in rep.rows:
         b, a = r.bench, r.accuracy or {}
         built = "reused" if r.reused else (f"{r.build_s:.1f} s" if r.build_s else "n/a")
-        rows.append([r.name, built, _f(b and b.load_time_ms, 1), _f(b and b.first_run_ms, 2),
+        rows.append([*_ids(rep, r), built, _f(b and b.load_time_ms, 1), _f(b and b.first_run_ms, 2),
                      _f(a.get("end_to_end_images_per_s"), 1),
                      _f(a.get("engine_images_per_s"), 1)])
     return _table(header, rows)
@@ -168,6 +187,8 @@ def untrained_warning(rep: RunReport | None = None) -> str:
 def markdown(rep: RunReport) -> str:
     """The whole report.md."""
     b0 = next((r.bench for r in rep.rows if r.bench), None)
+    versions = {r.backend: r.bench.backend_version for r in rep.rows if r.bench}
+    engines = ", ".join(f"{b} {versions.get(b, '')}".strip() for b in backends(rep)) or "?"
     parts = [f"# mnv3 run: {rep.model}", ""]
     if rep.untrained:
         parts += ["> " + untrained_warning(rep), ""]
@@ -176,9 +197,8 @@ def markdown(rep: RunReport) -> str:
         f"- weights: {rep.weights or 'none (random init, seed 0)'}",
         f"- dataset: {ds.get('image_dir', '?')} ({ds.get('images', '?')} images"
         f"{', bundled demo set' if ds.get('demo') else ''})",
-        f"- backend: {rep.config.get('backend', '?')}"
-        f"{f' {b0.backend_version}' if b0 else ''}, threads {rep.config.get('threads')}, "
-        f"streams 1",
+        f"- backend{'s' if len(backends(rep)) > 1 else ''}: {engines}, threads "
+        f"{rep.config.get('threads')}, streams 1",
         f"- device: {rep.device}; {_machine(rep.system)}",
         "",
         "## Performance", "", performance_table(rep), "",

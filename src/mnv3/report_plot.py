@@ -6,7 +6,7 @@ the Agg backend needs no display.
 
 from __future__ import annotations
 
-from mnv3.report import BASELINE_ORT, BASELINE_TITLES, BASELINE_TORCH, RunReport
+from mnv3.report import BASELINE_ORT, BASELINE_TITLES, BASELINE_TORCH, RunReport, backends
 
 MODE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
 BASELINE_COLORS = {BASELINE_TORCH: "#7f7f7f", BASELINE_ORT: "#bcbcbc"}
@@ -30,15 +30,21 @@ def plot_report(rep: RunReport, path: str) -> None:
     plt.close(fig)
 
 
-def _modes(rep: RunReport) -> list[str]:
-    return list(dict.fromkeys(r.quant_mode for r in rep.rows))
+def _series(rep: RunReport) -> list[tuple[str, str]]:
+    """(backend, quant mode) in report order: one bar colour each."""
+    return list(dict.fromkeys((r.backend, r.quant_mode) for r in rep.rows))
+
+
+def _label(rep: RunReport, backend: str, mode: str) -> str:
+    return f"{mode} ({backend})" if len(backends(rep)) > 1 else mode
 
 
 def _throughput(ax, rep: RunReport) -> None:
     """Grouped bars: one group per batch size; mnv3 modes, then the two baselines (grey)."""
     batches = sorted({r.batch for r in rep.rows})
-    series = [(m, MODE_COLORS[i % len(MODE_COLORS)], lambda b, m=m: _ips(rep, m, b))
-              for i, m in enumerate(_modes(rep))]
+    series = [(_label(rep, be, m), MODE_COLORS[i % len(MODE_COLORS)],
+               lambda b, be=be, m=m: _ips(rep, be, m, b))
+              for i, (be, m) in enumerate(_series(rep))]
     series += [(BASELINE_TITLES[n], BASELINE_COLORS[n],
                 lambda b, n=n: (rep.baseline(n, b).throughput_ips if rep.baseline(n, b) else 0))
                for n in (BASELINE_TORCH, BASELINE_ORT) if any(x.name == n for x in rep.baselines)]
@@ -53,19 +59,24 @@ def _throughput(ax, rep: RunReport) -> None:
     ax.set_ylabel("throughput (images/s, higher is better)")
     ax.set_title(f"Throughput by quant mode and batch ({_threads(rep)})", fontsize=10)
     ax.margins(y=0.18)
-    ax.legend(fontsize=8, loc="upper left")
+    # below the axes: inside, several series' legend would cover the tallest bars' labels
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3,
+              frameon=False)
     ax.grid(axis="y", alpha=0.3)
 
 
-def _ips(rep: RunReport, mode: str, batch: int) -> float:
-    row = next((r for r in rep.rows if r.quant_mode == mode and r.batch == batch), None)
+def _ips(rep: RunReport, backend: str, mode: str, batch: int) -> float:
+    row = next((r for r in rep.rows if (r.backend, r.quant_mode, r.batch) == (backend, mode, batch)),
+               None)
     return row.bench.throughput_ips if row and row.bench else 0.0
 
 
-def _wrap(mode: str) -> str:
-    """qint8_mixed_float16 -> two lines, so long mode names do not collide."""
+def _wrap(label: str) -> str:
+    """qint8_mixed_float16 (openvino) -> lines, so long labels do not collide."""
+    mode, _, backend = label.partition(" ")
     head, _, tail = mode.rpartition("_")
-    return f"{head}_\n{tail}" if len(mode) > 14 else mode
+    text = f"{head}_\n{tail}" if len(mode) > 14 else mode
+    return f"{text}\n{backend}" if backend else text
 
 
 def _threads(rep: RunReport) -> str:
@@ -75,26 +86,28 @@ def _threads(rep: RunReport) -> str:
 
 def _accuracy(ax, rep: RunReport) -> None:
     """Per mode (smallest batch; accuracy does not depend on batch): top-1, top-5, agreement."""
-    modes = _modes(rep)
+    series = _series(rep)
     metrics = [("agreement", "top-1 agreement with fp32", "#2ca02c")]
     if not rep.untrained:
         metrics = [("top1", "top-1", "#1f77b4"), ("top5", "top-5", "#9ecae1")] + metrics
     width = 0.8 / len(metrics)
     for i, (key, label, color) in enumerate(metrics):
         vals = []
-        for m in modes:
-            rows = sorted((r for r in rep.rows if r.quant_mode == m and r.accuracy),
+        for be, m in series:
+            rows = sorted((r for r in rep.rows
+                           if (r.backend, r.quant_mode) == (be, m) and r.accuracy),
                           key=lambda r: r.batch)
             v = rows[0].accuracy.get(key) if rows else None
             vals.append(100 * v if v is not None else 0.0)
-        xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(modes))]
+        xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(series))]
         bars = ax.bar(xs, vals, width, label=label, color=color)
         ax.bar_label(bars, labels=[f"{v:.1f}" for v in vals], fontsize=7, padding=2)
-    ax.set_xticks(range(len(modes)), [_wrap(m) for m in modes], fontsize=8)
+    ax.set_xticks(range(len(series)), [_wrap(_label(rep, be, m)) for be, m in series],
+                  fontsize=8)
     ax.set_ylim(0, 125)  # headroom for the legend above 100%
     ax.set_ylabel("% of images")
     n = rep.dataset.get("images", "?")
-    title = f"Accuracy by quant mode ({n} images)"
+    title = f"Accuracy by {'backend and ' if len(backends(rep)) > 1 else ''}quant mode ({n} images)"
     if rep.untrained:
         title += "\nuntrained: top-1/top-5 not shown"
     ax.set_title(title, fontsize=10)

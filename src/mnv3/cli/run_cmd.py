@@ -7,7 +7,8 @@ images, ONNX Runtime, quant modes force_float32, force_float16, qint8_mixed_floa
 session on the exported fp32 ONNX, measured in the same run on the same input and threads.
 
 Prints the performance and accuracy tables (Markdown) and writes report.md, report.json and
-report.png into --out, beside onnx/, models/ and results/. Resumable: a model whose meta.json
+report.png into --out, beside onnx/, models/ and results/ (models of a backend other than
+onnxruntime go to models/<backend>/). Resumable: a model whose meta.json
 matches the request is reused, not rebuilt. Lists are comma-separated.
 
 examples:
@@ -16,6 +17,7 @@ examples:
            --image-dir ../shared/datasets/imagenet-sample-500/images \\
            --label-file ../shared/datasets/imagenet-sample-500/labels.txt
   mnv3 run --quant-modes force_float32,qint8_mixed_float32 --batch-sizes 1,8 --out runs/a
+  mnv3 run --backends onnxruntime,openvino --quant-modes force_float32,qint8_mixed_float16
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ def add_parser(sub):
                    help="default 1,4,8")
     p.add_argument("--shape-mutable", type=str2bool, default=False, metavar="true|false",
                    help="default false")
-    p.add_argument("--backend", default="onnxruntime", help="default onnxruntime")
+    p.add_argument("--backends", "--backend", dest="backends", type=str_list,
+                   default=("onnxruntime",), metavar="B1,B2",
+                   help="engines to build for, e.g. onnxruntime,openvino: one report with a "
+                        "backend column (default onnxruntime; openvino needs mnv3[openvino])")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="intra-op threads for mnv3 and both baselines (default: all cores)")
     p.add_argument("--calib-dir", default=None, metavar="D",
@@ -79,7 +84,7 @@ def run(args) -> int:
         weights=args.weights, arch=args.arch, layout=args.layout, width_mult=args.width_mult,
         image_dir=args.image_dir, label_file=args.label_file, synsets_file=args.synsets_file,
         image_num=args.image_num, quant_modes=args.quant_modes, batch_sizes=args.batch_sizes,
-        shape_mutable=args.shape_mutable, backend=args.backend, threads=args.threads,
+        shape_mutable=args.shape_mutable, backends=args.backends, threads=args.threads,
         calib_dir=args.calib_dir, calib_num=args.calib_num, bench_duration=args.bench_duration,
         bench_iterations=args.bench_iterations, bench_rounds=args.bench_rounds, out=args.out,
         progress=not args.no_progress,
