@@ -56,7 +56,7 @@ def median_ratio(a: list[float], b: list[float]) -> float:
 def build_model(onnx_path, quant_mode: str, batch: int, out_dir, mutable: bool = False,
                 calib_dir=None):
     """A built mnv3 model directory (an existing one is reused: scripts can be rerun)."""
-    from mnv3.build import build
+    from mnv3.builder import build
     from mnv3.meta import model_dir_name
 
     target = Path(out_dir) / model_dir_name(quant_mode, mutable, batch)

@@ -40,7 +40,7 @@ import mnv3  # noqa: E402
 from mnv3.data.datasets import demo_dataset, load_dataset  # noqa: E402
 from mnv3.data.loader import iter_batches  # noqa: E402
 from mnv3.data.preprocess import preprocess_batch  # noqa: E402
-from mnv3.infer import infer  # noqa: E402
+from mnv3.inference import infer  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/datasets/imagenet-sample-500"
 BATCH = 8

@@ -3,7 +3,7 @@
 Issue 6 targets, on ../shared/datasets/imagenet-sample-500 with Lite0's TF-style normalization
 ((x*255-127)/128, i.e. mean 0.498 / std 0.502): int8 by default within 0.4 point top-1 of fp32
 and >= 98% top-1 agreement; with ``--max-drop 0.2`` within 0.2 point. Every model is built
-through ``mnv3.build.build(backend="openvino")`` with the same calibration split the build
+through ``mnv3.builder.build(backend="openvino")`` with the same calibration split the build
 uses (``split_calibration``, seeded); the other 400 images are evaluated.
 
     python benchmarks/openvino_fidelity.py                  # fp32, both int8 modes, --max-drop 0.2
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mnv3.backends import load
-from mnv3.build import build
+from mnv3.builder import build
 from mnv3.data.datasets import load_dataset
 from mnv3.meta import PreprocessCfg
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import mnv3
 from mnv3.bench import benchmark
-from mnv3.build import build
+from mnv3.builder import build
 
 from _common import export_fp32
 

@@ -58,7 +58,7 @@ def eager_top5(model, paths, cfg, batch=25) -> np.ndarray:
     with torch.no_grad():
         for i in range(0, len(paths), batch):
             logits = model(reference_batch(paths[i:i + batch], cfg))
-            # stable descending sort = ties to the lower index, as mnv3.evaluate.topk_indices
+            # stable descending sort = ties to the lower index, as mnv3.evaluation.topk_indices
             tops.append(np.argsort(-logits.numpy(), axis=1, kind="stable")[:, :5])
     return np.concatenate(tops)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mnv3
-from mnv3 import build as build_mod
+from mnv3 import builder as build_mod
 from mnv3.backends.onnxruntime import OnnxRuntimeBackend
 from mnv3.errors import BuildError, ModelError, UsageError
 from mnv3.meta import QUANT_MODES, PreprocessCfg, read_meta

@@ -9,7 +9,7 @@ import pytest
 
 from mnv3.cli.main import main
 from mnv3.errors import DataError
-from mnv3.evaluate import evaluate_files, topk_correct, topk_indices
+from mnv3.evaluation import evaluate_files, topk_correct, topk_indices
 
 
 def test_topk_correct_small_example():

@@ -12,8 +12,8 @@ from mnv3.backends.base import Session
 from mnv3.data.datasets import Sample, demo_dataset, load_class_names, demo_dir
 from mnv3.data.preprocess import preprocess_batch
 from mnv3.errors import DataError
-from mnv3.evaluate import evaluate_files, topk_correct
-from mnv3.infer import infer
+from mnv3.evaluation import evaluate_files, topk_correct
+from mnv3.inference import infer
 from mnv3.meta import ModelMeta, PreprocessCfg
 
 CFG = PreprocessCfg(resize=40, crop=32)
@@ -188,7 +188,7 @@ def test_unwritable_output_folder_fails_before_any_work(demo, tmp_path, monkeypa
     session = FakeSession(fake_meta())
     with pytest.raises(UsageError, match="choose a writable --output-dir"):
         infer(session, demo, tmp_path / "file" / "out", progress=False)
-    import mnv3.infer as infer_mod
+    import mnv3.inference as infer_mod
 
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")

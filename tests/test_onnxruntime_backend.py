@@ -42,7 +42,7 @@ def _spinning(session) -> str:
 def test_spin_false_stops_idle_threads_spinning_and_infer_uses_it(model_dir, tmp_path,
                                                                    monkeypatch):
     """mnv3 infer decodes on other threads between engine calls: its sessions must not spin."""
-    from mnv3 import backends, infer as infer_mod
+    from mnv3 import backends, inference as infer_mod
 
     with mnv3.load(model_dir, threads=1, spin=False) as s:
         assert _spinning(s) == "0"

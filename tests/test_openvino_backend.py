@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mnv3.backends import get_backend, list_backends, load
-from mnv3.build import build
+from mnv3.builder import build
 from mnv3.errors import BackendUnavailable, ModelError, UsageError
 from mnv3.meta import PreprocessCfg
 

@@ -8,17 +8,18 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
-# public name -> "module:attribute"; resolved on first use.
+# public name -> "module:attribute"; resolved on first use. No public name may also name a
+# submodule: importing mnv3.<name> would bind the module over the function.
 _LAZY = {
     "create_model": "mnv3.models:create_model",
     "list_models": "mnv3.models:list_models",
     "load_checkpoint": "mnv3.models:load_checkpoint",
     "export_onnx": "mnv3.export:export_onnx",
-    "build": "mnv3.build:build",
+    "build": "mnv3.builder:build",
     "load": "mnv3.backends:load",
     "list_backends": "mnv3.backends:list_backends",
-    "infer": "mnv3.infer:infer",
-    "evaluate": "mnv3.evaluate:evaluate_files",
+    "infer": "mnv3.inference:infer",
+    "evaluate": "mnv3.evaluation:evaluate_files",
     "benchmark": "mnv3.bench:benchmark",
     "run_all": "mnv3.pipeline:run_all",
     "ModelMeta": "mnv3.meta:ModelMeta",

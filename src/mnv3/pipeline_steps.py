@@ -88,7 +88,7 @@ def export_or_reuse(src: Source, onnx_dir: Path) -> tuple[Path, bool]:
 def reference_top1(src: Source, samples, out_dir: Path, threads: int) -> dict[str, int]:
     """PyTorch eager fp32 top-1 per image: what 'agreement with fp32' compares against."""
     from mnv3.baselines import TorchEagerSession
-    from mnv3.infer import infer
+    from mnv3.inference import infer
 
     with TorchEagerSession(src.module, threads=threads, image_size=src.preprocess.crop,
                            num_classes=src.num_classes) as session:
@@ -109,7 +109,7 @@ def read_top1(result_dir: Path) -> dict[str, int]:
 def build_or_reuse(onnx_path: Path, target: Path, mode: str, mutable: bool, batch: int,
                    src: Source, backend: str, calib: Path, calib_num: int, threads: int,
                    options: dict | None) -> tuple[Path, bool, float]:
-    from mnv3.build import build
+    from mnv3.builder import build
 
     request = {"backend": backend, "quant_mode": mode, "shape_mutable": mutable,
                "batch_size": batch, "onnx_sha256": sha256_file(onnx_path),
@@ -150,7 +150,7 @@ def reusable(target: Path, request: dict) -> bool:
 def infer_and_score(row, samples, out_dir: Path, ref: dict[str, int], threads: int):
     """(accuracy dict, model notes): top-1/top-5 from mnv3 infer, agreement with the reference."""
     from mnv3.backends import load
-    from mnv3.infer import infer
+    from mnv3.inference import infer
 
     with load(row.model_dir, threads=threads, spin=False) as session:
         res = infer(session, samples, out_dir, batch_size=row.batch, progress=False)

@@ -95,7 +95,7 @@ def _export_weights(args, workdir: Path) -> tuple[Path, PreprocessCfg, dict]:
 
 
 def run(args) -> int:
-    from mnv3.build import build, check_max_drop
+    from mnv3.builder import build, check_max_drop
     from mnv3.meta import normalize_quant_mode
 
     options = {"progress": not args.no_progress}

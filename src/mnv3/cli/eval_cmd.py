@@ -33,7 +33,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from mnv3.evaluate import evaluate_files
+    from mnv3.evaluation import evaluate_files
 
     result = evaluate_files(args.result_label_file, args.result_1_file, args.result_5_file,
                             args.top1andtop5_file)

@@ -63,7 +63,7 @@ def run(args) -> int:
     from mnv3.backends import load
     from mnv3.data.datasets import demo_dataset, demo_dir, load_class_names, load_dataset
     from mnv3.errors import UsageError
-    from mnv3.infer import infer
+    from mnv3.inference import infer
 
     if args.dataset == "demo":
         args.demo, args.dataset = True, None

@@ -37,7 +37,7 @@ from mnv3.data.annotate import save_annotated
 from mnv3.data.datasets import Sample, demo_dir, load_class_names
 from mnv3.data.loader import iter_batches
 from mnv3.errors import DataError, UsageError
-from mnv3.evaluate import format_accuracy, topk_indices
+from mnv3.evaluation import format_accuracy, topk_indices
 from mnv3.meta import atomic_write_text
 
 RESULT_FILES = ("eval_labels.txt", "eval_result_1.txt", "eval_result_5.txt", "results.jsonl",

@@ -13,9 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import glob
 import shutil
-import sys
 import tempfile
-import types
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -238,17 +236,3 @@ def _run_padded(sess, name: str, x: np.ndarray) -> np.ndarray:
         pad = np.repeat(chunk[-1:], b - len(chunk), axis=0)
         out.append(sess.run(None, {name: np.concatenate([chunk, pad])})[0][:len(chunk)])
     return np.concatenate(out)
-
-
-class _CallableModule(types.ModuleType):
-    """``mnv3.build`` names both this module and the stage function (the public API).
-
-    Importing a submodule sets ``mnv3.build`` to the module, shadowing the lazily exported
-    function; making the module callable keeps ``mnv3.build(...)`` working either way.
-    """
-
-    def __call__(self, *args, **kwargs):
-        return build(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
