@@ -151,7 +151,7 @@ def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backends) ->
     for b in backends:
         get_backend(b)  # unknown or not installed: say so now, not after the export
     for m in modes:  # a mode no requested backend builds is an error, naming who builds it
-        if not any(b in BACKEND_ONLY_MODES.get(m, backends) for b in backends):
+        if not any(_builds(b, m) for b in backends):
             check_mode_backend(m, backends[0])
     batches = list(dict.fromkeys(int(b) for b in batch_sizes))
     if not batches or any(b < 1 for b in batches):
