@@ -127,6 +127,22 @@ def test_mutable_batch_model_takes_any_batch(tiny, tmp_path):
 
 
 @needs_openvino
+def test_one_array_refilled_in_place_gives_each_fill_its_own_result(tiny, tmp_path):
+    """run() binds an array to the request once (bench, camera loops refill one buffer): what
+    the caller writes into it before the next call is what that call computes."""
+    model = _build(tiny, tmp_path, "force_float32")
+    rng = np.random.default_rng(5)
+    fills = [rng.standard_normal((2, 3, 32, 32)).astype(np.float32) for _ in range(3)]
+    buffer = np.empty_like(fills[0])
+    with load(model) as session:
+        for fill in fills + fills[:1]:
+            buffer[...] = fill
+            np.testing.assert_allclose(session.run(buffer), tiny[2](fill), rtol=1e-4, atol=1e-4)
+            other = fill[::-1].copy()  # a different array between two uses of the buffer
+            np.testing.assert_allclose(session.run(other), tiny[2](other), rtol=1e-4, atol=1e-4)
+
+
+@needs_openvino
 def test_second_load_comes_from_the_compiled_model_cache(tiny, tmp_path):
     model = _build(tiny, tmp_path, "force_float32")
     assert not (model / ".ov_cache").exists()  # the build's fidelity run leaves no orphan blobs
