@@ -210,6 +210,35 @@ def test_save_images_writes_viewable_annotated_copies(demo, tmp_path):
             assert im.getpixel((1, 1)) == (0, 0, 0) or sum(im.getpixel((1, 1))) < 60
 
 
+class _DiesOnSecondBatch(FakeSession):
+    def _run(self, batch):
+        if self.calls:
+            raise RuntimeError("engine died")
+        return super()._run(batch)
+
+
+def test_failed_run_leaves_an_existing_folders_images_as_they_were(demo, tmp_path):
+    """--save-images into a folder holding an earlier run's copies: a run that dies after its
+    first batch changes none of them and adds none; a run that succeeds replaces them."""
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    earlier = out / "images" / demo[0].path.name
+    earlier.write_bytes(b"an earlier run's copy")
+
+    with pytest.raises(RuntimeError, match="engine died"):
+        infer(_DiesOnSecondBatch(fake_meta()), demo[:6], out, save_images=True, progress=False)
+    assert [p.name for p in (out / "images").iterdir()] == [earlier.name]
+    assert earlier.read_bytes() == b"an earlier run's copy"
+    assert sorted(p.name for p in out.iterdir()) == ["images"]  # no staging folder left
+
+    infer(FakeSession(fake_meta()), demo[:6], out, save_images=True, progress=False)
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(
+        s.path.name for s in demo[:6])
+    with Image.open(earlier) as im:
+        im.load()  # replaced by a real annotated copy
+    assert not any(p.name.startswith(".images") for p in out.iterdir())
+
+
 def test_labels_out_of_model_range(demo, tmp_path):
     with pytest.raises(DataError, match="has label .* but the model has 10 classes"):
         infer(FakeSession(fake_meta(num_classes=10)), demo, tmp_path, progress=False)

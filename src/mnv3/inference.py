@@ -12,6 +12,7 @@ Files written in ``output_dir`` (names are the images' paths relative to the dat
 * ``results.jsonl``     per image: top-5 indices, class names, probabilities
 * ``skipped.txt``       ``filename<TAB>reason`` for images that could not be decoded (if any)
 * ``images/``           with ``save_images``: copies with the top-1 class and probability drawn
+                        (staged, moved in only when the run succeeds)
 
 Every file is written whole at the end (temporary file + rename), ``eval_result.txt`` last and
 any old one removed first, so a crash or Ctrl-C never leaves an accuracy that does not match the
@@ -120,7 +121,24 @@ def _run(session, loader, samples, names, class_names, out: Path, *, batch_size:
          save_images: bool, progress: bool, label: str) -> InferResult:
     """Predict every batch into ``out`` (which exists) and write the result files."""
     _check_writable(out)  # now, not after decoding every image
-    collect = _Collector(names, class_names, out if save_images else None)
+    # Annotated copies go to a hidden staging folder and replace images/ only once the run has
+    # succeeded: a failed run into an existing folder leaves the earlier copies as they were.
+    staging = Path(tempfile.mkdtemp(prefix=".images.partial-", dir=out)) if save_images else None
+    try:
+        result = _predict_all(session, loader, samples, names, class_names, out, staging,
+                              batch_size=batch_size, progress=progress, label=label)
+        if staging is not None:
+            _publish_images(staging, out / "images")
+        return result
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _predict_all(session, loader, samples, names, class_names, out: Path, staging: Path | None,
+                 *, batch_size: int, progress: bool, label: str) -> InferResult:
+    """The prediction loop, then the result files; annotated copies go into ``staging``."""
+    collect = _Collector(names, class_names, staging)
     engine = 0.0
     bar = _progress(len(samples), progress)
     start = time.perf_counter()
@@ -148,6 +166,19 @@ def _run(session, loader, samples, names, class_names, out: Path, *, batch_size:
         raise UsageError(f"cannot write the result files in {out} ({e.strerror or e}); "
                          "free space or choose another --output-dir") from None
     return result
+
+
+def _publish_images(staging: Path, dest: Path) -> None:
+    """Move this run's annotated copies into ``dest`` (same filesystem: renames, no copies)."""
+    try:
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                target = dest / path.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+    except OSError as e:
+        raise UsageError(f"cannot move the annotated images into {dest} ({e.strerror or e}); "
+                         "free space or choose another --output-dir") from None
 
 
 def _make_output_dir(out: Path) -> list[Path]:
@@ -263,8 +294,8 @@ class _Collector:
                 "names": [self._class_name(j) for j in idx], "probs": [round(v, 6) for v in p],
             }))
             if self._saver:
-                dest = self.image_dir / "images" / name
-                if not dest.resolve().is_relative_to((self.image_dir / "images").resolve()):
+                dest = self.image_dir / name
+                if not dest.resolve().is_relative_to(self.image_dir.resolve()):
                     raise DataError(f"refusing to write {dest}: outside the output folder")
                 self._saves.append(self._saver.submit(
                     save_annotated, s.path, dest,
