@@ -16,10 +16,11 @@ from mnv3.pipeline import run_all
 # Tiny and quick: MobileNetV3-Small x0.35, 4 demo images, two modes, one batch, short benches.
 ARGS = ["--width-mult", "0.35", "--image-num", "4", "--quant-modes",
         "force_float32,qint8_mixed_float32", "--batch-sizes", "2", "--threads", "1",
-        "--calib-num", "4", "--bench-duration", "0.05", "--bench-rounds", "1", "--no-progress"]
+        "--calib-num", "4", "--bench-duration", "0.05", "--bench-rounds", "1", "--bench-warmup", "2",
+        "--no-progress"]
 KWARGS = dict(width_mult=0.35, image_num=4, quant_modes=("force_float32", "qint8_mixed_float32"),
               batch_sizes=(2,), threads=1, calib_num=4, bench_duration=0.05, bench_rounds=1,
-              progress=False)
+              bench_warmup=2, progress=False)
 NAMES = ("force_float32_false_2", "qint8_mixed_float32_false_2")
 
 
@@ -44,6 +45,7 @@ def test_run_end_to_end_then_reuse(tmp_path, capsys):
 
     rep = json.loads((out / "report.json").read_text())
     assert rep["untrained"] is True and rep["dataset"]["images"] == 4 and rep["dataset"]["demo"]
+    assert rep["config"]["bench_warmup"] == 2
     rows = {r["name"]: r for r in rep["rows"]}
     assert set(rows) == set(NAMES) and not any(r["reused"] for r in rows.values())
     # fp32 ORT must pick the same top-1 as PyTorch eager fp32 on every image

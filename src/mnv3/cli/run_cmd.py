@@ -65,6 +65,8 @@ def add_parser(sub):
                    help="or stop each round after N queries")
     p.add_argument("--bench-rounds", type=int, default=3, metavar="R",
                    help="interleaved rounds per configuration (default 3)")
+    p.add_argument("--bench-warmup", type=int, default=10, metavar="N",
+                   help="unmeasured runs before each round (default 10)")
     p.add_argument("--out", default="data", metavar="DIR", help="output folder (default data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", default=None, metavar="F", help="also write report.json's content "
@@ -86,7 +88,8 @@ def run(args) -> int:
         image_num=args.image_num, quant_modes=args.quant_modes, batch_sizes=args.batch_sizes,
         shape_mutable=args.shape_mutable, backends=args.backends, threads=args.threads,
         calib_dir=args.calib_dir, calib_num=args.calib_num, bench_duration=args.bench_duration,
-        bench_iterations=args.bench_iterations, bench_rounds=args.bench_rounds, out=args.out,
+        bench_iterations=args.bench_iterations, bench_rounds=args.bench_rounds,
+        bench_warmup=args.bench_warmup, out=args.out,
         progress=not args.no_progress,
     )
     if args.json != "-":
