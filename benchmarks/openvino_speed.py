@@ -2,8 +2,8 @@
 
 For MobileNetV3-Large (seeded random weights: speed does not depend on their values), fixed
 batch 1 and 8, it builds each OpenVINO mode with ``mnv3.build`` and measures, interleaved in
-short slices (DESIGN.md: 2-thread speed on these shared 2-vCPU machines drifts by +-40% for
-minutes, so only neighbouring slices compare):
+short slices (DESIGN.md: speed on these shared 2-vCPU machines swings by up to +-40% within
+seconds and drifts for minutes, so only neighbouring slices compare):
 
 * mnv3: ``mnv3.load`` + ``mnv3.bench.benchmark`` (Python threads calling ``Session.run``);
 * benchmark_app: OpenVINO's own measurement loop (``openvino.tools.benchmark``, the code the
@@ -22,8 +22,8 @@ the rounds and the median and interquartile range of the per-round ratios. Targe
 benchmark_app >= 1.0 (match or beat) at batch 1 and 8; qint8 (OpenVINO) batch 1 >= 1.6x ORT
 force_float32.
 
-    python benchmarks/openvino_speed.py                               # ~8 min on 2 vCPUs
-    python benchmarks/openvino_speed.py --rounds 30 --seconds 0.5 --json ov_speed.json
+    python benchmarks/openvino_speed.py            # ~7 min on 2 vCPUs; ~12 with --cli
+    python benchmarks/openvino_speed.py --batches 1 --rounds 25 --seed 1 --json ov_speed.json
     python benchmarks/openvino_speed.py --modes qint8_mixed_float16 --batches 1 --threads 2 --cli
 """
 
