@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from mnv3.backends import DEFAULT_BACKEND
 from mnv3.errors import UsageError
 from mnv3.meta import BACKEND_ONLY_MODES, check_mode_backend, model_dir_name, normalize_quant_mode
 from mnv3.pipeline_steps import (Progress, bench_batch, build_or_reuse, export_or_reuse,
@@ -34,15 +35,13 @@ from mnv3.sysinfo import device_label, system_info
 
 DEFAULT_QUANT_MODES = ("force_float32", "force_float16", "qint8_mixed_float16")
 DEFAULT_BATCH_SIZES = (1, 4, 8)
-DEFAULT_BACKEND = "onnxruntime"  # its models sit at models/<name>, as in the seed
 
 
 def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
             width_mult: float | None = None, image_dir=None, label_file=None, synsets_file=None,
             quant_modes=DEFAULT_QUANT_MODES, batch_sizes=DEFAULT_BATCH_SIZES,
             shape_mutable: bool = False, backends: str | Sequence[str] = (DEFAULT_BACKEND,),
-            out="data",
-            threads: int | None = None, bench_iterations: int | None = None,
+            out="data", threads: int | None = None, bench_iterations: int | None = None,
             bench_duration: float | None = 1.0, bench_rounds: int = 3, bench_warmup: int = 10,
             image_num: int | None = None, calib_dir=None, calib_num: int = 100,
             build_options: dict | None = None, progress: bool = True) -> RunReport:
@@ -78,15 +77,17 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
                          "a folder of images (or leave it out to use the evaluation images)")
     steps = 2 + 2 * len(plan["models"]) + len(plan["batches"]) + 1
     with Progress(steps, enabled=progress) as bar:
-        rep = _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_mutable, calib_num, build_options, bench_iterations,
-                         bench_duration, bench_warmup)
+        rep = _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_mutable,
+                         calib_num, build_options, bench_iterations, bench_duration,
+                         bench_warmup)
         with bar.step("write report.md, report.json, report.png", rep.timings, "report"):
             rep.timings["total"] = time.perf_counter() - t_start  # all but this last step
             write_report(rep, out)
     return rep
 
 
-def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_mutable, calib_num, build_options, bench_iterations, bench_duration,
+def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_mutable,
+               calib_num, build_options, bench_iterations, bench_duration,
                bench_warmup) -> RunReport:
     """Every step but the report, in order; ``bar`` says which is running."""
     timings: dict[str, float] = {}
@@ -134,13 +135,14 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_muta
 
 
 def _subdir(backend: str, name: str) -> str:
-    """Where a model (and its results) lives under models/ (results/): stable across runs."""
+    """Where a model (and its results) lives under models/ (results/): stable across runs; the
+    default backend's at models/<name>, as in the seed."""
     return name if backend == DEFAULT_BACKEND else f"{backend}/{name}"
 
 
 def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backends) -> dict:
     """Validate the request up front, before any slow work."""
-    from mnv3.backends import get_backend
+    from mnv3.backends import get_backend  # looked up per call: tests stand in for engines
 
     modes = list(dict.fromkeys(normalize_quant_mode(m) for m in quant_modes))
     if not modes:

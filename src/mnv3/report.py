@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from mnv3.backends import DEFAULT_BACKEND
 from mnv3.bench import BenchResult
 from mnv3.meta import atomic_write_text
 
@@ -39,7 +40,7 @@ class ModelRow:
     accuracy: dict[str, Any] | None = None  # top1, top5, agreement, images (fractions 0..1)
     bench: BenchResult | None = None
     notes: list[str] = field(default_factory=list)
-    backend: str = "onnxruntime"
+    backend: str = DEFAULT_BACKEND
 
     @property
     def key(self) -> str:
