@@ -175,28 +175,28 @@ class OpenVinoSession(Session):
         self.streams = streams
         self.cache_dir = cache_dir
         self.loaded_from_cache = bool(compiled.get_property("LOADED_FROM_CACHE"))
+        # idle (request, the array its input points at, or None)
         self._free: queue.SimpleQueue = queue.SimpleQueue()
-        self._bound: dict[int, np.ndarray] = {}  # id(request) -> the array its input points at
         per_stream = int(compiled.get_property("INFERENCE_NUM_THREADS")) // max(
             1, int(compiled.get_property("NUM_STREAMS")))
         self._async = per_stream > 1
         n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         for _ in range(max(1, n)):
-            self._free.put(compiled.create_infer_request())
+            self._free.put((compiled.create_infer_request(), None))
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         try:
-            request = self._free.get_nowait()
+            request, bound = self._free.get_nowait()
         except queue.Empty:
-            request = self.compiled.create_infer_request()
+            request, bound = self.compiled.create_infer_request(), None
         try:
-            if self._bound.get(id(request)) is not batch:
+            if bound is not batch:
                 # A caller that refills one array (mnv3 bench, a camera loop) binds it once:
                 # a new tensor per call measured 1-4% slower at batch 1 (MobileNetV3-Large,
                 # 2 vCPUs). Holding the array keeps its address from being reused by another
                 # array; in-place writes are seen, as the tensor shares its memory.
                 request.set_input_tensor(ov.Tensor(batch, shared_memory=True))
-                self._bound[id(request)] = batch
+                bound = batch
             if self._async:  # the stream's own threads run it (see the class docstring)
                 request.start_async()
                 request.wait()
@@ -204,7 +204,7 @@ class OpenVinoSession(Session):
                 request.infer()
             return request.get_output_tensor().data.copy()
         finally:
-            self._free.put(request)
+            self._free.put((request, bound))
 
     def config(self) -> dict[str, str]:
         """The settings OpenVINO actually chose (hint, streams, threads, precision)."""
@@ -214,7 +214,6 @@ class OpenVinoSession(Session):
 
     def close(self) -> None:
         self._free = queue.SimpleQueue()
-        self._bound = {}
         self.compiled = None
 
 
