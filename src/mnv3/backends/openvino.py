@@ -191,9 +191,9 @@ class OpenVinoSession(Session):
             request, bound = self.compiled.create_infer_request(), None
         try:
             if bound is not batch:
-                # A caller that refills one array (mnv3 bench, a camera loop) binds it once:
-                # a new tensor per call measured 1-4% slower at batch 1 (MobileNetV3-Large,
-                # 2 vCPUs). Holding the array keeps its address from being reused by another
+                # A caller that refills one array (mnv3 bench, a camera loop) binds it once,
+                # as benchmark_app fills its requests once: no new tensor and re-binding per
+                # call. Holding the array keeps its address from being reused by another
                 # array; in-place writes are seen, as the tensor shares its memory.
                 request.set_input_tensor(ov.Tensor(batch, shared_memory=True))
                 bound = batch
