@@ -115,14 +115,18 @@ def test_bias_correction_removes_the_mean_shift_of_int8_weights():
     assert n == 1 and after < before / 10
 
 
-def test_bias_correction_models_the_weights_ort_actually_writes(tmp_path):
-    """fake_quant_weight must equal ORT's int8 weights, or the correction corrects a fiction."""
+@pytest.mark.parametrize("isa", ["avx512_vnni", "avx2"])
+def test_bias_correction_models_the_weights_ort_actually_writes(tmp_path, isa):
+    """fake_quant_weight must equal ORT's weights for every recipe (the ISA decides 7 or 8 bits),
+    or the correction corrects a fiction."""
     from onnx import numpy_helper
 
     export_tiny(tmp_path / "t.onnx", dynamic=True)
     files = write_images(tmp_path / "img", 4)
-    q.quantize_int8(tmp_path / "t.onnx", tmp_path / "q.onnx", files, CFG, progress=False,
-                    options={"float_first": 0, "float_last": 0})
+    s = q.quantize_int8(tmp_path / "t.onnx", tmp_path / "q.onnx", files, CFG, progress=False,
+                        options={"float_first": 0, "float_last": 0, "isa": isa})
+    qrange = q.weight_qrange("int8", s["reduce_range"])
+    assert s["reduce_range"] == (isa == "avx2")  # 7-bit weights only where u8 x s8 saturates
     source = onnx.load(str(tmp_path / "t.onnx"))
     float_w = {i.name: numpy_helper.to_array(i) for i in source.graph.initializer}
     model = onnx.load(str(tmp_path / "q.onnx"))
@@ -131,10 +135,12 @@ def test_bias_correction_models_the_weights_ort_actually_writes(tmp_path):
     for n in model.graph.node:
         name = n.input[0].removesuffix("_quantized")
         if n.op_type == "DequantizeLinear" and name in float_w and float_w[name].ndim == 4 \
-                and init[n.input[0]].dtype == np.int8:
+                and init[n.input[0]].dtype in (np.int8, np.uint8):
             scale = init[n.input[1]].reshape(-1, 1, 1, 1)
-            ort_w = init[n.input[0]].astype(np.float64) * scale
-            ours = calib.fake_quant_weight(float_w[name].astype(np.float64), 127, per_channel=True)
+            zero = init[n.input[2]].astype(np.float64).reshape(-1, 1, 1, 1)
+            ort_w = (init[n.input[0]].astype(np.float64) - zero) * scale
+            ours = calib.fake_quant_weight(float_w[name].astype(np.float64), qrange,
+                                           per_channel=True)
             np.testing.assert_allclose(ort_w, ours, rtol=1e-5, atol=1e-7)
             checked += 1
     assert checked >= 3

@@ -11,6 +11,7 @@ model swaps it atomically, so the path always holds the old model or the new one
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import glob
 import shutil
 import tempfile
@@ -27,10 +28,14 @@ from mnv3.backends.base import BuildConfig
 from mnv3.errors import UsageError
 from mnv3.meta import (META_FILE, ModelMeta, PreprocessCfg, check_mode_backend, model_dir_name,
                        normalize_quant_mode, sha256_file, write_meta)
+from mnv3.gate import Budget, gated_build
 from mnv3.onnx_source import prepare_source
+from mnv3.sysinfo import int8_isa
 
 DEFAULT_MODELS_DIR = Path("data/models")
-FIDELITY_NUM = 100  # held-out images compared against float32 at build time
+# Held-out images compared against float32 at build time (the accuracy budget's evidence):
+# 200 resolve a 99% top-1 agreement to +-0.7 points; 100 let 98.25% pass as 99% (Lite0, AVX2).
+FIDELITY_NUM = 200
 
 
 def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, batch_size: int,
@@ -52,6 +57,7 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
     _check_args(onnx_path, shape_mutable, batch_size, calib_num, calib_method)
     check_mode_backend(quant_mode, backend)
     check_max_drop(options.get("max_drop"), quant_mode, backend)
+    Budget.from_options(options)  # a bad budget fails before any slow work
     engine = get_backend(backend)
     name = model_dir_name(quant_mode, shape_mutable, batch_size)
     target = Path(output_dir) if output_dir is not None else DEFAULT_MODELS_DIR / name
@@ -78,17 +84,14 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
 
 
 def check_max_drop(max_drop, quant_mode: str, backend: str) -> None:
-    """Accuracy-aware int8 is NNCF's: refuse it where it would be silently ignored."""
+    """``max_drop`` (top-1 points) is the budget of a reduced-precision build (mnv3.gate)."""
     if max_drop is None:
         return
-    if backend != "openvino":
-        raise UsageError(f"max_drop (accuracy-aware int8) needs the openvino backend, not "
-                         f"{backend!r}; pass backend='openvino' (--backend openvino) or drop it")
-    if not quant_mode.startswith("qint8"):
-        raise UsageError(f"max_drop applies to int8 modes only, not {quant_mode}; use "
-                         "qint8_mixed_float16 or qint8_mixed_float32, or drop it")
     if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0:
         raise UsageError(f"max_drop is a top-1 drop in points (>= 0, e.g. 0.3), got {max_drop!r}")
+    if quant_mode == "force_float32":
+        raise UsageError("max_drop bounds the accuracy a reduced precision may lose; "
+                         "force_float32 is the reference. Use an int8 or 16-bit mode, or drop it")
 
 
 def _remove_temps(target: Path) -> None:
@@ -106,28 +109,41 @@ def _build_into(tmp: Path, engine, onnx_path, quant_mode, mutable, batch, prepro
     cfg = BuildConfig(quant_mode=quant_mode, shape_mutable=mutable, batch_size=batch,
                       preprocess=preprocess, calib_files=calib, calib_method=calib_method,
                       options=options)
-    compiled = engine.build_compiled(src.path, tmp, cfg)
     calib_notes = calib_info.pop("notes", []) if calib_info else []
-    shape_in = ["batch" if mutable else batch, 3, src.image_size, src.image_size]
-    meta = ModelMeta(
-        backend=engine.name, backend_version=engine.version(), quant_mode=quant_mode,
-        shape_mutable=mutable, batch_size=batch, compiled_file=compiled.compiled_file,
-        compiled_sha256=sha256_file(tmp / compiled.compiled_file), input_name=src.input_name,
-        output_name=src.output_name, input_shape=shape_in,
-        output_shape=[shape_in[0], src.num_classes], num_classes=src.num_classes,
-        preprocess=preprocess, class_names=list(class_names) if class_names else None,
-        op_precisions=compiled.op_precisions,
-        source={"path": str(onnx_path.resolve()), "sha256": sha256_file(onnx_path), **source},
-        calibration=calib_info, notes=calib_notes + compiled.notes,
-        extra=compiled.extra,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        mnv3_version=__version__,
-    )
+
+    def make_meta(compiled) -> ModelMeta:
+        shape_in = ["batch" if mutable else batch, 3, src.image_size, src.image_size]
+        return ModelMeta(
+            backend=engine.name, backend_version=engine.version(), quant_mode=quant_mode,
+            shape_mutable=mutable, batch_size=batch, compiled_file=compiled.compiled_file,
+            compiled_sha256=sha256_file(tmp / compiled.compiled_file),
+            input_name=src.input_name, output_name=src.output_name, input_shape=shape_in,
+            output_shape=[shape_in[0], src.num_classes], num_classes=src.num_classes,
+            preprocess=preprocess, class_names=list(class_names) if class_names else None,
+            op_precisions=compiled.op_precisions,
+            source={"path": str(onnx_path.resolve()), "sha256": sha256_file(onnx_path),
+                    **source},
+            calibration=calib_info, notes=calib_notes + compiled.notes,
+            extra={**compiled.extra, "isa": int8_isa()},
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            mnv3_version=__version__,
+        )
+
     num = int(options.get("fidelity_num", FIDELITY_NUM))
     fid_files, unseen = (held_out[:num], True) if held_out else (calib[:num], not calib)
-    with engine.open(tmp, meta, threads=options.get("threads")) as session:
-        meta.fidelity = measure_fidelity(src.reference_path, session, fid_files, preprocess,
-                                         held_out=unseen)
+    decoded: list = []  # the fidelity images, decoded once for every round of the gate
+
+    def measure(session) -> dict[str, Any]:
+        if fid_files and not decoded:
+            decoded.append(np.concatenate(list(cal.iter_batches(fid_files, preprocess, 16))))
+        return measure_fidelity(src.reference_path, session, fid_files, preprocess,
+                                held_out=unseen, images=decoded[0] if decoded else None)
+
+    try:
+        meta = gated_build(engine, src, tmp, cfg, make_meta, measure)
+    finally:
+        for d in cfg.state.get("cleanup", []):
+            shutil.rmtree(d, ignore_errors=True)
     (tmp / ".source.onnx").unlink(missing_ok=True)
     src.cleanup()
     write_meta(meta, tmp)
@@ -193,7 +209,8 @@ def _calibration_files(quant_mode, calib_dir, calib_num, method):
 
 # ----------------------------------------------------------------------------- fidelity
 def measure_fidelity(reference_onnx: Path, session, files: Sequence[Path], cfg: PreprocessCfg,
-                     held_out: bool = True, chunk: int = 16) -> dict[str, Any]:
+                     held_out: bool = True, chunk: int = 16,
+                     images: np.ndarray | None = None) -> dict[str, Any]:
     """Top-1 agreement, cosine similarity and max |diff| of logits vs float32 ONNX Runtime.
 
     Uses ``files`` (images not seen by calibration); without images it falls back to seeded
@@ -204,25 +221,46 @@ def measure_fidelity(reference_onnx: Path, session, files: Sequence[Path], cfg: 
     ref = ort.InferenceSession(str(reference_onnx), providers=["CPUExecutionProvider"])
     name = ref.get_inputs()[0].name
     size = session.image_size
-    if files:
+    if files and images is not None:  # already decoded by the caller
+        batches = (images[i:i + chunk] for i in range(0, len(images), chunk))
+        inputs = f"{len(files)} images" + ("" if held_out else " (also used for calibration)")
+    elif files:
         batches = cal.iter_batches(list(files), cfg, chunk)
         inputs = f"{len(files)} images" + ("" if held_out else " (also used for calibration)")
     else:
         rng = np.random.default_rng(0)
         batches = iter([rng.standard_normal((8, 3, size, size), dtype=np.float32)])
         inputs = "8 random-normal tensors (no images: pass --calib-dir for real figures)"
-    agree, cos, max_abs, n = 0, [], 0.0, 0
+    agree, cos, max_abs, n, flips = 0, [], 0.0, 0, 0.0
     for x in batches:
         a = _run_padded(ref, name, x).astype(np.float64)
         b = session.predict(x).astype(np.float64)
         agree += int((a.argmax(1) == b.argmax(1)).sum())
+        flips += float(flip_probability(a, b).sum())
         cos.extend((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30))
         max_abs = max(max_abs, float(np.abs(a - b).max()))
         n += len(x)
     return {"reference": "force_float32 (source ONNX on ONNX Runtime CPU)", "inputs": inputs,
-            "count": n, "top1_agreement": agree / n, "cosine_mean": float(np.mean(cos)),
+            "count": n, "top1_agreement": agree / n,
+            "top1_agreement_expected": 1.0 - flips / n, "cosine_mean": float(np.mean(cos)),
             "cosine_min": float(np.min(cos)), "max_abs_diff": max_abs,
             "files_sha256": cal.files_sha256(files) if files else None}
+
+
+def flip_probability(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per image, the chance that noise like ``b - a`` swaps ``a``'s top two classes.
+
+    Counting flips on a few hundred images is coarse (on Lite0 int8 the same build measured
+    99.0% on one 200 and 97.5% on the next); this uses every image's margin instead: a flip
+    needs the noise difference of the top two logits (std ~ sqrt(2) x the image's logit
+    noise std) to exceed their margin. Its mean predicted 98.3-98.6% where 98.25% was counted
+    on 400 images.
+    """
+    top2 = np.argsort(-a, axis=1)[:, :2]
+    rows = np.arange(len(a))
+    margin = a[rows, top2[:, 0]] - a[rows, top2[:, 1]]
+    noise = (b - a).std(axis=1) * np.sqrt(2.0) + 1e-30
+    return 0.5 * np.vectorize(math.erfc)(margin / noise / np.sqrt(2.0))
 
 
 def _run_padded(sess, name: str, x: np.ndarray) -> np.ndarray:

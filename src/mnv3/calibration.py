@@ -127,27 +127,51 @@ def input_channel_means(model: onnx.ModelProto, batches: Iterable[np.ndarray],
     return {n: sums[n] / max(counts[n], 1) for n in names}
 
 
-def fake_quant_weight(w: np.ndarray, qmax: int, per_channel: bool) -> np.ndarray:
-    """What symmetric int8 quantization turns ``w`` into (ORT's scale: max|w| / qmax)."""
+def fake_quant_weight(w: np.ndarray, qrange: tuple[int, int] | int,
+                      per_channel: bool) -> np.ndarray:
+    """What ORT's symmetric weight quantization to ``qrange`` = (qmin, qmax) turns ``w`` into.
+
+    ORT: scale = 2 max|w| / (qmax - qmin), zero point = round((qmax + qmin) / 2), values
+    rounded half to even and clipped; e.g. int8 (-127, 127), reduce_range int8 (-64, 64),
+    uint8 (0, 255) with zero point 128. A bare int q means (-q, q).
+    """
+    qmin, qmax = (-qrange, qrange) if isinstance(qrange, int) else qrange
     axes = tuple(range(1, w.ndim)) if per_channel else None
     amax = np.abs(w).max(axis=axes, keepdims=per_channel)
-    scale = np.where(amax > 0, amax / qmax, 1.0)
-    return np.clip(np.rint(w / scale), -qmax, qmax) * scale
+    scale = np.where(amax > 0, 2 * amax / (qmax - qmin), 1.0)
+    zero = np.rint((qmax + qmin) / 2.0)
+    return (np.clip(np.rint(w / scale) + zero, qmin, qmax) - zero) * scale
 
 
-def bias_correct(model: onnx.ModelProto, batches: Iterable[np.ndarray], *, qmax: int = 127,
-                 per_channel: bool = True, skip: Sequence[str] = ()) -> tuple[onnx.ModelProto, int]:
+def _correctable(model: onnx.ModelProto):
+    """Conv/Gemm nodes with constant weight and bias: the ones bias correction can adjust."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2
+            and n.input[1] in inits and n.input[2] in inits]
+
+
+def conv_input_means(model: onnx.ModelProto, batches: Iterable[np.ndarray]) -> dict:
+    """Per-channel input means of every correctable layer (``bias_correct``'s statistics)."""
+    names = sorted({n.input[0] for n in _correctable(model)})
+    return input_channel_means(model, batches, names)
+
+
+def bias_correct(model: onnx.ModelProto, batches: Iterable[np.ndarray] | None, *,
+                 qrange: tuple[int, int] | int = 127, per_channel: bool = True,
+                 skip: Sequence[str] = (), means: dict | None = None
+                 ) -> tuple[onnx.ModelProto, int]:
     """Fold the expected output error of int8 weights into the float biases (Nagel et al. 2019).
 
     For a conv y = W * x + b, quantized weights Wq shift the mean output of channel c by
     sum_{i,kh,kw} (Wq - W)[c, i, kh, kw] * E[x_i]; subtracting it from b removes that bias.
-    E[x_i] comes from the calibration images (borders and padding are ignored). Layers named in
-    ``skip`` stay float and are left alone. Returns the corrected model and the layer count.
+    E[x_i] comes from the calibration images (borders and padding are ignored), or from
+    ``means`` (``conv_input_means``) when already measured. Layers named in ``skip`` stay
+    float and are left alone. Returns the corrected model and the layer count.
     """
     inits = {i.name: i for i in model.graph.initializer}
-    nodes = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2
-             and n.input[1] in inits and n.input[2] in inits and n.name not in set(skip)]
-    means = input_channel_means(model, batches, sorted({n.input[0] for n in nodes}))
+    nodes = [n for n in _correctable(model) if n.name not in set(skip)]
+    if means is None:
+        means = input_channel_means(model, batches, sorted({n.input[0] for n in nodes}))
     for n in nodes:
         w = onnx.numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
@@ -155,10 +179,11 @@ def bias_correct(model: onnx.ModelProto, batches: Iterable[np.ndarray], *, qmax:
             if attrs.get("transA", 0):
                 continue  # not a classifier head; leave it alone
             w = w if attrs.get("transB", 0) else w.T  # -> [out, in]
-            err = (fake_quant_weight(w, qmax, per_channel) - w) @ means[n.input[0]]
+            err = (fake_quant_weight(w, qrange, per_channel) - w) @ means[n.input[0]]
         else:
             groups = int(attrs.get("group", 1))
-            dw = (fake_quant_weight(w, qmax, per_channel) - w).reshape(w.shape[0], w.shape[1], -1)
+            dw = (fake_quant_weight(w, qrange, per_channel) - w).reshape(
+                w.shape[0], w.shape[1], -1)
             mu = means[n.input[0]].reshape(groups, w.shape[1])  # inputs seen by each group
             group_of = np.arange(w.shape[0]) // (w.shape[0] // groups)
             err = np.einsum("oik,oi->o", dw, mu[group_of])

@@ -57,6 +57,13 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 # int8 speed unchanged (1.26x -> 1.31x force_float32 at batch 1, 1 thread: within noise).
 FLOAT_FIRST, FLOAT_LAST = 3, 2
 HISTOGRAM_WINDOW = 8  # images per histogram-calibration window (bounds memory)
+# Per int8 ISA class (mnv3.sysinfo.INT8_ISAS): "exact" CPUs accumulate u8 x s8 in int32 (VNNI,
+# AMX, ARM); "saturating" ones (AVX2, AVX-512 without VNNI) run ORT's u8 x s8 kernels on
+# vpmaddubsw, whose int16 pair sums saturate. Figures in the module docstring.
+ISA_RECIPES = {
+    "exact": {"weight_type": "int8", "reduce_range": False},
+    "saturating": {"weight_type": "int8", "reduce_range": True},
+}
 
 
 # ----------------------------------------------------------------------------- graph edits
@@ -101,15 +108,25 @@ def dims_of(vi: onnx.ValueInfoProto) -> list[int | str]:
 
 
 # ----------------------------------------------------------------------------- int8 / fp16
-def has_vnni() -> bool:
-    """x86 VNNI (or ARM) lets U8S8 use all 8 weight bits; without it ORT needs reduce_range."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # not Linux: assume a modern CPU (ARM kernels do not saturate)
-    if "GenuineIntel" not in flags and "AuthenticAMD" not in flags:
-        return True
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+def default_recipe(isa: str | None = None) -> dict:
+    """The int8 settings that keep accuracy on the CPU's int8 ISA class (``sysinfo.int8_isa``).
+
+    See ``ISA_RECIPES``; the model is quantized for the CPU it is built on, and meta.json
+    records that CPU's class so a load on another class warns.
+    """
+    from mnv3.sysinfo import int8_isa, int8_saturates
+
+    isa = isa or int8_isa()
+    return dict(ISA_RECIPES["saturating" if int8_saturates(isa) else "exact"], isa=isa)
+
+
+def weight_qrange(weight_type: str, reduce_range: bool) -> tuple[int, int]:
+    """(qmin, qmax) of ORT's symmetric weights of ``weight_type`` ("int8" / "uint8")."""
+    from onnxruntime.quantization.quant_utils import get_qmin_qmax_for_qType
+
+    qtype = onnx.TensorProto.INT8 if weight_type == "int8" else onnx.TensorProto.UINT8
+    qmin, qmax = get_qmin_qmax_for_qType(qtype, reduce_range=reduce_range, symmetric=True)
+    return int(qmin), int(qmax)
 
 
 def quantize_int8(src: Path, dst: Path, files: Sequence[Path], cfg: PreprocessCfg, *,
@@ -118,60 +135,115 @@ def quantize_int8(src: Path, dst: Path, files: Sequence[Path], cfg: PreprocessCf
     """QDQ int8 quantization of ``src`` (a dynamic-batch float model) into ``dst``.
 
     Calibrates on ``files`` (preprocessed with ``cfg``). Returns the settings used (recorded
-    in meta.extra). ``options`` may override ``per_channel``, ``reduce_range``,
-    ``activation_symmetric``, ``bias_correction``, ``fuse_activations``, ``float_first``,
-    ``float_last``, ``exclude_nodes`` (measured in
-    benchmarks/fidelity_lite0.py).
+    in meta.extra). ``options`` may override ``isa`` (the CPU class to quantize for),
+    ``per_channel``, ``reduce_range``, ``weight_type``, ``activation_symmetric``,
+    ``bias_correction``, ``fuse_activations``, ``float_first``, ``float_last``,
+    ``exclude_nodes`` (measured in benchmarks/fidelity_lite0.py).
     """
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    work = Path(dst).parent
+    quantizer = Int8Quantizer(src, work, files, cfg, method=method, options=options,
+                              progress=progress)
+    return quantizer.quantize(dst)
 
-    options = options or {}
-    s = {"format": "QDQ", "weights": "int8 symmetric", "activations": "uint8",
-         "calibration": method,
-         "per_channel": bool(options.get("per_channel", True)),
-         "reduce_range": bool(options.get("reduce_range", not has_vnni())),
-         "activation_symmetric": bool(options.get("activation_symmetric", False)),
-         "bias_correction": bool(options.get("bias_correction", True)),
-         "op_types": list(INT8_OPS + (FUSED_ACTIVATIONS if options.get("fuse_activations", True)
-                                      else ())),
-         "float_first": int(options.get("float_first", FLOAT_FIRST)),
-         "float_last": int(options.get("float_last", FLOAT_LAST))}
-    model = _name_nodes(onnx.load(str(src)))
-    s["excluded_nodes"] = _float_nodes(model, s["float_first"], s["float_last"],
+
+class Int8Quantizer:
+    """One source model calibrated once, quantized as often as the accuracy fallback asks.
+
+    Calibration ranges (ORT's calibration cache) and the bias-correction input means depend
+    only on the float model and the images, so keeping more layers float reuses both: a
+    fallback round costs a quantization pass (seconds), not a calibration (tens of seconds).
+    """
+
+    def __init__(self, src: Path, work: Path, files: Sequence[Path], cfg: PreprocessCfg, *,
+                 method: str = "minmax", options: dict | None = None, progress: bool = True):
+        options = options or {}
+        recipe = default_recipe(options.get("isa"))
+        s = {"format": "QDQ", "isa": recipe["isa"],
+             "weight_type": str(options.get("weight_type", recipe["weight_type"])),
+             "activations": "uint8", "calibration": method,
+             "per_channel": bool(options.get("per_channel", True)),
+             "reduce_range": bool(options.get("reduce_range", recipe["reduce_range"])),
+             "activation_symmetric": bool(options.get("activation_symmetric", False)),
+             "bias_correction": bool(options.get("bias_correction", True)),
+             "op_types": list(INT8_OPS + (FUSED_ACTIVATIONS
+                                          if options.get("fuse_activations", True) else ())),
+             "float_first": int(options.get("float_first", FLOAT_FIRST)),
+             "float_last": int(options.get("float_last", FLOAT_LAST)),
+             "full_range_depthwise": bool(options.get("full_range_depthwise", False))}
+        if s["weight_type"] not in ("int8", "uint8"):
+            raise BuildError(f"weight_type must be int8 or uint8, got {s['weight_type']!r}")
+        s["weights"] = f"{s['weight_type']} symmetric" + (" 7-bit" if s["reduce_range"] else "")
+        self.settings, self.files, self.cfg, self.method = s, list(files), cfg, method
+        self.progress = progress
+        self.work = Path(work)
+        self.source = Path(src)
+        self.model = _name_nodes(onnx.load(str(src)))
+        self.base_float = _float_nodes(self.model, s["float_first"], s["float_last"],
                                        options.get("exclude_nodes", ()))
-    input_name = graph_io(model)[0].name
-    if s["bias_correction"]:
-        model, s["bias_corrected_layers"] = calib.bias_correct(
-            model, calib.iter_batches(files, cfg, 8), qmax=64 if s["reduce_range"] else 127,
-            per_channel=s["per_channel"], skip=s["excluded_nodes"])
-    src = Path(dst).with_suffix(".prepared.onnx")
-    onnx.save(model, str(src))
-    histogram = method != "minmax"
-    # ORT's histogram calibrators stack equal-shaped batches and keep them all in memory:
-    # feed single images and let ORT merge histograms window by window.
-    batch = 1 if histogram else 8
-    window = max(d for d in range(1, HISTOGRAM_WINDOW + 1) if len(files) % d == 0)
-    extra = {"WeightSymmetric": True, "ActivationSymmetric": s["activation_symmetric"],
-             "CalibMaxIntermediateOutputs": 16}
-    if histogram:
-        extra["CalibStridedMinMax"] = window
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    reader = calib.make_reader(files, cfg, input_name, batch=batch, progress=progress)
-    with _quiet_ort():
-        try:
-            quantize_static(
-                str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=s["op_types"], per_channel=s["per_channel"],
-                reduce_range=s["reduce_range"], activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8, nodes_to_exclude=s["excluded_nodes"],
-                calibrate_method=methods[method], extra_options=extra)
-        except (KeyboardInterrupt, Mnv3Error):  # e.g. a DataError naming a bad image
-            raise
-        except Exception as e:  # ORT raises bare Exceptions for unsupported graphs
-            raise BuildError(f"int8 quantization failed: {e}") from e
-    return s
+        self.input_name = graph_io(self.model)[0].name
+        self.cache = self.work / "calibration.cache.json"
+        self.means = None
+
+    def layers(self) -> list[str]:
+        """Every Conv/Gemm/MatMul node, in graph order (candidates for int8)."""
+        return [n.name for n in self.model.graph.node if n.op_type in INT8_OPS]
+
+    def quantize(self, dst: Path, float_nodes: Sequence[str] = ()) -> dict:
+        """Write the int8 model to ``dst`` with ``float_nodes`` kept float as well."""
+        from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
+
+        s = dict(self.settings)
+        s["excluded_nodes"] = list(dict.fromkeys([*self.base_float, *float_nodes]))
+        exclude = _with_activations(self.model, s["excluded_nodes"])
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        if s["bias_correction"]:
+            model, s["bias_corrected_layers"] = self._bias_correct(model, s, exclude)
+        prepared = Path(dst).with_suffix(".prepared.onnx")
+        onnx.save(model, str(prepared))
+        histogram = self.method != "minmax"
+        files = self.files
+        # ORT's histogram calibrators stack equal-shaped batches and keep them all in memory:
+        # feed single images and let ORT merge histograms window by window.
+        batch = 1 if histogram else 8
+        window = max(d for d in range(1, HISTOGRAM_WINDOW + 1) if len(files) % d == 0)
+        extra = {"WeightSymmetric": True, "ActivationSymmetric": s["activation_symmetric"],
+                 "CalibMaxIntermediateOutputs": 16}
+        if s.get("full_range_depthwise"):
+            extra["TensorQuantOverrides"] = {w: [{"reduce_range": False, "axis": 0}]
+                                             for w in _depthwise_weights(model)}
+        if histogram:
+            extra["CalibStridedMinMax"] = window
+        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                   "percentile": CalibrationMethod.Percentile}
+        reader = None if self.cache.is_file() else calib.make_reader(
+            files, self.cfg, self.input_name, batch=batch, progress=self.progress)
+        with _quiet_ort():
+            try:
+                quantize_static(
+                    str(prepared), str(dst), reader, quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=s["op_types"], per_channel=s["per_channel"],
+                    reduce_range=s["reduce_range"], activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8 if s["weight_type"] == "int8"
+                    else QuantType.QUInt8,
+                    nodes_to_exclude=exclude, calibrate_method=methods[self.method],
+                    extra_options=extra, calibration_cache_path=str(self.cache))
+            except (KeyboardInterrupt, Mnv3Error):  # e.g. a DataError naming a bad image
+                raise
+            except Exception as e:  # ORT raises bare Exceptions for unsupported graphs
+                raise BuildError(f"int8 quantization failed: {e}") from e
+        prepared.unlink(missing_ok=True)
+        return s
+
+    def _bias_correct(self, model: onnx.ModelProto, s: dict,
+                      exclude: Sequence[str]) -> tuple[onnx.ModelProto, int]:
+        if self.means is None:  # one pass over the images, reused by every fallback round
+            self.means = calib.conv_input_means(model, calib.iter_batches(self.files, self.cfg, 8))
+        return calib.bias_correct(model, None, qrange=weight_qrange(s["weight_type"],
+                                                                     s["reduce_range"]),
+                                  per_channel=s["per_channel"], skip=exclude,
+                                  means=self.means)
 
 
 def _name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -192,6 +264,37 @@ def _float_nodes(model: onnx.ModelProto, first: int, last: int, extra) -> list[s
     ops = [n.name for n in model.graph.node if n.op_type in INT8_OPS]
     chosen = ops[:max(first, 0)] + (ops[-last:] if last > 0 else [])
     return list(dict.fromkeys([*chosen, *extra]))
+
+
+def _depthwise_weights(model: onnx.ModelProto) -> list[str]:
+    """Weight initializers of depthwise convolutions (group == channels, one input each)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type != "Conv" or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if group > 1 and inits[n.input[1]].dims[1] == 1:
+            out.append(n.input[1])
+    return out
+
+
+def _with_activations(model: onnx.ModelProto, names: Sequence[str]) -> list[str]:
+    """``names`` plus the ReLU/Clip each feeds alone: a fused activation left quantized after a
+    float layer would put a QuantizeLinear on the wide pre-activation range (measured on Lite0:
+    keeping 22 layers float that way dropped agreement to 95%)."""
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    out = list(dict.fromkeys(names))
+    by_name = {n.name: n for n in model.graph.node}
+    for name in list(out):
+        node = by_name.get(name)
+        after = consumers.get(node.output[0], []) if node is not None and node.output else []
+        if len(after) == 1 and after[0].op_type in FUSED_ACTIVATIONS:
+            out.append(after[0].name)
+    return list(dict.fromkeys(out))
 
 
 @contextlib.contextmanager

@@ -24,7 +24,16 @@ ENGINES = {
 }
 
 # CPU features that decide which kernels the engines pick (fp32 FMA, bf16, int8 dot products).
-FEATURE_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+FEATURE_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+                 "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+
+# int8 ISA classes, best first: what decides whether a u8 x s8 multiply-add can saturate.
+# Without VNNI, x86 int8 kernels use vpmaddubsw, whose pairwise u8*s8 sum saturates at int16
+# (255*127*2 > 32767); VNNI (and AMX) accumulate in int32 and never saturate. A recipe that is
+# exact on one class can lose points on the other (issue 12: 8.4 points with NNCF on AVX2).
+INT8_ISAS = ("amx", "avx512_vnni", "avx_vnni", "avx512", "avx2", "other_x86", "non_x86")
+# Classes whose int8 dot product accumulates in int32 (no saturation).
+NO_SATURATION_ISAS = ("amx", "avx512_vnni", "avx_vnni", "non_x86")
 
 
 def _cpuinfo(path: str = "/proc/cpuinfo") -> list[dict[str, str]]:
@@ -75,6 +84,52 @@ def cpu_features(cpuinfo: list[dict[str, str]] | None = None) -> list[str]:
     cpus = _cpuinfo() if cpuinfo is None else cpuinfo
     flags = set(cpus[0].get("flags", "").split()) if cpus else set()
     return [f for f in FEATURE_FLAGS if f in flags]
+
+
+def int8_isa(cpuinfo: list[dict[str, str]] | None = None, machine: str | None = None) -> str:
+    """The CPU's int8 ISA class (one of ``INT8_ISAS``), read from the CPU flags.
+
+    ``non_x86`` (ARM and others) has int8 dot products that do not saturate; ``other_x86`` is
+    an x86 CPU without AVX2 (the engines fall back to slow generic kernels there).
+    """
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return "non_x86"
+    cpus = _cpuinfo() if cpuinfo is None else cpuinfo
+    flags = set(cpus[0].get("flags", "").split()) if cpus else set()
+    if not flags:  # no /proc/cpuinfo (not Linux): assume the common case, a VNNI-less x86
+        return "avx2"
+    if "amx_int8" in flags:
+        return "amx"
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx_vnni" in flags:
+        return "avx_vnni"
+    if {"avx512f", "avx512bw"} <= flags:
+        return "avx512"
+    return "avx2" if "avx2" in flags else "other_x86"
+
+
+def int8_saturates(isa: str | None = None) -> bool:
+    """True where x86 u8 x s8 int8 kernels can saturate (no VNNI/AMX): AVX2 and plain AVX-512."""
+    return (isa or int8_isa()) not in NO_SATURATION_ISAS
+
+
+def float16_support(cpuinfo: list[dict[str, str]] | None = None) -> dict[str, bool]:
+    """Native bf16 / fp16 arithmetic on this CPU (else engines compute those in float32)."""
+    cpus = _cpuinfo() if cpuinfo is None else cpuinfo
+    flags = set(cpus[0].get("flags", "").split()) if cpus else set()
+    return {"bf16": bool({"avx512_bf16", "amx_bf16"} & flags),
+            "fp16": bool({"avx512_fp16", "amx_fp16"} & flags)}
+
+
+def isa_label(isa: str | None = None) -> str:
+    """A short ISA tag printed beside every figure, e.g. 'AVX2 (no VNNI)'."""
+    isa = isa or int8_isa()
+    return {"amx": "AMX + AVX-512 VNNI", "avx512_vnni": "AVX-512 VNNI",
+            "avx_vnni": "AVX-VNNI", "avx512": "AVX-512 (no VNNI)", "avx2": "AVX2 (no VNNI)",
+            "other_x86": "x86 without AVX2", "non_x86": platform.machine() or "non-x86"}.get(
+                isa, isa)
 
 
 def engine_versions() -> dict[str, str]:
@@ -138,6 +193,8 @@ def system_info() -> dict:
         "cpu_model": cpu_model(cpus),
         "cores": core_counts(cpus),
         "cpu_features": cpu_features(cpus),
+        "int8_isa": int8_isa(cpus),
+        "float16": float16_support(cpus),
         "os": f"{platform.system()} {platform.release()}",
         "versions": engine_versions(),
     }
@@ -147,4 +204,5 @@ def device_label(info: dict | None = None) -> str:
     """A short 'device' column for report tables, e.g. 'CPU AMD EPYC x2'."""
     info = info or system_info()
     n = info["cores"].get("usable") or info["cores"].get("logical")
-    return f"CPU {info['cpu_model']} x{n}"
+    isa = info.get("int8_isa")
+    return f"CPU {info['cpu_model']} x{n}" + (f" ({isa_label(isa)})" if isa else "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from mnv3.errors import BackendUnavailable, ModelError, UsageError
@@ -77,4 +78,31 @@ def load(model_dir: str | os.PathLike, threads: int | None = None, **options):
             f"{compiled} does not match the sha256 recorded in meta.json: the file is corrupt or "
             "was replaced; rebuild the model with 'mnv3 build'"
         )
+    warn_if_other_isa(model_dir, meta)
     return get_backend(meta.backend).open(model_dir, meta, threads=threads, **options)
+
+
+_WARNED: set[str] = set()
+
+
+def isa_mismatch(meta, isa: str | None = None) -> str | None:
+    """Why an int8 model's fidelity may not hold on this CPU (None when it does)."""
+    from mnv3.sysinfo import int8_isa, int8_saturates, isa_label
+
+    built_on = (meta.extra or {}).get("isa")
+    runs_int8 = any(str(p).startswith("int8") for p in (meta.op_precisions or {}).values())
+    here = isa or int8_isa()
+    if not built_on or not runs_int8 or int8_saturates(built_on) == int8_saturates(here):
+        return None
+    return (f"{meta.name} runs int8 and was validated on a {isa_label(built_on)} CPU, but this "
+            f"CPU is {isa_label(here)}, whose int8 arithmetic differs; re-check its accuracy "
+            f"here with: mnv3 verify {{model}} --images DIR")
+
+
+def warn_if_other_isa(model_dir: Path, meta) -> None:
+    """One warning per model and process when its int8 ISA class differs from this CPU's."""
+    msg = isa_mismatch(meta)
+    key = str(Path(model_dir).resolve())
+    if msg and key not in _WARNED:
+        _WARNED.add(key)
+        print(f"mnv3: warning: {msg.replace('{model}', str(model_dir))}", file=sys.stderr)

@@ -29,6 +29,11 @@ class BuildConfig:
     calib_files: list[Path] = field(default_factory=list)  # already chosen, sorted, reproducible
     calib_method: str = "minmax"
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific knobs
+    # Layers the accuracy fallback returns to float (names from ``Backend.rank_layers``).
+    float_layers: list[str] = field(default_factory=list)
+    # A backend's cache across the rounds of one build (calibration, the prepared graph):
+    # the same BuildConfig object is passed to every round and dropped after the build.
+    state: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -59,6 +64,19 @@ class Backend(abc.ABC):
     def open(self, model_dir: Path, meta: ModelMeta, threads: int | None = None,
              **options: Any) -> Session:
         """Load a built model; ``threads=None`` lets the engine choose."""
+
+    # Accuracy-aware fallback (mnv3.gate): backends that can keep chosen layers float say so.
+    supports_fallback: bool = False
+    # Or: the engine's own accuracy-aware int8 (``options["max_drop"]``), used as the fallback.
+    accuracy_control: bool = False
+
+    def rank_layers(self, out_dir: Path, cfg: BuildConfig, images: np.ndarray) -> list[dict]:
+        """The int8 layers of the model just built into ``out_dir``, most harmful first.
+
+        Each entry: ``{"layer": name, "score": error it adds, ...}``; names are what
+        ``cfg.float_layers`` accepts. Only backends with ``supports_fallback``.
+        """
+        raise NotImplementedError(f"the {self.name} backend has no accuracy-aware fallback")
 
 
 class Session(abc.ABC):

@@ -79,6 +79,7 @@ def inference_precision(mode: str, caps: frozenset[str] | None = None) -> str:
 class OpenVinoBackend(Backend):
     name = "openvino"
     install_hint = 'pip install "mnv3[openvino]"'
+    accuracy_control = True  # NNCF's quantize_with_accuracy_control (--max-drop)
 
     def version(self) -> str:
         return ov.get_version()

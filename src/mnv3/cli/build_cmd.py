@@ -49,9 +49,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--calib-dir", type=Path, help="calibration images (default: demo images)")
     p.add_argument("--calib-num", type=int, default=100, help="calibration images (default 100)")
     p.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"))
-    p.add_argument("--max-drop", type=float, metavar="POINTS",
-                   help="openvino int8: accuracy-aware quantization, layers return to float until "
-                   "top-1 agreement with fp32 on the calibration images drops <= POINTS")
+    budget = p.add_argument_group(
+        "accuracy budget", "a reduced-precision build must agree with float32 on held-out "
+        "images (default: top-1 agreement >= 99%% and mean logit cosine >= 0.99); below it, "
+        "int8 layers return to float until it does, or the build fails and writes nothing")
+    budget.add_argument("--min-agreement", type=float, metavar="PCT",
+                        help="minimum top-1 agreement with float32, in %% (default 99)")
+    budget.add_argument("--max-drop", type=float, metavar="POINTS",
+                        help="the same as --min-agreement 100-POINTS; with --backend openvino "
+                        "int8 also NNCF's accuracy-aware quantization")
+    budget.add_argument("--min-cosine", type=float, metavar="X",
+                        help="minimum mean logit cosine similarity (default 0.99)")
+    budget.add_argument("--allow-below-budget", action="store_true",
+                        help="ship a build that misses its budget anyway (marked in meta.json "
+                        "and every report)")
+    budget.add_argument("--keep-slower-int8", action="store_true",
+                        help="keep int8 even where it measures slower than float32 on this CPU "
+                        "(by default such a build ships float and says so)")
     p.add_argument("--resize", type=int, help="short side before the crop (default 256)")
     p.add_argument("--crop", type=int, help="center crop = model input size (default 224)")
     p.add_argument("--mean", type=common.float_list, help="per-channel mean, 0-1 units")
@@ -99,6 +113,13 @@ def run(args) -> int:
     from mnv3.meta import normalize_quant_mode
 
     options = {"progress": not args.no_progress}
+    for key in ("min_agreement", "min_cosine"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    if args.allow_below_budget:
+        options["allow_below_budget"] = True
+    if args.keep_slower_int8:
+        options["speed_check"] = False
     if args.max_drop is not None:  # checked before the export, which can be slow
         check_max_drop(args.max_drop, normalize_quant_mode(args.quant_mode), args.backend)
         options["max_drop"] = args.max_drop
@@ -131,6 +152,13 @@ def summary(meta, out: Path) -> str:
         lines.append(f"fidelity vs float32 on {f['inputs']}: top-1 agreement "
                      f"{100 * f['top1_agreement']:.2f}%, cosine mean {f['cosine_mean']:.6f}, "
                      f"max |diff| {f['max_abs_diff']:.4g}")
+        if "budget" in f:
+            b = f["budget"]
+            lines.append(f"accuracy budget (agreement >= {b['min_agreement']:.2%}, cosine >= "
+                         f"{b['min_cosine']:.4f}): "
+                         + ("met" if f.get("within_budget") else "MISSED, shipped anyway"))
+    from mnv3.sysinfo import isa_label
+    lines.append(f"built and validated on: {isa_label(meta.extra.get('isa'))}")
     lines.append("precisions: " + ", ".join(f"{k}={v}" for k, v in meta.op_precisions.items()))
     lines += [f"note: {n}" for n in meta.notes]
     return "\n".join(lines)

@@ -16,15 +16,17 @@ from mnv3 import __version__
 from mnv3.errors import Interrupted, Mnv3Error
 
 # The pipeline, in order.
-SUBCOMMANDS = ("export", "build", "infer", "eval", "bench", "run")
+SUBCOMMANDS = ("export", "build", "infer", "eval", "bench", "run", "compare", "verify")
 
 EPILOG = """\
 stages:  export -> build -> infer / eval -> bench;  'run' does them all.
+checks:  compare (two builds, layer by layer), verify (a model's accuracy on this CPU)
 example: mnv3 run                      # the whole pipeline on the bundled demo images
          mnv3 <command> --help         # each command's flags, with an example
 
 exit codes: 0 ok, 2 usage, 3 data, 4 checkpoint, 5 export, 6 build, 7 model,
-            8 backend unavailable, 130 interrupted; 1 means a bug (please report the traceback).
+            8 backend unavailable, 9 below accuracy budget (verify),
+            130 interrupted; 1 means a bug (please report the traceback).
 """
 
 
