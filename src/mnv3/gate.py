@@ -186,7 +186,7 @@ def _fall_back(engine, src, tmp, cfg, make_meta, measure, budget, meta, fidelity
         if not groups or r.get("group", len(groups)) != len(groups) - 1:
             groups.append([])
         groups[-1].append(r["layer"])
-    cap = max(1, int(len(ranking) * MAX_FLOAT_FRACTION))
+    cap = int(len(ranking) * MAX_FLOAT_FRACTION)  # an int8 model with no int8 is not one
     rounds = [_round(0, fidelity)]
     chosen: list[str] = []
     for group in groups:
