@@ -303,3 +303,20 @@ def test_mnv3_infer_engine_cpp_cli(binary, models, tmp_path, monkeypatch):
     assert (out / "eval_result.txt").is_file()
     assert main(["infer", "--engine", "cpp", "--model", str(models["ort"]),
                  "--output-dir", str(tmp_path / "o2")]) == 7
+
+
+def test_mnv3_run_cpp_adds_an_openvino_cpp_row(binary, tmp_path, monkeypatch):
+    from mnv3.pipeline import run_all
+    from mnv3.report import accuracy_table
+
+    monkeypatch.setenv("MNV3_INFER_CPP", str(binary))
+    rep = run_all(width_mult=0.35, image_num=4, quant_modes=("force_float32",), batch_sizes=(2,),
+                  threads=1, bench_duration=0.05, bench_rounds=1, bench_warmup=1,
+                  progress=False, backends=("openvino",), cpp=True, out=tmp_path)
+    ov_row, cpp_row = rep.rows
+    assert (ov_row.backend, cpp_row.backend) == ("openvino", "openvino C++")
+    assert cpp_row.accuracy["top1"] == ov_row.accuracy["top1"]
+    assert cpp_row.accuracy["agreement"] == ov_row.accuracy["agreement"]
+    assert cpp_row.bench is None and cpp_row.accuracy["end_to_end_images_per_s"] > 0
+    assert "| openvino C++ |" in accuracy_table(rep)
+    assert (tmp_path / "results" / "cpp" / cpp_row.name / "eval_result_1.txt").is_file()

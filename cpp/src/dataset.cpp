@@ -148,11 +148,13 @@ Synsets load_synsets(const std::string& path) {
 }
 
 std::vector<Sample> load_samples(const std::string& image_dir, const std::string& label_file,
-                                 const Synsets* syn, int num_classes) {
+                                 const Synsets* syn, int num_classes, bool only_listed) {
     std::error_code ec;
     if (!fs::is_directory(image_dir, ec))
         throw data_error("image folder " + image_dir + " does not exist or is not a folder; pass the folder that holds your images");
-    auto images = find_images(image_dir);
+    if (only_listed && label_file.empty()) throw usage_error("--only-listed needs --label-file");
+    std::vector<std::string> images;
+    if (!only_listed) images = find_images(image_dir);
     std::vector<Sample> samples;
     if (!label_file.empty()) {
         std::set<std::string> on_disk(images.begin(), images.end());
@@ -166,10 +168,15 @@ std::vector<Sample> load_samples(const std::string& image_dir, const std::string
             if (cut == std::string::npos)
                 throw data_error(where + ": cannot parse '" + text + "'; expected 'filename class_index' or 'filename wnid'");
             std::string name = safe_name(strip(text.substr(0, cut)), where);
-            int label = parse_label(text.substr(cut + 1), where, syn, num_classes);
+            std::string tok = text.substr(cut + 1);
+            int label = (only_listed && tok == "-") ? -1 : parse_label(tok, where, syn, num_classes);
             if (labels.count(name))
                 throw data_error(where + ": " + name + " is already labelled on line " + std::to_string(labels[name].second) + "; remove one of the lines");
-            if (!on_disk.count(name))
+            if (only_listed) {
+                if (!fs::is_regular_file(fs::path(image_dir) / name, ec))
+                    throw data_error(where + ": " + name + " is not a file in " + image_dir + "; remove the line or add the image");
+                images.push_back(name);
+            } else if (!on_disk.count(name))
                 throw data_error(where + ": label for " + name + " but there is no such image in " + image_dir + "; remove the line or add the image");
             labels[name] = {label, i + 1};
         }

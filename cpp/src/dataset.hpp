@@ -19,7 +19,10 @@ struct Synsets {
 };
 Synsets load_synsets(const std::string& path);
 
+// only_listed: the label file lists exactly the images to run (others in the folder are
+// ignored; a label '-' means unlabeled): how 'mnv3 infer --engine cpp' hands over the samples
+// Python resolved.
 std::vector<Sample> load_samples(const std::string& image_dir, const std::string& label_file,
-                                 const Synsets* synsets, int num_classes);
+                                 const Synsets* synsets, int num_classes, bool only_listed = false);
 
 }  // namespace mnv3

@@ -49,6 +49,8 @@ data:
   --label-file F      'filename class_index' lines (or 'filename wnid' with --synsets)
   --synsets F         'wnid name' per line, line N = class N (maps wnids, names classes)
   --image-num N       only the first N images (sorted by path)
+  --only-listed       run exactly the images the label file lists (label '-' = none),
+                      ignoring other files in the folder
 options:
   --model DIR         a model directory built with --backend openvino (sha256-checked)
   --output-dir O      where the result files go (created; replaced only on success)
@@ -71,7 +73,7 @@ exit codes: 0 ok, 2 usage, 3 data, 7 model, 8 device unavailable, 130 interrupte
 struct Args {
     std::string model, image_dir, label_file, synsets, output_dir, device = "CPU", json, dump_dir;
     int batch = 0, image_num = 0, threads = 0, streams = 1, workers = 0;
-    bool save_images = false, strict = false, quiet = false;
+    bool save_images = false, strict = false, quiet = false, only_listed = false;
 };
 
 int parse_int(const std::string& flag, const std::string& v) {
@@ -96,6 +98,7 @@ Args parse_args(int argc, char** argv) {
         if (flag == "--save-images") { a.save_images = true; continue; }
         if (flag == "--strict") { a.strict = true; continue; }
         if (flag == "--quiet") { a.quiet = true; continue; }
+        if (flag == "--only-listed") { a.only_listed = true; continue; }
         if (!has_value) {
             if (i + 1 >= argc) throw usage_error(flag + " needs a value (see --help)");
             value = argv[++i];
@@ -418,7 +421,8 @@ int run(int argc, char** argv) {
                           std::to_string(info.batch) + " (or build a --shape-mutable true model)");
     Synsets syn;
     if (!a.synsets.empty()) syn = load_synsets(a.synsets);
-    std::vector<Sample> samples = load_samples(a.image_dir, a.label_file, a.synsets.empty() ? nullptr : &syn, info.num_classes);
+    std::vector<Sample> samples = load_samples(a.image_dir, a.label_file, a.synsets.empty() ? nullptr : &syn, info.num_classes,
+                                           a.only_listed);
     if (a.image_num && static_cast<size_t>(a.image_num) < samples.size()) samples.resize(a.image_num);
     std::vector<std::string> class_names = !syn.names.empty() ? syn.names : info.class_names;
     if (!a.dump_dir.empty()) {

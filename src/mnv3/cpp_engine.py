@@ -7,7 +7,7 @@
 The program is built against the OpenVINO C++ API that ships inside the installed ``openvino``
 wheel (``openvino/cmake``, ``openvino/include``, ``openvino/libs``): the same engine the Python
 side runs, nothing downloaded. Decoding uses the system libjpeg-turbo and libpng (Debian:
-``apt-get install cmake g++ libjpeg62-turbo-dev libpng-dev``), not OpenCV: two small libraries
+``apt-get install cmake g++ make libjpeg-dev libpng-dev``), not OpenCV: two small libraries
 instead of OpenCV's hundreds of megabytes, and Pillow itself decodes with libjpeg-turbo, so the
 decoded pixels are the ones Python sees (OpenCV's resize is not Pillow's antialiased one anyway;
 the program reimplements Pillow's).
@@ -33,7 +33,7 @@ from pathlib import Path
 from mnv3.errors import BackendUnavailable, DataError, Interrupted, ModelError, UsageError
 
 BINARY = "mnv3-infer-cpp"
-SYSTEM_PACKAGES = "cmake g++ make libjpeg62-turbo-dev libpng-dev"
+SYSTEM_PACKAGES = "cmake g++ make libjpeg-dev libpng-dev"
 INSTALL_HINT = f"apt-get install -y {SYSTEM_PACKAGES}"
 _EXIT_ERRORS = {2: UsageError, 3: DataError, 7: ModelError, 8: BackendUnavailable,
                 130: Interrupted}
@@ -191,34 +191,26 @@ def infer_cpp(model: CppModel, samples, output_dir, *, batch_size: int | None = 
 
     if isinstance(model, (str, os.PathLike)):
         model = CppModel(model)
-    every = sorted(samples, key=lambda s: str(s.path))
-    samples = _select(every, image_num)
+    samples = _select(samples, image_num)
     _check_labels(samples, model.meta.num_classes)
     names = _display_names(samples)
     root = Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
-    # The program lists the images under root itself and wants a label for each: give it every
-    # sample there (names relative to root, as mnv3.infer names them) and --image-num.
-    under = [(Path(s.path).relative_to(root).as_posix(), s.label) for s in every
-             if Path(s.path).is_relative_to(root)]
     class_names = class_names or model.meta.class_names or _imagenet_names(model.meta.num_classes)
-    labelled = [s for s in samples if s.label is not None]
-    if labelled and len(labelled) != len(samples):
-        raise DataError("some images have labels and some do not; label all or none")
     with tempfile.TemporaryDirectory(prefix="mnv3-cpp-") as tmp:
         cmd = [str(model.binary), "--model", str(model.model_dir), "--image-dir", str(root),
                "--output-dir", str(output_dir), "--json", str(Path(tmp) / "summary.json"),
                "--quiet", "--device", model.device]
-        if labelled:
-            (Path(tmp) / "labels.txt").write_text(
-                "".join(f"{name} {label}\n" for name, label in under), encoding="utf-8")
-            cmd += ["--label-file", str(Path(tmp) / "labels.txt")]
+        # Exactly these samples, named as mnv3.infer names them ('-': unlabeled).
+        (Path(tmp) / "list.txt").write_text("".join(
+            f"{names[s.path]} {'-' if s.label is None else s.label}\n" for s in samples),
+            encoding="utf-8")
+        cmd += ["--label-file", str(Path(tmp) / "list.txt"), "--only-listed"]
         if class_names:
             (Path(tmp) / "names.txt").write_text(
                 "".join(f"{n}\n" for n in class_names), encoding="utf-8")
             cmd += ["--synsets", str(Path(tmp) / "names.txt")]
         for flag, value in (("--batch-size", batch_size), ("--workers", workers),
-                            ("--threads", model.threads), ("--streams", model.streams),
-                            ("--image-num", len(samples))):
+                            ("--threads", model.threads), ("--streams", model.streams)):
             if value is not None:
                 cmd += [flag, str(value)]
         cmd += ["--strict"] * strict + ["--save-images"] * save_images
@@ -257,3 +249,36 @@ def describe() -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     print(build_cpp(verbose="-v" in sys.argv))
+
+
+CPP_ROW_BACKEND = "openvino C++"
+
+
+def cpp_rows(rows, samples, results_dir: Path, ref: dict[str, int], threads: int, bar, timings):
+    """``mnv3 run --cpp``: one "openvino C++" row per openvino build, from mnv3-infer-cpp.
+
+    Accuracy and end-to-end / engine-only images/s come from the program's own run over the
+    same samples (results in ``results/cpp/<name>``); the performance table's engine-only
+    columns stay empty for these rows: it is the same OpenVINO engine as the openvino row.
+    """
+    from mnv3.pipeline_steps import read_top1
+    from mnv3.report import ModelRow
+
+    out = []
+    for row in (r for r in rows if r.backend == "openvino"):
+        where = results_dir / "cpp" / row.name
+        with bar.step(f"infer + eval {row.name} with mnv3-infer-cpp", timings, "infer"):
+            res = infer_cpp(CppModel(row.model_dir, threads=threads), samples, where,
+                            batch_size=row.batch)
+        top1 = read_top1(where)
+        common = [n for n in top1 if n in ref]
+        agree = sum(top1[n] == ref[n] for n in common) / len(common) if common else None
+        acc = {"top1": res.top1, "top5": res.top5, "agreement": agree, "images": res.processed,
+               "labeled": res.labeled, "skipped": res.skipped,
+               "end_to_end_images_per_s": res.images_per_s,
+               "engine_images_per_s": res.engine_images_per_s}
+        out.append(ModelRow(name=row.name, quant_mode=row.quant_mode,
+                            shape_mutable=row.shape_mutable, batch=row.batch,
+                            model_dir=row.model_dir, reused=True, accuracy=acc,
+                            backend=CPP_ROW_BACKEND))
+    return out

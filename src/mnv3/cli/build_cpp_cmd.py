@@ -3,7 +3,7 @@
 It is compiled with CMake against the OpenVINO C++ API inside the installed openvino wheel
 (nothing is downloaded) and the system libjpeg-turbo and libpng; on Debian/Ubuntu install the
 build packages once with:
-  apt-get install -y cmake g++ make libjpeg62-turbo-dev libpng-dev
+  apt-get install -y cmake g++ make libjpeg-dev libpng-dev
 The binary is cached per source tree and OpenVINO version ($XDG_CACHE_HOME/mnv3/cpp, or
 MNV3_CPP_CACHE), so a second call returns at once. Then run it directly (--help lists its
 flags, named after the seed's infer_cpp) or through 'mnv3 infer --engine cpp'.
