@@ -214,9 +214,9 @@ def test_reliability_bad_files_are_handled_like_python(binary, models, tmp_path)
     from mnv3.data.datasets import load_dataset
     from mnv3.meta import read_meta
 
+    (tmp_path / "img").mkdir()
     for name, (maker, _) in IMAGE_CASES.items():
-        maker(tmp_path / "img" / name) if (tmp_path / "img").is_dir() else (
-            (tmp_path / "img").mkdir(), maker(tmp_path / "img" / name))
+        maker(tmp_path / "img" / name)
     samples = load_dataset(tmp_path / "img")
     cfg = read_meta(models["mutable"]).preprocess
     loader = iter_batches(samples, cfg, 4, workers=1)
