@@ -44,7 +44,8 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
             out="data", threads: int | None = None, bench_iterations: int | None = None,
             bench_duration: float | None = 1.0, bench_rounds: int = 3, bench_warmup: int = 10,
             image_num: int | None = None, calib_dir=None, calib_num: int = 100,
-            build_options: dict | None = None, progress: bool = True) -> RunReport:
+            build_options: dict | None = None, progress: bool = True,
+            cpp: bool = False) -> RunReport:
     """Run every stage and write report.md / report.json / report.png into ``out``.
 
     weights: a checkpoint; None = ``create_model(arch, layout, width_mult, seed=0)`` (untrained).
@@ -66,6 +67,13 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
     if not isinstance(calib_num, int) or isinstance(calib_num, bool) or calib_num < 1:
         raise UsageError(f"--calib-num must be >= 1, got {calib_num!r}")
     _check_bench(bench_iterations, bench_duration, bench_warmup)
+    if cpp:  # before any slow work: the native program needs openvino builds and a compiler
+        if "openvino" not in plan["backends"]:
+            raise UsageError("--cpp runs the openvino builds through mnv3-infer-cpp; add "
+                             "--backends openvino (or onnxruntime,openvino)")
+        from mnv3.cpp_engine import build_cpp
+
+        build_cpp()
     out = Path(out)
     src = open_source(weights, arch, layout, width_mult)
     if src.untrained:  # loudly, whatever the progress setting
@@ -76,10 +84,11 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
         raise UsageError(f"calibration folder {calib_dir} does not exist; pass --calib-dir with "
                          "a folder of images (or leave it out to use the evaluation images)")
     steps = 2 + 2 * len(plan["models"]) + len(plan["batches"]) + 1
+    steps += sum(be == "openvino" for be, _, _ in plan["models"]) if cpp else 0
     with Progress(steps, enabled=progress) as bar:
         rep = _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_mutable,
                          calib_num, build_options, bench_iterations, bench_duration,
-                         bench_warmup)
+                         bench_warmup, cpp)
         with bar.step("write report.md, report.json, report.png", rep.timings, "report"):
             rep.timings["total"] = time.perf_counter() - t_start  # all but this last step
             write_report(rep, out)
@@ -88,7 +97,7 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
 
 def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_mutable,
                calib_num, build_options, bench_iterations, bench_duration,
-               bench_warmup) -> RunReport:
+               bench_warmup, cpp=False) -> RunReport:
     """Every step but the report, in order; ``bar`` says which is running."""
     timings: dict[str, float] = {}
 
@@ -123,6 +132,10 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_muta
             baselines += bench_batch([r for r in rows if r.batch == batch], src, onnx_path,
                                      batch, plan["threads"], bench_iterations, bench_duration,
                                      plan["rounds"], bench_warmup)
+    if cpp:
+        from mnv3.cpp_engine import cpp_rows
+
+        rows += cpp_rows(rows, samples, out / "results", ref, plan["threads"], bar, timings)
     rep = RunReport(
         model=src.label, untrained=src.untrained, device=device_label(), rows=rows,
         baselines=baselines, weights=str(weights) if weights else None, dataset=dataset,

@@ -12,7 +12,8 @@ class names, probabilities per image) and skipped.txt when an image could not be
 (skipped and counted; --strict makes it an error). --save-images also writes copies with the
 top-1 class and probability drawn on them into images/ (moved in only when the run succeeds).
 Images are decoded on --workers threads while the model runs, so end-to-end images/s is printed
-beside the engine-only figure.
+beside the engine-only figure. --engine cpp runs an OpenVINO model through the native program
+mnv3-infer-cpp instead (build it once with 'mnv3 build-cpp'): same flags, same result files.
 
 examples:
   mnv3 infer --model data/models/force_float32_false_8 --output-dir out/demo
@@ -54,6 +55,9 @@ def add_parser(sub):
                    help="write copies with the top-1 class drawn on them to O/images/")
     p.add_argument("--strict", action="store_true",
                    help="stop with an error at the first image that cannot be decoded")
+    p.add_argument("--engine", choices=("python", "cpp"), default="python",
+                   help="python (default) or cpp: the native mnv3-infer-cpp program, for models "
+                   "built with --backend openvino (see 'mnv3 build-cpp')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", default=None, metavar="F",
                    help="also write the summary as JSON ('-' = stdout)")
@@ -80,7 +84,12 @@ def run(args) -> int:
         if value is not None and value < 1:  # 0 would silently mean "the default"
             raise UsageError(f"{flag} must be at least 1, got {value}")
     say = (lambda *a: None) if args.json == "-" else print
-    session = load(args.model, threads=args.threads, spin=False)  # decoding needs the CPU too
+    if args.engine == "cpp":  # the same dataset handling; the native program runs the model
+        from mnv3.cpp_engine import CppModel, infer_cpp as infer  # noqa: F811
+
+        session = CppModel(args.model, threads=args.threads)
+    else:
+        session = load(args.model, threads=args.threads, spin=False)  # decoding needs the CPU too
     with session:
         synsets = args.synsets
         if args.image_dir:

@@ -16,7 +16,8 @@ from mnv3 import __version__
 from mnv3.errors import Interrupted, Mnv3Error
 
 # The pipeline, in order.
-SUBCOMMANDS = ("export", "build", "infer", "eval", "bench", "run", "compare", "verify")
+SUBCOMMANDS = ("export", "build", "infer", "eval", "bench", "run", "compare", "verify",
+               "build-cpp")
 
 EPILOG = """\
 stages:  export -> build -> infer / eval -> bench;  'run' does them all.
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mnv3 {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name in SUBCOMMANDS:
-        module_name = f"mnv3.cli.{name}_cmd"
+        module_name = f"mnv3.cli.{name.replace('-', '_')}_cmd"
         if importlib.util.find_spec(module_name) is None:
             continue  # stage not implemented yet
         importlib.import_module(module_name).add_parser(sub)

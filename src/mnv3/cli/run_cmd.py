@@ -18,6 +18,7 @@ examples:
            --label-file ../shared/datasets/imagenet-sample-500/labels.txt
   mnv3 run --quant-modes force_float32,qint8_mixed_float32 --batch-sizes 1,8 --out runs/a
   mnv3 run --backends onnxruntime,openvino --quant-modes force_float32,qint8_mixed_float16
+  mnv3 run --backends openvino --quant-modes force_float32 --batch-sizes 8 --cpp
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def add_parser(sub):
     p.add_argument("--bench-warmup", type=int, default=10, metavar="N",
                    help="unmeasured runs before each round (default 10)")
     p.add_argument("--out", default="data", metavar="DIR", help="output folder (default data)")
+    p.add_argument("--cpp", action="store_true",
+                   help="also run each openvino build through the native mnv3-infer-cpp (built "
+                   "with 'mnv3 build-cpp' on the way): an 'openvino C++' row")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", default=None, metavar="F", help="also write report.json's content "
                    "to F ('-' = stdout)")
@@ -90,7 +94,7 @@ def run(args) -> int:
         calib_dir=args.calib_dir, calib_num=args.calib_num, bench_duration=args.bench_duration,
         bench_iterations=args.bench_iterations, bench_rounds=args.bench_rounds,
         bench_warmup=args.bench_warmup, out=args.out,
-        progress=not args.no_progress,
+        progress=not args.no_progress, cpp=args.cpp,
     )
     if args.json != "-":
         if rep.untrained:

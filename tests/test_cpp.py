@@ -1,0 +1,322 @@
+"""mnv3-infer-cpp (cpp/): built with `mnv3 build-cpp`, checked against the Python pipeline.
+
+The program must see the tensor Python builds (bit for bit, from the same files), write the same
+result files as ``mnv3.infer``, and fail like it: one line, mnv3's exit codes, nothing partial.
+Skips with the reason where it cannot be built (no OpenVINO, no compiler or image libraries);
+CI sets MNV3_REQUIRE_CPP=1, which turns those skips into failures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnv3.meta import PreprocessCfg
+
+REQUIRE = os.environ.get("MNV3_REQUIRE_CPP") == "1"
+PP = PreprocessCfg(resize=36, crop=32)
+
+
+def _skip(reason: str):
+    if REQUIRE:
+        pytest.fail(f"MNV3_REQUIRE_CPP=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def binary() -> Path:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        _skip("openvino is not installed (pip install -e '.[openvino]')")
+    from mnv3 import cpp_engine
+
+    if missing := cpp_engine.missing_tools():
+        _skip(f"build tools missing: {', '.join(missing)} ({cpp_engine.INSTALL_HINT})")
+    headers = [Path(d) / h for d in ("/usr/include", "/usr/include/x86_64-linux-gnu",
+                                     "/usr/local/include") for h in ("jpeglib.h", "png.h")]
+    if not {h.name for h in headers if h.is_file()} >= {"jpeglib.h", "png.h"}:
+        _skip(f"libjpeg / libpng headers missing ({cpp_engine.INSTALL_HINT})")
+    return cpp_engine.build_cpp()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """{name: model dir}: the tiny classifier built for OpenVINO (fixed batch 4, mutable) and ORT."""
+    pytest.importorskip("openvino")
+    from tiny_onnx import export_tiny, write_images
+
+    from mnv3.builder import build
+
+    root = tmp_path_factory.mktemp("cpp")
+    export_tiny(root / "tiny.onnx", dynamic=True, batch=2)
+    write_images(root / "calib", 4)
+    out = {}
+    for name, backend, mutable, batch in (("fixed4", "openvino", False, 4),
+                                          ("mutable", "openvino", True, 1),
+                                          ("ort", "onnxruntime", False, 4)):
+        out[name] = root / name
+        build(root / "tiny.onnx", out[name], quant_mode="force_float32", shape_mutable=mutable,
+              batch_size=batch, preprocess=PP, calib_dir=root / "calib", backend=backend,
+              options={"progress": False})
+    return out
+
+
+def _variant(model: Path, dest: Path, **preprocess) -> Path:
+    """A copy of ``model`` whose meta.json asks for other preprocessing (meta.json is not hashed)."""
+    shutil.copytree(model, dest, ignore=shutil.ignore_patterns(".ov_cache"))
+    meta = json.loads((dest / "meta.json").read_text())
+    meta["preprocess"].update(preprocess)
+    (dest / "meta.json").write_text(json.dumps(meta))
+    return dest
+
+
+def _images(folder: Path) -> list[Path]:
+    """Every decoding path the program has, at sizes that take each resize pass order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+
+    def smooth(w, h, c=3):
+        base = rng.integers(0, 256, (max(2, h // 6), max(2, w // 6), c), dtype=np.uint8)
+        img = Image.fromarray(base.squeeze() if c == 1 else base)
+        arr = np.asarray(img.resize((w, h), Image.BICUBIC))
+        return np.clip(arr.astype(int) + rng.integers(-20, 21, arr.shape), 0, 255).astype(np.uint8)
+
+    items = []
+    for i, (w, h) in enumerate([(97, 61), (61, 97), (40, 130), (130, 40), (36, 36), (36, 50),
+                                (20, 30), (300, 36), (33, 33), (500, 375), (375, 500)]):
+        items.append((f"rgb_{i:02d}.png", Image.fromarray(smooth(w, h))))
+    items.append(("jpeg_q90.jpg", Image.fromarray(smooth(120, 90))))  # saved below as JPEG
+    items.append(("jpeg_prog.jpeg", Image.fromarray(smooth(90, 120))))
+    items.append(("grey.jpg", Image.fromarray(smooth(80, 64, 1), "L")))
+    items.append(("cmyk.jpg", Image.fromarray(smooth(70, 50, 4), "CMYK")))
+    items.append(("grey.png", Image.fromarray(smooth(50, 70, 1), "L")))
+    items.append(("rgba.png", Image.fromarray(smooth(64, 48, 4), "RGBA")))
+    items.append(("la.png", Image.fromarray(smooth(48, 64, 4), "RGBA").convert("LA")))
+    items.append(("pal_trns.png", Image.fromarray(smooth(60, 45)).convert("P")))
+    items.append(("pal.png", Image.fromarray(smooth(45, 60)).convert("P")))
+    items.append(("bits1.png", Image.fromarray(smooth(50, 40, 1), "L").convert("1")))
+    g16 = (smooth(44, 52, 1).astype(np.uint16) * 257 + rng.integers(0, 257, (52, 44))).astype(np.uint16)
+    items.append(("grey16.png", Image.fromarray(g16)))
+    paths = []
+    for name, img in items:
+        p = folder / name
+        if name == "jpeg_prog.jpeg":
+            img.save(p, quality=85, progressive=True)
+        elif name.endswith(".jpg"):
+            img.save(p, quality=90)
+        elif name == "pal_trns.png":
+            img.save(p, transparency=3)
+        else:
+            img.save(p)
+        paths.append(p)
+    return paths
+
+
+def _run(binary, *args, check=True):
+    proc = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+@pytest.mark.parametrize("variant", [{}, {"interpolation": "bicubic", "channel_order": "BGR",
+                                          "resize": 45, "mean": [0.498] * 3, "std": [0.502] * 3}])
+def test_tensors_are_bit_identical_to_python_preprocessing(binary, models, tmp_path, variant):
+    from mnv3.data.preprocess import preprocess_image
+    from mnv3.meta import read_meta
+
+    model = _variant(models["mutable"], tmp_path / "m", **variant) if variant else models["mutable"]
+    cfg = read_meta(model).preprocess
+    paths = sorted(_images(tmp_path / "img"), key=str)
+    _run(binary, "--model", model, "--image-dir", tmp_path / "img", "--output-dir",
+         tmp_path / "out", "--dump-tensors", tmp_path / "dump", "--quiet")
+    for i, p in enumerate(paths):
+        ours = np.fromfile(tmp_path / "dump" / f"{i}.f32", dtype=np.float32).reshape(3, 32, 32)
+        ref = preprocess_image(p, cfg)
+        assert np.array_equal(ours, ref), f"{p.name}: max |diff| {np.abs(ours - ref).max()}"
+
+
+def test_result_files_match_mnv3_infer_on_the_demo_set(binary, models, tmp_path):
+    from mnv3.cpp_engine import CppModel, infer_cpp
+    from mnv3.data.datasets import Sample, demo_dataset
+    from mnv3.inference import infer
+
+    samples = [Sample(s.path, s.label % 10) for s in demo_dataset()]  # the tiny net has 10 classes
+    py = infer(str(models["fixed4"]), samples, tmp_path / "py", progress=False)
+    cpp = infer_cpp(CppModel(models["fixed4"], binary=binary), samples, tmp_path / "cpp")
+    for name in ("eval_labels.txt", "eval_result_1.txt", "eval_result_5.txt", "eval_result.txt"):
+        assert (tmp_path / "py" / name).read_bytes() == (tmp_path / "cpp" / name).read_bytes(), name
+    rows = [[json.loads(line) for line in (tmp_path / d / "results.jsonl").read_text().splitlines()]
+            for d in ("py", "cpp")]
+    for a, b in zip(*rows, strict=True):
+        assert {k: a[k] for k in ("file", "label", "top5", "names")} == \
+               {k: b[k] for k in ("file", "label", "top5", "names")}
+        assert np.allclose(a["probs"], b["probs"], atol=2e-6)
+    assert (cpp.processed, cpp.top1, cpp.top5) == (py.processed, py.top1, py.top5)
+    assert cpp.images_per_s > 0 and cpp.engine_seconds > 0
+
+
+def test_mutable_model_and_image_num_and_plain_folder(binary, models, tmp_path):
+    from tiny_onnx import write_images
+
+    write_images(tmp_path / "img", 7)
+    _run(binary, "--model", models["mutable"], "--image-dir", tmp_path / "img", "--output-dir",
+         tmp_path / "out", "--batch-size", 3, "--image-num", 5, "--json", tmp_path / "s.json",
+         "--quiet")
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert (s["images"], s["processed"], s["labeled"], s["top1"]) == (5, 5, 0, None)
+    assert len((tmp_path / "out" / "eval_result_5.txt").read_text().splitlines()) == 25
+    assert not (tmp_path / "out" / "eval_result.txt").exists()  # no labels: no accuracy
+
+
+def test_bad_images_are_skipped_and_listed_or_fatal_with_strict(binary, models, tmp_path):
+    from tiny_onnx import write_images
+
+    write_images(tmp_path / "img", 5)
+    (tmp_path / "img" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    good = (tmp_path / "img" / "img_000.png").read_bytes()
+    (tmp_path / "img" / "cut.jpg").write_bytes(b"")  # empty
+    Image.open(tmp_path / "img" / "img_001.png").save(tmp_path / "t.jpg")
+    (tmp_path / "img" / "truncated.jpg").write_bytes((tmp_path / "t.jpg").read_bytes()[:300])
+    (tmp_path / "img" / "text.png").write_text("hello")
+    assert good
+    proc = _run(binary, "--model", models["fixed4"], "--image-dir", tmp_path / "img",
+                "--output-dir", tmp_path / "out")
+    skipped = (tmp_path / "out" / "skipped.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in skipped) == \
+           ["broken.png", "cut.jpg", "text.png", "truncated.jpg"]
+    assert all("replace or remove the file" in line for line in skipped)
+    assert "5 predicted, 4 skipped" in proc.stdout
+    assert len((tmp_path / "out" / "eval_result_1.txt").read_text().splitlines()) == 5
+    strict = _run(binary, "--model", models["fixed4"], "--image-dir", tmp_path / "img",
+                  "--output-dir", tmp_path / "new" / "out", "--strict", check=False)
+    assert strict.returncode == 3 and "--strict" in strict.stderr
+    assert len(strict.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()  # the folders it created are gone
+
+
+def test_reliability_bad_files_are_handled_like_python(binary, models, tmp_path):
+    """The reliability suite's bad images: the program skips what Python skips, plus WebP
+    (it decodes only JPEG and PNG), and builds Python's tensor for every other one."""
+    from reliability.badfiles import IMAGE_CASES
+
+    from mnv3.data.loader import iter_batches
+    from mnv3.data.preprocess import preprocess_image
+    from mnv3.data.datasets import load_dataset
+    from mnv3.meta import read_meta
+
+    (tmp_path / "img").mkdir()
+    for name, (maker, _) in IMAGE_CASES.items():
+        maker(tmp_path / "img" / name)
+    samples = load_dataset(tmp_path / "img")
+    cfg = read_meta(models["mutable"]).preprocess
+    loader = iter_batches(samples, cfg, 4, workers=1)
+    for _ in loader:
+        pass
+    py_skipped = {Path(s.path).name for s, _ in loader.skipped}
+    _run(binary, "--model", models["mutable"], "--image-dir", tmp_path / "img", "--output-dir",
+         tmp_path / "out", "--dump-tensors", tmp_path / "dump", "--quiet")
+    lines = (tmp_path / "out" / "skipped.txt").read_text().splitlines()
+    cpp_skipped = {line.split("\t")[0] for line in lines}
+    assert cpp_skipped == py_skipped | {"webp_named.JPEG"}
+    for i, s in enumerate(samples):
+        if Path(s.path).name not in cpp_skipped:
+            ours = np.fromfile(tmp_path / "dump" / f"{i}.f32", dtype=np.float32).reshape(3, 32, 32)
+            assert np.array_equal(ours, preprocess_image(s.path, cfg)), s.path
+
+
+@pytest.mark.parametrize("damage", ["xml", "bin", "backend", "missing", "meta"])
+def test_wrong_or_tampered_model_is_one_line_and_exit_7(binary, models, tmp_path, damage):
+    from tiny_onnx import write_images
+
+    write_images(tmp_path / "img", 2)
+    model = tmp_path / "model"
+    if damage == "backend":
+        model = models["ort"]
+    elif damage != "missing":
+        shutil.copytree(models["fixed4"], model, ignore=shutil.ignore_patterns(".ov_cache"))
+        if damage == "meta":
+            (model / "meta.json").write_text("{not json")
+        else:
+            with open(model / f"model.{damage}", "ab") as f:
+                f.write(b" ")
+    proc = _run(binary, "--model", model, "--image-dir", tmp_path / "img", "--output-dir",
+                tmp_path / "out", check=False)
+    assert proc.returncode == 7, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    expected = {"xml": "sha256", "bin": "sha256", "backend": "--backend openvino",
+                "missing": "does not exist", "meta": "meta.json"}[damage]
+    assert expected in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--batch-size", "0"], "at least 1"),
+    (["--batch-size", "3"], "fixed batch of 4"),
+    (["--frobnicate", "1"], "unknown flag"),
+    (["--threads", "two"], "whole number"),
+])
+def test_bad_flags_are_usage_errors(binary, models, tmp_path, args, needle):
+    proc = _run(binary, "--model", models["fixed4"], "--image-dir", tmp_path, "--output-dir",
+                tmp_path / "out", *args, check=False)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_seed_spellings_and_save_images(binary, models, tmp_path):
+    from tiny_onnx import write_images
+
+    write_images(tmp_path / "img", 3)
+    (tmp_path / "labels.txt").write_text("".join(f"img_{i:03d}.png {i}\n" for i in range(3)))
+    _run(binary, "--model", models["fixed4"], "--image_dir", tmp_path / "img", "--label_file",
+         tmp_path / "labels.txt", "--output_dir", tmp_path / "out", "--save-images")
+    saved = sorted(p.name for p in (tmp_path / "out" / "images").iterdir())
+    assert saved == ["img_000.png", "img_001.png", "img_002.png"]
+    copy = np.asarray(Image.open(tmp_path / "out" / "images" / "img_000.png").convert("RGB"))
+    assert (copy[0, 0] == 0).all() and (copy == [255, 255, 0]).all(axis=2).any()  # box + text
+    assert (tmp_path / "out" / "eval_result.txt").read_text().startswith("top1 accuracy: ")
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
+
+
+def test_mnv3_infer_engine_cpp_cli(binary, models, tmp_path, monkeypatch):
+    from mnv3.cli.main import main
+
+    from tiny_onnx import write_images
+
+    monkeypatch.setenv("MNV3_INFER_CPP", str(binary))
+    write_images(tmp_path / "img", 9)
+    (tmp_path / "labels.txt").write_text("".join(f"img_{i:03d}.png {i % 10}\n" for i in range(9)))
+    out = tmp_path / "out"
+    assert main(["infer", "--engine", "cpp", "--model", str(models["fixed4"]), "--image-dir",
+                 str(tmp_path / "img"), "--label-file", str(tmp_path / "labels.txt"),
+                 "--output-dir", str(out), "--image-num", "6"]) == 0
+    assert len((out / "eval_result_1.txt").read_text().splitlines()) == 6
+    assert (out / "eval_result.txt").is_file()
+    assert main(["infer", "--engine", "cpp", "--model", str(models["ort"]),
+                 "--output-dir", str(tmp_path / "o2")]) == 7
+
+
+def test_mnv3_run_cpp_adds_an_openvino_cpp_row(binary, tmp_path, monkeypatch):
+    from mnv3.pipeline import run_all
+    from mnv3.report import accuracy_table
+
+    monkeypatch.setenv("MNV3_INFER_CPP", str(binary))
+    rep = run_all(width_mult=0.35, image_num=4, quant_modes=("force_float32",), batch_sizes=(2,),
+                  threads=1, bench_duration=0.05, bench_rounds=1, bench_warmup=1,
+                  progress=False, backends=("openvino",), cpp=True, out=tmp_path)
+    ov_row, cpp_row = rep.rows
+    assert (ov_row.backend, cpp_row.backend) == ("openvino", "openvino C++")
+    assert cpp_row.accuracy["top1"] == ov_row.accuracy["top1"]
+    assert cpp_row.accuracy["agreement"] == ov_row.accuracy["agreement"]
+    assert cpp_row.bench is None and cpp_row.accuracy["end_to_end_images_per_s"] > 0
+    assert "| openvino C++ |" in accuracy_table(rep)
+    assert (tmp_path / "results" / "cpp" / cpp_row.name / "eval_result_1.txt").is_file()
