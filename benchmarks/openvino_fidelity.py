@@ -24,7 +24,9 @@ import numpy as np
 from mnv3.backends import load
 from mnv3.builder import build
 from mnv3.data.datasets import load_dataset
+from mnv3.errors import Mnv3Error
 from mnv3.meta import PreprocessCfg
+from mnv3.sysinfo import cpu_model, isa_label
 
 from lite0 import export_lite0  # benchmarks/lite0.py: the one Lite0 export (real weights)
 
@@ -53,9 +55,13 @@ def evaluate(model_dir: Path, x: np.ndarray, threads: int | None) -> np.ndarray:
 
 def build_and_score(onnx, out, mode, options, x, y, ref, threads, calib_num) -> dict:
     t0 = time.perf_counter()
-    meta = build(onnx, out, quant_mode=mode, shape_mutable=False, batch_size=1,
-                 preprocess=LITE0_PP, calib_dir=SAMPLE / "images", calib_num=calib_num,
-                 backend="openvino", options={"progress": False, "threads": threads, **options})
+    try:
+        meta = build(onnx, out, quant_mode=mode, shape_mutable=False, batch_size=1,
+                     preprocess=LITE0_PP, calib_dir=SAMPLE / "images", calib_num=calib_num,
+                     backend="openvino",
+                     options={"progress": False, "threads": threads, **options})
+    except Mnv3Error as e:  # refused by the accuracy budget, or a precision this CPU lacks
+        return {"error": str(e).split(". ")[0], "build_s": time.perf_counter() - t0}
     seconds = time.perf_counter() - t0
     pred = evaluate(out, x, threads).argmax(1)
     quant = meta.extra.get("quantization", {})
@@ -63,7 +69,20 @@ def build_and_score(onnx, out, mode, options, x, y, ref, threads, calib_num) -> 
             "agree": 100 * float((pred == ref).mean()) if ref is not None else 100.0,
             "pred": pred, "build_s": seconds,
             "float_layers": len(meta.extra.get("float_layers", []) or []),
-            "control": quant.get("accuracy_control")}
+            "control": quant.get("accuracy_control"), "gate": _gate(meta)}
+
+
+def _gate(meta) -> str:
+    """What the accuracy budget and the speed check did to this build."""
+    f, extra = meta.fidelity or {}, meta.extra
+    out = "float32 reference" if meta.quant_mode == "force_float32" else \
+        "within budget" if f.get("within_budget") else "BELOW budget"
+    if extra.get("fallback"):
+        out += f", fallback: {extra['fallback'].get('method', 'layers')}"
+    shipped = (extra.get("int8_speed_check") or {}).get("shipped")
+    if shipped and shipped != "int8":
+        out += f", int8 slower: shipped {shipped}"
+    return out
 
 
 def main() -> None:
@@ -81,7 +100,8 @@ def main() -> None:
         export_lite0(onnx)
     x, y = held_out_set(SAMPLE, args.calib_num)
     print(f"EfficientNet-Lite0, TF-style normalization; calibrate {args.calib_num}, evaluate "
-          f"{len(y)} held-out images of {SAMPLE.name}; OpenVINO, batch 1 builds")
+          f"{len(y)} held-out images of {SAMPLE.name}; OpenVINO, batch 1 builds; CPU "
+          f"{cpu_model()}, int8 ISA: {isa_label()}")
     fp32 = build_and_score(onnx, work / "fp32", "force_float32", {}, x, y, None, args.threads,
                            args.calib_num)
     ref = fp32["pred"]
@@ -106,15 +126,19 @@ def main() -> None:
                          build_and_score(onnx, work / f"{mode}_ac", mode,
                                          {"max_drop": args.max_drop}, x, y, ref, args.threads,
                                          args.calib_num)))
-    print("\n| build | top-1 % | drop (points) | top-1 agreement % | float convs | build s |")
-    print("|---|---|---|---|---|---|")
+    print("\n| build | top-1 % | drop (points) | top-1 agreement % | float convs | build s | "
+          "budget |")
+    print("|---|---|---|---|---|---|---|")
     for name, r in rows:
         _print_row(name, r, fp32["top1"])
 
 
 def _print_row(name, r, base) -> None:
+    if "error" in r:
+        print(f"| {name} | | | | | {r['build_s']:.0f} | refused: {r['error']} |", flush=True)
+        return
     print(f"| {name} | {r['top1']:.2f} | {base - r['top1']:+.2f} | {r['agree']:.2f} | "
-          f"{r['float_layers']} | {r['build_s']:.0f} |", flush=True)
+          f"{r['float_layers']} | {r['build_s']:.0f} | {r['gate']} |", flush=True)
 
 
 if __name__ == "__main__":

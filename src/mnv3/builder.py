@@ -131,6 +131,9 @@ def _build_into(tmp: Path, engine, onnx_path, quant_mode, mutable, batch, prepro
 
     num = int(options.get("fidelity_num", FIDELITY_NUM))
     fid_files, unseen = (held_out[:num], True) if held_out else (calib[:num], not calib)
+    if fid_files and "validation_files" not in cfg.options:
+        # an engine's own accuracy control (NNCF) validates on the budget's held-out images
+        cfg.options = {**cfg.options, "validation_files": list(fid_files)}
     decoded: list = []  # the fidelity images, decoded once for every round of the gate
 
     def measure(session) -> dict[str, Any]:

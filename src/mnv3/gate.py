@@ -158,10 +158,7 @@ def _hold_to_budget(engine, src, tmp, cfg, make_meta, measure, budget, meta, fid
     fidelity["budget"] = budget.to_dict()
     fidelity["within_budget"] = not short
     if short:
-        tried = (f"{len(cfg.float_layers)} layers already returned to float"
-                 if cfg.float_layers else "no layer fallback on this backend"
-                 if not engine.supports_fallback or not cfg.quant_mode.startswith("qint8")
-                 else "no layer left to return to float")
+        tried = _what_was_tried(engine, cfg, meta)
         if not budget.allow_below:
             raise BuildError(below_budget_error(cfg.quant_mode, fidelity, budget, short, tried))
         fidelity["below_budget"] = short
@@ -171,6 +168,21 @@ def _hold_to_budget(engine, src, tmp, cfg, make_meta, measure, budget, meta, fid
                   f"was given: {'; '.join(short)}")
     meta.fidelity = fidelity
     return meta, fidelity
+
+
+def _what_was_tried(engine, cfg, meta) -> str:
+    fallback = meta.extra.get("fallback") or {}
+    if fallback.get("method") == "engine accuracy control":
+        return (f"{engine.name}'s accuracy control already ran with max drop "
+                f"{fallback['max_drop']} points")
+    if cfg.float_layers:
+        return (f"{len(cfg.float_layers)} int8 layers already returned to float, at most "
+                f"{MAX_FLOAT_FRACTION:.0%} may be")
+    if not cfg.quant_mode.startswith("qint8"):
+        return "a 16-bit float build has no layers to return to float32"
+    if engine.supports_fallback:
+        return f"no more than {MAX_FLOAT_FRACTION:.0%} of the int8 layers may return to float"
+    return f"the {engine.name} backend has no layer fallback"
 
 
 def _fall_back(engine, src, tmp, cfg, make_meta, measure, budget, meta, fidelity, short):

@@ -19,6 +19,7 @@ from typing import Any
 from mnv3.backends import DEFAULT_BACKEND
 from mnv3.bench import BenchResult
 from mnv3.meta import atomic_write_text
+from mnv3.sysinfo import isa_label
 
 SCHEMA = "mnv3.run/1"
 BASELINE_TORCH = "pytorch-eager-fp32"
@@ -229,6 +230,8 @@ def _machine(system: dict[str, Any]) -> str:
     c = system.get("cores", {})
     v = system.get("versions", {})
     feats = " ".join(system.get("cpu_features", []))
+    if system.get("int8_isa"):
+        feats += f"; int8: {isa_label(system['int8_isa'])}"
     return (f"{system.get('cpu_model')} ({c.get('physical')} cores, {c.get('usable')} usable; "
             f"{feats}); " + ", ".join(f"{k} {v[k]}" for k in sorted(v)))
 
@@ -243,7 +246,9 @@ def format_bench(r: BenchResult) -> str:
         ("configuration", f"batch {r.batch}, threads {r.threads or 'engine default'}, "
                           f"streams {r.streams}, warm-up {r.warmup}, stop at {r.stop}"),
         ("machine", f"{r.system.get('cpu_model', '?')}, {c.get('physical')} cores "
-                    f"({c.get('usable')} usable); {' '.join(r.system.get('cpu_features', []))}"),
+                    f"({c.get('usable')} usable); {' '.join(r.system.get('cpu_features', []))}"
+                    + (f"; int8: {isa_label(r.system['int8_isa'])}"
+                       if r.system.get("int8_isa") else "")),
         ("other load", "unknown" if r.other_cpu_load is None else
                        f"{r.other_cpu_load:.2f} cores used by other processes while measuring"),
         ("load", f"{_f(r.load_time_ms, 1)} ms"),
