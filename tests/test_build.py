@@ -86,7 +86,7 @@ def test_failure_mid_build_leaves_nothing(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(OnnxRuntimeBackend, "build_compiled", boom)
     with pytest.raises(KeyboardInterrupt):
         _build(tiny, tmp_path / "m")
-    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+    assert [p.name for p in tmp_path.iterdir()] == []  # no lock file either (issue 13)
 
 
 def test_failed_rebuild_keeps_old_model_and_rebuild_replaces(tiny, tmp_path, monkeypatch):
@@ -207,3 +207,50 @@ def test_bad_calibration_image_is_a_data_error_and_leaves_nothing(tiny, tmp_path
         _build(tiny, tmp_path / "m", mode="qint8_mixed_float32", calib_dir=folder, calib_num=12)
     assert not (tmp_path / "m").exists()
     assert not list(tmp_path.glob(".m.tmp-*"))
+
+
+def test_lock_file_is_removed_and_a_late_opener_takes_the_new_one(tmp_path):
+    """Issue 13: no .NAME.lock stays beside a model. A builder that opened the old lock file
+    just before its holder removed it must not count as holding the lock."""
+    import fcntl
+
+    from mnv3.atomic import build_lock
+
+    target = tmp_path / "m"
+    lock = tmp_path / ".m.lock"
+    with build_lock(target):
+        assert lock.is_file()
+        late = open(lock, "a+")  # a second builder, between its open() and its flock()
+    assert not lock.exists()
+    fcntl.flock(late, fcntl.LOCK_EX | fcntl.LOCK_NB)  # it gets the lock of a removed file...
+    try:
+        with build_lock(target):  # ...yet a third builder is not shut out by it, and
+            assert lock.is_file()  # the lock it holds is the file at the path
+            assert os.stat(lock).st_ino != os.fstat(late.fileno()).st_ino
+    finally:
+        late.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lock_taken_on_a_file_just_removed_is_retaken_on_the_new_one(tmp_path):
+    """The race the removal opens: our flock lands on a file its holder removed meanwhile."""
+    import fcntl
+    import types
+
+    from mnv3.atomic import _lock
+
+    lock = tmp_path / ".m.lock"
+    calls = []
+
+    def flock(f, op):  # the holder removes the file right as we lock it, once
+        calls.append(op)
+        if len(calls) == 1:
+            os.unlink(lock)
+        fcntl.flock(f, op)
+
+    fake = types.SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB)
+    f = _lock(fake, tmp_path / "m", lock)
+    try:
+        assert len(calls) == 2 and os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino
+    finally:
+        f.close()
