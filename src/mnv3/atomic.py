@@ -71,6 +71,33 @@ def _lock(fcntl, target: Path, lock_path: Path):
                      "starting and ending; wait for them or build to another --output")
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc), since
+    ``os.umask`` can only be read by setting it, a moment in which other threads' files would
+    get the wrong mode."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def normal_mode(path_or_fd, directory: bool = False) -> None:
+    """Give a file made by mkstemp (0600) or a folder made by mkdtemp (0700) the mode a plain
+    ``open(..., "w")`` / ``mkdir`` would have given it (0644 / 0755 under umask 022): they are
+    renamed into place as results, reports, models (issue 13)."""
+    mode = (0o777 if directory else 0o666) & ~current_umask()
+    if isinstance(path_or_fd, int):
+        os.fchmod(path_or_fd, mode)
+    else:
+        os.chmod(path_or_fd, mode)
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux renameat2); False when unsupported."""
     try:

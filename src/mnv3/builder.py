@@ -21,7 +21,7 @@ import numpy as np
 
 from mnv3 import __version__
 from mnv3 import calibration as cal
-from mnv3.atomic import build_lock, publish_dir
+from mnv3.atomic import build_lock, normal_mode, publish_dir
 from mnv3.backends import get_backend
 from mnv3.backends.base import BuildConfig
 from mnv3.errors import UsageError
@@ -67,6 +67,7 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
         _remove_temps(target)  # left by a killed build (SIGKILL cannot be cleaned up after)
         try:
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+            normal_mode(tmp, directory=True)  # it becomes the model folder: not mkdtemp's 0700
             meta = _build_into(tmp, engine, onnx_path, quant_mode, bool(shape_mutable),
                                int(batch_size), preprocess, calib, held_out, calib_info,
                                calib_method, class_names, source or {}, options)

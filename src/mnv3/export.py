@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mnv3.atomic import normal_mode
 from mnv3.errors import ExportError, UsageError
 from mnv3.meta import PreprocessCfg, sha256_file
 from mnv3.models.checkpoints import LoadedModel
@@ -110,6 +111,7 @@ def export_onnx(model, output, *, batch_size: int = 1, dynamic_batch: bool = Fal
     except OSError as e:  # a file in the way, a read-only place: the user's to fix
         raise UsageError(f"cannot write {output} ({e.strerror or e}); "
                          "choose a writable --output") from None
+    normal_mode(fd)  # the .onnx gets a plain file's mode, not mkstemp's 0600
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from mnv3.atomic import normal_mode
 from mnv3.backends import DEFAULT_BACKEND
 from mnv3.bench import BenchResult
 from mnv3.meta import atomic_write_text
@@ -280,6 +281,7 @@ def _atomic_png(rep: RunReport, path: Path) -> None:
     from mnv3.report_plot import plot_report  # matplotlib is imported only here
 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    normal_mode(fd)  # not mkstemp's 0600: the report is for reading
     os.close(fd)
     try:
         plot_report(rep, tmp)
