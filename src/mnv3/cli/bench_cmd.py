@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 
-from mnv3.cli.common import add_parser as _add, write_json
+from mnv3.cli.common import add_parser as _add, human_print, write_json
 
 
 def add_parser(sub):
@@ -65,7 +65,6 @@ def run(args) -> int:
         result = benchmark(session, batch=args.batch, threads=threads, streams=args.streams,
                            iterations=args.iterations, duration=args.duration,
                            warmup=args.warmup, load_time_s=load_s)
-    if args.json != "-":
-        print(format_bench(result))
+    human_print(args.json)(format_bench(result))
     write_json(args.json, result.to_dict())
     return 0

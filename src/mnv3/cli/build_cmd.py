@@ -113,7 +113,7 @@ def run(args) -> int:
                      calib_method=args.calib_method, backend=args.backend, source=source,
                      options=options)
     out = args.output or Path("data/models") / meta.name
-    print(summary(meta, out))
+    common.human_print(args.json)(summary(meta, out))
     common.write_json(args.json, meta.to_dict())
     return 0
 

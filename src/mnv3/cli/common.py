@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mnv3.errors import UsageError
 from mnv3.meta import atomic_write_text
@@ -48,6 +49,14 @@ def str2bool(text: str) -> bool:
     if t in ("false", "0", "no", "n"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def human_print(json_path) -> Callable[..., None]:
+    """``print`` for the human lines: to stderr when ``--json -`` makes stdout the JSON's alone,
+    so ``mnv3 CMD --json - | python -m json.tool`` always parses (issue 13)."""
+    if json_path is not None and str(json_path) == "-":
+        return functools.partial(print, file=sys.stderr)
+    return print
 
 
 def write_json(path: str | Path | None, data: Any) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from mnv3.cli.common import add_parser as _add, write_json
+from mnv3.cli.common import add_parser as _add, human_print, write_json
 
 
 def add_parser(sub):
@@ -37,10 +37,10 @@ def run(args) -> int:
 
     result = evaluate_files(args.result_label_file, args.result_1_file, args.result_5_file,
                             args.top1andtop5_file)
-    if args.json != "-":
-        sys.stdout.write(result.lines())
-        if result.missing:
-            print(f"warning: {result.missing} of {result.total} labelled images have no line in "
-                  f"{args.result_1_file}; they count as wrong", file=sys.stderr)
+    say = human_print(args.json)
+    say(result.lines(), end="")
+    if result.missing:
+        print(f"warning: {result.missing} of {result.total} labelled images have no line in "
+              f"{args.result_1_file}; they count as wrong", file=sys.stderr)
     write_json(args.json, result.to_dict())
     return 0

@@ -14,7 +14,7 @@ example:
 
 from __future__ import annotations
 
-from mnv3.cli.common import add_parser as _add, write_json
+from mnv3.cli.common import add_parser as _add, human_print, write_json
 
 
 def add_parser(sub):
@@ -47,7 +47,7 @@ def run(args) -> int:
     report = export_onnx(loaded, args.output, batch_size=args.batch_size,
                          dynamic_batch=args.dynamic_batch, image_size=args.image_size,
                          opset=args.opset, verify_images=args.verify_images)
-    print(summary(report))
+    human_print(args.json)(summary(report))
     write_json(args.json, report.to_dict())
     return 0
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 
-from mnv3.cli.common import add_parser as _add, write_json
+from mnv3.cli.common import add_parser as _add, human_print, write_json
 
 
 def add_parser(sub):
@@ -79,7 +79,7 @@ def run(args) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
         if value is not None and value < 1:  # 0 would silently mean "the default"
             raise UsageError(f"{flag} must be at least 1, got {value}")
-    say = (lambda *a: None) if args.json == "-" else print
+    say = human_print(args.json)
     session = load(args.model, threads=args.threads, spin=False)  # decoding needs the CPU too
     with session:
         synsets = args.synsets

@@ -23,7 +23,7 @@ examples:
 from __future__ import annotations
 
 from mnv3.cli.common import add_parser as _add
-from mnv3.cli.common import int_list, str2bool, str_list, write_json
+from mnv3.cli.common import human_print, int_list, str2bool, str_list, write_json
 
 
 def add_parser(sub):
@@ -92,14 +92,14 @@ def run(args) -> int:
         bench_warmup=args.bench_warmup, out=args.out,
         progress=not args.no_progress,
     )
-    if args.json != "-":
-        if rep.untrained:
-            print("UNTRAINED (random init, seed 0): top-1/top-5 below are meaningless.\n")
-        print("## Performance\n\n" + performance_table(rep) + "\n")
-        print("## Accuracy\n\n" + accuracy_table(rep) + "\n")
-        print("## Against baselines (same run, same input, same threads)\n\n"
-              + baselines_table(rep) + "\n")
-        print(f"report: {args.out}/report.md, report.json, report.png "
-              f"(mnv3 run took {time.perf_counter() - t0:.0f} s)")
+    say = human_print(args.json)
+    if rep.untrained:
+        say("UNTRAINED (random init, seed 0): top-1/top-5 below are meaningless.\n")
+    say("## Performance\n\n" + performance_table(rep) + "\n")
+    say("## Accuracy\n\n" + accuracy_table(rep) + "\n")
+    say("## Against baselines (same run, same input, same threads)\n\n"
+        + baselines_table(rep) + "\n")
+    say(f"report: {args.out}/report.md, report.json, report.png "
+        f"(mnv3 run took {time.perf_counter() - t0:.0f} s)")
     write_json(args.json, rep.to_dict())
     return 0
