@@ -138,7 +138,9 @@ def _build_into(tmp: Path, engine, onnx_path, quant_mode, mutable, batch, prepro
 # ----------------------------------------------------------------------------- validation
 def _check_args(onnx_path: Path, mutable, batch_size, calib_num, calib_method) -> None:
     if not onnx_path.is_file():
-        raise UsageError(f"ONNX model {onnx_path} does not exist; export one with 'mnv3 export'")
+        raise UsageError(f"ONNX model {onnx_path} does not exist; check the path ('mnv3 "
+                         "export --weights CKPT --output FILE.onnx' makes one from a MobileNetV3 "
+                         "checkpoint; README.md shows how to get lite0.onnx)")
     if not isinstance(mutable, bool):
         raise UsageError(f"shape_mutable must be true or false, got {mutable!r}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:

@@ -153,6 +153,8 @@ def read_meta(model_dir: str | os.PathLike) -> ModelMeta:
     """Read ``meta.json``; a clear ModelError when it is missing, unreadable or too new."""
     model_dir = Path(model_dir)
     path = model_dir / META_FILE
+    if model_dir.is_file():
+        raise ModelError(_file_for_dir(model_dir))
     if not model_dir.is_dir():
         raise ModelError(f"model directory {model_dir} does not exist; build one with 'mnv3 build'")
     if not path.is_file():
@@ -176,6 +178,15 @@ def read_meta(model_dir: str | os.PathLike) -> ModelMeta:
         return ModelMeta.from_dict(d)
     except (TypeError, ValueError, UsageError) as e:
         raise ModelError(f"{path} is missing fields or has bad values ({e}); rebuild the model") from e
+
+
+def _file_for_dir(path: Path) -> str:
+    """A file where a model directory was expected: say which folder to pass instead."""
+    if (path.parent / META_FILE).is_file():
+        return (f"{path} is a file inside a model directory; a model is given as its directory: "
+                f"pass {path.parent} (the folder holding {META_FILE})")
+    return (f"{path} is a file, not a model directory; build it into one first (e.g. 'mnv3 "
+            f"build --onnx {path} ...' for an ONNX file) and pass that directory")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
