@@ -14,6 +14,7 @@ import datetime as _dt
 import glob
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +25,7 @@ from mnv3 import calibration as cal
 from mnv3.atomic import build_lock, normal_mode, publish_dir
 from mnv3.backends import get_backend
 from mnv3.backends.base import BuildConfig
-from mnv3.errors import UsageError
+from mnv3.errors import DataError, Mnv3Warning, UsageError
 from mnv3.meta import (META_FILE, ModelMeta, PreprocessCfg, check_mode_backend, model_dir_name,
                        normalize_quant_mode, sha256_file, write_meta)
 from mnv3.onnx_source import prepare_source
@@ -37,13 +38,15 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
           preprocess: PreprocessCfg | None = None, calib_dir=None, calib_num: int = 100,
           calib_method: str = "minmax", backend: str = "onnxruntime",
           class_names: Sequence[str] | None = None, source: dict | None = None,
-          options: dict | None = None) -> ModelMeta:
+          options: dict | None = None, strict: bool = False) -> ModelMeta:
     """Quantize/compile ``onnx_path`` into a model directory; returns its ModelMeta.
 
     ``output_dir`` defaults to ``data/models/<quant_mode>_<mutable>_<batch>``. int8 modes
     calibrate on ``calib_num`` images of ``calib_dir`` (a seeded, sorted subset; the bundled
     demo images when None); if fewer exist, all are used and meta.json notes it. ``options``
-    are backend knobs (e.g. ``{"fidelity_num": 400, "progress": False}``).
+    are backend knobs (e.g. ``{"fidelity_num": 400, "progress": False}``). Images that cannot
+    be decoded are skipped and counted (meta.json's calibration.skipped), as ``infer`` does;
+    ``strict=True`` makes the first one an error.
     """
     quant_mode = normalize_quant_mode(quant_mode)
     options = dict(options or {})
@@ -58,6 +61,8 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
     _check_target(target)
     calib, held_out, calib_info = _calibration_files(quant_mode, calib_dir, calib_num,
                                                      calib_method)
+    calib, held_out = _skip_undecodable(calib, held_out, calib_info, preprocess, strict,
+                                        int(options.get("fidelity_num", FIDELITY_NUM)))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file in the way, a read-only place: the user's to fix
@@ -192,6 +197,29 @@ def _calibration_files(quant_mode, calib_dir, calib_num, method):
         info["notes"].append(f"--calib-num {calib_num} asked for more images than {folder} holds "
                              f"({len(files)}): all were used for calibration")
     return calib, held_out, info
+
+
+def _skip_undecodable(calib, held_out, info, cfg, strict: bool, fidelity_num: int):
+    """Drop the images that cannot be decoded from the calibration set and from the held-out
+    images the fidelity check will use; record and warn about them. One broken JPEG in
+    --calib-dir stopped the build, while infer skips it (issue 13)."""
+    calib, bad = cal.decodable(calib, cfg, strict) if calib else ([], [])
+    fid, bad_fid = cal.decodable(held_out[:fidelity_num], cfg, strict) if held_out else ([], [])
+    if bad and info is not None:
+        info["count"] = len(calib)
+        info["files_sha256"] = cal.files_sha256(calib)
+        info["skipped"] = [f"{p.name}: {why}" for p, why in bad]
+        info["notes"].append(f"{len(bad)} calibration image(s) could not be decoded and were "
+                             f"skipped (first: {bad[0][0].name}); calibrated on {len(calib)}")
+    for what, skipped in (("calibration", bad), ("fidelity-check", bad_fid)):
+        if skipped:
+            warnings.warn(f"skipped {len(skipped)} {what} image(s) that could not be decoded "
+                          f"(first: {skipped[0][0]}: {skipped[0][1]}); --strict makes this an "
+                          "error", Mnv3Warning, stacklevel=3)
+    if info is not None and not calib:
+        raise DataError(f"none of the calibration images in {info['folder']} could be decoded "
+                        f"(first: {bad[0][1]}); pass --calib-dir with valid images")
+    return calib, fid + held_out[fidelity_num:]
 
 
 # ----------------------------------------------------------------------------- fidelity

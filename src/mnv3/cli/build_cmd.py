@@ -59,6 +59,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--backend", default="onnxruntime", help="inference engine (default onnxruntime)")
     p.add_argument("--output", type=Path, help="model directory to create or replace")
     p.add_argument("--json", type=Path, help="write meta.json's content here too ('-' = stdout)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop with an error at the first calibration image that cannot be "
+                   "decoded (default: skip and count it, as infer does)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -111,7 +114,7 @@ def run(args) -> int:
                      shape_mutable=args.shape_mutable, batch_size=args.batch_size,
                      preprocess=cfg, calib_dir=args.calib_dir, calib_num=args.calib_num,
                      calib_method=args.calib_method, backend=args.backend, source=source,
-                     options=options)
+                     options=options, strict=args.strict)
     out = args.output or Path("data/models") / meta.name
     common.human_print(args.json)(summary(meta, out))
     common.write_json(args.json, meta.to_dict())
@@ -126,6 +129,9 @@ def summary(meta, out: Path) -> str:
     if meta.calibration:
         c = meta.calibration
         lines.append(f"calibration: {c['count']} images, {c['method']}")
+        if c.get("skipped"):
+            lines.append(f"skipped {len(c['skipped'])} (could not decode): "
+                         + "; ".join(c["skipped"][:5]))
     f = meta.fidelity or {}
     if f:
         lines.append(f"fidelity vs float32 on {f['inputs']}: top-1 agreement "
