@@ -195,18 +195,25 @@ def test_cli_build(tiny, tmp_path, capsys):
     assert os.path.exists(tmp_path / "m")
 
 
-def test_bad_calibration_image_is_a_data_error_and_leaves_nothing(tiny, tmp_path):
+def test_bad_calibration_image_is_skipped_or_with_strict_an_error(tiny, tmp_path):
+    """Like infer (issue 13): skipped and counted; strict=True: a DataError, nothing left."""
     import shutil
 
-    from mnv3.errors import DataError
+    from mnv3.errors import DataError, Mnv3Warning
 
     folder = tmp_path / "calib"
     shutil.copytree(tiny["calib"], folder)
     (folder / "img_000.png").write_bytes(b"not a png")  # sorted first: always in the subset
     with pytest.raises(DataError, match="img_000.png"):
-        _build(tiny, tmp_path / "m", mode="qint8_mixed_float32", calib_dir=folder, calib_num=12)
-    assert not (tmp_path / "m").exists()
-    assert not list(tmp_path.glob(".m.tmp-*"))
+        _build(tiny, tmp_path / "m", mode="qint8_mixed_float32", calib_dir=folder, calib_num=12,
+               strict=True)
+    assert list(tmp_path.iterdir()) == [folder]  # no model, no temp folder, no lock
+    with pytest.warns(Mnv3Warning, match=r"skipped 1 calibration image.*img_000\.png"):
+        meta = _build(tiny, tmp_path / "m", mode="qint8_mixed_float32", calib_dir=folder,
+                      calib_num=12)
+    n = len(list(folder.iterdir()))
+    assert meta.calibration["count"] == min(12, n) - 1
+    assert [s.split(":")[0] for s in meta.calibration["skipped"]] == ["img_000.png"]
 
 
 def test_lock_file_is_removed_and_a_late_opener_takes_the_new_one(tmp_path):
