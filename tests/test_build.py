@@ -261,3 +261,29 @@ def test_lock_taken_on_a_file_just_removed_is_retaken_on_the_new_one(tmp_path):
         assert len(calls) == 2 and os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino
     finally:
         f.close()
+
+
+def test_image_size_alone_sets_crop_and_resize_by_the_network_ratio(tiny, tmp_path, capsys):
+    """Issue 13: 'build --image-size 160' alone failed ('pass --crop with the same value')."""
+    import torch
+
+    from mnv3.cli.main import main
+    from mnv3.models import create_model
+
+    ck = tmp_path / "w.pth"
+    torch.save(create_model("mobilenetv3-small", width_mult=0.35, seed=0).state_dict(), ck)
+    common = ["--quant-mode", "force_float32", "--shape-mutable", "false", "--batch-size", "1",
+              "--calib-dir", str(tiny["calib"]), "--no-progress"]
+    assert main(["build", "--weights", str(ck), "--image-size", "64", *common,
+                 "--output", str(tmp_path / "w")]) == 0, capsys.readouterr().err
+    meta = read_meta(tmp_path / "w")
+    assert (meta.preprocess.crop, meta.preprocess.resize) == (64, 73)  # 64 * 256 / 224
+    assert meta.input_shape == [1, 3, 64, 64]
+    assert main(["build", "--onnx", str(tiny["onnx"]), "--image-size", str(SIZE), *common,
+                 "--output", str(tmp_path / "o")]) == 0, capsys.readouterr().err
+    assert (read_meta(tmp_path / "o").preprocess.crop, read_meta(tmp_path / "o").preprocess.resize) \
+        == (SIZE, 37)
+    capsys.readouterr()
+    assert main(["build", "--onnx", str(tiny["onnx"]), "--image-size", str(SIZE), "--crop", "40",
+                 *common, "--output", str(tmp_path / "x")]) == 2
+    assert "--image-size 32 and --crop 40 disagree" in capsys.readouterr().err

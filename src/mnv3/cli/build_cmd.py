@@ -39,7 +39,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--layout", default="auto", help="with --weights: state-dict layout")
     p.add_argument("--width-mult", type=float, help="with --weights: width multiplier")
     p.add_argument("--num-classes", type=int, help="with --weights: classifier size")
-    p.add_argument("--image-size", type=int, help="with --weights: export resolution (= crop)")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="model input N x N: sets --crop N and --resize by the network's ratio "
+                   "(224 -> 256, 160 -> 183) unless they are given; with --weights also the "
+                   "export resolution")
     p.add_argument("--quant-mode", required=True, metavar="MODE",
                    help=f"one of {', '.join(QUANT_MODES)} (forced_* accepted); "
                    "force_bfloat16 with --backend openvino")
@@ -67,11 +70,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _preprocess(args, default: PreprocessCfg) -> PreprocessCfg:
-    """The network's defaults (or ImageNet's), overridden by the flags given."""
-    over = {k: v for k, v in (("resize", args.resize), ("crop", args.crop), ("mean", args.mean),
+    """The network's defaults (or ImageNet's), overridden by the flags given.
+
+    --image-size N is the crop unless --crop says otherwise; a crop without --resize keeps the
+    network's resize/crop ratio (256/224 for ImageNet: 160 -> 183), as the seed's recipes do.
+    """
+    if args.image_size is not None and args.crop is not None and args.image_size != args.crop:
+        raise UsageError(f"--image-size {args.image_size} and --crop {args.crop} disagree: the "
+                         "model's input is the crop; give one of them")
+    crop = args.crop if args.crop is not None else args.image_size
+    over = {k: v for k, v in (("resize", args.resize), ("crop", crop), ("mean", args.mean),
                               ("std", args.std)) if v is not None}
-    if args.crop is not None and args.resize is None:
-        over["resize"] = max(args.crop, round(args.crop / 0.875))  # keep the 224/256 ratio
+    if crop is not None and args.resize is None:
+        over["resize"] = max(crop, round(crop * default.resize / default.crop))
     return dataclasses.replace(default, **over)
 
 
@@ -83,9 +94,6 @@ def _export_weights(args, workdir: Path) -> tuple[Path, PreprocessCfg, dict]:
     loaded = load_checkpoint(args.weights, arch=args.arch, layout=args.layout,
                              width_mult=args.width_mult, num_classes=args.num_classes)
     cfg = _preprocess(args, loaded.preprocess)
-    if args.image_size is not None and args.image_size != cfg.crop:
-        raise UsageError(f"--image-size {args.image_size} differs from the crop {cfg.crop}; "
-                         "pass --crop with the same value")
     onnx_path = workdir / "exported.onnx"
     export_onnx(loaded.module, onnx_path, batch_size=args.batch_size, dynamic_batch=True,
                 image_size=cfg.crop, preprocess=cfg)
