@@ -257,8 +257,10 @@ def format_bench(r: BenchResult) -> str:
     ]
     text = "\n".join(f"  {k:<15}{v}" for k, v in rows)
     wrap = textwrap.TextWrapper(width=100, initial_indent="  ", subsequent_indent="    ")
-    tail = [f"note: {n}" for n in r.notes] + [f"percentiles: {r.percentile_definition}"]
-    return "mnv3 bench\n" + text + "\n" + "\n".join(wrap.fill(t) for t in tail)
+    # The percentile definition is in --help and the JSON; printed every time, it buried the
+    # figures under three lines of prose (issue 13).
+    tail = [f"note: {n}" for n in r.notes]
+    return "\n".join(["mnv3 bench", text, *(wrap.fill(t) for t in tail)])
 
 
 # ----------------------------------------------------------------------------- files

@@ -48,10 +48,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "force_bfloat16 with --backend openvino")
     p.add_argument("--shape-mutable", required=True, type=common.str2bool, metavar="true|false",
                    help="true: any batch per call; false: fixed --batch-size (often faster)")
-    p.add_argument("--batch-size", required=True, type=int, metavar="N")
+    p.add_argument("--batch-size", required=True, type=int, metavar="N",
+                   help="images per engine call: built into the model with --shape-mutable "
+                   "false; with true, the default batch of infer and bench (any batch runs)")
     p.add_argument("--calib-dir", type=Path, help="calibration images (default: demo images)")
     p.add_argument("--calib-num", type=int, default=100, help="calibration images (default 100)")
-    p.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"))
+    p.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"),
+                   help="int8 activation ranges from the calibration images: minmax (default: "
+                   "observed min/max), entropy (KL-divergence histogram), percentile "
+                   "(onnxruntime only: clips rare outliers)")
     p.add_argument("--max-drop", type=float, metavar="POINTS",
                    help="openvino int8: accuracy-aware quantization, layers return to float until "
                    "top-1 agreement with fp32 on the calibration images drops <= POINTS")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 
-from mnv3.cli.common import add_parser as _add, human_print, write_json
+from mnv3.cli.common import add_parser as _add, dataset_dir, human_print, write_json
 
 
 def add_parser(sub):
@@ -75,7 +75,7 @@ def run(args) -> int:
     if args.label_file and not args.image_dir:
         raise UsageError("--label-file needs --image-dir (the folder its file names are in)")
     if args.dataset:
-        args.image_dir, args.label_file, args.synsets = _dataset_dir(args.dataset, args.synsets)
+        args.image_dir, args.label_file, args.synsets = dataset_dir(args.dataset, args.synsets)
     for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
         if value is not None and value < 1:  # 0 would silently mean "the default"
             raise UsageError(f"{flag} must be at least 1, got {value}")
@@ -99,21 +99,6 @@ def run(args) -> int:
         say(line)
     write_json(args.json, result.to_dict())
     return 0
-
-
-def _dataset_dir(folder: str, synsets: str | None):
-    """(image dir, label file or None, synsets or None) of a folder laid out like the demo set."""
-    from pathlib import Path
-
-    from mnv3.errors import DataError
-
-    d = Path(folder)
-    if not (d / "images").is_dir():
-        raise DataError(f"--dataset {d}: expected a folder holding images/ (and labels.txt, "
-                        "synsets.txt); for a plain folder of images use --image-dir")
-    labels = d / "labels.txt"
-    syn = synsets or (str(d / "synsets.txt") if (d / "synsets.txt").is_file() else None)
-    return str(d / "images"), str(labels) if labels.is_file() else None, syn
 
 
 def summary_lines(r) -> list[str]:

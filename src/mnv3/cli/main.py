@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would print the top-level usage; the command's own is the useful one
+        _command_parser(parser, getattr(args, "command", None)).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -64,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     except Mnv3Error as err:
         print(f"mnv3 {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str | None):
+    """The subcommand's parser (whose usage lists its flags), or ``parser`` itself."""
+    for action in parser._actions:  # argparse keeps subparsers in a private action type
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ examples:
 from __future__ import annotations
 
 from mnv3.cli.common import add_parser as _add
-from mnv3.cli.common import human_print, int_list, str2bool, str_list, write_json
+from mnv3.cli.common import dataset_dir, human_print, int_list, str2bool, str_list, write_json
 
 
 def add_parser(sub):
@@ -40,7 +40,11 @@ def add_parser(sub):
     p.add_argument("--image-dir", default=None, metavar="D",
                    help="evaluation images (default: the bundled demo set)")
     p.add_argument("--label-file", default=None, metavar="F", help="'filename class' lines")
-    p.add_argument("--synsets-file", default=None, metavar="F", help="wnid -> class index")
+    p.add_argument("--synsets", "--synsets-file", dest="synsets_file", default=None, metavar="F",
+                   help="'wnid name' per line, line N = class N (as infer's --synsets)")
+    p.add_argument("--dataset", default=None, metavar="DIR",
+                   help="a folder with images/, labels.txt and optionally synsets.txt (as "
+                   "infer's --dataset); 'demo' = the bundled demo set")
     p.add_argument("--image-num", type=int, default=None, metavar="N",
                    help="use only the first N images")
     p.add_argument("--quant-modes", type=str_list,
@@ -74,6 +78,21 @@ def add_parser(sub):
     return p
 
 
+def _resolve_dataset(args) -> None:
+    """--dataset DIR -> --image-dir DIR/images --label-file DIR/labels.txt (+ synsets.txt)."""
+    from mnv3.errors import UsageError
+
+    if args.dataset in (None, "demo"):  # demo: the default data, said explicitly
+        if args.dataset == "demo" and (args.image_dir or args.label_file):
+            raise UsageError("--dataset demo is the bundled set; drop --image-dir/--label-file")
+        return
+    if args.image_dir or args.label_file:
+        raise UsageError("--dataset brings its own images/ and labels.txt; drop --image-dir and "
+                         "--label-file")
+    args.image_dir, args.label_file, args.synsets_file = dataset_dir(args.dataset,
+                                                                     args.synsets_file)
+
+
 def run(args) -> int:
     import time
 
@@ -81,7 +100,7 @@ def run(args) -> int:
     from mnv3.report import accuracy_table, baselines_table, performance_table
 
     t0 = time.perf_counter()
-
+    _resolve_dataset(args)
     rep = run_all(
         weights=args.weights, arch=args.arch, layout=args.layout, width_mult=args.width_mult,
         image_dir=args.image_dir, label_file=args.label_file, synsets_file=args.synsets_file,
