@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,11 +97,11 @@ def test_failed_rebuild_keeps_old_model_and_rebuild_replaces(tiny, tmp_path, mon
     monkeypatch.setattr(OnnxRuntimeBackend, "build_compiled",
                         lambda *a: (_ for _ in ()).throw(BuildError("injected")))
     with pytest.raises(BuildError, match="injected"):
-        _build(tiny, tmp_path / "m", mode="force_float16")
+        _build(tiny, tmp_path / "m", mode="force_float16", force=True)  # another mode: force
     assert read_meta(tmp_path / "m") == old
     mnv3.load(tmp_path / "m").predict(np.zeros((1, 3, SIZE, SIZE), np.float32))
     monkeypatch.setattr(OnnxRuntimeBackend, "build_compiled", real)
-    new = _build(tiny, tmp_path / "m", mode="force_float16")
+    new = _build(tiny, tmp_path / "m", mode="force_float16", force=True)
     assert read_meta(tmp_path / "m") == new and new.quant_mode == "force_float16"
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["meta.json", "model.onnx"]
 
@@ -287,3 +289,57 @@ def test_image_size_alone_sets_crop_and_resize_by_the_network_ratio(tiny, tmp_pa
     assert main(["build", "--onnx", str(tiny["onnx"]), "--image-size", str(SIZE), "--crop", "40",
                  *common, "--output", str(tmp_path / "x")]) == 2
     assert "--image-size 32 and --crop 40 disagree" in capsys.readouterr().err
+
+
+# ------------------------------------------------ issue 13: one naming rule, --force
+def test_default_path_is_runs_rule_and_other_settings_need_force(tiny, tmp_path, monkeypatch,
+                                                                  capsys):
+    """build and run overwrote each other's models at data/models/<name>; now a non-default
+    backend goes to data/models/<backend>/<name> for both, and a model built with other
+    settings is replaced only with force (the CLI then says what it replaced)."""
+    from mnv3.builder import default_output
+    from mnv3.cli.main import main
+    from mnv3.pipeline import _subdir
+
+    monkeypatch.chdir(tmp_path)
+    name = "force_float32_false_4"
+    assert default_output("onnxruntime", name) == build_mod.DEFAULT_MODELS_DIR / name
+    assert default_output("openvino", name) == build_mod.DEFAULT_MODELS_DIR / "openvino" / name
+    assert _subdir("openvino", name) == "openvino/" + name  # run: the same rule
+
+    first = _build(tiny, None)
+    where = tmp_path / "data" / "models" / name
+    assert read_meta(where) == first
+    again = _build(tiny, None)  # the same settings: a rebuild replaces it, nothing to ask
+    assert read_meta(where) == again
+    other = PreprocessCfg(resize=36, crop=SIZE, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    with pytest.raises(UsageError, match=r"holds a model built with other settings \(preprocess "
+                                         r"resize 36 .* -> .*mean \(0\.5, 0\.5, 0\.5\).*\); "
+                                         r"pass --force"):
+        mnv3.build(tiny["onnx"], None, quant_mode="force_float32", shape_mutable=False,
+                   batch_size=4, preprocess=other, calib_dir=tiny["calib"],
+                   options={"progress": False})
+    assert read_meta(where) == again  # untouched
+    capsys.readouterr()
+    argv = ["build", "--onnx", str(tiny["onnx"]), "--quant-mode", "force_float32",
+            "--shape-mutable", "false", "--batch-size", "4", "--resize", "36", "--crop",
+            str(SIZE), "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--calib-dir",
+            str(tiny["calib"]), "--no-progress"]
+    assert main(argv) == 2 and "pass --force" in capsys.readouterr().err
+    assert main([*argv, "--force"]) == 0
+    out = capsys.readouterr().out
+    assert f"built {Path('data/models') / name}" in out
+    assert "replaced the model built there with other settings: preprocess resize 36" in out
+    assert read_meta(where).preprocess.mean == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                    reason="openvino is not installed (pip install -e '.[openvino]')")
+def test_openvino_build_to_the_default_path_leaves_the_onnxruntime_model(tiny, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ort_meta = _build(tiny, None)
+    ov_meta = _build(tiny, None, backend="openvino")
+    models = tmp_path / "data" / "models"
+    assert read_meta(models / "force_float32_false_4") == ort_meta
+    assert read_meta(models / "openvino" / "force_float32_false_4") == ov_meta

@@ -91,6 +91,10 @@ def test_changed_request_rebuilds(tmp_path):
     rep = run_all(**{**kw, "calib_num": 3}, out=tmp_path)
     assert not rep.rows[0].reused
     assert read_meta(tmp_path / "models" / NAMES[1]).calibration["requested"] == 3
+    # ...and never silently (issue 13): the report says what the rebuild replaced
+    assert len(rep.rows[0].replaced) == 1 and "calibration 4 images of" in rep.rows[0].replaced[0]
+    assert any(n.startswith(f"models/{NAMES[1]} replaced a model built with other settings: "
+                            "calibration 4 images") for n in rep.notes)
 
 
 @pytest.mark.parametrize("bad", [dict(quant_modes=("bogus",)), dict(batch_sizes=(0,)),

@@ -22,6 +22,8 @@ import numpy as np
 
 from mnv3 import __version__
 from mnv3 import calibration as cal
+from mnv3 import model_settings as settings
+from mnv3 import provenance
 from mnv3.atomic import build_lock, normal_mode, publish_dir
 from mnv3.backends import get_backend
 from mnv3.backends.base import BuildConfig
@@ -38,10 +40,12 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
           preprocess: PreprocessCfg | None = None, calib_dir=None, calib_num: int = 100,
           calib_method: str = "minmax", backend: str = "onnxruntime",
           class_names: Sequence[str] | None = None, source: dict | None = None,
-          options: dict | None = None, strict: bool = False) -> ModelMeta:
+          options: dict | None = None, strict: bool = False, force: bool = False) -> ModelMeta:
     """Quantize/compile ``onnx_path`` into a model directory; returns its ModelMeta.
 
-    ``output_dir`` defaults to ``data/models/<quant_mode>_<mutable>_<batch>``. int8 modes
+    ``output_dir`` defaults to ``data/models/<quant_mode>_<mutable>_<batch>`` (``data/models/
+    <backend>/...`` for backends other than onnxruntime, as ``mnv3 run``); a model built there
+    with other settings is replaced only with ``force``. int8 modes
     calibrate on ``calib_num`` images of ``calib_dir`` (a seeded, sorted subset; the bundled
     demo images when None); if fewer exist, all are used and meta.json notes it. ``options``
     are backend knobs (e.g. ``{"fidelity_num": 400, "progress": False}``). Images that cannot
@@ -57,10 +61,13 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
     check_max_drop(options.get("max_drop"), quant_mode, backend)
     engine = get_backend(backend)
     name = model_dir_name(quant_mode, shape_mutable, batch_size)
-    target = Path(output_dir) if output_dir is not None else DEFAULT_MODELS_DIR / name
+    target = Path(output_dir) if output_dir is not None else default_output(backend, name)
     _check_target(target)
     calib, held_out, calib_info = _calibration_files(quant_mode, calib_dir, calib_num,
                                                      calib_method)
+    settings.check_replace(target, settings.requested(
+        engine.name, quant_mode, shape_mutable, batch_size,
+        (source or {}).get("sha256") or sha256_file(onnx_path), preprocess, calib_info), force)
     calib, held_out = _skip_undecodable(calib, held_out, calib_info, preprocess, strict,
                                         int(options.get("fidelity_num", FIDELITY_NUM)))
     try:
@@ -81,6 +88,11 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
             _remove_temps(target)  # by pattern: Ctrl-C may land inside mkdtemp, before `tmp =`
             raise
     return meta
+
+
+def default_output(backend: str, name: str) -> Path:
+    """Where a model goes without --output: one rule for build and run (issue 13)."""
+    return DEFAULT_MODELS_DIR / settings.model_subdir(backend, name)
 
 
 def check_max_drop(max_drop, quant_mode: str, backend: str) -> None:
@@ -123,7 +135,8 @@ def _build_into(tmp: Path, engine, onnx_path, quant_mode, mutable, batch, prepro
         output_shape=[shape_in[0], src.num_classes], num_classes=src.num_classes,
         preprocess=preprocess, class_names=list(class_names) if class_names else None,
         op_precisions=compiled.op_precisions,
-        source={"path": str(onnx_path.resolve()), "sha256": sha256_file(onnx_path), **source},
+        source={"path": str(onnx_path.resolve()), "sha256": sha256_file(onnx_path),
+                **provenance.source_fields(onnx_path), **source},
         calibration=calib_info, notes=calib_notes + compiled.notes,
         extra=compiled.extra,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -28,6 +28,7 @@ from pathlib import Path
 from mnv3.backends import DEFAULT_BACKEND
 from mnv3.errors import UsageError
 from mnv3.meta import BACKEND_ONLY_MODES, check_mode_backend, model_dir_name, normalize_quant_mode
+from mnv3.model_settings import model_subdir
 from mnv3.pipeline_steps import (Progress, bench_batch, build_or_reuse, export_or_reuse,
                                  infer_and_score, open_source, reference_top1)
 from mnv3.report import ModelRow, RunReport, untrained_warning, write_report
@@ -104,13 +105,16 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_muta
         name = model_dir_name(mode, shape_mutable, batch)
         where = _subdir(backend, name)
         with bar.step(f"build {where}", timings, "build"):
-            meta_dir, reused, secs = build_or_reuse(
+            meta_dir, reused, secs, replaced = build_or_reuse(
                 onnx_path, out / "models" / where, mode, shape_mutable, batch, src, backend,
                 calib, calib_num, plan["threads"], build_options)
-            bar.done("reused (meta.json matches)" if reused else "built")
+            bar.done("reused (meta.json matches)" if reused else
+                     "built" + (f", replacing one built with {'; '.join(replaced)}"
+                                if replaced else ""))
         rows.append(ModelRow(name=name, quant_mode=mode, shape_mutable=shape_mutable,
                              batch=batch, model_dir=str(meta_dir), reused=reused,
-                             build_s=None if reused else secs, backend=backend))
+                             build_s=None if reused else secs, backend=backend,
+                             replaced=replaced))
     for row in rows:
         where = _subdir(row.backend, row.name)
         with bar.step(f"infer + eval {where}", timings, "infer"):
@@ -136,8 +140,8 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_muta
 
 def _subdir(backend: str, name: str) -> str:
     """Where a model (and its results) lives under models/ (results/): stable across runs; the
-    default backend's at models/<name>, as in the seed."""
-    return name if backend == DEFAULT_BACKEND else f"{backend}/{name}"
+    default backend's at models/<name>, as in the seed; the same rule as 'mnv3 build'."""
+    return model_subdir(backend, name)
 
 
 def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backends) -> dict:
@@ -239,6 +243,10 @@ def _notes(rows, baselines, dataset, calib: Path, plan, src) -> list[str]:
                      f"for {backend}.")
     notes.append(f"all speed figures: {plan['threads']} intra-op thread(s), 1 stream, the same "
                  "pre-filled input for mnv3 and both baselines.")
+    for r in rows:
+        if r.replaced:  # a resumable run rebuilds, but never silently (issue 13)
+            notes.append(f"models/{_subdir(r.backend, r.name)} replaced a model built with "
+                         f"other settings: {'; '.join(r.replaced)}.")
     for r in rows:
         notes += [n for n in r.notes if n not in notes]
     return notes

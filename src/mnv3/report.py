@@ -42,6 +42,7 @@ class ModelRow:
     bench: BenchResult | None = None
     notes: list[str] = field(default_factory=list)
     backend: str = DEFAULT_BACKEND
+    replaced: list[str] = field(default_factory=list)  # settings a rebuild changed, if any
 
     @property
     def key(self) -> str:

@@ -2,7 +2,9 @@
 
 The source is an ONNX classifier (--onnx, any NCHW float32 ImageNet-style network) or a
 PyTorch checkpoint (--weights, exported to ONNX on the way). The directory appears atomically
-at --output (default data/models/<quant_mode>_<mutable>_<batch>); meta.json records the
+at --output (default data/models/<quant_mode>_<mutable>_<batch>, or data/models/<backend>/...
+for backends other than onnxruntime); a model built there with other settings is replaced
+only with --force. meta.json records the
 preprocessing, what precision each op really runs in, the calibration set and the fidelity
 against float32 measured on held-out images.
 
@@ -65,7 +67,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--mean", type=common.float_list, help="per-channel mean, 0-1 units")
     p.add_argument("--std", type=common.float_list, help="per-channel std, 0-1 units")
     p.add_argument("--backend", default="onnxruntime", help="inference engine (default onnxruntime)")
-    p.add_argument("--output", type=Path, help="model directory to create or replace")
+    p.add_argument("--output", type=Path, help="model directory to create or replace (default "
+                   "data/models/<mode>_<mutable>_<batch>; data/models/<backend>/... for backends "
+                   "other than onnxruntime, as 'mnv3 run')")
+    p.add_argument("--force", action="store_true",
+                   help="replace a model built there with other settings (without it: refused)")
     p.add_argument("--json", type=Path, help="write meta.json's content here too ('-' = stdout)")
     p.add_argument("--strict", action="store_true",
                    help="stop with an error at the first calibration image that cannot be "
@@ -118,6 +124,12 @@ def run(args) -> int:
     if args.max_drop is not None:  # checked before the export, which can be slow
         check_max_drop(args.max_drop, normalize_quant_mode(args.quant_mode), args.backend)
         options["max_drop"] = args.max_drop
+    from mnv3.builder import default_output
+    from mnv3.meta import model_dir_name
+
+    out = args.output or default_output(args.backend, model_dir_name(
+        args.quant_mode, args.shape_mutable, args.batch_size))
+    before = _settings_at(out)
     with tempfile.TemporaryDirectory(prefix="mnv3-build-") as work:
         if args.weights is not None:
             onnx_path, cfg, source = _export_weights(args, Path(work))
@@ -127,11 +139,29 @@ def run(args) -> int:
                      shape_mutable=args.shape_mutable, batch_size=args.batch_size,
                      preprocess=cfg, calib_dir=args.calib_dir, calib_num=args.calib_num,
                      calib_method=args.calib_method, backend=args.backend, source=source,
-                     options=options, strict=args.strict)
-    out = args.output or Path("data/models") / meta.name
-    common.human_print(args.json)(summary(meta, out))
+                     options=options, strict=args.strict, force=args.force)
+    say = common.human_print(args.json)
+    say(summary(meta, out))
+    if before is not None:  # --force replaced another build: say what changed
+        from mnv3.model_settings import differences, recorded
+
+        changes = differences(before, recorded(meta))
+        if changes:
+            say(f"replaced the model built there with other settings: {'; '.join(changes)}")
     common.write_json(args.json, meta.to_dict())
     return 0
+
+
+def _settings_at(out: Path):
+    """The settings of the model at ``out`` before this build, or None."""
+    from mnv3.errors import ModelError
+    from mnv3.meta import META_FILE, read_meta
+    from mnv3.model_settings import recorded
+
+    try:
+        return recorded(read_meta(out)) if (out / META_FILE).is_file() else None
+    except ModelError:
+        return None
 
 
 def summary(meta, out: Path) -> str:
@@ -152,4 +182,8 @@ def summary(meta, out: Path) -> str:
                      f"max |diff| {f['max_abs_diff']:.4g}")
     lines.append("precisions: " + ", ".join(f"{k}={v}" for k, v in meta.op_precisions.items()))
     lines += [f"note: {n}" for n in meta.notes]
+    from mnv3.provenance import untrained_note
+
+    if untrained_note(meta):
+        lines.append(f"note: {untrained_note(meta)}")
     return "\n".join(lines)

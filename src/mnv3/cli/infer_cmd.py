@@ -112,6 +112,8 @@ def summary_lines(r) -> list[str]:
     if r.top1 is not None:
         lines.append(f"top1 accuracy: {r.top1:f} ({r.top1_correct}/{r.labeled})")
         lines.append(f"top5 accuracy: {r.top5:f} ({r.top5_correct}/{r.labeled})")
+        if r.untrained:
+            lines.append(f"note: {r.untrained}")
     else:
         lines.append("no labels given: predictions only (see results.jsonl)")
     lines.append(f"speed: {r.images_per_s:.1f} images/s end to end (decode included), "
