@@ -38,6 +38,9 @@ def test_run_end_to_end_then_reuse(tmp_path, capsys):
     for name in NAMES:
         assert stdout.count(f"| {name} |") == 3  # performance, accuracy, baselines
     assert {"report.md", "report.json", "report.png"} <= {p.name for p in out.iterdir()}
+    # every file named with its folder, not the first one only (issue 13)
+    assert f"report: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'} (" \
+        in stdout
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     md = (out / "report.md").read_text()
     assert "UNTRAINED" in md and "(untrained)" in md and "## Against baselines" in md

@@ -43,7 +43,7 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
             quant_modes=DEFAULT_QUANT_MODES, batch_sizes=DEFAULT_BATCH_SIZES,
             shape_mutable: bool = False, backends: str | Sequence[str] = (DEFAULT_BACKEND,),
             out="data", threads: int | None = None, bench_iterations: int | None = None,
-            bench_duration: float | None = 1.0, bench_rounds: int = 3, bench_warmup: int = 10,
+            bench_duration: float | None = 0.6, bench_rounds: int = 5, bench_warmup: int = 10,
             image_num: int | None = None, calib_dir=None, calib_num: int = 100,
             build_options: dict | None = None, progress: bool = True) -> RunReport:
     """Run every stage and write report.md / report.json / report.png into ``out``.
@@ -56,9 +56,11 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
         build (force_bfloat16: openvino) is skipped for the others, and the report says so.
     threads: intra-op threads for mnv3 and both baselines (default: all usable cores).
     bench_*: each configuration is measured in ``bench_rounds`` rounds, interleaved with the
-        other configurations of the same batch (A B C A B C ...) because 2-thread speed on small
-        VMs drifts for minutes at a time; a round stops after ``bench_iterations`` queries or
-        ``bench_duration`` seconds (whichever first).
+        other configurations of the same batch (A B C, B C A, C A B ...: each round starts one
+        further along) because 2-thread speed on small VMs drifts for minutes at a time; a round
+        stops after ``bench_iterations`` queries or ``bench_duration`` seconds (whichever
+        first). Tables quote the median round with the range of all rounds (issue 13: two
+        identical runs differed by up to 30% in a pooled cell).
     calib_dir / calib_num: int8 calibration images (default: the evaluation images; the report
         notes that calibration then saw the evaluated images).
     """
@@ -247,6 +249,26 @@ def _notes(rows, baselines, dataset, calib: Path, plan, src) -> list[str]:
         if r.replaced:  # a resumable run rebuilds, but never silently (issue 13)
             notes.append(f"models/{_subdir(r.backend, r.name)} replaced a model built with "
                          f"other settings: {'; '.join(r.replaced)}.")
+    return notes + model_notes(rows)
+
+
+def model_notes(rows) -> list[str]:
+    """Each model's meta.json notes once, prefixed by the models it holds for. Notes differ
+    between modes (force_float16's "float16: none" vs qint8_mixed_float16's "float16:
+    Reshape"); pooled without their model they read as contradictions (issue 13)."""
+    holders: dict[str, list] = {}
     for r in rows:
-        notes += [n for n in r.notes if n not in notes]
-    return notes
+        for n in r.notes:
+            holders.setdefault(n, []).append(r)
+    return [f"{_who(rs)}: {n}" for n, rs in holders.items()]
+
+
+def _who(rows) -> str:
+    """'force_float16 (batch 1, 4, 8)', with the backend when the report has several."""
+    several = len({r.backend for r in rows}) > 1 or any(r.backend != DEFAULT_BACKEND for r in rows)
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r.backend, r.quant_mode), []).append(r.batch)
+    return "; ".join(f"{f'{be} ' if several else ''}{mode} (batch "
+                     f"{', '.join(str(b) for b in sorted(bs))})"
+                     for (be, mode), bs in groups.items())

@@ -183,9 +183,13 @@ def bench_batch(rows, src: Source, onnx_path: Path, batch: int, threads: int, it
         sessions[key] = opener()
         load_s[key] = time.perf_counter() - t0
     runs: dict[str, list] = {k: [] for k in sessions}
+    order = list(sessions.items())
     try:
         for r in range(rounds):
-            for key, sess in sessions.items():
+            # each round starts one further along (A B C, B C A, ...): no configuration always
+            # runs first after the previous batch's sessions, or last before the next
+            shift = r % len(order)
+            for key, sess in order[shift:] + order[:shift]:
                 runs[key].append(benchmark(
                     sess, batch=batch, threads=threads, iterations=iterations, duration=duration,
                     warmup=warmup, load_time_s=load_s[key], first_run=(r == 0), label=key))

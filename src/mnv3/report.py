@@ -127,16 +127,40 @@ def _id_header(rep: RunReport) -> list[str]:
     return ["Backend", name] if len(backends(rep)) > 1 else [name]
 
 
+def _rounds(rep: RunReport) -> int:
+    return int(rep.config.get("rounds", 1) or 1)
+
+
+def _spread(b: BenchResult | None) -> str:
+    if b is None:
+        return "n/a"
+    lo, hi = b.ips_range()
+    return f"{lo:.1f}-{hi:.1f}"
+
+
 def performance_table(rep: RunReport) -> str:
-    header = ["Model", *_id_header(rep), "Throughput (images/s)", "Latency Avg (ms)",
-              "95% (ms)", "99% (ms)", "device"]
+    """The seed's table; throughput is the median of the interleaved rounds, with their range."""
+    header = ["Model", *_id_header(rep), "Throughput (images/s)",
+              f"min-max of {_rounds(rep)} round{'s' if _rounds(rep) != 1 else ''}",
+              "Latency Avg (ms)", "95% (ms)", "99% (ms)",
+              "device"]
     rows = []
     for r in rep.rows:
         b = r.bench
-        rows.append([rep.model, *_ids(rep, r), _f(b and b.throughput_ips, 1),
+        rows.append([rep.model, *_ids(rep, r), _f(b and b.median_ips(), 1), _spread(b),
                      _f(b and b.latency_ms.avg, 3), _f(b and b.latency_ms.p95, 3),
                      _f(b and b.latency_ms.p99, 3), rep.device])
     return _table(header, rows)
+
+
+def round_ratio(ours: BenchResult, base: BenchResult) -> float:
+    """Median of the per-round ratios (round i of both was measured side by side), or the
+    ratio of the figures when rounds were not kept."""
+    import statistics
+
+    if ours.rounds_ips and len(ours.rounds_ips) == len(base.rounds_ips):
+        return statistics.median(a / b for a, b in zip(ours.rounds_ips, base.rounds_ips) if b)
+    return ours.median_ips() / base.median_ips()
 
 
 def accuracy_table(rep: RunReport) -> str:
@@ -157,12 +181,12 @@ def baselines_table(rep: RunReport) -> str:
         header += [f"{BASELINE_TITLES[name]} (images/s)", f"x vs {BASELINE_TITLES[name]}"]
     rows = []
     for r in rep.rows:
-        ours = r.bench.throughput_ips if r.bench else None
+        ours = r.bench.median_ips() if r.bench else None
         cells = [*_ids(rep, r), _f(ours, 1)]
         for name in (BASELINE_TORCH, BASELINE_ORT):
             base = rep.baseline(name, r.batch)
-            ratio = ours / base.throughput_ips if ours and base else None
-            cells += [_f(base and base.throughput_ips, 1), _f(ratio, 2) + ("x" if ratio else "")]
+            ratio = round_ratio(r.bench, base) if r.bench and base else None
+            cells += [_f(base and base.median_ips(), 1), _f(ratio, 2) + ("x" if ratio else "")]
         rows.append(cells)
     return _table(header, rows)
 
@@ -214,10 +238,12 @@ def markdown(rep: RunReport) -> str:
         f"({ds.get('images', '?')} images: small sets say little about it).", "",
     ]
     if b0:
-        parts += [f"Latency is per query (one engine call of `batch` images). Percentiles: "
-                  f"{b0.percentile_definition}. Each figure pools "
-                  f"{rep.config.get('rounds', 1)} round(s) interleaved with the other "
-                  "configurations of the same batch.", ""]
+        parts += [f"Each configuration ran in {_rounds(rep)} round(s) interleaved with the other "
+                  "configurations of the same batch (each round starting one further along). "
+                  "Throughput is the median round, beside the slowest-fastest range of all "
+                  "rounds; a ratio to a baseline is the median of the per-round ratios. Latency "
+                  "is per query (one engine call of `batch` images), pooled over the rounds. "
+                  f"Percentiles: {b0.percentile_definition}.", ""]
     if rep.notes:
         parts += ["## Notes", ""] + [f"- {n}" for n in rep.notes] + [""]
     if rep.timings:
@@ -267,13 +293,19 @@ def format_bench(r: BenchResult) -> str:
 # ----------------------------------------------------------------------------- files
 
 
+def report_paths(out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Where ``write_report`` puts report.md, report.json and report.png."""
+    out = Path(out_dir)
+    return {"md": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
+
+
 def write_report(rep: RunReport, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write report.md, report.json and report.png into ``out_dir``, each atomically."""
     import json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"md": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
+    paths = report_paths(out)
     atomic_write_text(paths["md"], markdown(rep))
     atomic_write_text(paths["json"], json.dumps(rep.to_dict(), indent=2, default=str) + "\n")
     _atomic_png(rep, paths["png"])

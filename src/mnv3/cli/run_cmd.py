@@ -63,12 +63,13 @@ def add_parser(sub):
     p.add_argument("--calib-dir", default=None, metavar="D",
                    help="int8 calibration images (default: the evaluation images)")
     p.add_argument("--calib-num", type=int, default=100, metavar="N", help="default 100")
-    p.add_argument("--bench-duration", type=float, default=1.0, metavar="S",
-                   help="seconds per configuration per round (default 1)")
+    p.add_argument("--bench-duration", type=float, default=0.6, metavar="S",
+                   help="seconds per configuration per round (default 0.6)")
     p.add_argument("--bench-iterations", type=int, default=None, metavar="N",
                    help="or stop each round after N queries")
-    p.add_argument("--bench-rounds", type=int, default=3, metavar="R",
-                   help="interleaved rounds per configuration (default 3)")
+    p.add_argument("--bench-rounds", type=int, default=5, metavar="R",
+                   help="interleaved rounds per configuration; tables quote the median round "
+                   "and the range of all rounds (default 5)")
     p.add_argument("--bench-warmup", type=int, default=10, metavar="N",
                    help="unmeasured runs before each round (default 10)")
     p.add_argument("--out", default="data", metavar="DIR", help="output folder (default data)")
@@ -97,7 +98,7 @@ def run(args) -> int:
     import time
 
     from mnv3.pipeline import run_all
-    from mnv3.report import accuracy_table, baselines_table, performance_table
+    from mnv3.report import accuracy_table, baselines_table, performance_table, report_paths
 
     t0 = time.perf_counter()
     _resolve_dataset(args)
@@ -118,7 +119,7 @@ def run(args) -> int:
     say("## Accuracy\n\n" + accuracy_table(rep) + "\n")
     say("## Against baselines (same run, same input, same threads)\n\n"
         + baselines_table(rep) + "\n")
-    say(f"report: {args.out}/report.md, report.json, report.png "
-        f"(mnv3 run took {time.perf_counter() - t0:.0f} s)")
+    say("report: " + ", ".join(str(p) for p in report_paths(args.out).values())
+        + f" (mnv3 run took {time.perf_counter() - t0:.0f} s)")
     write_json(args.json, rep.to_dict())
     return 0
