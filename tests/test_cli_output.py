@@ -94,3 +94,13 @@ def test_openvino_int8_build_keeps_nncf_off_stdout(work, progress):
     assert json_only(res)["backend"] == "openvino"
     if not progress:  # --no-progress: no bar at all, anywhere
         assert "Statistics collection" not in res.stderr and "█" not in res.stderr
+
+
+def test_run_json_stdout_is_json_only(tmp_path):
+    res = mnv3("run", "--width-mult", "0.35", "--image-num", "4", "--quant-modes",
+               "force_float32", "--batch-sizes", "2", "--threads", "1", "--bench-duration",
+               "0.05", "--bench-rounds", "2", "--bench-warmup", "1", "--out", "o", "--json", "-",
+               cwd=tmp_path)
+    rep = json_only(res)
+    assert rep["schema"] == "mnv3.run/1" and len(rep["rows"][0]["bench"]["rounds_ips"]) == 2
+    assert "## Performance" in res.stderr and "report: o/report.md, o/report.json" in res.stderr
