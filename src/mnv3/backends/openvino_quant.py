@@ -74,9 +74,12 @@ class _Stderr:
 def _nncf_log_to_stderr() -> None:
     """NNCF logs through a handler bound to stdout at import: its lines landed in the middle of
     tables and of ``--json -`` output (issue 13). Diagnostics go to stderr."""
-    for h in logging.getLogger("nncf").handlers:
-        if isinstance(h, logging.StreamHandler) and not isinstance(h.stream, _Stderr):
-            h.setStream(_Stderr())
+    try:  # exactly NNCF's own handler: others on its logger (e.g. pytest's) are not ours
+        from nncf.common.logging.logger import stdout_handler
+    except ImportError:  # another NNCF layout: leave it as it is
+        return
+    if not isinstance(stdout_handler.stream, _Stderr):
+        stdout_handler.setStream(_Stderr())
 
 
 def _progress_to_stderr(enabled: bool):
