@@ -283,8 +283,8 @@ def test_image_size_alone_sets_crop_and_resize_by_the_network_ratio(tiny, tmp_pa
     assert meta.input_shape == [1, 3, 64, 64]
     assert main(["build", "--onnx", str(tiny["onnx"]), "--image-size", str(SIZE), *common,
                  "--output", str(tmp_path / "o")]) == 0, capsys.readouterr().err
-    assert (read_meta(tmp_path / "o").preprocess.crop, read_meta(tmp_path / "o").preprocess.resize) \
-        == (SIZE, 37)
+    pre = read_meta(tmp_path / "o").preprocess
+    assert (pre.crop, pre.resize) == (SIZE, 37)
     capsys.readouterr()
     assert main(["build", "--onnx", str(tiny["onnx"]), "--image-size", str(SIZE), "--crop", "40",
                  *common, "--output", str(tmp_path / "x")]) == 2

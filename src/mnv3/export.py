@@ -336,5 +336,5 @@ def _report(tmp, output, info, module, opset, dynamic, batch_size, exporter, opt
         optimizer=optimizer, export_seconds=round(export_s, 3), verify_seconds=round(verify_s, 3),
         tolerance=tolerance, checks=checks,
         op_counts=dict(Counter(n.op_type for n in proto.graph.node)),
-        preprocess=info["preprocess"].to_dict(), source=info["source"], onnx_sha256=sha256_file(tmp),
-        untrained=info.get("untrained", False))
+        preprocess=info["preprocess"].to_dict(), source=info["source"],
+        onnx_sha256=sha256_file(tmp), untrained=info.get("untrained", False))

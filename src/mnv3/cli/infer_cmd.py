@@ -8,7 +8,8 @@ bundled demo set (28 ImageNet photos).
 
 Writes into --output-dir: eval_labels.txt, eval_result_1.txt, eval_result_5.txt (five lines per
 image), eval_result.txt (`top1 accuracy: x` / `top5 accuracy: y`), results.jsonl (top-5 indices,
-class names, probabilities per image) and skipped.txt when an image could not be decoded
+class names, probabilities per image), infer.json (this summary; it tells mnv3 eval when the
+model was never trained) and skipped.txt when an image could not be decoded
 (skipped and counted; --strict makes it an error). --save-images also writes copies with the
 top-1 class and probability drawn on them into images/ (moved in only when the run succeeds).
 Images are decoded on --workers threads while the model runs, so end-to-end images/s is printed
