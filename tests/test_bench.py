@@ -143,7 +143,7 @@ def test_json_round_trip_schema():
                 "threads", "streams", "warmup", "iterations", "duration_s", "stop",
                 "throughput_ips", "throughput_qps", "latency_ms", "load_time_ms",
                 "first_run_ms", "other_cpu_load", "sessions", "percentile_definition",
-                "system", "notes", "schema"}
+                "system", "notes", "schema", "rounds_ips"}
     assert set(d) == expected
     assert set(d["latency_ms"]) == {"min", "avg", "p50", "p90", "p95", "p99", "max"}
     assert d["schema"] == "mnv3.bench/1" and d["threads"] == 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,7 +91,7 @@ def test_failure_mid_build_leaves_nothing(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(OnnxRuntimeBackend, "build_compiled", boom)
     with pytest.raises(KeyboardInterrupt):
         _build(tiny, tmp_path / "m")
-    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+    assert [p.name for p in tmp_path.iterdir()] == []  # no lock file either (issue 13)
 
 
 def test_failed_rebuild_keeps_old_model_and_rebuild_replaces(tiny, tmp_path, monkeypatch):
@@ -98,11 +100,11 @@ def test_failed_rebuild_keeps_old_model_and_rebuild_replaces(tiny, tmp_path, mon
     monkeypatch.setattr(OnnxRuntimeBackend, "build_compiled",
                         lambda *a: (_ for _ in ()).throw(BuildError("injected")))
     with pytest.raises(BuildError, match="injected"):
-        _build(tiny, tmp_path / "m", mode="force_float16")
+        _build(tiny, tmp_path / "m", mode="force_float16", force=True)  # another mode: force
     assert read_meta(tmp_path / "m") == old
     mnv3.load(tmp_path / "m").predict(np.zeros((1, 3, SIZE, SIZE), np.float32))
     monkeypatch.setattr(OnnxRuntimeBackend, "build_compiled", real)
-    new = _build(tiny, tmp_path / "m", mode="force_float16")
+    new = _build(tiny, tmp_path / "m", mode="force_float16", force=True)
     assert read_meta(tmp_path / "m") == new and new.quant_mode == "force_float16"
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["meta.json", "model.onnx"]
 
@@ -199,15 +201,149 @@ def test_cli_build(tiny, tmp_path, capsys):
     assert os.path.exists(tmp_path / "m")
 
 
-def test_bad_calibration_image_is_a_data_error_and_leaves_nothing(tiny, tmp_path):
+def test_bad_calibration_image_is_skipped_or_with_strict_an_error(tiny, tmp_path):
+    """Like infer (issue 13): skipped and counted; strict=True: a DataError, nothing left."""
     import shutil
 
-    from mnv3.errors import DataError
+    from mnv3.errors import DataError, Mnv3Warning
 
     folder = tmp_path / "calib"
     shutil.copytree(tiny["calib"], folder)
     (folder / "img_000.png").write_bytes(b"not a png")  # sorted first: always in the subset
     with pytest.raises(DataError, match="img_000.png"):
-        _build(tiny, tmp_path / "m", mode="qint8_mixed_float32", calib_dir=folder, calib_num=12)
-    assert not (tmp_path / "m").exists()
-    assert not list(tmp_path.glob(".m.tmp-*"))
+        _build(tiny, tmp_path / "m", mode="qint8_mixed_float32", calib_dir=folder, calib_num=12,
+               strict=True)
+    assert list(tmp_path.iterdir()) == [folder]  # no model, no temp folder, no lock
+    with pytest.warns(Mnv3Warning, match=r"skipped 1 calibration image.*img_000\.png"):
+        meta = _build(tiny, tmp_path / "m", mode="qint8_mixed_float32", calib_dir=folder,
+                      calib_num=12)
+    n = len(list(folder.iterdir()))
+    assert meta.calibration["count"] == min(12, n) - 1
+    assert [s.split(":")[0] for s in meta.calibration["skipped"]] == ["img_000.png"]
+
+
+def test_lock_file_is_removed_and_a_late_opener_takes_the_new_one(tmp_path):
+    """Issue 13: no .NAME.lock stays beside a model. A builder that opened the old lock file
+    just before its holder removed it must not count as holding the lock."""
+    import fcntl
+
+    from mnv3.atomic import build_lock
+
+    target = tmp_path / "m"
+    lock = tmp_path / ".m.lock"
+    with build_lock(target):
+        assert lock.is_file()
+        late = open(lock, "a+")  # a second builder, between its open() and its flock()
+    assert not lock.exists()
+    fcntl.flock(late, fcntl.LOCK_EX | fcntl.LOCK_NB)  # it gets the lock of a removed file...
+    try:
+        with build_lock(target):  # ...yet a third builder is not shut out by it, and
+            assert lock.is_file()  # the lock it holds is the file at the path
+            assert os.stat(lock).st_ino != os.fstat(late.fileno()).st_ino
+    finally:
+        late.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lock_taken_on_a_file_just_removed_is_retaken_on_the_new_one(tmp_path):
+    """The race the removal opens: our flock lands on a file its holder removed meanwhile."""
+    import fcntl
+    import types
+
+    from mnv3.atomic import _lock
+
+    lock = tmp_path / ".m.lock"
+    calls = []
+
+    def flock(f, op):  # the holder removes the file right as we lock it, once
+        calls.append(op)
+        if len(calls) == 1:
+            os.unlink(lock)
+        fcntl.flock(f, op)
+
+    fake = types.SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB)
+    f = _lock(fake, tmp_path / "m", lock)
+    try:
+        assert len(calls) == 2 and os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino
+    finally:
+        f.close()
+
+
+def test_image_size_alone_sets_crop_and_resize_by_the_network_ratio(tiny, tmp_path, capsys):
+    """Issue 13: 'build --image-size 160' alone failed ('pass --crop with the same value')."""
+    import torch
+
+    from mnv3.cli.main import main
+    from mnv3.models import create_model
+
+    ck = tmp_path / "w.pth"
+    torch.save(create_model("mobilenetv3-small", width_mult=0.35, seed=0).state_dict(), ck)
+    common = ["--quant-mode", "force_float32", "--shape-mutable", "false", "--batch-size", "1",
+              "--calib-dir", str(tiny["calib"]), "--no-progress"]
+    assert main(["build", "--weights", str(ck), "--image-size", "64", *common,
+                 "--output", str(tmp_path / "w")]) == 0, capsys.readouterr().err
+    meta = read_meta(tmp_path / "w")
+    assert (meta.preprocess.crop, meta.preprocess.resize) == (64, 73)  # 64 * 256 / 224
+    assert meta.input_shape == [1, 3, 64, 64]
+    assert main(["build", "--onnx", str(tiny["onnx"]), "--image-size", str(SIZE), *common,
+                 "--output", str(tmp_path / "o")]) == 0, capsys.readouterr().err
+    pre = read_meta(tmp_path / "o").preprocess
+    assert (pre.crop, pre.resize) == (SIZE, 37)
+    capsys.readouterr()
+    assert main(["build", "--onnx", str(tiny["onnx"]), "--image-size", str(SIZE), "--crop", "40",
+                 *common, "--output", str(tmp_path / "x")]) == 2
+    assert "--image-size 32 and --crop 40 disagree" in capsys.readouterr().err
+
+
+# ------------------------------------------------ issue 13: one naming rule, --force
+def test_default_path_is_runs_rule_and_other_settings_need_force(tiny, tmp_path, monkeypatch,
+                                                                  capsys):
+    """build and run overwrote each other's models at data/models/<name>; now a non-default
+    backend goes to data/models/<backend>/<name> for both, and a model built with other
+    settings is replaced only with force (the CLI then says what it replaced)."""
+    from mnv3.builder import default_output
+    from mnv3.cli.main import main
+    from mnv3.pipeline import _subdir
+
+    monkeypatch.chdir(tmp_path)
+    name = "force_float32_false_4"
+    assert default_output("onnxruntime", name) == build_mod.DEFAULT_MODELS_DIR / name
+    assert default_output("openvino", name) == build_mod.DEFAULT_MODELS_DIR / "openvino" / name
+    assert _subdir("openvino", name) == "openvino/" + name  # run: the same rule
+
+    first = _build(tiny, None)
+    where = tmp_path / "data" / "models" / name
+    assert read_meta(where) == first
+    again = _build(tiny, None)  # the same settings: a rebuild replaces it, nothing to ask
+    assert read_meta(where) == again
+    other = PreprocessCfg(resize=36, crop=SIZE, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    with pytest.raises(UsageError, match=r"holds a model built with other settings \(preprocess "
+                                         r"resize 36 .* -> .*mean \(0\.5, 0\.5, 0\.5\).*\); "
+                                         r"pass --force"):
+        mnv3.build(tiny["onnx"], None, quant_mode="force_float32", shape_mutable=False,
+                   batch_size=4, preprocess=other, calib_dir=tiny["calib"],
+                   options={"progress": False})
+    assert read_meta(where) == again  # untouched
+    capsys.readouterr()
+    argv = ["build", "--onnx", str(tiny["onnx"]), "--quant-mode", "force_float32",
+            "--shape-mutable", "false", "--batch-size", "4", "--resize", "36", "--crop",
+            str(SIZE), "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--calib-dir",
+            str(tiny["calib"]), "--no-progress"]
+    assert main(argv) == 2 and "pass --force" in capsys.readouterr().err
+    assert main([*argv, "--force"]) == 0
+    out = capsys.readouterr().out
+    assert f"built {Path('data/models') / name}" in out
+    assert "replaced the model built there with other settings: preprocess resize 36" in out
+    assert read_meta(where).preprocess.mean == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                    reason="openvino is not installed (pip install -e '.[openvino]')")
+def test_openvino_build_to_the_default_path_leaves_the_onnxruntime_model(tiny, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ort_meta = _build(tiny, None)
+    ov_meta = _build(tiny, None, backend="openvino")
+    models = tmp_path / "data" / "models"
+    assert read_meta(models / "force_float32_false_4") == ort_meta
+    assert read_meta(models / "openvino" / "force_float32_false_4") == ov_meta

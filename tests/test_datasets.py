@@ -165,7 +165,8 @@ def test_symlinked_folder_inside_is_allowed(flat):
 def test_symlink_loop_is_walked_once(tmp_path):
     _img(tmp_path / "cls" / "a.jpg")
     (tmp_path / "cls" / "loop").symlink_to(tmp_path / "cls")
-    ds = load_dataset(tmp_path)
+    with pytest.warns(UserWarning, match="one class"):  # one class folder: suspicious
+        ds = load_dataset(tmp_path)
     assert [s.path.name for s in ds] == ["a.jpg"]
 
 
@@ -210,3 +211,32 @@ def test_demo_files_are_declared_package_data():
 
     unshipped = [f for f in files if not any(shipped(f, pat) for pat in patterns)]
     assert unshipped == []
+
+
+# ---------------------------------------------------------------- issue 13: dataset roots
+def _dataset_root(tmp_path) -> Path:
+    """images/ + labels.txt, like the demo set and ../shared/datasets/imagenet-sample-500."""
+    root = tmp_path / "sample"
+    shutil.copytree(demo_dir() / "images", root / "images")
+    shutil.copy(demo_dir() / "labels.txt", root / "labels.txt")
+    return root
+
+
+def test_a_dataset_root_given_as_image_folder_is_refused_with_the_right_flag(tmp_path):
+    """It used to be read as an ImageFolder with one class, 'images': all labels 0, top-1 0."""
+    root = _dataset_root(tmp_path)
+    with pytest.raises(DataError, match=r"holds images/ and labels\.txt, a dataset folder.*"
+                                        r"pass --dataset \S+sample \(or --image-dir \S+images "
+                                        r"--label-file \S+labels\.txt\)"):
+        load_dataset(root)
+
+
+def test_an_image_folder_with_one_class_warns(tmp_path):
+    from mnv3.errors import Mnv3Warning
+
+    for name in ("a.png", "b.png"):
+        _img(tmp_path / "root" / "photos" / name)
+    with pytest.warns(Mnv3Warning, match=r"ImageFolder with one class, 'photos': every image "
+                                         r"gets label 0.*pass --image-dir \S+photos"):
+        ds = load_dataset(tmp_path / "root")
+    assert [s.label for s in ds] == [0, 0]

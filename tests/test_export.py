@@ -9,6 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
+import mnv3
 from ckpt_factory import write_checkpoint
 from conftest import needs_imagenet_sample
 
@@ -100,7 +102,8 @@ def test_failed_verification_raises_and_leaves_nothing(loaded, tmp_path):
     out.write_bytes(b"previous export")
     # Real parity is ~1e-6; a 1e-12 tolerance must fail the same machinery a real mismatch would.
     with pytest.raises(ExportError, match=r"differs from PyTorch at batch 8 .*no file was written"):
-        export_onnx(loaded["seed", "mobilenetv3-small"], out, dynamic_batch=True, tolerance=1e-12)
+        export_onnx(loaded["seed", "mobilenetv3-small"], out, dynamic_batch=True, tolerance=1e-12,
+                    force=True)  # the previous file is not ours: force, then fail verification
     assert out.read_bytes() == b"previous export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temp file left
 
@@ -176,3 +179,68 @@ def test_cli_errors_exit_with_their_codes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("mnv3 export: error:") == 3 and "--layout seed" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+# -------------------------------------------------- issue 13: --output, --demo-weights
+def test_output_that_is_not_an_mnv3_export_is_kept_unless_forced(loaded, tmp_path):
+    """export --output replaced any file without a word; now only an earlier mnv3 export."""
+    model = loaded["seed", "mobilenetv3-small"]
+    out = tmp_path / "m.onnx"
+    out.write_text("my notes, not a model")
+    with pytest.raises(UsageError, match=r"m\.onnx exists and is not an ONNX file exported by "
+                                         r"mnv3; pass --force"):
+        export_onnx(model, out, image_size=64)
+    assert out.read_text() == "my notes, not a model"
+    assert export_onnx(model, out, image_size=64, force=True).replaced
+    rep = export_onnx(model, out, image_size=64)  # ours now: replaced like a rebuild
+    assert rep.replaced and not rep.untrained
+    with pytest.raises(UsageError, match="is a folder"):
+        export_onnx(model, tmp_path, image_size=64)
+
+
+def test_demo_weights_export_is_marked_untrained_through_build_infer_and_eval(tmp_path, capsys):
+    """Issue 13: 'mnv3 infer' printed an accuracy of a random-weights model with no note."""
+    from mnv3.meta import read_meta
+    from mnv3.provenance import onnx_marks
+
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", "--demo-weights", "--width-mult", "0.35", "--num-classes", "10",
+                 "--image-size", "64", "--dynamic-batch", "--output", str(onnx_path)]) == 0
+    out = capsys.readouterr()
+    assert "UNTRAINED" in out.out and "warning: --demo-weights" in out.err
+    assert onnx_marks(onnx_path)["mnv3.random_seed"] == "0"
+    model = tmp_path / "model"
+    assert main(["build", "--onnx", str(onnx_path), "--quant-mode", "force_float32",
+                 "--shape-mutable", "false", "--batch-size", "2", "--image-size", "64",
+                 "--no-progress", "--output", str(model)]) == 0
+    assert "note: UNTRAINED model" in capsys.readouterr().out
+    src = read_meta(model).source
+    assert src["random_seed"] == 0 and src["untrained"] is True
+    images = tmp_path / "images"
+    images.mkdir()
+    from mnv3.data.datasets import demo_dir
+
+    for i, p in enumerate(sorted((demo_dir() / "images").iterdir())[:3]):
+        (images / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "labels.txt").write_text("".join(
+        f"{p.name} {i}\n" for i, p in enumerate(sorted(images.iterdir()))))
+    res = tmp_path / "res"
+    assert main(["infer", "--model", str(model), "--image-dir", str(images), "--label-file",
+                 str(tmp_path / "labels.txt"), "--output-dir", str(res), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    acc = next(i for i, ln in enumerate(lines) if ln.startswith("top5 accuracy"))
+    assert lines[acc + 1].startswith("note: UNTRAINED model (random weights, seed 0")
+    assert main(["eval", "--result-label-file", str(res / "eval_labels.txt"), "--result-1-file",
+                 str(res / "eval_result_1.txt"), "--result-5-file",
+                 str(res / "eval_result_5.txt")]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("top1 accuracy: ")  # the seed's lines, unchanged on stdout
+    assert out.err.startswith("mnv3 eval: warning: UNTRAINED model")
+
+
+def test_a_trained_checkpoint_is_not_marked(loaded, tmp_path):
+    from mnv3.provenance import onnx_marks, source_fields
+
+    export_onnx(loaded["seed", "mobilenetv3-small"], tmp_path / "t.onnx", image_size=64)
+    assert onnx_marks(tmp_path / "t.onnx") == {"mnv3.exported_by": f"mnv3 {mnv3.__version__}"}
+    assert source_fields(tmp_path / "t.onnx") == {}

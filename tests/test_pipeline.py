@@ -38,6 +38,9 @@ def test_run_end_to_end_then_reuse(tmp_path, capsys):
     for name in NAMES:
         assert stdout.count(f"| {name} |") == 3  # performance, accuracy, baselines
     assert {"report.md", "report.json", "report.png"} <= {p.name for p in out.iterdir()}
+    # every file named with its folder, not the first one only (issue 13)
+    assert f"report: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'} (" \
+        in stdout
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     md = (out / "report.md").read_text()
     assert "UNTRAINED" in md and "(untrained)" in md and "## Against baselines" in md
@@ -91,6 +94,10 @@ def test_changed_request_rebuilds(tmp_path):
     rep = run_all(**{**kw, "calib_num": 3}, out=tmp_path)
     assert not rep.rows[0].reused
     assert read_meta(tmp_path / "models" / NAMES[1]).calibration["requested"] == 3
+    # ...and never silently (issue 13): the report says what the rebuild replaced
+    assert len(rep.rows[0].replaced) == 1 and "calibration 4 images of" in rep.rows[0].replaced[0]
+    assert any(n.startswith(f"models/{NAMES[1]} replaced a model built with other settings: "
+                            "calibration 4 images") for n in rep.notes)
 
 
 @pytest.mark.parametrize("bad", [dict(quant_modes=("bogus",)), dict(batch_sizes=(0,)),

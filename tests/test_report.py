@@ -55,10 +55,10 @@ def make_report(untrained=True) -> RunReport:
 def test_performance_table_has_the_seed_columns():
     t = performance_table(make_report()).splitlines()
     assert t[0] == ("| Model | QuantMode_ShapeMutable_BatchSize | Throughput (images/s) | "
-                    "Latency Avg (ms) | 95% (ms) | 99% (ms) | device |")
+                    "min-max of 1 round | Latency Avg (ms) | 95% (ms) | 99% (ms) | device |")
     assert len(t) == 2 + 4
-    assert "| mobilenetv3-small | force_float32_false_8 | 2000.0 | 4.000 | 4.800 | 6.000 | " \
-           "CPU Test x2 |" in t
+    assert "| mobilenetv3-small | force_float32_false_8 | 2000.0 | 2000.0-2000.0 | 4.000 | " \
+           "4.800 | 6.000 | CPU Test x2 |" in t
 
 
 def test_accuracy_table_marks_untrained():
@@ -128,3 +128,96 @@ def test_builds_table_reports_cold_start_apart():
     t = builds_table(rep).splitlines()
     assert "| force_float32_false_1 | reused | 12.0 | 3.00 |" in t[2]
     assert "| force_float32_false_8 | 4.2 s |" in t[3] or "| force_float32_false_8 | 4.3 s |" in t[3]
+
+
+# ------------------------------------------------------------------------ issue 13
+def _rounds(ips: list[float], batch=8, mode="force_float32"):
+    """A merged result of len(ips) rounds (as run's bench_batch makes them)."""
+    from mnv3.bench import merge_results
+
+    results = []
+    for v in ips:
+        r = bench("m", v, batch, mode)
+        r.samples = [batch / v] * 10  # 10 queries at this speed
+        r.duration_s = 10 * batch / v
+        results.append(r)
+    return merge_results(results)
+
+
+def test_tables_quote_the_median_round_and_the_range_of_all_rounds():
+    """Two identical runs differed by up to 30% in a cell: give the median and the spread."""
+    rep = make_report()
+    rep.config["rounds"] = 5
+    rep.rows[1].bench = _rounds([380.0, 270.0, 390.0, 375.0, 385.0])
+    torch_rounds = _rounds([190.0, 135.0, 195.0, 150.0, 192.5])
+    rep.baselines = [b for b in rep.baselines if not (b.name == BASELINE_TORCH and b.batch == 8)]
+    rep.baselines.append(BaselineRow(BASELINE_TORCH, 8, torch_rounds))
+    perf = performance_table(rep)
+    assert "| Throughput (images/s) | min-max of 5 rounds |" in perf
+    assert "| force_float32_false_8 | 380.0 | 270.0-390.0 |" in perf
+    # per-round ratios 2.0, 2.0, 2.0, 2.5, 2.0: the median, not a ratio of pooled figures
+    assert "| force_float32_false_8 | 380.0 | 190.0 | 2.00x |" in baselines_table(rep)
+    md = markdown(rep)
+    assert "ran in 5 round(s) interleaved" in md and "median round" in md
+    d = rep.to_dict()["rows"][1]["bench"]
+    assert d["rounds_ips"] == [380.0, 270.0, 390.0, 375.0, 385.0]
+    assert BenchResult.from_dict(d).median_ips() == 380.0
+
+
+def test_model_notes_name_the_models_they_hold_for():
+    """report.md printed 'float16: none' and 'float16: Reshape' as two bare notes: they hold
+    for different modes, so each note now says for which."""
+    from mnv3.pipeline import model_notes
+
+    rep = make_report()
+    for r in rep.rows:
+        r.notes = [f"note of {r.quant_mode}", "shared"]
+    assert model_notes(rep.rows) == [
+        "force_float32 (batch 1, 8): note of force_float32",
+        "force_float32 (batch 1, 8); force_float16 (batch 1, 8): shared",
+        "force_float16 (batch 1, 8): note of force_float16"]
+
+
+def test_a_mixed_precision_op_is_listed_once():
+    from mnv3.backends.onnxruntime import precision_notes
+
+    fp16, int8 = precision_notes("qint8_mixed_float16", {
+        "Conv": "float32", "QLinearConv": "int8", "Reshape": "float16",
+        "Transpose": "mixed(float32:9,int8:9)"})
+    assert "int8 kernels: QLinearConv; still float: Conv, Reshape; mixed: Transpose " \
+           "(float32:9, int8:9)" in int8
+    assert fp16.count("Transpose") == 1 and "float16: Reshape;" in fp16
+
+
+def test_png_palettes_do_not_collide_and_accuracy_names_its_batch():
+    """report.png: the agreement bars shared a colour with a throughput series, and the
+    accuracy panel did not say which batch it shows."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from mnv3.report_plot import draw_report
+
+    rep = make_report(untrained=False)
+    extra = []
+    for row in rep.rows:  # 2 backends x 3 modes: six throughput series
+        extra.append(ModelRow(**{**row.__dict__, "backend": "openvino"}))
+        if row.quant_mode == "force_float32":
+            for backend in ("onnxruntime", "openvino"):
+                extra.append(ModelRow(**{**row.__dict__, "backend": backend,
+                                         "quant_mode": "qint8_mixed_float16",
+                                         "name": f"qint8_mixed_float16_false_{row.batch}"}))
+    rep.rows += extra
+    fig = draw_report(rep)
+    try:
+        ax_t, ax_a = fig.axes
+
+        def colours(ax):
+            return {to_hex(c.get_facecolor()) for c in ax.containers
+                    for c in [c.patches[0]]}
+
+        series = [to_hex(c.patches[0].get_facecolor()) for c in ax_t.containers]
+        assert len(series) == len(set(series)) == 6 + 2  # six series + two baselines, all apart
+        assert colours(ax_a).isdisjoint(series)
+        assert "batch 1" in ax_a.get_title()
+    finally:
+        plt.close(fig)

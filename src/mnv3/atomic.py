@@ -24,29 +24,78 @@ _AT_FDCWD = -100
 
 @contextlib.contextmanager
 def build_lock(target: Path):
-    """Hold ``.<name>.lock`` beside ``target`` (an flock: released even if we crash)."""
+    """Hold ``.<name>.lock`` beside ``target`` (an flock: released even if we crash).
+
+    The lock file is removed when the build ends, while still locked, so nothing is left beside
+    the model (issue 13). A second builder that opened the file before the removal then holds
+    a lock on a file no longer at the path; ``_lock`` sees that and tries the new file, so two
+    builders never both believe they hold the lock. Only a SIGKILLed build leaves the file
+    (the next build of that path removes it)."""
     lock_path = target.parent / f".{target.name}.lock"
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; builds still publish atomically
         yield
         return
-    # The lock file is left in place on purpose: unlinking it would race with a waiting builder.
-    try:
-        f = open(lock_path, "a+")
-    except OSError as e:  # read-only or not a folder: say so before any work is done
-        raise UsageError(f"cannot write beside {target} (lock {lock_path}: {e.strerror or e}); "
-                         "choose a writable --output") from None
+    f = _lock(fcntl, target, lock_path)
     with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BuildError(f"another build is writing {target} right now (lock {lock_path}); "
-                             "wait for it to finish or build to another --output") from None
         try:
             yield
         finally:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)  # first, while locked: see the docstring
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _lock(fcntl, target: Path, lock_path: Path):
+    """The open, flocked lock file that is at ``lock_path`` now; BuildError when it is held."""
+    for _ in range(100):  # each retry means another build ended meanwhile: rare
+        try:
+            f = open(lock_path, "a+")
+        except OSError as e:  # read-only or not a folder: say so before any work is done
+            raise UsageError(f"cannot write beside {target} (lock {lock_path}: "
+                             f"{e.strerror or e}); choose a writable --output") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise BuildError(f"another build is writing {target} right now (lock {lock_path}); "
+                             "wait for it to finish or build to another --output") from None
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass  # its holder removed it as we locked: take the path's new file
+        f.close()
+    raise BuildError(f"could not take the lock {lock_path}: other builds of {target} keep "
+                     "starting and ending; wait for them or build to another --output")
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc), since
+    ``os.umask`` can only be read by setting it, a moment in which other threads' files would
+    get the wrong mode."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def normal_mode(path_or_fd, directory: bool = False) -> None:
+    """Give a file made by mkstemp (0600) or a folder made by mkdtemp (0700) the mode a plain
+    ``open(..., "w")`` / ``mkdir`` would have given it (0644 / 0755 under umask 022): they are
+    renamed into place as results, reports, models (issue 13)."""
+    mode = (0o777 if directory else 0o666) & ~current_umask()
+    if isinstance(path_or_fd, int):
+        os.fchmod(path_or_fd, mode)
+    else:
+        os.chmod(path_or_fd, mode)
 
 
 def _exchange(a: Path, b: Path) -> bool:

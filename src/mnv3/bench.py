@@ -118,6 +118,8 @@ class BenchResult:
     system: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     schema: str = SCHEMA
+    # images/s of each interleaved round, in order (merge_results); [] for a single run
+    rounds_ips: list[float] = field(default_factory=list)
     # Raw per-query latencies in seconds, kept in memory for merging rounds; not serialized.
     samples: list[float] = field(default_factory=list, repr=False, compare=False)
 
@@ -125,6 +127,17 @@ class BenchResult:
         d = asdict(self)
         del d["samples"]
         return d
+
+    def median_ips(self) -> float:
+        """Throughput to quote: the median round's images/s (the pooled figure for one run).
+        Two identical runs differed by up to 30% in a pooled cell on a shared 2-vCPU VM: the
+        median of interleaved rounds, with their range, says how much to trust it (issue 13)."""
+        return float(np.median(self.rounds_ips)) if self.rounds_ips else self.throughput_ips
+
+    def ips_range(self) -> tuple[float, float]:
+        """(slowest, fastest) round in images/s; both the pooled figure for one run."""
+        r = self.rounds_ips or [self.throughput_ips]
+        return float(min(r)), float(max(r))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BenchResult:
@@ -185,8 +198,9 @@ def benchmark(session, *, batch: int | None = None, threads: int | None = None,
 def merge_results(results: list[BenchResult]) -> BenchResult:
     """Rounds of one configuration, interleaved in time with others, as one result.
 
-    Latencies are pooled; throughput is total images over total measured wall time. Load time
-    and first run come from the first round (later rounds are warm by construction).
+    Latencies are pooled; throughput is total images over total measured wall time, and each
+    round's images/s is kept (``rounds_ips``: ``median_ips``, ``ips_range``). Load time and
+    first run come from the first round (later rounds are warm by construction).
     """
     if not results:
         raise ValueError("nothing to merge")
@@ -204,6 +218,7 @@ def merge_results(results: list[BenchResult]) -> BenchResult:
                             "latency_ms": LatencyStats.from_seconds(samples),
                             "other_cpu_load": _weighted_load(results),
                             "notes": list(dict.fromkeys(n for r in results for n in r.notes)),
+                            "rounds_ips": [r.throughput_ips for r in results],
                             "samples": samples})
     return merged
 

@@ -15,6 +15,7 @@ import math
 import glob
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,10 +23,12 @@ import numpy as np
 
 from mnv3 import __version__
 from mnv3 import calibration as cal
-from mnv3.atomic import build_lock, publish_dir
+from mnv3 import model_settings as settings
+from mnv3 import provenance
+from mnv3.atomic import build_lock, normal_mode, publish_dir
 from mnv3.backends import get_backend
 from mnv3.backends.base import BuildConfig
-from mnv3.errors import UsageError
+from mnv3.errors import DataError, Mnv3Warning, UsageError
 from mnv3.meta import (META_FILE, ModelMeta, PreprocessCfg, check_mode_backend, model_dir_name,
                        normalize_quant_mode, sha256_file, write_meta)
 from mnv3.gate import Budget, gated_build
@@ -42,13 +45,17 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
           preprocess: PreprocessCfg | None = None, calib_dir=None, calib_num: int = 100,
           calib_method: str = "minmax", backend: str = "onnxruntime",
           class_names: Sequence[str] | None = None, source: dict | None = None,
-          options: dict | None = None) -> ModelMeta:
+          options: dict | None = None, strict: bool = False, force: bool = False) -> ModelMeta:
     """Quantize/compile ``onnx_path`` into a model directory; returns its ModelMeta.
 
-    ``output_dir`` defaults to ``data/models/<quant_mode>_<mutable>_<batch>``. int8 modes
+    ``output_dir`` defaults to ``data/models/<quant_mode>_<mutable>_<batch>`` (``data/models/
+    <backend>/...`` for backends other than onnxruntime, as ``mnv3 run``); a model built there
+    with other settings is replaced only with ``force``. int8 modes
     calibrate on ``calib_num`` images of ``calib_dir`` (a seeded, sorted subset; the bundled
     demo images when None); if fewer exist, all are used and meta.json notes it. ``options``
-    are backend knobs (e.g. ``{"fidelity_num": 400, "progress": False}``).
+    are backend knobs (e.g. ``{"fidelity_num": 400, "progress": False}``). Images that cannot
+    be decoded are skipped and counted (meta.json's calibration.skipped), as ``infer`` does;
+    ``strict=True`` makes the first one an error.
     """
     quant_mode = normalize_quant_mode(quant_mode)
     options = dict(options or {})
@@ -60,10 +67,15 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
     Budget.from_options(options)  # a bad budget fails before any slow work
     engine = get_backend(backend)
     name = model_dir_name(quant_mode, shape_mutable, batch_size)
-    target = Path(output_dir) if output_dir is not None else DEFAULT_MODELS_DIR / name
+    target = Path(output_dir) if output_dir is not None else default_output(backend, name)
     _check_target(target)
     calib, held_out, calib_info = _calibration_files(quant_mode, calib_dir, calib_num,
                                                      calib_method)
+    settings.check_replace(target, settings.requested(
+        engine.name, quant_mode, shape_mutable, batch_size,
+        (source or {}).get("sha256") or sha256_file(onnx_path), preprocess, calib_info), force)
+    calib, held_out = _skip_undecodable(calib, held_out, calib_info, preprocess, strict,
+                                        int(options.get("fidelity_num", FIDELITY_NUM)))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file in the way, a read-only place: the user's to fix
@@ -73,6 +85,7 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
         _remove_temps(target)  # left by a killed build (SIGKILL cannot be cleaned up after)
         try:
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+            normal_mode(tmp, directory=True)  # it becomes the model folder: not mkdtemp's 0700
             meta = _build_into(tmp, engine, onnx_path, quant_mode, bool(shape_mutable),
                                int(batch_size), preprocess, calib, held_out, calib_info,
                                calib_method, class_names, source or {}, options)
@@ -81,6 +94,11 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
             _remove_temps(target)  # by pattern: Ctrl-C may land inside mkdtemp, before `tmp =`
             raise
     return meta
+
+
+def default_output(backend: str, name: str) -> Path:
+    """Where a model goes without --output: one rule for build and run (issue 13)."""
+    return DEFAULT_MODELS_DIR / settings.model_subdir(backend, name)
 
 
 def check_max_drop(max_drop, quant_mode: str, backend: str) -> None:
@@ -122,7 +140,7 @@ def _build_into(tmp: Path, engine, onnx_path, quant_mode, mutable, batch, prepro
             preprocess=preprocess, class_names=list(class_names) if class_names else None,
             op_precisions=compiled.op_precisions,
             source={"path": str(onnx_path.resolve()), "sha256": sha256_file(onnx_path),
-                    **source},
+                    **provenance.source_fields(onnx_path), **source},
             calibration=calib_info, notes=calib_notes + compiled.notes,
             extra={**compiled.extra, "isa": int8_isa()},
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -156,7 +174,9 @@ def _build_into(tmp: Path, engine, onnx_path, quant_mode, mutable, batch, prepro
 # ----------------------------------------------------------------------------- validation
 def _check_args(onnx_path: Path, mutable, batch_size, calib_num, calib_method) -> None:
     if not onnx_path.is_file():
-        raise UsageError(f"ONNX model {onnx_path} does not exist; export one with 'mnv3 export'")
+        raise UsageError(f"ONNX model {onnx_path} does not exist; check the path ('mnv3 "
+                         "export --weights CKPT --output FILE.onnx' makes one from a MobileNetV3 "
+                         "checkpoint; README.md shows how to get lite0.onnx)")
     if not isinstance(mutable, bool):
         raise UsageError(f"shape_mutable must be true or false, got {mutable!r}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -208,6 +228,29 @@ def _calibration_files(quant_mode, calib_dir, calib_num, method):
         info["notes"].append(f"--calib-num {calib_num} asked for more images than {folder} holds "
                              f"({len(files)}): all were used for calibration")
     return calib, held_out, info
+
+
+def _skip_undecodable(calib, held_out, info, cfg, strict: bool, fidelity_num: int):
+    """Drop the images that cannot be decoded from the calibration set and from the held-out
+    images the fidelity check will use; record and warn about them. One broken JPEG in
+    --calib-dir stopped the build, while infer skips it (issue 13)."""
+    calib, bad = cal.decodable(calib, cfg, strict) if calib else ([], [])
+    fid, bad_fid = cal.decodable(held_out[:fidelity_num], cfg, strict) if held_out else ([], [])
+    if bad and info is not None:
+        info["count"] = len(calib)
+        info["files_sha256"] = cal.files_sha256(calib)
+        info["skipped"] = [f"{p.name}: {why}" for p, why in bad]
+        info["notes"].append(f"{len(bad)} calibration image(s) could not be decoded and were "
+                             f"skipped (first: {bad[0][0].name}); calibrated on {len(calib)}")
+    for what, skipped in (("calibration", bad), ("fidelity-check", bad_fid)):
+        if skipped:
+            warnings.warn(f"skipped {len(skipped)} {what} image(s) that could not be decoded "
+                          f"(first: {skipped[0][0]}: {skipped[0][1]}); --strict makes this an "
+                          "error", Mnv3Warning, stacklevel=3)
+    if info is not None and not calib:
+        raise DataError(f"none of the calibration images in {info['folder']} could be decoded "
+                        f"(first: {bad[0][1]}); pass --calib-dir with valid images")
+    return calib, fid + held_out[fidelity_num:]
 
 
 # ----------------------------------------------------------------------------- fidelity

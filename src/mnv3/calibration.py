@@ -52,6 +52,23 @@ def split_calibration(files: Sequence[Path], num: int) -> tuple[list[Path], list
             [f for i, f in enumerate(files) if i not in chosen])
 
 
+def decodable(files: Sequence[Path], cfg: PreprocessCfg, strict: bool = False
+              ) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(the files that decode, [(file, reason), ...] for those that do not), in order.
+
+    Decoded by the loader ``mnv3 infer`` uses, with the same rule: an undecodable image is
+    skipped and counted, or with ``strict`` a DataError at the first one (issue 13). The
+    engines then decode the good files again as they calibrate, one batch at a time, so
+    memory stays bounded for any --calib-num.
+    """
+    from mnv3.data.datasets import Sample
+    from mnv3.data.loader import iter_batches
+
+    loader = iter_batches([Sample(Path(f)) for f in files], cfg, batch_size=16, strict=strict)
+    good = [Path(s.path) for batch in loader for s in batch.samples]
+    return good, [(Path(s.path), reason) for s, reason in loader.skipped]
+
+
 def files_sha256(files: Sequence[Path]) -> str:
     """Hash of the file list (names, in order): identifies the calibration set in meta.json."""
     h = hashlib.sha256()

@@ -59,3 +59,8 @@ class Interrupted(Mnv3Error):
     """The user interrupted a long operation (Ctrl-C); nothing partial was left behind."""
 
     exit_code = 130
+
+
+class Mnv3Warning(UserWarning):
+    """Something the user should know that does not stop the command (a suspicious dataset).
+    The CLI prints it as one ``mnv3 <cmd>: warning:`` line on stderr."""

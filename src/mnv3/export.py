@@ -36,10 +36,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from mnv3 import __version__
+from mnv3.atomic import normal_mode
 from mnv3.errors import ExportError, UsageError
 from mnv3.meta import PreprocessCfg, sha256_file
 from mnv3.models.checkpoints import LoadedModel
 from mnv3.models.registry import count_params, preprocess_preset
+from mnv3.provenance import exported_by_mnv3, stamp_onnx
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 MIN_OPSET = 17
@@ -80,6 +83,8 @@ class ExportReport:
     preprocess: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
     onnx_sha256: str = ""
+    untrained: bool = False  # random weights (create_model / --demo-weights): accuracy is noise
+    replaced: bool = False  # an earlier mnv3 export was at the output path
 
     @property
     def max_rel_error(self) -> float:
@@ -92,15 +97,18 @@ class ExportReport:
 def export_onnx(model, output, *, batch_size: int = 1, dynamic_batch: bool = False,
                 image_size: int = 224, opset: int = MIN_OPSET, verify_images=None,
                 preprocess: PreprocessCfg | None = None, tolerance: float = 1e-4,
-                exporter: str = "torchscript", max_verify_images: int = 16) -> ExportReport:
+                exporter: str = "torchscript", max_verify_images: int = 16,
+                force: bool = False) -> ExportReport:
     """Export ``model`` (an nn.Module, TorchScript module or ``LoadedModel``) to ``output``.
 
     ``verify_images``: a folder or list of image files, preprocessed with ``preprocess`` (default:
     the model's own ``.preprocess``) and added to the random parity inputs.
-    Raises ``ExportError`` (nothing written) when a check exceeds ``tolerance``.
+    Raises ``ExportError`` (nothing written) when a check exceeds ``tolerance``. An existing
+    ``output`` is replaced only when an earlier mnv3 export wrote it, or with ``force``.
     """
     module, info = _unwrap(model, preprocess)
     _check_args(batch_size, image_size, opset, tolerance, exporter)
+    replaced = _check_output(Path(output), force)
     # Bad image folders fail before any work is done.
     images = _verify_images(verify_images, info["preprocess"], image_size, max_verify_images)
     output = Path(output)
@@ -110,6 +118,7 @@ def export_onnx(model, output, *, batch_size: int = 1, dynamic_batch: bool = Fal
     except OSError as e:  # a file in the way, a read-only place: the user's to fix
         raise UsageError(f"cannot write {output} ({e.strerror or e}); "
                          "choose a writable --output") from None
+    normal_mode(fd)  # the .onnx gets a plain file's mode, not mkstemp's 0600
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -117,6 +126,7 @@ def export_onnx(model, output, *, batch_size: int = 1, dynamic_batch: bool = Fal
             report = _export_and_verify(module, info, tmp, output, batch_size, dynamic_batch,
                                         image_size, opset, images, tolerance, exporter)
         os.replace(tmp, output)
+        report.replaced = replaced
         return report
     finally:
         tmp.unlink(missing_ok=True)
@@ -130,6 +140,8 @@ def _export_and_verify(module, info, tmp, output, batch_size, dynamic_batch, ima
                           generator=torch.Generator().manual_seed(0))
     _export(module, example, tmp, opset, dynamic_batch, exporter)
     optimizer = _optimize(tmp)
+    stamp_onnx(tmp, version=__version__, random_seed=info.get("random_seed"),
+               untrained=info.get("untrained", False))
     export_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     batches = DYNAMIC_VERIFY_BATCHES if dynamic_batch else (batch_size,)
@@ -172,13 +184,28 @@ def _unwrap(model, preprocess) -> tuple[nn.Module, dict]:
         info = {k: src[k] for k in ("arch", "layout", "width_mult")} | {"source": src}
         pre = preprocess or model.preprocess
     elif isinstance(model, nn.Module):
-        module, info = model, {k: getattr(model, k, None) for k in ("arch", "layout", "width_mult")}
-        info["source"] = {}
+        module, info = model, {k: getattr(model, k, None) for k in ("arch", "layout", "width_mult",
+                                                                    "random_seed")}
+        info["untrained"] = bool(getattr(model, "untrained", False))
+        info["source"] = {"random_seed": info["random_seed"]} if info["untrained"] else {}
         pre = preprocess or getattr(model, "preprocess", None) or preprocess_preset()
     else:
         raise UsageError(f"export_onnx needs an nn.Module or LoadedModel, got {type(model).__name__}")
     module.eval()  # dropout off, BatchNorm on running statistics: the graph is for inference
     return module, info | {"preprocess": pre}
+
+
+def _check_output(output: Path, force: bool) -> bool:
+    """True when ``output`` holds an earlier mnv3 export (replaced, as a rebuild replaces a
+    model); anything else there is the user's and needs ``force`` (issue 13)."""
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a folder; give the path of the .onnx file to write")
+    if not output.exists():
+        return False
+    if force or exported_by_mnv3(output):
+        return True
+    raise UsageError(f"--output {output} exists and is not an ONNX file exported by mnv3; pass "
+                     "--force to replace it, or choose another --output")
 
 
 def _check_args(batch_size, image_size, opset, tolerance, exporter) -> None:
@@ -309,4 +336,5 @@ def _report(tmp, output, info, module, opset, dynamic, batch_size, exporter, opt
         optimizer=optimizer, export_seconds=round(export_s, 3), verify_seconds=round(verify_s, 3),
         tolerance=tolerance, checks=checks,
         op_counts=dict(Counter(n.op_type for n in proto.graph.node)),
-        preprocess=info["preprocess"].to_dict(), source=info["source"], onnx_sha256=sha256_file(tmp))
+        preprocess=info["preprocess"].to_dict(), source=info["source"],
+        onnx_sha256=sha256_file(tmp), untrained=info.get("untrained", False))

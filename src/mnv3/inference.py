@@ -11,6 +11,8 @@ Files written in ``output_dir`` (names are the images' paths relative to the dat
 * ``eval_result.txt``   ``top1 accuracy: x`` / ``top5 accuracy: y`` (labelled images only)
 * ``results.jsonl``     per image: top-5 indices, class names, probabilities
 * ``skipped.txt``       ``filename<TAB>reason`` for images that could not be decoded (if any)
+* ``infer.json``        this summary (``InferResult``), e.g. for ``mnv3 eval`` to know that the
+                        model was never trained
 * ``images/``           with ``save_images``: copies with the top-1 class and probability drawn
                         (staged, moved in only when the run succeeds)
 
@@ -40,9 +42,10 @@ from mnv3.data.loader import iter_batches
 from mnv3.errors import DataError, UsageError
 from mnv3.evaluation import format_accuracy, topk_indices
 from mnv3.meta import atomic_write_text
+from mnv3.provenance import untrained_note
 
 RESULT_FILES = ("eval_labels.txt", "eval_result_1.txt", "eval_result_5.txt", "results.jsonl",
-                "skipped.txt", "eval_result.txt")
+                "skipped.txt", "infer.json", "eval_result.txt")
 
 
 @dataclass
@@ -66,6 +69,8 @@ class InferResult:
     output_dir: str
     model: str
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    # set when the model's network has random weights: its accuracy is noise (issue 13)
+    untrained: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,7 +100,8 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
         created = _make_output_dir(out)
         try:
             return _run(session, loader, samples, names, class_names, out, batch_size=bs,
-                        save_images=save_images, progress=progress, label=label)
+                        save_images=save_images, progress=progress, label=label,
+                        untrained=untrained_note(meta))
         except BaseException:  # an error or Ctrl-C: a folder this run made must not stay behind
             _remove_new_output(out, created)
             raise
@@ -118,7 +124,7 @@ def _open(model):
 
 
 def _run(session, loader, samples, names, class_names, out: Path, *, batch_size: int,
-         save_images: bool, progress: bool, label: str) -> InferResult:
+         save_images: bool, progress: bool, label: str, untrained: str | None) -> InferResult:
     """Predict every batch into ``out`` (which exists) and write the result files."""
     _check_writable(out)  # now, not after decoding every image
     # Annotated copies go to a hidden staging folder and replace images/ only once the run has
@@ -126,7 +132,8 @@ def _run(session, loader, samples, names, class_names, out: Path, *, batch_size:
     staging = Path(tempfile.mkdtemp(prefix=".images.partial-", dir=out)) if save_images else None
     try:
         result = _predict_all(session, loader, samples, names, class_names, out, staging,
-                              batch_size=batch_size, progress=progress, label=label)
+                              batch_size=batch_size, progress=progress, label=label,
+                              untrained=untrained)
         if staging is not None:
             _publish_images(staging, out / "images")
         return result
@@ -136,7 +143,8 @@ def _run(session, loader, samples, names, class_names, out: Path, *, batch_size:
 
 
 def _predict_all(session, loader, samples, names, class_names, out: Path, staging: Path | None,
-                 *, batch_size: int, progress: bool, label: str) -> InferResult:
+                 *, batch_size: int, progress: bool, label: str,
+                 untrained: str | None) -> InferResult:
     """The prediction loop, then the result files; annotated copies go into ``staging``."""
     collect = _Collector(names, class_names, staging)
     engine = 0.0
@@ -160,6 +168,7 @@ def _predict_all(session, loader, samples, names, class_names, out: Path, stagin
                         f"{skipped[0][1]}); check that the folder holds valid images")
     result = _summary(collect, skipped, len(samples), elapsed, engine, batch_size,
                       loader.workers, out, label)
+    result.untrained = untrained
     try:
         _write_files(out, collect, skipped, result)
     except OSError as e:  # disk full or folder removed meanwhile; eval_result.txt is absent
@@ -355,5 +364,6 @@ def _write_files(out: Path, c: _Collector, skipped, result: InferResult) -> None
     atomic_write_text(out / "results.jsonl", text(c.jsonl))
     if skipped:
         atomic_write_text(out / "skipped.txt", text(f"{n}\t{r}" for n, r in skipped))
+    atomic_write_text(out / "infer.json", json.dumps(result.to_dict(), indent=2) + "\n")
     if result.top1 is not None:
         atomic_write_text(out / "eval_result.txt", format_accuracy(result.top1, result.top5))

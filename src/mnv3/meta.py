@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mnv3.atomic import normal_mode
 from mnv3.errors import ModelError, UsageError
 
 FORMAT_VERSION = 1
@@ -152,6 +153,8 @@ def read_meta(model_dir: str | os.PathLike) -> ModelMeta:
     """Read ``meta.json``; a clear ModelError when it is missing, unreadable or too new."""
     model_dir = Path(model_dir)
     path = model_dir / META_FILE
+    if model_dir.is_file():
+        raise ModelError(_file_for_dir(model_dir))
     if not model_dir.is_dir():
         raise ModelError(f"model directory {model_dir} does not exist; build one with 'mnv3 build'")
     if not path.is_file():
@@ -177,6 +180,15 @@ def read_meta(model_dir: str | os.PathLike) -> ModelMeta:
         raise ModelError(f"{path} is missing fields or has bad values ({e}); rebuild the model") from e
 
 
+def _file_for_dir(path: Path) -> str:
+    """A file where a model directory was expected: say which folder to pass instead."""
+    if (path.parent / META_FILE).is_file():
+        return (f"{path} is a file inside a model directory; a model is given as its directory: "
+                f"pass {path.parent} (the folder holding {META_FILE})")
+    return (f"{path} is a file, not a model directory; build it into one first (e.g. 'mnv3 "
+            f"build --onnx {path} ...' for an ONNX file) and pass that directory")
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -191,6 +203,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        normal_mode(fd)  # mkstemp's 0600 is for the temporary file, not for the result
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)

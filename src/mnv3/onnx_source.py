@@ -39,9 +39,19 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as e:
-        raise BuildError(f"{path} is not a valid ONNX model ({e}); export it again "
-                         "('mnv3 export' or torch.onnx.export)") from e
+        raise BuildError(_not_onnx(path, e)) from e
     return model
+
+
+def _not_onnx(path: Path, error: Exception) -> str:
+    from mnv3.models.checkpoints import looks_like_checkpoint
+
+    if looks_like_checkpoint(path):  # a .pth given to --onnx: say which flag takes it
+        return (f"{path} is not an ONNX model: it looks like a PyTorch checkpoint (torch.save "
+                f"zip or pickle); pass it with --weights {path} instead of --onnx (it is "
+                "exported on the way)")
+    return (f"{path} is not a valid ONNX model ({error}); export it again "
+            "('mnv3 export' or torch.onnx.export)")
 
 
 def prepare_source(onnx_path: Path, out_path: Path, mutable: bool, batch: int,

@@ -28,6 +28,7 @@ from pathlib import Path
 from mnv3.backends import DEFAULT_BACKEND
 from mnv3.errors import UsageError
 from mnv3.meta import BACKEND_ONLY_MODES, check_mode_backend, model_dir_name, normalize_quant_mode
+from mnv3.model_settings import model_subdir
 from mnv3.pipeline_steps import (Progress, bench_batch, build_or_reuse, export_or_reuse,
                                  infer_and_score, open_source, reference_top1)
 from mnv3.report import ModelRow, RunReport, untrained_warning, write_report
@@ -42,7 +43,7 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
             quant_modes=DEFAULT_QUANT_MODES, batch_sizes=DEFAULT_BATCH_SIZES,
             shape_mutable: bool = False, backends: str | Sequence[str] = (DEFAULT_BACKEND,),
             out="data", threads: int | None = None, bench_iterations: int | None = None,
-            bench_duration: float | None = 1.0, bench_rounds: int = 3, bench_warmup: int = 10,
+            bench_duration: float | None = 0.6, bench_rounds: int = 5, bench_warmup: int = 10,
             image_num: int | None = None, calib_dir=None, calib_num: int = 100,
             build_options: dict | None = None, progress: bool = True,
             cpp: bool = False) -> RunReport:
@@ -56,9 +57,11 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
         build (force_bfloat16: openvino) is skipped for the others, and the report says so.
     threads: intra-op threads for mnv3 and both baselines (default: all usable cores).
     bench_*: each configuration is measured in ``bench_rounds`` rounds, interleaved with the
-        other configurations of the same batch (A B C A B C ...) because 2-thread speed on small
-        VMs drifts for minutes at a time; a round stops after ``bench_iterations`` queries or
-        ``bench_duration`` seconds (whichever first).
+        other configurations of the same batch (A B C, B C A, C A B ...: each round starts one
+        further along) because 2-thread speed on small VMs drifts for minutes at a time; a round
+        stops after ``bench_iterations`` queries or ``bench_duration`` seconds (whichever
+        first). Tables quote the median round with the range of all rounds (issue 13: two
+        identical runs differed by up to 30% in a pooled cell).
     calib_dir / calib_num: int8 calibration images (default: the evaluation images; the report
         notes that calibration then saw the evaluated images).
     """
@@ -113,13 +116,16 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_muta
         name = model_dir_name(mode, shape_mutable, batch)
         where = _subdir(backend, name)
         with bar.step(f"build {where}", timings, "build"):
-            meta_dir, reused, secs = build_or_reuse(
+            meta_dir, reused, secs, replaced = build_or_reuse(
                 onnx_path, out / "models" / where, mode, shape_mutable, batch, src, backend,
                 calib, calib_num, plan["threads"], build_options)
-            bar.done("reused (meta.json matches)" if reused else "built")
+            bar.done("reused (meta.json matches)" if reused else
+                     "built" + (f", replacing one built with {'; '.join(replaced)}"
+                                if replaced else ""))
         rows.append(ModelRow(name=name, quant_mode=mode, shape_mutable=shape_mutable,
                              batch=batch, model_dir=str(meta_dir), reused=reused,
-                             build_s=None if reused else secs, backend=backend))
+                             build_s=None if reused else secs, backend=backend,
+                             replaced=replaced))
     for row in rows:
         where = _subdir(row.backend, row.name)
         with bar.step(f"infer + eval {where}", timings, "infer"):
@@ -149,8 +155,8 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_muta
 
 def _subdir(backend: str, name: str) -> str:
     """Where a model (and its results) lives under models/ (results/): stable across runs; the
-    default backend's at models/<name>, as in the seed."""
-    return name if backend == DEFAULT_BACKEND else f"{backend}/{name}"
+    default backend's at models/<name>, as in the seed; the same rule as 'mnv3 build'."""
+    return model_subdir(backend, name)
 
 
 def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backends) -> dict:
@@ -253,5 +259,29 @@ def _notes(rows, baselines, dataset, calib: Path, plan, src) -> list[str]:
     notes.append(f"all speed figures: {plan['threads']} intra-op thread(s), 1 stream, the same "
                  "pre-filled input for mnv3 and both baselines.")
     for r in rows:
-        notes += [n for n in r.notes if n not in notes]
-    return notes
+        if r.replaced:  # a resumable run rebuilds, but never silently (issue 13)
+            notes.append(f"models/{_subdir(r.backend, r.name)} replaced a model built with "
+                         f"other settings: {'; '.join(r.replaced)}.")
+    return notes + model_notes(rows)
+
+
+def model_notes(rows) -> list[str]:
+    """Each model's meta.json notes once, prefixed by the models it holds for. Notes differ
+    between modes (force_float16's "float16: none" vs qint8_mixed_float16's "float16:
+    Reshape"); pooled without their model they read as contradictions (issue 13)."""
+    holders: dict[str, list] = {}
+    for r in rows:
+        for n in r.notes:
+            holders.setdefault(n, []).append(r)
+    return [f"{_who(rs)}: {n}" for n, rs in holders.items()]
+
+
+def _who(rows) -> str:
+    """'force_float16 (batch 1, 4, 8)', with the backend when the report has several."""
+    several = len({r.backend for r in rows}) > 1 or any(r.backend != DEFAULT_BACKEND for r in rows)
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r.backend, r.quant_mode), []).append(r.batch)
+    return "; ".join(f"{f'{be} ' if several else ''}{mode} (batch "
+                     f"{', '.join(str(b) for b in sorted(bs))})"
+                     for (be, mode), bs in groups.items())

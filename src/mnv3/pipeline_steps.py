@@ -108,25 +108,35 @@ def read_top1(result_dir: Path) -> dict[str, int]:
 
 def build_or_reuse(onnx_path: Path, target: Path, mode: str, mutable: bool, batch: int,
                    src: Source, backend: str, calib: Path, calib_num: int, threads: int,
-                   options: dict | None) -> tuple[Path, bool, float]:
+                   options: dict | None) -> tuple[Path, bool, float, list[str]]:
+    """(model dir, reused?, build seconds, what a rebuild replaced: [] or the settings that
+    changed). A run rebuilds over a model built with other settings (it is resumable by design)
+    but says so (issue 13)."""
+    from mnv3 import model_settings
     from mnv3.builder import build
 
-    request = {"backend": backend, "quant_mode": mode, "shape_mutable": mutable,
-               "batch_size": batch, "onnx_sha256": sha256_file(onnx_path),
-               "preprocess": src.preprocess, "calib": (str(calib), calib_num, "minmax")}
+    int8 = mode.startswith("qint8")
+    request = model_settings.requested(
+        backend, mode, mutable, batch, sha256_file(onnx_path), src.preprocess,
+        {"folder": str(calib), "requested": calib_num, "method": "minmax"} if int8 else None)
     if reusable(target, request):
-        return target, True, 0.0
+        return target, True, 0.0, []
+    replaced = model_settings.check_replace(target, request, force=True)
+    if src.untrained:  # random weights have no accuracy to keep: measured and marked, not held
+        options = {"allow_below_budget": True, **(options or {})}
     t0 = time.perf_counter()
     build(onnx_path, target, quant_mode=mode, shape_mutable=mutable, batch_size=batch,
           preprocess=src.preprocess, calib_dir=calib, calib_num=calib_num, backend=backend,
           source=dict(src.key), options={"progress": False, "threads": threads,
-                                         **(options or {})})
-    return target, False, time.perf_counter() - t0
+                                         **(options or {})}, force=True)
+    return target, False, time.perf_counter() - t0, replaced
 
 
 def reusable(target: Path, request: dict) -> bool:
-    """True when ``target`` holds a whole, intact model built for exactly this request."""
+    """True when ``target`` holds a whole, intact model built for exactly this request
+    (``mnv3.model_settings.requested``)."""
     from mnv3.errors import ModelError
+    from mnv3.model_settings import differences, recorded
 
     if not (target / META_FILE).is_file():
         return False
@@ -135,15 +145,7 @@ def reusable(target: Path, request: dict) -> bool:
     except ModelError:
         return False
     compiled = target / meta.compiled_file
-    cal = meta.calibration or {}
-    int8 = request["quant_mode"].startswith("qint8")
-    return (meta.backend == request["backend"] and meta.quant_mode == request["quant_mode"]
-            and meta.shape_mutable == request["shape_mutable"]
-            and int(meta.batch_size) == request["batch_size"]
-            and meta.source.get("sha256") == request["onnx_sha256"]
-            and meta.preprocess == request["preprocess"]
-            and (not int8 or (cal.get("folder"), cal.get("requested"), cal.get("method"))
-                 == request["calib"])
+    return (not differences(recorded(meta), request)
             and compiled.is_file() and sha256_file(compiled) == meta.compiled_sha256)
 
 
@@ -183,9 +185,13 @@ def bench_batch(rows, src: Source, onnx_path: Path, batch: int, threads: int, it
         sessions[key] = opener()
         load_s[key] = time.perf_counter() - t0
     runs: dict[str, list] = {k: [] for k in sessions}
+    order = list(sessions.items())
     try:
         for r in range(rounds):
-            for key, sess in sessions.items():
+            # each round starts one further along (A B C, B C A, ...): no configuration always
+            # runs first after the previous batch's sessions, or last before the next
+            shift = r % len(order)
+            for key, sess in order[shift:] + order[:shift]:
                 runs[key].append(benchmark(
                     sess, batch=batch, threads=threads, iterations=iterations, duration=duration,
                     warmup=warmup, load_time_s=load_s[key], first_run=(r == 0), label=key))

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from mnv3.atomic import normal_mode
 from mnv3.backends import DEFAULT_BACKEND
 from mnv3.bench import BenchResult
 from mnv3.meta import atomic_write_text
@@ -42,6 +43,7 @@ class ModelRow:
     bench: BenchResult | None = None
     notes: list[str] = field(default_factory=list)
     backend: str = DEFAULT_BACKEND
+    replaced: list[str] = field(default_factory=list)  # settings a rebuild changed, if any
 
     @property
     def key(self) -> str:
@@ -126,16 +128,40 @@ def _id_header(rep: RunReport) -> list[str]:
     return ["Backend", name] if len(backends(rep)) > 1 else [name]
 
 
+def _rounds(rep: RunReport) -> int:
+    return int(rep.config.get("rounds", 1) or 1)
+
+
+def _spread(b: BenchResult | None) -> str:
+    if b is None:
+        return "n/a"
+    lo, hi = b.ips_range()
+    return f"{lo:.1f}-{hi:.1f}"
+
+
 def performance_table(rep: RunReport) -> str:
-    header = ["Model", *_id_header(rep), "Throughput (images/s)", "Latency Avg (ms)",
-              "95% (ms)", "99% (ms)", "device"]
+    """The seed's table; throughput is the median of the interleaved rounds, with their range."""
+    header = ["Model", *_id_header(rep), "Throughput (images/s)",
+              f"min-max of {_rounds(rep)} round{'s' if _rounds(rep) != 1 else ''}",
+              "Latency Avg (ms)", "95% (ms)", "99% (ms)",
+              "device"]
     rows = []
     for r in rep.rows:
         b = r.bench
-        rows.append([rep.model, *_ids(rep, r), _f(b and b.throughput_ips, 1),
+        rows.append([rep.model, *_ids(rep, r), _f(b and b.median_ips(), 1), _spread(b),
                      _f(b and b.latency_ms.avg, 3), _f(b and b.latency_ms.p95, 3),
                      _f(b and b.latency_ms.p99, 3), rep.device])
     return _table(header, rows)
+
+
+def round_ratio(ours: BenchResult, base: BenchResult) -> float:
+    """Median of the per-round ratios (round i of both was measured side by side), or the
+    ratio of the figures when rounds were not kept."""
+    import statistics
+
+    if ours.rounds_ips and len(ours.rounds_ips) == len(base.rounds_ips):
+        return statistics.median(a / b for a, b in zip(ours.rounds_ips, base.rounds_ips) if b)
+    return ours.median_ips() / base.median_ips()
 
 
 def accuracy_table(rep: RunReport) -> str:
@@ -156,12 +182,12 @@ def baselines_table(rep: RunReport) -> str:
         header += [f"{BASELINE_TITLES[name]} (images/s)", f"x vs {BASELINE_TITLES[name]}"]
     rows = []
     for r in rep.rows:
-        ours = r.bench.throughput_ips if r.bench else None
+        ours = r.bench.median_ips() if r.bench else None
         cells = [*_ids(rep, r), _f(ours, 1)]
         for name in (BASELINE_TORCH, BASELINE_ORT):
             base = rep.baseline(name, r.batch)
-            ratio = ours / base.throughput_ips if ours and base else None
-            cells += [_f(base and base.throughput_ips, 1), _f(ratio, 2) + ("x" if ratio else "")]
+            ratio = round_ratio(r.bench, base) if r.bench and base else None
+            cells += [_f(base and base.median_ips(), 1), _f(ratio, 2) + ("x" if ratio else "")]
         rows.append(cells)
     return _table(header, rows)
 
@@ -213,10 +239,12 @@ def markdown(rep: RunReport) -> str:
         f"({ds.get('images', '?')} images: small sets say little about it).", "",
     ]
     if b0:
-        parts += [f"Latency is per query (one engine call of `batch` images). Percentiles: "
-                  f"{b0.percentile_definition}. Each figure pools "
-                  f"{rep.config.get('rounds', 1)} round(s) interleaved with the other "
-                  "configurations of the same batch.", ""]
+        parts += [f"Each configuration ran in {_rounds(rep)} round(s) interleaved with the other "
+                  "configurations of the same batch (each round starting one further along). "
+                  "Throughput is the median round, beside the slowest-fastest range of all "
+                  "rounds; a ratio to a baseline is the median of the per-round ratios. Latency "
+                  "is per query (one engine call of `batch` images), pooled over the rounds. "
+                  f"Percentiles: {b0.percentile_definition}.", ""]
     if rep.notes:
         parts += ["## Notes", ""] + [f"- {n}" for n in rep.notes] + [""]
     if rep.timings:
@@ -261,11 +289,19 @@ def format_bench(r: BenchResult) -> str:
     ]
     text = "\n".join(f"  {k:<15}{v}" for k, v in rows)
     wrap = textwrap.TextWrapper(width=100, initial_indent="  ", subsequent_indent="    ")
-    tail = [f"note: {n}" for n in r.notes] + [f"percentiles: {r.percentile_definition}"]
-    return "mnv3 bench\n" + text + "\n" + "\n".join(wrap.fill(t) for t in tail)
+    # The percentile definition is in --help and the JSON; printed every time, it buried the
+    # figures under three lines of prose (issue 13).
+    tail = [f"note: {n}" for n in r.notes]
+    return "\n".join(["mnv3 bench", text, *(wrap.fill(t) for t in tail)])
 
 
 # ----------------------------------------------------------------------------- files
+
+
+def report_paths(out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Where ``write_report`` puts report.md, report.json and report.png."""
+    out = Path(out_dir)
+    return {"md": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
 
 
 def write_report(rep: RunReport, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -274,7 +310,7 @@ def write_report(rep: RunReport, out_dir: str | os.PathLike) -> dict[str, Path]:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"md": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
+    paths = report_paths(out)
     atomic_write_text(paths["md"], markdown(rep))
     atomic_write_text(paths["json"], json.dumps(rep.to_dict(), indent=2, default=str) + "\n")
     _atomic_png(rep, paths["png"])
@@ -285,6 +321,7 @@ def _atomic_png(rep: RunReport, path: Path) -> None:
     from mnv3.report_plot import plot_report  # matplotlib is imported only here
 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    normal_mode(fd)  # not mkstemp's 0600: the report is for reading
     os.close(fd)
     try:
         plot_report(rep, tmp)

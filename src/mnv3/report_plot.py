@@ -8,11 +8,25 @@ from __future__ import annotations
 
 from mnv3.report import BASELINE_ORT, BASELINE_TITLES, BASELINE_TORCH, RunReport, backends
 
-MODE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+# Throughput series (one per backend x mode), the baselines (greys) and the accuracy metrics
+# use three disjoint palettes: an agreement bar once shared its green with a throughput series
+# (issue 13), and a sixth series (2 backends x 3 modes) wrapped round to the first's colour.
+MODE_COLORS = ["#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#e377c2", "#bcbd22", "#393b79",
+               "#637939", "#8c6d31", "#843c39"]
 BASELINE_COLORS = {BASELINE_TORCH: "#7f7f7f", BASELINE_ORT: "#bcbcbc"}
+METRIC_COLORS = {"top1": "#2ca02c", "top5": "#98df8a", "agreement": "#17becf"}
 
 
 def plot_report(rep: RunReport, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = draw_report(rep)
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def draw_report(rep: RunReport):
+    """The report's figure (a matplotlib Figure; the caller saves and closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,8 +40,7 @@ def plot_report(rep: RunReport, path: str) -> None:
         title += "  (UNTRAINED: random init, seed 0)"
     fig.suptitle(title, fontsize=12, color="#b00020" if rep.untrained else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
+    return fig
 
 
 def _series(rep: RunReport) -> list[tuple[str, str]]:
@@ -46,7 +59,7 @@ def _throughput(ax, rep: RunReport) -> None:
                lambda b, be=be, m=m: _ips(rep, be, m, b))
               for i, (be, m) in enumerate(_series(rep))]
     series += [(BASELINE_TITLES[n], BASELINE_COLORS[n],
-                lambda b, n=n: (rep.baseline(n, b).throughput_ips if rep.baseline(n, b) else 0))
+                lambda b, n=n: (rep.baseline(n, b).median_ips() if rep.baseline(n, b) else 0))
                for n in (BASELINE_TORCH, BASELINE_ORT) if any(x.name == n for x in rep.baselines)]
     width = 0.8 / max(len(series), 1)
     for i, (label, color, value) in enumerate(series):
@@ -57,7 +70,8 @@ def _throughput(ax, rep: RunReport) -> None:
                      rotation=90, padding=2)
     ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
     ax.set_ylabel("throughput (images/s, higher is better)")
-    ax.set_title(f"Throughput by quant mode and batch ({_threads(rep)})", fontsize=10)
+    ax.set_title(f"Throughput by quant mode and batch ({_threads(rep)}; median of "
+                 f"{rep.config.get('rounds', 1)} rounds)", fontsize=10)
     ax.margins(y=0.18)
     # below the axes: inside, several series' legend would cover the tallest bars' labels
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3,
@@ -68,7 +82,7 @@ def _throughput(ax, rep: RunReport) -> None:
 def _ips(rep: RunReport, backend: str, mode: str, batch: int) -> float:
     row = next((r for r in rep.rows if (r.backend, r.quant_mode, r.batch) == (backend, mode, batch)),
                None)
-    return row.bench.throughput_ips if row and row.bench else 0.0
+    return row.bench.median_ips() if row and row.bench else 0.0
 
 
 def _wrap(label: str) -> str:
@@ -85,11 +99,13 @@ def _threads(rep: RunReport) -> str:
 
 
 def _accuracy(ax, rep: RunReport) -> None:
-    """Per mode (smallest batch; accuracy does not depend on batch): top-1, top-5, agreement."""
+    """Per mode, from its smallest batch (named in the title): top-1, top-5, agreement."""
     series = _series(rep)
-    metrics = [("agreement", "top-1 agreement with fp32", "#2ca02c")]
+    metrics = [("agreement", "top-1 agreement with fp32", METRIC_COLORS["agreement"])]
     if not rep.untrained:
-        metrics = [("top1", "top-1", "#1f77b4"), ("top5", "top-5", "#9ecae1")] + metrics
+        metrics = [("top1", "top-1", METRIC_COLORS["top1"]),
+                   ("top5", "top-5", METRIC_COLORS["top5"])] + metrics
+    shown: set[int] = set()
     width = 0.8 / len(metrics)
     for i, (key, label, color) in enumerate(metrics):
         vals = []
@@ -98,6 +114,7 @@ def _accuracy(ax, rep: RunReport) -> None:
                            if (r.backend, r.quant_mode) == (be, m) and r.accuracy),
                           key=lambda r: r.batch)
             v = rows[0].accuracy.get(key) if rows else None
+            shown.update(r.batch for r in rows[:1])
             vals.append(100 * v if v is not None else 0.0)
         xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(series))]
         bars = ax.bar(xs, vals, width, label=label, color=color)
@@ -107,7 +124,9 @@ def _accuracy(ax, rep: RunReport) -> None:
     ax.set_ylim(0, 125)  # headroom for the legend above 100%
     ax.set_ylabel("% of images")
     n = rep.dataset.get("images", "?")
-    title = f"Accuracy by {'backend and ' if len(backends(rep)) > 1 else ''}quant mode ({n} images)"
+    batch = ", ".join(str(b) for b in sorted(shown)) or "?"
+    title = (f"Accuracy by {'backend and ' if len(backends(rep)) > 1 else ''}quant mode ({n} "
+             f"images, batch {batch})")
     if rep.untrained:
         title += "\nuntrained: top-1/top-5 not shown"
     ax.set_title(title, fontsize=10)

@@ -59,9 +59,9 @@ def tree(path: Path) -> dict[str, int]:
 
 
 def leftovers(parent: Path) -> list[str]:
-    """Temporary build/write debris beside outputs (the lock file is kept on purpose)."""
+    """Temporary build/write debris beside outputs, lock files included (issue 13)."""
     return sorted(p.name for p in parent.iterdir()
-                  if ".tmp" in p.name or p.name.endswith(".old") or ".old-" in p.name)
+                  if ".tmp" in p.name or p.name.endswith((".old", ".lock")) or ".old-" in p.name)
 
 
 def build_argv(tiny, output, mode="force_float32", *extra) -> list:

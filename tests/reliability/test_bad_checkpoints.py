@@ -91,7 +91,8 @@ CASES = {
     "csv_renamed_pth": (_csv, NEITHER + r" \(it starts with b'file,label\\nimg_0'\)", PASS),
     "zero_bytes": (_zero, r"is not a PyTorch checkpoint: the file is empty \(0 bytes\)", PASS),
     "truncated": (_truncated, *NOT_READABLE),
-    "onnx_file_as_weights": (_onnx_as_weights, NEITHER, PASS),
+    "onnx_file_as_weights": (_onnx_as_weights, r"is an ONNX model, not a PyTorch checkpoint",
+                             r"build it with 'mnv3 build --onnx \S+"),
     "wrong_layout": (_wrong_layout, MISMATCH[0] + r".*unexpected keys \(first: backbone\.", MISMATCH[1]),
     "one_tensor_wrong_shape": (_wrong_shape, r"features\.0\.0\.weight is \[8, 3, 3, 3\] in the "
                                r"checkpoint, \[16, 3, 3, 3\] in the network", MISMATCH[1]),

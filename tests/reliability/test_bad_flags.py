@@ -62,7 +62,8 @@ CASES = {
     "build_onnx_missing": (lambda t, w, d: ["build", "--onnx", d / "nope.onnx", "--quant-mode",
                                             "force_float32", "--shape-mutable", "false",
                                             "--batch-size", "1", *PRE_FLAGS, "--output", d / "m"],
-                           r"ONNX model \S+nope.onnx does not exist", r"export one with 'mnv3 export'"),
+                           r"ONNX model \S+nope.onnx does not exist",
+                           r"check the path \('mnv3 export --weights CKPT"),
     "build_output_is_a_user_folder": (lambda t, w, d: build_argv(t, d / "mine"),
                                       r"non-empty directory without meta.json", r"choose another --output"),
 }

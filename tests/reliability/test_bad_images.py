@@ -116,3 +116,38 @@ def test_every_image_undecodable_is_an_error(cli, tiny, tmp_path):
               "--no-progress")
     assert_user_error(res, 3, r"none of the \d+ images could be decoded", r"(check|replace|remove)")
     assert not out.exists(), tree(out)
+
+
+# ----------------------------------------------------------- issue 13: calibration images
+@pytest.mark.parametrize("mode", ["qint8_mixed_float32", "force_float32"])
+def test_calibration_skips_undecodable_images_like_infer(cli, tiny, tmp_path, mode):
+    """One broken file in --calib-dir stopped the build, while infer skips it: now build skips
+    and counts it (int8: in meta.json's calibration, a note and the summary) and --strict
+    makes it an error that leaves nothing behind."""
+    from .helpers import build_argv
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for p in tiny["images"].iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    bad = [n for n, (_, ok) in IMAGE_CASES.items() if not ok][:2]
+    for name in bad:
+        IMAGE_CASES[name][0](folder / name)
+    argv = build_argv(tiny, tmp_path / "m", mode)
+    argv[argv.index(tiny["images"])] = folder
+    res = cli(*argv)
+    assert res.code == 0, res.err
+    warned = [ln for ln in res.err.splitlines() if ln.startswith("mnv3 build: warning: skipped 2")]
+    assert len(warned) == 1, res.err
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    if mode.startswith("qint8"):
+        c = meta["calibration"]
+        assert c["count"] == 6 and sorted(s.split(":")[0] for s in c["skipped"]) == sorted(bad)
+        assert "skipped 2 (could not decode)" in res.out
+        assert any("2 calibration image(s) could not be decoded" in n for n in meta["notes"])
+    else:
+        assert meta["fidelity"]["count"] == 6  # the fidelity check ran on the good ones
+    res = cli(*argv[:-2], "--output", tmp_path / "strict", "--strict")
+    assert_user_error(res, 3, r"cannot decode image \S+", r"drop --strict")
+    assert not (tmp_path / "strict").exists() and ".strict" not in " ".join(
+        p.name for p in tmp_path.iterdir())

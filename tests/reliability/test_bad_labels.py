@@ -86,3 +86,29 @@ def test_traversal_with_a_real_target_is_refused(cli, tiny, image_dir, tmp_path)
               "--output-dir", tmp_path / "out", "--no-progress")
     assert_user_error(res, 3, r"'../secret.png' points outside the image folder", r"relative")
     assert not (tmp_path / "out").exists()
+
+
+def test_dataset_root_as_image_dir_is_refused(cli, tiny, tmp_path):
+    """Issue 13: a dataset root (images/ + labels.txt) given to --image-dir was one class
+    'images', every label 0, labels.txt ignored, accuracy 0 without a word."""
+    root = tmp_path / "sample"
+    shutil.copytree(tiny["images"], root / "images")
+    (root / "labels.txt").write_text("".join(f"{p.name} 1\n" for p in tiny["images"].iterdir()))
+    res = cli("infer", "--model", tiny["model"], "--image-dir", root, "--output-dir",
+              tmp_path / "out")
+    assert_user_error(res, 3, r"sample holds images/ and labels\.txt, a dataset folder",
+                      r"pass --dataset \S+sample")
+    assert not (tmp_path / "out").exists()
+    res = cli("infer", "--model", tiny["model"], "--dataset", root, "--output-dir",
+              tmp_path / "out", "--no-progress")
+    assert res.code == 0 and "top1 accuracy" in res.out
+
+
+def test_one_class_image_folder_warns_on_one_line(cli, tiny, tmp_path):
+    shutil.copytree(tiny["images"], tmp_path / "root" / "images")
+    res = cli("infer", "--model", tiny["model"], "--image-dir", tmp_path / "root",
+              "--output-dir", tmp_path / "out", "--no-progress")
+    assert res.code == 0, res.err
+    warning = [ln for ln in res.err.splitlines() if "warning" in ln]
+    assert len(warning) == 1 and warning[0].startswith(
+        "mnv3 infer: warning: ") and "one class, 'images'" in warning[0], res.err

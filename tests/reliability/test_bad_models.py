@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import mnv3
-from .helpers import assert_user_error
+from .helpers import assert_user_error, build_argv
 from mnv3.errors import ModelError
 
 
@@ -68,6 +68,36 @@ def test_model_dir_does_not_exist(cli, tmp_path):
     res = cli("infer", "--model", tmp_path / "nope", "--output-dir", tmp_path / "out")
     assert_user_error(res, 7, r"model directory \S+nope does not exist", r"build one with 'mnv3 build'")
     assert not (tmp_path / "out").exists()
+
+
+def test_model_file_instead_of_its_directory(cli, tiny, tmp_path):
+    """Issue 13: 'does not exist' was wrong for a file that exists; name the folder to pass."""
+    res = cli("infer", "--model", tiny["model"] / "model.onnx", "--output-dir", tmp_path / "o")
+    assert_user_error(res, 7, r"model\.onnx is a file inside a model directory",
+                      r"pass \S+model \(the folder holding meta\.json\)")
+    res = cli("bench", "--model", tiny["onnx"], "--iterations", "2")
+    assert_user_error(res, 7, r"tiny\.onnx is a file, not a model directory",
+                      r"mnv3 build --onnx \S+tiny\.onnx")
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_given_to_build_onnx(cli, tiny, tmp_path):
+    """Issue 13: a .pth passed to --onnx is told to use --weights, not to 'export it again'."""
+    import torch
+
+    ck = tmp_path / "w.pth"
+    torch.save({"a": torch.zeros(2)}, ck)
+    argv = build_argv(tiny, tmp_path / "m")
+    argv[argv.index("--onnx")] = "--onnx"
+    argv[argv.index(tiny["onnx"])] = ck
+    res = cli(*argv)
+    assert_user_error(res, 6, r"w\.pth is not an ONNX model: it looks like a PyTorch checkpoint",
+                      r"pass it with --weights \S+w\.pth instead of --onnx")
+    argv[argv.index(ck)] = tmp_path / "lite0.onnx"
+    res = cli(*argv)
+    assert_user_error(res, 2, r"ONNX model \S+lite0\.onnx does not exist",
+                      r"check the path.*README\.md shows how to get lite0\.onnx")
+    assert not (tmp_path / "m").exists()
 
 
 def test_fixed_batch_model_asked_for_another_batch(cli, tiny):

@@ -85,7 +85,8 @@ def test_pickle_named_onnx_is_not_run(cli, tiny, tmp_path, monkeypatch):
     argv = build_argv(tiny, out)
     argv[argv.index("--onnx") + 1] = fake
     res = cli(*argv)
-    assert_user_error(res, 6, r"model\.onnx is not a valid ONNX model", r"export it again")
+    assert_user_error(res, 6, r"model\.onnx is not an ONNX model: it looks like a PyTorch "
+                      r"checkpoint", r"pass it with --weights")
     assert not out.exists() and not list(tmp_path.rglob(SIDE_EFFECT))
 
 

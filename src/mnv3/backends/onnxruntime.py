@@ -50,9 +50,10 @@ def _groups(items: list, n: int) -> list[list]:
 
 def precision_notes(mode: str, precisions: dict[str, str], device: str = "CPU") -> list[str]:
     """Honest caveats read from what ORT actually runs (``op_precisions``), not assumed."""
-    def runs(prec):
-        return sorted(op for op, p in precisions.items() if p == prec or f"{prec}:" in p)
+    def runs(prec):  # op types that run only in ``prec``; mixed ones are listed apart
+        return sorted(op for op, p in precisions.items() if p == prec)
 
+    mixed = _mixed(precisions)
     notes = []
     if "float16" in mode:
         half = runs("float16")
@@ -60,16 +61,24 @@ def precision_notes(mode: str, precisions: dict[str, str], device: str = "CPU") 
             f"float16 on ONNX Runtime's {device} provider: weights are stored in float16, but "
             "ops without a float16 kernel run in float32 between Casts that ORT inserts "
             f"(float32: {', '.join(runs('float32')) or 'none'}; float16: "
-            f"{', '.join(half) or 'none'}). Expect about force_float32 speed on CPU "
+            f"{', '.join(half) or 'none'}{mixed}). Expect about force_float32 speed on CPU "
             "(benchmarks/int8_speed.py measures it), not a speed-up; fp16 compute needs a GPU "
             "provider.")
     if mode.startswith("qint8"):
         notes.append(
             f"int8 kernels: {', '.join(runs('int8')) or 'none'}; still float: "
-            f"{', '.join(o for o in runs('float32') + runs('float16')) or 'none'} "
+            f"{', '.join(o for o in runs('float32') + runs('float16')) or 'none'}{mixed} "
             "(between QuantizeLinear/DequantizeLinear). int8 speed on ORT CPU depends on how much "
             "stays float: compare with the force_float32 build (benchmarks/int8_speed.py).")
     return notes
+
+
+def _mixed(precisions: dict[str, str]) -> str:
+    """'; mixed: Transpose (float32:9, int8:9)': an op type in several precisions, named once
+    (it was listed both as int8 and as float: issue 13)."""
+    ops = [f"{op} ({p[len('mixed('):-1].replace(',', ', ')})"
+           for op, p in sorted(precisions.items()) if p.startswith("mixed(")]
+    return f"; mixed: {', '.join(ops)}" if ops else ""
 
 
 _INT8_KERNELS = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",

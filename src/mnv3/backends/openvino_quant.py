@@ -18,7 +18,9 @@ every one can be overridden through ``cfg.options`` (``--option`` style knobs of
 
 from __future__ import annotations
 
+import io
 import logging
+import sys
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,7 @@ def _nncf():
         raise BackendUnavailable(
             f"int8 with OpenVINO needs NNCF ({e}); install it with: pip install \"mnv3[openvino]\""
         ) from e
+    _nncf_log_to_stderr()
     return nncf
 
 
@@ -70,6 +73,40 @@ def overflow_fix_for(isa: str) -> str:
     from mnv3.sysinfo import int8_saturates
 
     return "enable" if int8_saturates(isa) else "disable"
+
+
+class _Stderr:
+    """Whatever ``sys.stderr`` is at the time of each write (pytest and callers swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _nncf_log_to_stderr() -> None:
+    """NNCF logs through a handler bound to stdout at import: its lines landed in the middle of
+    tables and of ``--json -`` output (issue 13). Diagnostics go to stderr."""
+    try:  # exactly NNCF's own handler: others on its logger (e.g. pytest's) are not ours
+        from nncf.common.logging.logger import stdout_handler
+    except ImportError:  # another NNCF layout: leave it as it is
+        return
+    if not isinstance(stdout_handler.stream, _Stderr):
+        stdout_handler.setStream(_Stderr())
+
+
+def _progress_to_stderr(enabled: bool):
+    """NNCF draws its progress bars (rich) on sys.stdout: send them to stderr, or nowhere with
+    ``progress=False`` (--no-progress), until the returned function is called. rich looks
+    sys.stdout up when it writes, so swapping it for the call is enough."""
+    before = sys.stdout
+    sys.stdout = sys.stderr if enabled else io.StringIO()
+
+    def restore() -> None:
+        sys.stdout = before
+
+    return restore
 
 
 def settings(cfg: BuildConfig) -> dict[str, Any]:
@@ -106,6 +143,7 @@ def quantize(model: ov.Model, cfg: BuildConfig) -> tuple[ov.Model, dict[str, Any
     logger = logging.getLogger("nncf")  # its INFO lines list every op it skips: noise here
     level = logger.level
     logger.setLevel(logging.WARNING)
+    restore_stdout = _progress_to_stderr(bool(cfg.options.get("progress", True)))
     try:
         if "max_drop" in s:
             quantized, control = _with_accuracy_control(nncf, model, calib, cfg, s, kwargs)
@@ -118,6 +156,7 @@ def quantize(model: ov.Model, cfg: BuildConfig) -> tuple[ov.Model, dict[str, Any
         raise BuildError(f"NNCF int8 quantization failed: {e}") from e
     finally:
         logger.setLevel(level)
+        restore_stdout()
     s.update(tool=f"nncf {nncf.__version__}", calibration_images=len(files))
     return quantized, s
 

@@ -17,7 +17,7 @@ loaded session (as fast as S sessions with ONNX Runtime here, and it loads once)
 
 examples:
   mnv3 bench --model data/models/force_float32_false_8
-  mnv3 bench --model data/models/force_float32_true_1 --batch 4 --threads 1 --duration 10
+  mnv3 bench --model data/models/force_float32_true_1 --batch-size 4 --threads 1 --duration 10
   mnv3 bench --model data/models/qint8_mixed_float16_false_1 --streams 2 --json bench.json
 """
 
@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import time
 
-from mnv3.cli.common import add_parser as _add, write_json
+from mnv3.cli.common import add_parser as _add, human_print, write_json
 
 
 def add_parser(sub):
     p = _add(sub, "bench", __doc__, run)
     p.add_argument("--model", required=True, metavar="DIR", help="a built model directory")
-    p.add_argument("--batch", type=int, default=None, metavar="N",
-                   help="images per query (default: the model's fixed batch, or 1)")
+    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=None, metavar="N",
+                   help="images per query (default: the model's fixed batch, or 1); --batch "
+                   "is accepted too")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="intra-op threads per request (default: engine's choice)")
     p.add_argument("--streams", type=int, default=1, metavar="S",
@@ -65,7 +66,6 @@ def run(args) -> int:
         result = benchmark(session, batch=args.batch, threads=threads, streams=args.streams,
                            iterations=args.iterations, duration=args.duration,
                            warmup=args.warmup, load_time_s=load_s)
-    if args.json != "-":
-        print(format_bench(result))
+    human_print(args.json)(format_bench(result))
     write_json(args.json, result.to_dict())
     return 0

@@ -2,7 +2,9 @@
 
 The source is an ONNX classifier (--onnx, any NCHW float32 ImageNet-style network) or a
 PyTorch checkpoint (--weights, exported to ONNX on the way). The directory appears atomically
-at --output (default data/models/<quant_mode>_<mutable>_<batch>); meta.json records the
+at --output (default data/models/<quant_mode>_<mutable>_<batch>, or data/models/<backend>/...
+for backends other than onnxruntime); a model built there with other settings is replaced
+only with --force. meta.json records the
 preprocessing, what precision each op really runs in, the calibration set and the fidelity
 against float32 measured on held-out images.
 
@@ -39,16 +41,24 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--layout", default="auto", help="with --weights: state-dict layout")
     p.add_argument("--width-mult", type=float, help="with --weights: width multiplier")
     p.add_argument("--num-classes", type=int, help="with --weights: classifier size")
-    p.add_argument("--image-size", type=int, help="with --weights: export resolution (= crop)")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="model input N x N: sets --crop N and --resize by the network's ratio "
+                   "(224 -> 256, 160 -> 183) unless they are given; with --weights also the "
+                   "export resolution")
     p.add_argument("--quant-mode", required=True, metavar="MODE",
                    help=f"one of {', '.join(QUANT_MODES)} (forced_* accepted); "
                    "force_bfloat16 with --backend openvino")
     p.add_argument("--shape-mutable", required=True, type=common.str2bool, metavar="true|false",
                    help="true: any batch per call; false: fixed --batch-size (often faster)")
-    p.add_argument("--batch-size", required=True, type=int, metavar="N")
+    p.add_argument("--batch-size", required=True, type=int, metavar="N",
+                   help="images per engine call: built into the model with --shape-mutable "
+                   "false; with true, the default batch of infer and bench (any batch runs)")
     p.add_argument("--calib-dir", type=Path, help="calibration images (default: demo images)")
     p.add_argument("--calib-num", type=int, default=100, help="calibration images (default 100)")
-    p.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"))
+    p.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"),
+                   help="int8 activation ranges from the calibration images: minmax (default: "
+                   "observed min/max), entropy (KL-divergence histogram), percentile "
+                   "(onnxruntime only: clips rare outliers)")
     budget = p.add_argument_group(
         "accuracy budget", "a reduced-precision build must agree with float32 on held-out "
         "images (default: top-1 agreement >= 99%% and mean logit cosine >= 0.99); below it, "
@@ -71,18 +81,33 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--mean", type=common.float_list, help="per-channel mean, 0-1 units")
     p.add_argument("--std", type=common.float_list, help="per-channel std, 0-1 units")
     p.add_argument("--backend", default="onnxruntime", help="inference engine (default onnxruntime)")
-    p.add_argument("--output", type=Path, help="model directory to create or replace")
+    p.add_argument("--output", type=Path, help="model directory to create or replace (default "
+                   "data/models/<mode>_<mutable>_<batch>; data/models/<backend>/... for backends "
+                   "other than onnxruntime, as 'mnv3 run')")
+    p.add_argument("--force", action="store_true",
+                   help="replace a model built there with other settings (without it: refused)")
     p.add_argument("--json", type=Path, help="write meta.json's content here too ('-' = stdout)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop with an error at the first calibration image that cannot be "
+                   "decoded (default: skip and count it, as infer does)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def _preprocess(args, default: PreprocessCfg) -> PreprocessCfg:
-    """The network's defaults (or ImageNet's), overridden by the flags given."""
-    over = {k: v for k, v in (("resize", args.resize), ("crop", args.crop), ("mean", args.mean),
+    """The network's defaults (or ImageNet's), overridden by the flags given.
+
+    --image-size N is the crop unless --crop says otherwise; a crop without --resize keeps the
+    network's resize/crop ratio (256/224 for ImageNet: 160 -> 183), as the seed's recipes do.
+    """
+    if args.image_size is not None and args.crop is not None and args.image_size != args.crop:
+        raise UsageError(f"--image-size {args.image_size} and --crop {args.crop} disagree: the "
+                         "model's input is the crop; give one of them")
+    crop = args.crop if args.crop is not None else args.image_size
+    over = {k: v for k, v in (("resize", args.resize), ("crop", crop), ("mean", args.mean),
                               ("std", args.std)) if v is not None}
-    if args.crop is not None and args.resize is None:
-        over["resize"] = max(args.crop, round(args.crop / 0.875))  # keep the 224/256 ratio
+    if crop is not None and args.resize is None:
+        over["resize"] = max(crop, round(crop * default.resize / default.crop))
     return dataclasses.replace(default, **over)
 
 
@@ -94,9 +119,6 @@ def _export_weights(args, workdir: Path) -> tuple[Path, PreprocessCfg, dict]:
     loaded = load_checkpoint(args.weights, arch=args.arch, layout=args.layout,
                              width_mult=args.width_mult, num_classes=args.num_classes)
     cfg = _preprocess(args, loaded.preprocess)
-    if args.image_size is not None and args.image_size != cfg.crop:
-        raise UsageError(f"--image-size {args.image_size} differs from the crop {cfg.crop}; "
-                         "pass --crop with the same value")
     onnx_path = workdir / "exported.onnx"
     export_onnx(loaded.module, onnx_path, batch_size=args.batch_size, dynamic_batch=True,
                 image_size=cfg.crop, preprocess=cfg)
@@ -123,6 +145,12 @@ def run(args) -> int:
     if args.max_drop is not None:  # checked before the export, which can be slow
         check_max_drop(args.max_drop, normalize_quant_mode(args.quant_mode), args.backend)
         options["max_drop"] = args.max_drop
+    from mnv3.builder import default_output
+    from mnv3.meta import model_dir_name
+
+    out = args.output or default_output(args.backend, model_dir_name(
+        args.quant_mode, args.shape_mutable, args.batch_size))
+    before = _settings_at(out)
     with tempfile.TemporaryDirectory(prefix="mnv3-build-") as work:
         if args.weights is not None:
             onnx_path, cfg, source = _export_weights(args, Path(work))
@@ -132,11 +160,29 @@ def run(args) -> int:
                      shape_mutable=args.shape_mutable, batch_size=args.batch_size,
                      preprocess=cfg, calib_dir=args.calib_dir, calib_num=args.calib_num,
                      calib_method=args.calib_method, backend=args.backend, source=source,
-                     options=options)
-    out = args.output or Path("data/models") / meta.name
-    print(summary(meta, out))
+                     options=options, strict=args.strict, force=args.force)
+    say = common.human_print(args.json)
+    say(summary(meta, out))
+    if before is not None:  # --force replaced another build: say what changed
+        from mnv3.model_settings import differences, recorded
+
+        changes = differences(before, recorded(meta))
+        if changes:
+            say(f"replaced the model built there with other settings: {'; '.join(changes)}")
     common.write_json(args.json, meta.to_dict())
     return 0
+
+
+def _settings_at(out: Path):
+    """The settings of the model at ``out`` before this build, or None."""
+    from mnv3.errors import ModelError
+    from mnv3.meta import META_FILE, read_meta
+    from mnv3.model_settings import recorded
+
+    try:
+        return recorded(read_meta(out)) if (out / META_FILE).is_file() else None
+    except ModelError:
+        return None
 
 
 def summary(meta, out: Path) -> str:
@@ -147,6 +193,9 @@ def summary(meta, out: Path) -> str:
     if meta.calibration:
         c = meta.calibration
         lines.append(f"calibration: {c['count']} images, {c['method']}")
+        if c.get("skipped"):
+            lines.append(f"skipped {len(c['skipped'])} (could not decode): "
+                         + "; ".join(c["skipped"][:5]))
     f = meta.fidelity or {}
     if f:
         lines.append(f"fidelity vs float32 on {f['inputs']}: top-1 agreement "
@@ -161,4 +210,8 @@ def summary(meta, out: Path) -> str:
     lines.append(f"built and validated on: {isa_label(meta.extra.get('isa'))}")
     lines.append("precisions: " + ", ".join(f"{k}={v}" for k, v in meta.op_precisions.items()))
     lines += [f"note: {n}" for n in meta.notes]
+    from mnv3.provenance import untrained_note
+
+    if untrained_note(meta):
+        lines.append(f"note: {untrained_note(meta)}")
     return "\n".join(lines)

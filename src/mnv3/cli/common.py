@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mnv3.errors import UsageError
 from mnv3.meta import atomic_write_text
@@ -42,12 +43,33 @@ def str_list(text: str) -> tuple[str, ...]:
 
 
 def str2bool(text: str) -> bool:
+    """``true`` or ``false`` (any case): what the flags' help says, and nothing else."""
     t = text.strip().lower()
-    if t in ("true", "1", "yes", "y"):
-        return True
-    if t in ("false", "0", "no", "n"):
-        return False
+    if t in ("true", "false"):
+        return t == "true"
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def dataset_dir(folder: str, synsets: str | None) -> tuple[str, str | None, str | None]:
+    """--dataset DIR: (DIR/images, DIR/labels.txt or None, --synsets or DIR/synsets.txt or None)
+    for a folder laid out like the demo set and ../shared/datasets/imagenet-sample-500."""
+    from mnv3.errors import DataError
+
+    d = Path(folder)
+    if not (d / "images").is_dir():
+        raise DataError(f"--dataset {d}: expected a folder holding images/ (and labels.txt, "
+                        "synsets.txt); for a plain folder of images use --image-dir")
+    labels = d / "labels.txt"
+    syn = synsets or (str(d / "synsets.txt") if (d / "synsets.txt").is_file() else None)
+    return str(d / "images"), str(labels) if labels.is_file() else None, syn
+
+
+def human_print(json_path) -> Callable[..., None]:
+    """``print`` for the human lines: to stderr when ``--json -`` makes stdout the JSON's alone,
+    so ``mnv3 CMD --json - | python -m json.tool`` always parses (issue 13)."""
+    if json_path is not None and str(json_path) == "-":
+        return functools.partial(print, file=sys.stderr)
+    return print
 
 
 def write_json(path: str | Path | None, data: Any) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from mnv3.cli.common import add_parser as _add, write_json
+from mnv3.cli.common import add_parser as _add, human_print, write_json
 
 
 def add_parser(sub):
@@ -37,10 +37,24 @@ def run(args) -> int:
 
     result = evaluate_files(args.result_label_file, args.result_1_file, args.result_5_file,
                             args.top1andtop5_file)
-    if args.json != "-":
-        sys.stdout.write(result.lines())
-        if result.missing:
-            print(f"warning: {result.missing} of {result.total} labelled images have no line in "
-                  f"{args.result_1_file}; they count as wrong", file=sys.stderr)
-    write_json(args.json, result.to_dict())
+    say = human_print(args.json)
+    say(result.lines(), end="")
+    if result.missing:
+        print(f"warning: {result.missing} of {result.total} labelled images have no line in "
+              f"{args.result_1_file}; they count as wrong", file=sys.stderr)
+    untrained = _untrained(args.result_1_file)
+    if untrained:  # the seed's two lines stay as they are on stdout; the caveat goes beside
+        print(f"mnv3 eval: warning: {untrained}", file=sys.stderr)
+    write_json(args.json, result.to_dict() | {"untrained": untrained})
     return 0
+
+
+def _untrained(result_1_file: str) -> str | None:
+    """The untrained-model note 'mnv3 infer' left in infer.json beside the result files."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(result_1_file).parent / "infer.json").read_text())["untrained"]
+    except (OSError, ValueError, KeyError, TypeError):  # not written by mnv3 infer
+        return None

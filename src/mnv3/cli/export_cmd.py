@@ -6,7 +6,13 @@ given, exports to ONNX (opset >= 17, input 'input' float32 NCHW, output 'logits'
 and checks the graph in ONNX Runtime against PyTorch. If any check exceeds 1e-4 relative error the
 command fails and writes no file.
 
-example:
+--demo-weights exports a network with deterministic random weights (seed 0) instead: no
+checkpoint needed to try every stage; its speed is real, its accuracy is noise (the ONNX file
+and every model built from it say so). An existing --output is replaced only if mnv3 exported
+it (or with --force).
+
+examples:
+  mnv3 export --demo-weights --dynamic-batch --output model.onnx
   mnv3 export --weights mobilenetv3_small_67.4.pth.tar --output model.onnx
   mnv3 export --weights tv_large.pth --layout torchvision --dynamic-batch \\
       --verify-images data/images --output large.onnx --json export.json
@@ -14,12 +20,16 @@ example:
 
 from __future__ import annotations
 
-from mnv3.cli.common import add_parser as _add, write_json
+from mnv3.cli.common import add_parser as _add, human_print, write_json
 
 
 def add_parser(sub):
     p = _add(sub, "export", __doc__, run)
-    p.add_argument("--weights", required=True, help="checkpoint file (.pth, .pth.tar, .pt, TorchScript)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="checkpoint file (.pth, .pth.tar, .pt, TorchScript)")
+    src.add_argument("--demo-weights", action="store_true",
+                     help="no checkpoint: random weights, seed 0 (UNTRAINED: for trying the "
+                     "tools; --arch/--layout/--width-mult pick the network, default small/seed)")
     p.add_argument("--arch", default="auto", help="auto | mobilenetv3-small | mobilenetv3-large")
     p.add_argument("--layout", default="auto", help="auto | seed | torchvision (whose key names)")
     p.add_argument("--width-mult", type=float, default=None, help="width multiplier (default: detect)")
@@ -34,6 +44,8 @@ def add_parser(sub):
     p.add_argument("--verify-images", default=None, help="folder of images added to the parity check")
     p.add_argument("--output", required=True, help="the .onnx file to write")
     p.add_argument("--json", default=None, help="also write the export report as JSON ('-' = stdout)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --output even if it is not an ONNX file mnv3 exported")
     return p
 
 
@@ -41,15 +53,35 @@ def run(args) -> int:
     from mnv3.export import export_onnx
     from mnv3.models import load_checkpoint
 
-    loaded = load_checkpoint(args.weights, arch=args.arch, layout=args.layout,
-                             width_mult=args.width_mult, num_classes=args.num_classes,
-                             preprocess=args.preprocess)
+    if args.demo_weights:
+        loaded = demo_network(args)
+    else:
+        loaded = load_checkpoint(args.weights, arch=args.arch, layout=args.layout,
+                                 width_mult=args.width_mult, num_classes=args.num_classes,
+                                 preprocess=args.preprocess)
     report = export_onnx(loaded, args.output, batch_size=args.batch_size,
                          dynamic_batch=args.dynamic_batch, image_size=args.image_size,
-                         opset=args.opset, verify_images=args.verify_images)
-    print(summary(report))
+                         opset=args.opset, verify_images=args.verify_images, force=args.force)
+    human_print(args.json)(summary(report))
     write_json(args.json, report.to_dict())
     return 0
+
+
+def demo_network(args):
+    """--demo-weights: the network ``mnv3 run`` uses without --weights (seed 0), said loudly."""
+    import sys
+
+    from mnv3.models import create_model, preprocess_preset
+
+    model = create_model("mobilenetv3-small" if args.arch == "auto" else args.arch,
+                         layout="seed" if args.layout == "auto" else args.layout,
+                         width_mult=args.width_mult or 1.0,
+                         num_classes=args.num_classes or 1000, seed=0)
+    if args.preprocess:
+        model.preprocess = preprocess_preset(args.preprocess)
+    print("mnv3 export: warning: --demo-weights: random weights (seed 0), UNTRAINED: speed "
+          "figures are real, accuracy is noise", file=sys.stderr)
+    return model
 
 
 def summary(report) -> str:
@@ -65,5 +97,8 @@ def summary(report) -> str:
         f"graph    opset {report.opset}, input {report.input_shape}, output {report.output_shape}, "
         f"{sum(report.op_counts.values())} nodes, exported in {report.export_seconds:.2f} s",
         f"parity   max rel error vs PyTorch ({errors}) <= {report.tolerance:g}",
-        f"wrote    {report.output}",
+        f"wrote    {report.output}" + (" (replaced an earlier mnv3 export)" if report.replaced
+                                      else ""),
+        *(["note     UNTRAINED (random weights, seed 0): accuracy from it is meaningless"]
+          if report.untrained else []),
     ])

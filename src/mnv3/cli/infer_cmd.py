@@ -8,7 +8,8 @@ bundled demo set (28 ImageNet photos).
 
 Writes into --output-dir: eval_labels.txt, eval_result_1.txt, eval_result_5.txt (five lines per
 image), eval_result.txt (`top1 accuracy: x` / `top5 accuracy: y`), results.jsonl (top-5 indices,
-class names, probabilities per image) and skipped.txt when an image could not be decoded
+class names, probabilities per image), infer.json (this summary; it tells mnv3 eval when the
+model was never trained) and skipped.txt when an image could not be decoded
 (skipped and counted; --strict makes it an error). --save-images also writes copies with the
 top-1 class and probability drawn on them into images/ (moved in only when the run succeeds).
 Images are decoded on --workers threads while the model runs, so end-to-end images/s is printed
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import sys
 
-from mnv3.cli.common import add_parser as _add, write_json
+from mnv3.cli.common import add_parser as _add, dataset_dir, human_print, write_json
 
 
 def add_parser(sub):
@@ -79,11 +80,11 @@ def run(args) -> int:
     if args.label_file and not args.image_dir:
         raise UsageError("--label-file needs --image-dir (the folder its file names are in)")
     if args.dataset:
-        args.image_dir, args.label_file, args.synsets = _dataset_dir(args.dataset, args.synsets)
+        args.image_dir, args.label_file, args.synsets = dataset_dir(args.dataset, args.synsets)
     for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
         if value is not None and value < 1:  # 0 would silently mean "the default"
             raise UsageError(f"{flag} must be at least 1, got {value}")
-    say = (lambda *a: None) if args.json == "-" else print
+    say = human_print(args.json)
     if args.engine == "cpp":  # the same dataset handling; the native program runs the model
         from mnv3.cpp_engine import CppModel, infer_cpp as infer  # noqa: F811
 
@@ -110,21 +111,6 @@ def run(args) -> int:
     return 0
 
 
-def _dataset_dir(folder: str, synsets: str | None):
-    """(image dir, label file or None, synsets or None) of a folder laid out like the demo set."""
-    from pathlib import Path
-
-    from mnv3.errors import DataError
-
-    d = Path(folder)
-    if not (d / "images").is_dir():
-        raise DataError(f"--dataset {d}: expected a folder holding images/ (and labels.txt, "
-                        "synsets.txt); for a plain folder of images use --image-dir")
-    labels = d / "labels.txt"
-    syn = synsets or (str(d / "synsets.txt") if (d / "synsets.txt").is_file() else None)
-    return str(d / "images"), str(labels) if labels.is_file() else None, syn
-
-
 def summary_lines(r) -> list[str]:
     lines = [f"images: {r.processed} predicted, {r.skipped} skipped "
              f"(of {r.images}; batch {r.batch_size}, {r.workers} decode threads)"]
@@ -136,6 +122,8 @@ def summary_lines(r) -> list[str]:
     if r.top1 is not None:
         lines.append(f"top1 accuracy: {r.top1:f} ({r.top1_correct}/{r.labeled})")
         lines.append(f"top5 accuracy: {r.top5:f} ({r.top5_correct}/{r.labeled})")
+        if r.untrained:
+            lines.append(f"note: {r.untrained}")
     else:
         lines.append("no labels given: predictions only (see results.jsonl)")
     lines.append(f"speed: {r.images_per_s:.1f} images/s end to end (decode included), "

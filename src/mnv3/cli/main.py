@@ -8,12 +8,14 @@ anything else is our bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import sys
+import warnings
 
 from mnv3 import __version__
-from mnv3.errors import Interrupted, Mnv3Error
+from mnv3.errors import Interrupted, Mnv3Error, Mnv3Warning
 
 # The pipeline, in order.
 SUBCOMMANDS = ("export", "build", "infer", "eval", "bench", "run", "compare", "verify",
@@ -51,12 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would print the top-level usage; the command's own is the useful one
+        _command_parser(parser, getattr(args, "command", None)).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _warnings_as_lines(args.command):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         err = Interrupted("interrupted; nothing partial was left behind")
         print(f"mnv3: error: {err}", file=sys.stderr)
@@ -64,6 +70,33 @@ def main(argv: list[str] | None = None) -> int:
     except Mnv3Error as err:
         print(f"mnv3 {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str | None):
+    """The subcommand's parser (whose usage lists its flags), or ``parser`` itself."""
+    for action in parser._actions:  # argparse keeps subparsers in a private action type
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str):
+    """Our warnings (``Mnv3Warning``) as one ``mnv3 CMD: warning:`` line each on stderr, not
+    Python's file:line form; other libraries' warnings are left as they are."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, Mnv3Warning):
+            print(f"mnv3 {command}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

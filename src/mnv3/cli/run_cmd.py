@@ -24,7 +24,7 @@ examples:
 from __future__ import annotations
 
 from mnv3.cli.common import add_parser as _add
-from mnv3.cli.common import int_list, str2bool, str_list, write_json
+from mnv3.cli.common import dataset_dir, human_print, int_list, str2bool, str_list, write_json
 
 
 def add_parser(sub):
@@ -41,7 +41,11 @@ def add_parser(sub):
     p.add_argument("--image-dir", default=None, metavar="D",
                    help="evaluation images (default: the bundled demo set)")
     p.add_argument("--label-file", default=None, metavar="F", help="'filename class' lines")
-    p.add_argument("--synsets-file", default=None, metavar="F", help="wnid -> class index")
+    p.add_argument("--synsets", "--synsets-file", dest="synsets_file", default=None, metavar="F",
+                   help="'wnid name' per line, line N = class N (as infer's --synsets)")
+    p.add_argument("--dataset", default=None, metavar="DIR",
+                   help="a folder with images/, labels.txt and optionally synsets.txt (as "
+                   "infer's --dataset); 'demo' = the bundled demo set")
     p.add_argument("--image-num", type=int, default=None, metavar="N",
                    help="use only the first N images")
     p.add_argument("--quant-modes", type=str_list,
@@ -60,12 +64,13 @@ def add_parser(sub):
     p.add_argument("--calib-dir", default=None, metavar="D",
                    help="int8 calibration images (default: the evaluation images)")
     p.add_argument("--calib-num", type=int, default=100, metavar="N", help="default 100")
-    p.add_argument("--bench-duration", type=float, default=1.0, metavar="S",
-                   help="seconds per configuration per round (default 1)")
+    p.add_argument("--bench-duration", type=float, default=0.6, metavar="S",
+                   help="seconds per configuration per round (default 0.6)")
     p.add_argument("--bench-iterations", type=int, default=None, metavar="N",
                    help="or stop each round after N queries")
-    p.add_argument("--bench-rounds", type=int, default=3, metavar="R",
-                   help="interleaved rounds per configuration (default 3)")
+    p.add_argument("--bench-rounds", type=int, default=5, metavar="R",
+                   help="interleaved rounds per configuration; tables quote the median round "
+                   "and the range of all rounds (default 5)")
     p.add_argument("--bench-warmup", type=int, default=10, metavar="N",
                    help="unmeasured runs before each round (default 10)")
     p.add_argument("--out", default="data", metavar="DIR", help="output folder (default data)")
@@ -78,14 +83,29 @@ def add_parser(sub):
     return p
 
 
+def _resolve_dataset(args) -> None:
+    """--dataset DIR -> --image-dir DIR/images --label-file DIR/labels.txt (+ synsets.txt)."""
+    from mnv3.errors import UsageError
+
+    if args.dataset in (None, "demo"):  # demo: the default data, said explicitly
+        if args.dataset == "demo" and (args.image_dir or args.label_file):
+            raise UsageError("--dataset demo is the bundled set; drop --image-dir/--label-file")
+        return
+    if args.image_dir or args.label_file:
+        raise UsageError("--dataset brings its own images/ and labels.txt; drop --image-dir and "
+                         "--label-file")
+    args.image_dir, args.label_file, args.synsets_file = dataset_dir(args.dataset,
+                                                                     args.synsets_file)
+
+
 def run(args) -> int:
     import time
 
     from mnv3.pipeline import run_all
-    from mnv3.report import accuracy_table, baselines_table, performance_table
+    from mnv3.report import accuracy_table, baselines_table, performance_table, report_paths
 
     t0 = time.perf_counter()
-
+    _resolve_dataset(args)
     rep = run_all(
         weights=args.weights, arch=args.arch, layout=args.layout, width_mult=args.width_mult,
         image_dir=args.image_dir, label_file=args.label_file, synsets_file=args.synsets_file,
@@ -96,14 +116,14 @@ def run(args) -> int:
         bench_warmup=args.bench_warmup, out=args.out,
         progress=not args.no_progress, cpp=args.cpp,
     )
-    if args.json != "-":
-        if rep.untrained:
-            print("UNTRAINED (random init, seed 0): top-1/top-5 below are meaningless.\n")
-        print("## Performance\n\n" + performance_table(rep) + "\n")
-        print("## Accuracy\n\n" + accuracy_table(rep) + "\n")
-        print("## Against baselines (same run, same input, same threads)\n\n"
-              + baselines_table(rep) + "\n")
-        print(f"report: {args.out}/report.md, report.json, report.png "
-              f"(mnv3 run took {time.perf_counter() - t0:.0f} s)")
+    say = human_print(args.json)
+    if rep.untrained:
+        say("UNTRAINED (random init, seed 0): top-1/top-5 below are meaningless.\n")
+    say("## Performance\n\n" + performance_table(rep) + "\n")
+    say("## Accuracy\n\n" + accuracy_table(rep) + "\n")
+    say("## Against baselines (same run, same input, same threads)\n\n"
+        + baselines_table(rep) + "\n")
+    say("report: " + ", ".join(str(p) for p in report_paths(args.out).values())
+        + f" (mnv3 run took {time.perf_counter() - t0:.0f} s)")
     write_json(args.json, rep.to_dict())
     return 0

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from mnv3.errors import DataError
+from mnv3.errors import DataError, Mnv3Warning
 
 # Looked for case-insensitively; listed in the "no images found" error.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -103,6 +104,8 @@ def load_dataset(image_dir: str | os.PathLike, label_file: str | os.PathLike | N
     synsets = load_synsets(synsets_file) if synsets_file is not None else None
     if num_classes is None and synsets is not None:
         num_classes = len(synsets)
+    if label_file is None:
+        _refuse_dataset_root(root)
     images = _find_images(root)
     if label_file is not None:
         samples = _from_label_file(root, images, Path(label_file), synsets, num_classes)
@@ -111,6 +114,21 @@ def load_dataset(image_dir: str | os.PathLike, label_file: str | os.PathLike | N
     else:
         samples = _from_image_folder(root, images, synsets, num_classes)
     return sorted(samples, key=lambda s: str(s.path))
+
+
+def is_dataset_root(folder: Path) -> bool:
+    """A folder laid out like the demo set and the ImageNet sample: images/ + labels.txt."""
+    return (folder / "images").is_dir() and (folder / "labels.txt").is_file()
+
+
+def _refuse_dataset_root(root: Path) -> None:
+    """Read as an ImageFolder, a dataset root is one class, ``images``: every label 0 and its
+    labels.txt ignored, for an accuracy of ~0 without a word (issue 13)."""
+    if is_dataset_root(root):
+        raise DataError(
+            f"{root} holds images/ and labels.txt, a dataset folder, not a folder of images; "
+            f"pass --dataset {root} (or --image-dir {root / 'images'} --label-file "
+            f"{root / 'labels.txt'})")
 
 
 def _find_images(root: Path) -> list[PurePosixPath]:
@@ -228,9 +246,18 @@ def _from_image_folder(root: Path, images: list[PurePosixPath],
         index = {c: wnid_index[c] for c in classes}
     else:
         index = {c: i for i, c in enumerate(classes)}
+        if len(classes) == 1:
+            _warn_one_class(root, classes[0])
     for c, i in index.items():
         _check_range(i, str(root / c), num_classes)
     return [Sample(root / rel, index[rel.parts[0]]) for rel in images]
+
+
+def _warn_one_class(root: Path, name: str) -> None:
+    warnings.warn(
+        f"{root} is read as an ImageFolder with one class, {name!r}: every image gets label 0, "
+        f"so accuracy means little; if {name}/ only holds the images, pass --image-dir "
+        f"{root / name} with its --label-file (or --dataset {root})", Mnv3Warning, stacklevel=3)
 
 
 def _subdirs(root: Path) -> set[str]:

@@ -159,6 +159,9 @@ def _unreadable(path: Path, error: Exception) -> str:
     if not head:
         return f"{path} is not a PyTorch checkpoint: the file is empty (0 bytes); {WHAT_TO_PASS}"
     if not head.startswith((ZIP_MAGIC, PICKLE_PROTO)):  # a text file, an ONNX model, ...
+        if is_onnx_file(path):
+            return (f"{path} is an ONNX model, not a PyTorch checkpoint; it needs no export: "
+                    f"build it with 'mnv3 build --onnx {path} ...'")
         return (f"{path} is not a PyTorch checkpoint: it is neither a torch zip archive nor a "
                 f"pickle written by torch.save (it starts with {head!r}); {WHAT_TO_PASS}")
     protocol = _pickle_protocol(path, head)
@@ -169,6 +172,26 @@ def _unreadable(path: Path, error: Exception) -> str:
                 "torch.save(model.state_dict(), 'weights.pth')")
     return (f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: "
             f"{_torch_reason(error)}); expected a file written by torch.save")
+
+
+def is_onnx_file(path: Path) -> bool:
+    """True when ``path`` parses as an ONNX model with a graph (weights are not loaded)."""
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf raises several kinds on non-ONNX bytes
+        return False
+    return len(model.graph.node) > 0
+
+
+def looks_like_checkpoint(path: Path) -> bool:
+    """True when ``path`` starts like a torch.save file (a zip archive or a pickle)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4).startswith((ZIP_MAGIC, PICKLE_PROTO))
+    except OSError:
+        return False
 
 
 def _torch_reason(error: Exception) -> str:

@@ -98,7 +98,11 @@ def create_model(arch: str = "mobilenetv3-small", layout: str = "seed", width_mu
     init_weights(model, gen)
     if gen is not None:
         randomize_batchnorm(model, gen)
-    return describe(model.eval(), arch, layout, float(width_mult), int(num_classes))
+    model = describe(model.eval(), arch, layout, float(width_mult), int(num_classes))
+    # Never trained: export_onnx stamps this into the ONNX file and build into meta.json, so
+    # every accuracy printed for it can say so (mnv3.provenance).
+    model.untrained, model.random_seed = True, seed
+    return model
 
 
 def describe(model: nn.Module, arch: str, layout: str, width_mult: float | None,
