@@ -65,6 +65,11 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
     check_mode_backend(quant_mode, backend)
     check_max_drop(options.get("max_drop"), quant_mode, backend)
     Budget.from_options(options)  # a bad budget fails before any slow work
+    if (provenance.source_fields(onnx_path).get("untrained") or (source or {}).get("untrained")) \
+            and "allow_below_budget" not in options:
+        # random weights have no accuracy to keep: the budget is measured and marked, not held
+        options.update(allow_below_budget=True,
+                       below_budget_reason="the network is untrained (random weights)")
     engine = get_backend(backend)
     name = model_dir_name(quant_mode, shape_mutable, batch_size)
     target = Path(output_dir) if output_dir is not None else default_output(backend, name)

@@ -141,7 +141,9 @@ def _say(cfg, text: str) -> None:
 
 def _hold_to_budget(engine, src, tmp, cfg, make_meta, measure, budget, meta, fidelity):
     short = budget.shortfalls(fidelity)
-    if short and cfg.quant_mode.startswith("qint8") and engine.supports_fallback:
+    if cfg.options.get("below_budget_reason"):
+        pass  # nothing to keep (an untrained network): measure and mark, no fallback rounds
+    elif short and cfg.quant_mode.startswith("qint8") and engine.supports_fallback:
         meta, fidelity, short = _fall_back(engine, src, tmp, cfg, make_meta, measure, budget,
                                            meta, fidelity, short)
     elif short and cfg.quant_mode.startswith("qint8") and engine.accuracy_control \
@@ -162,19 +164,20 @@ def _hold_to_budget(engine, src, tmp, cfg, make_meta, measure, budget, meta, fid
         if not budget.allow_below:
             raise BuildError(below_budget_error(cfg.quant_mode, fidelity, budget, short, tried))
         fidelity["below_budget"] = short
-        meta.notes.insert(0, f"BELOW ACCURACY BUDGET (shipped with --allow-below-budget): "
+        why = cfg.options.get("below_budget_reason", "--allow-below-budget was given")
+        meta.notes.insert(0, f"BELOW ACCURACY BUDGET (shipped because {why}): "
                              f"{'; '.join(short)} on {fidelity['inputs']}")
-        _say(cfg, "warning: below its accuracy budget, shipped because --allow-below-budget "
-                  f"was given: {'; '.join(short)}")
+        _say(cfg, f"warning: below its accuracy budget, shipped because {why}: "
+                  f"{'; '.join(short)}")
     meta.fidelity = fidelity
     return meta, fidelity
 
 
 def _what_was_tried(engine, cfg, meta) -> str:
-    fallback = meta.extra.get("fallback") or {}
-    if fallback.get("method") == "engine accuracy control":
+    if engine.accuracy_control and cfg.options.get("max_drop") is not None \
+            and cfg.quant_mode.startswith("qint8"):
         return (f"{engine.name}'s accuracy control already ran with max drop "
-                f"{fallback['max_drop']} points")
+                f"{cfg.options['max_drop']} points")
     if cfg.float_layers:
         return (f"{len(cfg.float_layers)} int8 layers already returned to float, at most "
                 f"{MAX_FLOAT_FRACTION:.0%} may be")

@@ -123,7 +123,9 @@ def build_or_reuse(onnx_path: Path, target: Path, mode: str, mutable: bool, batc
         return target, True, 0.0, []
     replaced = model_settings.check_replace(target, request, force=True)
     if src.untrained:  # random weights have no accuracy to keep: measured and marked, not held
-        options = {"allow_below_budget": True, **(options or {})}
+        options = {"allow_below_budget": True,
+                   "below_budget_reason": "the network is untrained (random weights)",
+                   **(options or {})}
     t0 = time.perf_counter()
     build(onnx_path, target, quant_mode=mode, shape_mutable=mutable, batch_size=batch,
           preprocess=src.preprocess, calib_dir=calib, calib_num=calib_num, backend=backend,

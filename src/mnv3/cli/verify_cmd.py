@@ -29,7 +29,8 @@ def add_parser(sub):
                    help="images to use (a seeded sample; default 200)")
     p.add_argument("--source", default=None, metavar="ONNX",
                    help="the float32 ONNX it was built from (default: meta.json's source path)")
-    p.add_argument("--threads", type=int, default=None, metavar="T")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="engine threads (default: the engine's choice)")
     p.add_argument("--update", action="store_true",
                    help="write this measurement into the model's meta.json")
     p.add_argument("--json", default=None, metavar="F", help="also write the result as JSON "
