@@ -104,7 +104,7 @@ def commands(block: str) -> list[str]:
 
 def small(command: str) -> str:
     """``command`` with the SMALL flags of its mnv3 subcommand, before any trailing comment."""
-    m = re.match(r"mnv3\s+(\w+)", command)
+    m = re.match(r"mnv3\s+([\w-]+)", command)  # a whole subcommand: build-cpp is not build
     if not m or m.group(1) not in SMALL:
         return command
     code, hash_, comment = command.partition(" #")
