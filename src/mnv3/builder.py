@@ -28,6 +28,7 @@ from mnv3 import provenance
 from mnv3.atomic import build_lock, normal_mode, publish_dir
 from mnv3.backends import get_backend
 from mnv3.backends.base import BuildConfig
+from mnv3.data.files import escape_name
 from mnv3.errors import DataError, Mnv3Warning, UsageError
 from mnv3.meta import (META_FILE, ModelMeta, PreprocessCfg, check_mode_backend, model_dir_name,
                        normalize_quant_mode, sha256_file, write_meta)
@@ -239,13 +240,13 @@ def _skip_undecodable(calib, held_out, info, cfg, strict: bool, fidelity_num: in
     if bad and info is not None:
         info["count"] = len(calib)
         info["files_sha256"] = cal.files_sha256(calib)
-        info["skipped"] = [f"{p.name}: {why}" for p, why in bad]
+        info["skipped"] = [f"{escape_name(p.name)}: {why}" for p, why in bad]
         info["notes"].append(f"{len(bad)} calibration image(s) could not be decoded and were "
-                             f"skipped (first: {bad[0][0].name}); calibrated on {len(calib)}")
+                             f"skipped (first: {escape_name(bad[0][0].name)}); calibrated on {len(calib)}")
     for what, skipped in (("calibration", bad), ("fidelity-check", bad_fid)):
         if skipped:
             warnings.warn(f"skipped {len(skipped)} {what} image(s) that could not be decoded "
-                          f"(first: {skipped[0][0]}: {skipped[0][1]}); --strict makes this an "
+                          f"(first: {escape_name(skipped[0][0])}: {skipped[0][1]}); --strict makes this an "
                           "error", Mnv3Warning, stacklevel=3)
     if info is not None and not calib:
         raise DataError(f"none of the calibration images in {info['folder']} could be decoded "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mnv3.atomic import normal_mode
+from mnv3.data.files import QUOTE_CHARS, clip, open_regular, read_text
 from mnv3.errors import ModelError, UsageError
 
 FORMAT_VERSION = 1
@@ -157,27 +158,30 @@ def read_meta(model_dir: str | os.PathLike) -> ModelMeta:
         raise ModelError(_file_for_dir(model_dir))
     if not model_dir.is_dir():
         raise ModelError(f"model directory {model_dir} does not exist; build one with 'mnv3 build'")
-    if not path.is_file():
+    if not path.exists():  # a FIFO or folder named meta.json: read_text says what it is
         raise ModelError(
             f"{model_dir} has no {META_FILE}, so it is not a built mnv3 model; "
             "rebuild it with 'mnv3 build'"
         )
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        # a regular file under its cap: a FIFO named meta.json cannot hang a load (issue 19)
+        d = json.loads(read_text(path, META_FILE, ModelError))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path} is not valid JSON ({e}); rebuild the model with 'mnv3 build'") from e
+        raise ModelError(f"{path} is not valid JSON ({clip(e)}); rebuild the model with "
+                         "'mnv3 build'") from e
     if not isinstance(d, dict):
         raise ModelError(f"{path} does not hold a JSON object; rebuild the model with 'mnv3 build'")
     version = d.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelError(
-            f"{path} has format_version {version!r} but this mnv3 reads up to {FORMAT_VERSION}; "
+            f"{path} has format_version {clip(repr(version), QUOTE_CHARS)} but this mnv3 reads up to {FORMAT_VERSION}; "
             "upgrade mnv3 (pip install -U mnv3) or rebuild the model with this version"
         )
     try:
         return ModelMeta.from_dict(d)
     except (TypeError, ValueError, UsageError) as e:
-        raise ModelError(f"{path} is missing fields or has bad values ({e}); rebuild the model") from e
+        raise ModelError(f"{path} is missing fields or has bad values ({clip(e)}); rebuild the "
+                         "model") from e
 
 
 def _file_for_dir(path: Path) -> str:
@@ -189,9 +193,11 @@ def _file_for_dir(path: Path) -> str:
             f"build --onnx {path} ...' for an ONNX file) and pass that directory")
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20, what: str = "compiled model",
+                error=ModelError) -> str:
+    """sha256 of a regular file (``open_regular``: never a FIFO or device, which could block)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, what, error) as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()

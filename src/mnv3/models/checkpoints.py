@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mnv3.data.files import clip, open_regular, shown
 from mnv3.errors import CheckpointError
 from mnv3.meta import PreprocessCfg, sha256_file
 from mnv3.models.registry import (ARCHS, LAYOUT_NAMES, DEFAULT_PRESET, build_module, canonical_arch,
@@ -74,12 +75,14 @@ def load_checkpoint(path, arch: str = "auto", layout: str = "auto", width_mult: 
     ``preprocess``: a PreprocessCfg or preset name (see ``PREPROCESS_PRESETS``); default ImageNet.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (expected a .pth, .pth.tar or .pt file)")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {shown(path)} does not exist (expected a .pth, "
+                              ".pth.tar or .pt file)")
+    open_regular(path, "checkpoint", CheckpointError).close()  # not a FIFO, device, folder
     if isinstance(preprocess, str):
         preprocess = preprocess_preset(preprocess)
     preprocess = preprocess or preprocess_preset(DEFAULT_PRESET)
-    digest = sha256_file(path)
+    digest = sha256_file(path, what="checkpoint", error=CheckpointError)
     if is_torchscript(path):
         module = _load_torchscript(path)
         return LoadedModel(module, TORCHSCRIPT, TORCHSCRIPT, None, _probe_classes(module, path),
@@ -171,7 +174,7 @@ def _unreadable(path: Path, error: Exception) -> str:
                 "cannot read; re-save the weights with torch.save's default protocol (2): "
                 "torch.save(model.state_dict(), 'weights.pth')")
     return (f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: "
-            f"{_torch_reason(error)}); expected a file written by torch.save")
+            f"{clip(_torch_reason(error))}); expected a file written by torch.save")
 
 
 def is_onnx_file(path: Path) -> bool:

@@ -1,0 +1,175 @@
+"""Hostile folders and files (issue 19): no hang, no traceback, bounded messages.
+
+Folders on real machines hold more than images: named pipes (FIFOs), sockets, links to devices,
+broken links, files whose names are not UTF-8, label files with absurd lines. Every case runs
+the real CLI in a subprocess with a timeout, so a regression that blocks on a FIFO fails the
+test in bounded time instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from .helpers import HERE, PRE_FLAGS, TESTS, CliResult, assert_user_error, build_argv, tree
+from tiny_onnx import write_images
+
+TIMEOUT = 60  # seconds; a run over a few 32x32 images takes ~5 s here, a hang takes forever
+
+
+def run_cli(*argv, timeout: int = TIMEOUT) -> CliResult:
+    """``python -m mnv3.cli.main ARGV`` in a subprocess; a hang fails the test, not the suite."""
+    import mnv3
+
+    src = Path(mnv3.__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(TESTS)]),
+               OMP_NUM_THREADS="1")
+    args = [sys.executable, "-m", "mnv3.cli.main", *[os.fsdecode(a) if isinstance(a, bytes)
+                                                       else str(a) for a in argv]]
+    try:
+        p = subprocess.run(args, capture_output=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"mnv3 {argv[0]} did not finish in {timeout} s (blocked on a file?)")
+    return CliResult(p.returncode, p.stdout.decode("utf-8", "replace"),
+                     p.stderr.decode("utf-8", "replace"))
+
+
+@pytest.fixture
+def short_dir():
+    """A folder with a short path: a Unix socket's path must fit in 108 bytes."""
+    d = Path(tempfile.mkdtemp(prefix="mnv3h", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _hostile_folder(folder: Path) -> dict[str, str]:
+    """Two good images plus one entry of each hostile kind; returns name -> expected reason."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(write_images(folder / "tmpimgs", 2)):
+        p.rename(folder / f"good_{i}{p.suffix}")
+    (folder / "tmpimgs").rmdir()
+    os.mkfifo(folder / "fifo.jpg")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(folder / "sock.png"))
+    s.close()
+    (folder / "zero.jpg").symlink_to("/dev/zero")
+    (folder / "broken.jpg").symlink_to(folder / "nowhere.jpg")
+    return {"fifo.jpg": "is a FIFO (named pipe), not a regular file",
+            "sock.png": "is a socket, not a regular file",
+            "zero.jpg": "is a character device, not a regular file",
+            "broken.jpg": "does not exist (a broken symbolic link)"}
+
+
+def test_fifo_socket_device_are_skipped_and_listed(tiny, short_dir):
+    """infer over a folder holding a FIFO, a socket, a link to /dev/zero and a broken link:
+    the good images are predicted; each of the others is listed in skipped.txt with why."""
+    folder = short_dir / "imgs"
+    expected = _hostile_folder(folder)
+    out = short_dir / "out"
+    t0 = time.monotonic()
+    res = run_cli("infer", "--model", tiny["model"], "--image-dir", folder, "--output-dir", out,
+                  "--no-progress", "--workers", "2")
+    assert res.code == 0, res.err
+    assert "Traceback" not in res.err
+    assert time.monotonic() - t0 < TIMEOUT
+    rows = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["file"] for r in rows) == ["good_0.png", "good_1.png"]
+    skipped = dict(ln.split("\t", 1) for ln in (out / "skipped.txt").read_text().splitlines())
+    assert sorted(skipped) == sorted(expected)
+    for name, why in expected.items():
+        assert why in skipped[name], skipped[name]
+
+
+def test_fifo_with_strict_is_refused(tiny, short_dir):
+    folder = short_dir / "imgs"
+    folder.mkdir()
+    write_images(folder, 2)
+    os.mkfifo(folder / "fifo.jpg")
+    out = short_dir / "out"
+    res = run_cli("infer", "--model", tiny["model"], "--image-dir", folder, "--output-dir", out,
+                  "--strict", "--no-progress")
+    assert_user_error(res, 3, r"fifo\.jpg is a FIFO \(named pipe\), not a regular file",
+                      r"replace or remove the file.*drop --strict")
+    assert not out.exists(), tree(out)
+
+
+def test_fifo_with_a_label_file_needs_no_label(tiny, short_dir):
+    """A label file cannot be expected to list a FIFO: it is skipped, not 'has no label'."""
+    folder = short_dir / "imgs"
+    folder.mkdir()
+    files = write_images(folder, 2)
+    os.mkfifo(folder / "fifo.jpg")
+    labels = short_dir / "labels.txt"
+    labels.write_text("".join(f"{p.name} {i}\n" for i, p in enumerate(files)))
+    out = short_dir / "out"
+    res = run_cli("infer", "--model", tiny["model"], "--image-dir", folder, "--label-file",
+                  labels, "--output-dir", out, "--no-progress")
+    assert res.code == 0, res.err
+    assert (out / "eval_result.txt").is_file()
+    assert (out / "skipped.txt").read_text().startswith("fifo.jpg\t")
+    assert len((out / "eval_labels.txt").read_text().splitlines()) == 2
+
+
+def test_fifo_in_calibration_folder_is_skipped(tiny, short_dir):
+    """build --calib-dir with a FIFO among the images: skipped and counted, the build ends."""
+    calib = short_dir / "calib"
+    shutil.copytree(tiny["images"], calib)
+    os.mkfifo(calib / "fifo.jpg")
+    out = short_dir / "model"
+    argv = build_argv(tiny, out, "qint8_mixed_float32")
+    argv[argv.index("--calib-dir") + 1] = calib
+    res = run_cli(*argv)
+    assert res.code == 0, res.err
+    meta = json.loads((out / "meta.json").read_text())
+    assert any("fifo.jpg: " in s and "FIFO" in s for s in meta["calibration"]["skipped"]), meta
+
+
+def test_fifo_in_verify_images_is_skipped(short_dir):
+    folder = short_dir / "imgs"
+    folder.mkdir()
+    write_images(folder, 2)
+    os.mkfifo(folder / "fifo.jpg")
+    res = run_cli("export", "--demo-weights", "--output", short_dir / "m.onnx",
+                  "--verify-images", folder, timeout=180)
+    assert res.code == 0, res.err
+    assert "skipped 1 image(s)" in res.err and "FIFO" in res.err
+    assert (short_dir / "m.onnx").is_file()
+
+
+@pytest.mark.parametrize("what", ["label", "synsets"])
+def test_fifo_as_label_or_synsets_file(tiny, short_dir, what):
+    folder = short_dir / "imgs"
+    folder.mkdir()
+    write_images(folder, 2)
+    os.mkfifo(short_dir / "fifo.txt")
+    flag = {"label": "--label-file", "synsets": "--synsets"}[what]
+    extra = ["--label-file", short_dir / "fifo.txt"] if what == "label" else [
+        flag, short_dir / "fifo.txt"]
+    res = run_cli("infer", "--model", tiny["model"], "--image-dir", folder, *extra,
+                  "--output-dir", short_dir / "out", "--no-progress")
+    assert_user_error(res, 3, rf"{what}s? file \S+fifo\.txt is a FIFO", r"pass the")
+
+
+def test_fifo_as_checkpoint_meta_and_compiled_model(tiny, short_dir, model_copy):
+    """A FIFO where a checkpoint, meta.json or the compiled model should be: refused at once."""
+    os.mkfifo(short_dir / "w.pth")
+    res = run_cli("export", "--weights", short_dir / "w.pth", "--output", short_dir / "m.onnx")
+    assert_user_error(res, 4, r"checkpoint \S+w\.pth is a FIFO", r"pass the checkpoint")
+    compiled = next(p for p in model_copy.iterdir() if p.name != "meta.json")
+    compiled.unlink()
+    os.mkfifo(compiled)
+    res = run_cli("bench", "--model", model_copy, "--duration", "1")
+    assert_user_error(res, 7, rf"{compiled.name} is a FIFO", r"rebuild the model")
+    (model_copy / "meta.json").unlink()
+    os.mkfifo(model_copy / "meta.json")
+    res = run_cli("bench", "--model", model_copy, "--duration", "1")
+    assert_user_error(res, 7, r"meta\.json \S+ is a FIFO", r"rebuild the model")
