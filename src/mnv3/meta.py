@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mnv3.atomic import normal_mode
-from mnv3.data.files import QUOTE_CHARS, clip, open_regular, read_text
+from mnv3.data.files import QUOTE_CHARS, clip, open_regular, quote, read_text
 from mnv3.errors import ModelError, UsageError
 
 FORMAT_VERSION = 1
@@ -35,7 +35,7 @@ def normalize_quant_mode(mode: str) -> str:
     canonical = mode.strip().lower().replace("forced_", "force_", 1)
     if canonical not in QUANT_MODES and canonical not in BACKEND_ONLY_MODES:
         raise UsageError(
-            f"unknown quant mode {mode!r}; choose one of {', '.join(QUANT_MODES)} "
+            f"unknown quant mode {quote(mode)}; choose one of {', '.join(QUANT_MODES)} "
             "(the seed's 'forced_*' spellings are accepted), or force_bfloat16 (openvino only)"
         )
     return canonical
@@ -81,10 +81,10 @@ class PreprocessCfg:
             )
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):
             raise UsageError(
-                f"interpolation {self.interpolation!r} is not one of bilinear, bicubic, nearest"
+                f"interpolation {quote(self.interpolation)} is not one of bilinear, bicubic, nearest"
             )
         if self.channel_order not in ("RGB", "BGR"):
-            raise UsageError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
+            raise UsageError(f"channel_order must be RGB or BGR, got {quote(self.channel_order)}")
         # Normalise to tuples of floats so equality and JSON round-trips are exact.
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))

@@ -173,3 +173,57 @@ def test_fifo_as_checkpoint_meta_and_compiled_model(tiny, short_dir, model_copy)
     os.mkfifo(model_copy / "meta.json")
     res = run_cli("bench", "--model", model_copy, "--duration", "1")
     assert_user_error(res, 7, r"meta\.json \S+ is a FIFO", r"rebuild the model")
+
+
+# ----------------------------------------------------------------- bounded messages (item 3)
+HUGE = 50_000_000  # the issue's 50 MB line
+MAX_LINE = 1500  # an error line quoting user content stays this short whatever the content
+
+
+def _labelled_folder(tmp_path, n=2):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    return folder, write_images(folder, n)
+
+
+@pytest.mark.parametrize("case", ["one_field", "huge_label", "huge_name"])
+def test_huge_label_line_is_quoted_bounded(cli, tiny, tmp_path, case):
+    """A label file with a 50 MB line: one short error line, quoting a prefix and saying how
+    much was left out, never the whole line."""
+    folder, files = _labelled_folder(tmp_path)
+    line = {"one_field": "x" * HUGE, "huge_label": f"{files[1].name} " + "7" * HUGE,
+            "huge_name": "n" * HUGE + ".png 1"}[case]
+    labels = tmp_path / "labels.txt"
+    labels.write_text(f"{files[0].name} 0\n{line}\n")
+    res = cli("infer", "--model", tiny["model"], "--image-dir", folder, "--label-file", labels,
+              "--output-dir", tmp_path / "out", "--no-progress")
+    what = {"one_field": r"labels\.txt:2: cannot parse 'x{120}'\.\.\. \(49,999,880 more characters\)",
+            "huge_label": r"labels\.txt:2: label '7{120}'\.\.\. \(49,999,880 more characters\)",
+            "huge_name": r"labels\.txt:2: label for n{120}\.\.\. \(49,999,884 more characters\)"}
+    line = assert_user_error(res, 3, what[case], r"expected|remove the line|write a class index")
+    assert len(res.err) < MAX_LINE, len(res.err)
+
+
+@pytest.mark.parametrize("field,value,what", [
+    ("backend", "b" * 1_000_000, r"built for backend 'b{120}'\.\.\. \(999,880 more characters\)"),
+    ("compiled_file", "../" * 300_000, r"names compiled file '(\.\./){40}'\.\.\. \(899,880 more"),
+    ("format_version", "9" * 1_000_000, r"format_version '9{119}\.\.\. \(999,882 more characters\)"),
+])
+def test_huge_meta_json_value_is_quoted_bounded(cli, model_copy, field, value, what):
+    meta = json.loads((model_copy / "meta.json").read_text())
+    meta[field] = value
+    (model_copy / "meta.json").write_text(json.dumps(meta))
+    res = cli("bench", "--model", model_copy, "--duration", "1")
+    assert_user_error(res, 7, what, r"rebuild|upgrade")
+    assert len(res.err) < MAX_LINE, len(res.err)
+
+
+def test_huge_checkpoint_key_is_quoted_bounded(cli, tmp_path):
+    import torch
+
+    torch.save({"k" * 1_000_000: torch.zeros(1), "features.0.weight": torch.zeros(1)},
+               tmp_path / "w.pth")
+    res = cli("export", "--weights", tmp_path / "w.pth", "--output", tmp_path / "m.onnx")
+    assert_user_error(res, 4, r"'k{120}'\.\.\. \(999,880 more characters\)", r"pass --arch")
+    assert len(res.err) < 3 * MAX_LINE, len(res.err)
+    assert not (tmp_path / "m.onnx").exists()

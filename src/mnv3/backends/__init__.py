@@ -42,7 +42,7 @@ def list_backends(available_only: bool = False) -> list[str]:
 def get_backend(name: str):
     """The backend instance for ``name``; BackendUnavailable with an install hint if missing."""
     if name not in _BACKENDS:
-        raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(_BACKENDS)}")
+        raise UsageError(f"unknown backend {quote(name)}; choose one of {', '.join(_BACKENDS)}")
     module, cls, hint = _BACKENDS[name]
     try:
         mod = importlib.import_module(module)

@@ -233,7 +233,8 @@ def _parse_label(token: str, where: str, wnid_index: dict[str, int], have_synset
         label = int(token)
     except ValueError:
         raise DataError(f"{where}: label {quote(token)} is neither a class index nor a wnid "
-                        "(like n01440764)") from None
+                        "(like n01440764); write a class index or a wnid after the file name"
+                        ) from None
     _check_range(label, where, num_classes)
     return label
 

@@ -55,12 +55,14 @@ def escape_name(name: str | os.PathLike) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def quote(text, limit: int = QUOTE_CHARS) -> str:
-    """``repr`` of at most ``limit`` characters of ``text``, saying how many more there were."""
-    text = text if isinstance(text, str) else str(text)
-    if len(text) <= limit:
-        return repr(escape_text(text))
-    return f"{escape_text(text[:limit])!r}... ({len(text) - limit:,} more characters)"
+def quote(value, limit: int = QUOTE_CHARS) -> str:
+    """``repr`` of at most ``limit`` characters of ``value`` (a str, or any JSON value), saying
+    how many more there were: ``'aaaa...'... (49,999,880 more characters)``."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(escape_text(value))
+        return f"{escape_text(value[:limit])!r}... ({len(value) - limit:,} more characters)"
+    return clip(repr(value), limit)
 
 
 def clip(text, limit: int = 4 * QUOTE_CHARS) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mnv3.data.files import open_regular, shown
+from mnv3.data.files import clip, open_regular, shown
 from mnv3.errors import DataError
 from mnv3.meta import PreprocessCfg
 
@@ -61,10 +61,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as e:
-        raise DataError(f"cannot decode image {shown(path)}: {e}; replace or remove the file"
+        raise DataError(f"cannot decode image {shown(path)}: {clip(e)}; replace or remove the file"
                         ) from None
     except Exception as e:  # noqa: BLE001 - see docstring
-        raise DataError(f"cannot decode image {shown(path)}: {type(e).__name__}: {e}; "
+        raise DataError(f"cannot decode image {shown(path)}: {type(e).__name__}: {clip(e)}; "
                         "replace or remove the file") from None
     return to_rgb(img)
 
