@@ -227,3 +227,91 @@ def test_huge_checkpoint_key_is_quoted_bounded(cli, tmp_path):
     assert_user_error(res, 4, r"'k{120}'\.\.\. \(999,880 more characters\)", r"pass --arch")
     assert len(res.err) < 3 * MAX_LINE, len(res.err)
     assert not (tmp_path / "m.onnx").exists()
+
+
+# ------------------------------------------------------------ names that are not UTF-8 (item 2)
+LATIN1 = b"caf\xe9.png"  # Latin-1 "café.png": not valid UTF-8
+ESCAPED = "caf\\xe9.png"  # how mnv3 writes it (mnv3.data.files.escape_name)
+
+
+def _latin1_folder(tmp_path) -> Path:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    files = write_images(folder, 2)
+    os.rename(files[0], os.path.join(os.fsencode(folder), LATIN1))
+    return folder
+
+
+def _utf8_lines(path: Path) -> list[str]:
+    return path.read_bytes().decode("utf-8").splitlines()  # strict: every file stays UTF-8
+
+
+def test_non_utf8_name_is_predicted_and_written_escaped(tiny, tmp_path):
+    """No labels: the image is predicted and named caf\\xe9.png in every result file (UTF-8)."""
+    folder = _latin1_folder(tmp_path)
+    out = tmp_path / "out"
+    res = run_cli("infer", "--model", tiny["model"], "--image-dir", folder, "--output-dir", out,
+                  "--no-progress", "--save-images")
+    assert res.code == 0, res.err
+    assert "Traceback" not in res.err
+    assert [ln.split()[0] for ln in _utf8_lines(out / "eval_result_1.txt")] == [
+        ESCAPED, "img_001.png"]
+    assert {json.loads(ln)["file"] for ln in _utf8_lines(out / "results.jsonl")} == {
+        ESCAPED, "img_001.png"}
+    assert len(_utf8_lines(out / "eval_result_5.txt")) == 10
+    assert (out / "images" / ESCAPED).is_file()  # the annotated copy, under the escaped name
+
+
+def test_non_utf8_name_matches_its_escaped_name_in_a_label_file(tiny, tmp_path):
+    folder = _latin1_folder(tmp_path)
+    labels = tmp_path / "labels.txt"
+    labels.write_text(f"{ESCAPED} 3\nimg_001.png 1\n", encoding="utf-8")
+    out = tmp_path / "out"
+    res = run_cli("infer", "--model", tiny["model"], "--image-dir", folder, "--label-file",
+                  labels, "--output-dir", out, "--no-progress")
+    assert res.code == 0, res.err
+    assert _utf8_lines(out / "eval_labels.txt") == [f"{ESCAPED} 3", "img_001.png 1"]
+    res = run_cli("eval", "--result-label-file", out / "eval_labels.txt", "--result-1-file",
+                  out / "eval_result_1.txt", "--result-5-file", out / "eval_result_5.txt")
+    assert res.code == 0, res.err
+
+
+def test_non_utf8_name_missing_from_label_file_names_the_line_to_add(cli, tiny, tmp_path):
+    folder = _latin1_folder(tmp_path)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("img_001.png 1\n", encoding="utf-8")
+    res = cli("infer", "--model", tiny["model"], "--image-dir", folder, "--label-file", labels,
+              "--output-dir", tmp_path / "out", "--no-progress")
+    assert_user_error(res, 3, r"image \S+/caf\\xe9\.png has no label",
+                      r"add a line 'caf\\xe9\.png class_index'")
+
+
+def test_non_utf8_undecodable_image_is_listed_escaped(tiny, tmp_path):
+    folder = _latin1_folder(tmp_path)
+    with open(os.path.join(os.fsencode(folder), b"bad\xff.png"), "wb") as f:
+        f.write(b"not an image")
+    out = tmp_path / "out"
+    res = run_cli("infer", "--model", tiny["model"], "--image-dir", folder, "--output-dir", out,
+                  "--no-progress")
+    assert res.code == 0, res.err
+    [line] = _utf8_lines(out / "skipped.txt")
+    name, reason = line.split("\t")
+    assert name == "bad\\xff.png" and "bad\\xff.png" in reason and "cannot decode" in reason
+    assert "bad\\xff.png" in res.out + res.err
+
+
+def test_non_utf8_names_in_calibration(tiny, tmp_path):
+    """An int8 build calibrating on a folder with non-UTF-8 names (one of them corrupt)."""
+    calib = tmp_path / "calib"
+    shutil.copytree(tiny["images"], calib)
+    first = sorted(calib.iterdir())[0]
+    os.rename(first, os.path.join(os.fsencode(calib), LATIN1))
+    with open(os.path.join(os.fsencode(calib), b"bad\xff.png"), "wb") as f:
+        f.write(b"not an image")
+    out = tmp_path / "model"
+    argv = build_argv(tiny, out, "qint8_mixed_float32")
+    argv[argv.index("--calib-dir") + 1] = calib
+    res = run_cli(*argv)
+    assert res.code == 0, res.err
+    meta = json.loads((out / "meta.json").read_bytes().decode("utf-8"))
+    assert [s.split(":")[0] for s in meta["calibration"]["skipped"]] == ["bad\\xff.png"]

@@ -174,7 +174,9 @@ def _from_label_file(root: Path, images: list[PurePosixPath], label_file: Path,
                      num_classes: int | None) -> list[Sample]:
     wnid_index = {w: i for i, (w, _) in enumerate(synsets or []) if w}
     on_disk = set(images)
-    escaped = {PurePosixPath(escape_name(str(rel))): rel for rel in images}  # issue 19
+    # names that are not UTF-8, by their escaped form (caf\\xe9.JPEG), looked up before the
+    # backslash-to-slash rule of _safe_name (issue 19); they come from disk, so are safe
+    escaped = {e: rel for rel in images if (e := escape_name(str(rel))) != str(rel)}
     labels: dict[PurePosixPath, tuple[int, int]] = {}  # name -> (label, line number)
     for lineno, line in enumerate(_read_lines(label_file, "label file"), 1):
         text = line.strip()
@@ -185,8 +187,7 @@ def _from_label_file(root: Path, images: list[PurePosixPath], label_file: Path,
         if len(parts) != 2:
             raise DataError(f"{where}: cannot parse {quote(text)}; expected 'filename class_index' "
                             "or 'filename wnid'")
-        name = _safe_name(parts[0], where)
-        name = name if name in on_disk else escaped.get(name, name)
+        name = escaped.get(parts[0]) or _safe_name(parts[0], where)
         label = _parse_label(parts[1], where, wnid_index, synsets is not None, num_classes)
         if name in labels:
             raise DataError(f"{where}: {clip(str(name), QUOTE_CHARS)} is already labelled on line {labels[name][1]}; "
