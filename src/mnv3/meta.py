@@ -94,8 +94,12 @@ class PreprocessCfg:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessCfg:
+        if not isinstance(d, dict):
+            raise TypeError(f"preprocess must be a JSON object, got {quote(d)}")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known})
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        _check_types(kwargs, _PREPROCESS_TYPES, "preprocess.")
+        return cls(**kwargs)
 
 
 @dataclass
@@ -140,8 +144,46 @@ class ModelMeta:
     def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
+        _check_types(kwargs, _META_TYPES)
         kwargs["preprocess"] = PreprocessCfg.from_dict(d.get("preprocess", {}))
         return cls(**kwargs)
+
+
+# The JSON type of each meta.json field (fuzzed in tests/reliability/test_fuzz_parsers.py): a
+# wrong type is refused when read, not found later as a crash deep in an engine (issue 19).
+_META_TYPES = {
+    **dict.fromkeys(("backend", "backend_version", "quant_mode", "compiled_file",
+                     "compiled_sha256", "input_name", "output_name", "created",
+                     "mnv3_version"), str),
+    "shape_mutable": bool, "batch_size": int, "num_classes": int, "format_version": int,
+    "input_shape": list, "output_shape": list, "notes": list, "class_names": (list, type(None)),
+    "op_precisions": dict, "source": dict, "extra": dict,
+    "calibration": (dict, type(None)), "fidelity": (dict, type(None)),
+}
+_PREPROCESS_TYPES = {"resize": int, "crop": int, "interpolation": str, "channel_order": str,
+                     "mean": tuple, "std": tuple}
+_MAX_SIDE = 16384  # pixels: a resize/crop/batch beyond this is a damaged file, not a model
+
+
+def _check_types(kwargs: dict, types: dict, prefix: str = "") -> None:
+    for k, v in kwargs.items():
+        want = types.get(k)
+        if want is None:
+            continue
+        ok = isinstance(v, want) and not (want is int and isinstance(v, bool))
+        if ok and want is tuple:
+            ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        if ok and k in ("resize", "crop", "batch_size") and not 0 < v <= _MAX_SIDE:
+            raise ValueError(f"{prefix}{k} is {quote(v)}, expected 1..{_MAX_SIDE}")
+        if ok and k == "num_classes" and v < 1:
+            raise ValueError(f"{prefix}{k} is {quote(v)}, expected at least 1")
+        if not ok:
+            wanted = " or ".join(_TYPE_WORDS[t] for t in (want if isinstance(want, tuple) else (want,)))
+            raise TypeError(f"{prefix}{k} is {quote(v)}, expected {wanted}")
+
+
+_TYPE_WORDS = {str: "a string", int: "an integer", bool: "true or false", list: "a list",
+               dict: "an object", tuple: "a list of numbers", type(None): "null"}
 
 
 def write_meta(meta: ModelMeta, model_dir: str | os.PathLike) -> Path:
