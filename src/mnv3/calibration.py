@@ -35,15 +35,14 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """Sorted image files of ``folder`` (or of its ``images/`` subfolder, the dataset layout).
 
     Entries named like images that are not regular files (a FIFO, a device, a broken link) are
-    kept: ``decodable`` skips them with the reason, or refuses them under --strict (issue 19).
-    Folders named like images are left out.
+    kept, folders named like images too: ``decodable`` skips them with the reason, or refuses
+    them under --strict (issue 19).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"calibration folder {shown(folder)} does not exist; pass --calib-dir DIR")
     files = sorted(p for p in folder.iterdir()
-                   if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")
-                   and not p.is_dir())
+                   if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
     if not files and (folder / "images").is_dir():
         return list_images(folder / "images")
     return files

@@ -63,7 +63,9 @@ def _hostile_folder(folder: Path) -> dict[str, str]:
     s.close()
     (folder / "zero.jpg").symlink_to("/dev/zero")
     (folder / "broken.jpg").symlink_to(folder / "nowhere.jpg")
-    return {"fifo.jpg": "is a FIFO (named pipe), not a regular file",
+    (folder / "dir.JPEG").mkdir()
+    return {"dir.JPEG": "is a folder, not a regular file",
+            "fifo.jpg": "is a FIFO (named pipe), not a regular file",
             "sock.png": "is a socket, not a regular file",
             "zero.jpg": "is a character device, not a regular file",
             "broken.jpg": "does not exist (a broken symbolic link)"}

@@ -153,8 +153,9 @@ def _find_images(root: Path) -> list[PurePosixPath]:
 def walk_images(root: Path) -> list[PurePosixPath]:
     """Entries named like images under ``root``, relative and sorted: the one folder walk of
     infer, run and export --verify-images. Recursive (following symlinked folders, each folder
-    once), hidden entries skipped; entries that are not regular files are kept, for decoding
-    to skip with the reason (``mnv3.data.files.open_regular``)."""
+    once), hidden entries skipped; entries that are not regular files (a FIFO, a socket, a
+    device, a folder named like an image) are kept, for decoding to skip with the reason
+    (``mnv3.data.files.open_regular``)."""
     found = []
     seen: set[tuple[int, int]] = set()  # (device, inode) of folders walked: no symlink loops
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -163,7 +164,11 @@ def walk_images(root: Path) -> list[PurePosixPath]:
             dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # a folder named like an image (x.jpg/) is an entry for decoding to skip, not a class
+        named_like_images = [d for d in dirnames if is_image_file(Path(d))]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and d not in named_like_images)
+        filenames = filenames + named_like_images
         base = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
         found.extend(base / f for f in filenames if is_image_file(Path(f)))
     return sorted(found)
