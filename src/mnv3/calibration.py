@@ -48,6 +48,12 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def regular_images(folder: str | os.PathLike) -> list[Path]:
+    """``list_images`` without the entries that are not regular files (a FIFO, a folder named
+    like an image): for ``verify`` and ``compare``, which sample images and do not skip."""
+    return [f for f in list_images(folder) if f.is_file()]
+
+
 def split_calibration(files: Sequence[Path], num: int) -> tuple[list[Path], list[Path]]:
     """(calibration subset, held-out rest): a seeded sample of ``num`` files, both sorted."""
     files = sorted(files)
