@@ -317,3 +317,26 @@ def test_non_utf8_names_in_calibration(tiny, tmp_path):
     assert res.code == 0, res.err
     meta = json.loads((out / "meta.json").read_bytes().decode("utf-8"))
     assert [s.split(":")[0] for s in meta["calibration"]["skipped"]] == ["bad\\xff.png"]
+
+
+def test_size_caps_say_what_they_are(cli, tiny, tmp_path):
+    """An image or label file over its cap (sparse files: no disk used) is refused by its size,
+    before any byte is read, and the message names the cap and what it is for."""
+    from mnv3.data.files import MAX_BYTES
+
+    folder, files = _labelled_folder(tmp_path)
+    with open(folder / "huge.png", "wb") as f:
+        f.truncate(MAX_BYTES["image"] + 1)
+    out = tmp_path / "out"
+    res = cli("infer", "--model", tiny["model"], "--image-dir", folder, "--output-dir", out,
+              "--no-progress")
+    assert res.code == 0, res.err
+    [line] = (out / "skipped.txt").read_text().splitlines()
+    assert line.startswith("huge.png\t") and "more than the 256.0 MiB an image may be" in line
+    labels = tmp_path / "labels.txt"
+    with open(labels, "wb") as f:
+        f.truncate(MAX_BYTES["label file"] + 1)
+    res = cli("infer", "--model", tiny["model"], "--image-dir", folder, "--label-file", labels,
+              "--output-dir", tmp_path / "out2", "--no-progress")
+    assert_user_error(res, 3, r"label file \S+ is 256\.0 MiB, more than the 256\.0 MiB a label "
+                      r"file may be", r"pass the label file itself")

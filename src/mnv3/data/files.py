@@ -68,24 +68,19 @@ def quote(value, limit: int = QUOTE_CHARS) -> str:
 def clip(text, limit: int = 4 * QUOTE_CHARS) -> str:
     """``text`` (e.g. an exception's message, which may quote user content) cut to ``limit``
     characters, saying how many more there were; escaped like ``escape_text``."""
-    text = escape_text(text if isinstance(text, str) else str(text))
+    text = text if isinstance(text, str) else str(text)
     if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+        return escape_text(text)
+    return f"{escape_text(text[:limit])}... ({len(text) - limit:,} more characters)"
 
 
 def escape_text(text: str) -> str:
-    """``text`` with any lone surrogate (an undecodable byte) written as ``\\xNN``."""
+    """``text`` with each undecodable byte of a file name (a lone surrogate from
+    surrogateescape) written as ``\\xNN``, like ``escape_name``; valid text is unchanged."""
     try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") \
-            if _only_escapes(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _only_escapes(text: str) -> bool:
-    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # another lone surrogate, not from a file name
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def shown(path: str | os.PathLike) -> str:
@@ -120,7 +115,7 @@ def problem(st: os.stat_result, what: str, max_bytes: int | None = None) -> str 
         return f"is {file_kind(st.st_mode)}, not a regular file"
     cap = MAX_BYTES.get(what) if max_bytes is None else max_bytes
     if cap is not None and st.st_size > cap:
-        return (f"is {_size(st.st_size)}, more than the {_size(cap)} a {what} may be "
+        return (f"is {_size(st.st_size)}, more than the {_size(cap)} {_article(what)} {what} may be "
                 "(mnv3.data.files.MAX_BYTES)")
     return None
 
@@ -188,3 +183,7 @@ def read_text(path: str | os.PathLike, what: str, error: type[Mnv3Error] = DataE
 
 _NAME_HINT = (", writing a file name that is not UTF-8 with \\xNN escapes as mnv3's result files "
               "do (caf\\xe9.JPEG)")
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
