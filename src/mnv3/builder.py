@@ -28,7 +28,7 @@ from mnv3 import provenance
 from mnv3.atomic import build_lock, normal_mode, publish_dir
 from mnv3.backends import get_backend
 from mnv3.backends.base import BuildConfig
-from mnv3.data.files import escape_name
+from mnv3.data.files import escape_name, open_regular
 from mnv3.errors import DataError, Mnv3Warning, UsageError
 from mnv3.meta import (META_FILE, ModelMeta, PreprocessCfg, check_mode_backend, model_dir_name,
                        normalize_quant_mode, sha256_file, write_meta)
@@ -174,10 +174,11 @@ def _build_into(tmp: Path, engine, onnx_path, quant_mode, mutable, batch, prepro
 
 # ----------------------------------------------------------------------------- validation
 def _check_args(onnx_path: Path, mutable, batch_size, calib_num, calib_method) -> None:
-    if not onnx_path.is_file():
+    if not onnx_path.exists():
         raise UsageError(f"ONNX model {onnx_path} does not exist; check the path ('mnv3 "
                          "export --weights CKPT --output FILE.onnx' makes one from a MobileNetV3 "
                          "checkpoint; README.md shows how to get lite0.onnx)")
+    open_regular(onnx_path, "ONNX model", UsageError, 16 << 30).close()  # not a FIFO (issue 19)
     if not isinstance(mutable, bool):
         raise UsageError(f"shape_mutable must be true or false, got {mutable!r}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
