@@ -344,3 +344,17 @@ def test_size_caps_say_what_they_are(cli, tiny, tmp_path):
               "--output-dir", tmp_path / "out2", "--no-progress")
     assert_user_error(res, 3, r"label file \S+ is 256\.0 MiB, more than the 256\.0 MiB a label "
                       r"file may be", r"pass the label file itself")
+
+
+def test_eval_with_a_fifo_named_infer_json(short_dir):
+    """eval reads the untrained note from infer.json beside the result files: a FIFO there is
+    ignored, not waited on."""
+    for name, text in (("eval_labels.txt", "a.png 1\n"), ("eval_result_1.txt", "a.png 1\n"),
+                       ("eval_result_5.txt", "a.png 1\n" * 5)):
+        (short_dir / name).write_text(text)
+    os.mkfifo(short_dir / "infer.json")
+    res = run_cli("eval", "--result-label-file", short_dir / "eval_labels.txt",
+                  "--result-1-file", short_dir / "eval_result_1.txt",
+                  "--result-5-file", short_dir / "eval_result_5.txt")
+    assert res.code == 0, res.err
+    assert "top1 accuracy: 1.0" in res.out + res.err
