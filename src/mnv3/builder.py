@@ -28,6 +28,7 @@ from mnv3 import provenance
 from mnv3.atomic import build_lock, normal_mode, publish_dir
 from mnv3.backends import get_backend
 from mnv3.backends.base import BuildConfig
+from mnv3.data.files import escape_name, open_regular
 from mnv3.errors import DataError, Mnv3Warning, UsageError
 from mnv3.meta import (META_FILE, ModelMeta, PreprocessCfg, check_mode_backend, model_dir_name,
                        normalize_quant_mode, sha256_file, write_meta)
@@ -178,10 +179,11 @@ def _build_into(tmp: Path, engine, onnx_path, quant_mode, mutable, batch, prepro
 
 # ----------------------------------------------------------------------------- validation
 def _check_args(onnx_path: Path, mutable, batch_size, calib_num, calib_method) -> None:
-    if not onnx_path.is_file():
+    if not onnx_path.exists():
         raise UsageError(f"ONNX model {onnx_path} does not exist; check the path ('mnv3 "
                          "export --weights CKPT --output FILE.onnx' makes one from a MobileNetV3 "
                          "checkpoint; README.md shows how to get lite0.onnx)")
+    open_regular(onnx_path, "ONNX model", UsageError, 16 << 30).close()  # not a FIFO (issue 19)
     if not isinstance(mutable, bool):
         raise UsageError(f"shape_mutable must be true or false, got {mutable!r}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -244,13 +246,13 @@ def _skip_undecodable(calib, held_out, info, cfg, strict: bool, fidelity_num: in
     if bad and info is not None:
         info["count"] = len(calib)
         info["files_sha256"] = cal.files_sha256(calib)
-        info["skipped"] = [f"{p.name}: {why}" for p, why in bad]
+        info["skipped"] = [f"{escape_name(p.name)}: {why}" for p, why in bad]
         info["notes"].append(f"{len(bad)} calibration image(s) could not be decoded and were "
-                             f"skipped (first: {bad[0][0].name}); calibrated on {len(calib)}")
+                             f"skipped (first: {escape_name(bad[0][0].name)}); calibrated on {len(calib)}")
     for what, skipped in (("calibration", bad), ("fidelity-check", bad_fid)):
         if skipped:
             warnings.warn(f"skipped {len(skipped)} {what} image(s) that could not be decoded "
-                          f"(first: {skipped[0][0]}: {skipped[0][1]}); --strict makes this an "
+                          f"(first: {escape_name(skipped[0][0])}: {skipped[0][1]}); --strict makes this an "
                           "error", Mnv3Warning, stacklevel=3)
     if info is not None and not calib:
         raise DataError(f"none of the calibration images in {info['folder']} could be decoded "

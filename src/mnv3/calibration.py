@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import onnx
 
+from mnv3.data.files import shown
 from mnv3.data.preprocess import preprocess_image
 from mnv3.errors import UsageError
 from mnv3.meta import PreprocessCfg
@@ -31,15 +32,26 @@ CALIB_SEED = 0
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Sorted image files of ``folder`` (or of its ``images/`` subfolder, the dataset layout)."""
+    """Sorted image files of ``folder`` (or of its ``images/`` subfolder, the dataset layout).
+
+    Entries named like images that are not regular files (a FIFO, a device, a broken link) are
+    kept, folders named like images too: ``decodable`` skips them with the reason, or refuses
+    them under --strict (issue 19).
+    """
     folder = Path(folder)
     if not folder.is_dir():
-        raise UsageError(f"calibration folder {folder} does not exist; pass --calib-dir DIR")
+        raise UsageError(f"calibration folder {shown(folder)} does not exist; pass --calib-dir DIR")
     files = sorted(p for p in folder.iterdir()
-                   if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and p.is_file())
+                   if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
     if not files and (folder / "images").is_dir():
         return list_images(folder / "images")
     return files
+
+
+def regular_images(folder: str | os.PathLike) -> list[Path]:
+    """``list_images`` without the entries that are not regular files (a FIFO, a folder named
+    like an image): for ``verify`` and ``compare``, which sample images and do not skip."""
+    return [f for f in list_images(folder) if f.is_file()]
 
 
 def split_calibration(files: Sequence[Path], num: int) -> tuple[list[Path], list[Path]]:
@@ -73,7 +85,7 @@ def files_sha256(files: Sequence[Path]) -> str:
     """Hash of the file list (names, in order): identifies the calibration set in meta.json."""
     h = hashlib.sha256()
     for f in files:
-        h.update(Path(f).name.encode("utf-8") + b"\n")
+        h.update(os.fsencode(Path(f).name) + b"\n")  # bytes: a name need not be UTF-8
     return h.hexdigest()
 
 

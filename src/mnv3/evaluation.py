@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnv3.data.files import MAX_BYTES, read_text
 from mnv3.errors import DataError
 from mnv3.meta import atomic_write_text
 
@@ -92,11 +93,8 @@ def evaluate_files(label_file: str | os.PathLike, result_1_file: str | os.PathLi
 
 def _lines(path: str | os.PathLike, what: str) -> list[str]:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         raise DataError(f"{what} {path} does not exist; pass the files 'mnv3 infer' wrote "
-                        "(eval_labels.txt, eval_result_1.txt, eval_result_5.txt)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {what} {path}: {e}; pass a UTF-8 text file") from None
+                        "(eval_labels.txt, eval_result_1.txt, eval_result_5.txt)")
+    text = read_text(path, what, DataError, MAX_BYTES["result file"])  # regular, capped (issue 19)
     return [line.rstrip("\r\n") for line in text.splitlines() if line.strip()]

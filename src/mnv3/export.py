@@ -38,7 +38,8 @@ from torch import nn
 
 from mnv3 import __version__
 from mnv3.atomic import normal_mode
-from mnv3.errors import ExportError, UsageError
+from mnv3.data.files import shown
+from mnv3.errors import DataError, ExportError, Mnv3Warning, UsageError
 from mnv3.meta import PreprocessCfg, sha256_file
 from mnv3.models.checkpoints import LoadedModel
 from mnv3.models.registry import count_params, preprocess_preset
@@ -263,22 +264,44 @@ def _verify_images(source, cfg: PreprocessCfg, image_size: int, limit: int) -> n
     """Up to ``limit`` images as one float32 NCHW array, preprocessed exactly as at inference."""
     if source is None:
         return None
-    from mnv3.data.preprocess import preprocess_image
+    from mnv3.data.datasets import IMAGE_EXTENSIONS, walk_images
 
-    exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
     if isinstance(source, (str, os.PathLike)):
         root = Path(source)
         if not root.is_dir():
-            raise UsageError(f"--verify-images {root} is not a folder of images")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in exts)
+            raise UsageError(f"--verify-images {shown(root)} is not a folder of images")
+        files = [root / rel for rel in walk_images(root)]
     else:
         files = sorted(Path(p) for p in source)
     if not files:
-        raise UsageError(f"no images ({', '.join(sorted(exts))}) found in {source}")
+        raise UsageError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in "
+                         f"{shown(source) if isinstance(source, (str, os.PathLike)) else 'the list'}")
     if cfg.crop != image_size:  # keep the recipe's resize/crop ratio at the exported size
         cfg = PreprocessCfg(**(cfg.to_dict() | {"crop": image_size, "mean": cfg.mean, "std": cfg.std,
                                                 "resize": round(cfg.resize * image_size / cfg.crop)}))
-    return np.stack([preprocess_image(f, cfg) for f in files[:limit]])
+    return _decode_some(files, cfg, limit)
+
+
+def _decode_some(files: list[Path], cfg: PreprocessCfg, limit: int) -> np.ndarray:
+    """The first ``limit`` files that decode; the others (corrupt, a FIFO named .jpg: issue 19)
+    are skipped with a warning, as infer skips them. None decoding is an error."""
+    from mnv3.data.preprocess import preprocess_image
+
+    arrays, skipped = [], []
+    for f in files:
+        if len(arrays) == limit:
+            break
+        try:
+            arrays.append(preprocess_image(f, cfg))
+        except DataError as e:
+            skipped.append(str(e))
+    if not arrays:
+        raise UsageError(f"none of the --verify-images could be read (first: {skipped[0]}); "
+                         "pass a folder of valid images")
+    if skipped:
+        warnings.warn(f"--verify-images: skipped {len(skipped)} image(s) that could not be read "
+                      f"(first: {skipped[0]})", Mnv3Warning, stacklevel=3)
+    return np.stack(arrays)
 
 
 def verify_onnx(module: nn.Module, onnx_path, batches, image_size: int,

@@ -3,7 +3,9 @@
     result = infer("data/models/force_float32_false_8", demo_dataset(), "out/")
     print(result.top1, result.images_per_s)
 
-Files written in ``output_dir`` (names are the images' paths relative to the dataset folder):
+Files written in ``output_dir`` (names are the images' paths relative to the dataset folder; a
+name that is not valid UTF-8 is written with each undecodable byte as ``\\xNN``, ``caf\\xe9.JPEG``,
+the form a label file uses to name it: ``mnv3.data.files.escape_name``, issue 19):
 
 * ``eval_labels.txt``   ``filename label``       (labelled images only)
 * ``eval_result_1.txt`` ``filename top1``
@@ -38,6 +40,7 @@ import numpy as np
 
 from mnv3.data.annotate import save_annotated
 from mnv3.data.datasets import Sample, demo_dir, load_class_names
+from mnv3.data.files import escape_name, shown
 from mnv3.data.loader import iter_batches
 from mnv3.errors import DataError, UsageError
 from mnv3.evaluation import format_accuracy, topk_indices
@@ -241,7 +244,7 @@ def _check_labels(samples: list[Sample], num_classes: int) -> None:
     bad = next((s for s in samples if s.label is not None
                 and not 0 <= s.label < num_classes), None)
     if bad is not None:
-        raise DataError(f"{bad.path} has label {bad.label} but the model has {num_classes} "
+        raise DataError(f"{shown(bad.path)} has label {bad.label} but the model has {num_classes} "
                         f"classes (0..{num_classes - 1}); check the label file")
 
 
@@ -251,7 +254,7 @@ def _display_names(samples: list[Sample]) -> dict[Path, str]:
     names = {}
     for s in samples:
         rel = PurePosixPath(Path(s.path).relative_to(root).as_posix())
-        names[s.path] = str(rel)
+        names[s.path] = escape_name(str(rel))  # not UTF-8: \xNN escapes (issue 19)
     if len(set(names.values())) != len(names):
         raise DataError("two samples have the same file name; each image must appear once")
     return names

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mnv3.atomic import normal_mode
+from mnv3.data.files import QUOTE_CHARS, clip, open_regular, quote, read_text
 from mnv3.errors import ModelError, UsageError
 
 FORMAT_VERSION = 1
@@ -34,7 +35,7 @@ def normalize_quant_mode(mode: str) -> str:
     canonical = mode.strip().lower().replace("forced_", "force_", 1)
     if canonical not in QUANT_MODES and canonical not in BACKEND_ONLY_MODES:
         raise UsageError(
-            f"unknown quant mode {mode!r}; choose one of {', '.join(QUANT_MODES)} "
+            f"unknown quant mode {quote(mode)}; choose one of {', '.join(QUANT_MODES)} "
             "(the seed's 'forced_*' spellings are accepted), or force_bfloat16 (openvino only)"
         )
     return canonical
@@ -80,10 +81,10 @@ class PreprocessCfg:
             )
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):
             raise UsageError(
-                f"interpolation {self.interpolation!r} is not one of bilinear, bicubic, nearest"
+                f"interpolation {quote(self.interpolation)} is not one of bilinear, bicubic, nearest"
             )
         if self.channel_order not in ("RGB", "BGR"):
-            raise UsageError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
+            raise UsageError(f"channel_order must be RGB or BGR, got {quote(self.channel_order)}")
         # Normalise to tuples of floats so equality and JSON round-trips are exact.
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
@@ -93,8 +94,12 @@ class PreprocessCfg:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessCfg:
+        if not isinstance(d, dict):
+            raise TypeError(f"preprocess must be a JSON object, got {quote(d)}")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known})
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        _check_types(kwargs, _PREPROCESS_TYPES, "preprocess.")
+        return cls(**kwargs)
 
 
 @dataclass
@@ -139,8 +144,46 @@ class ModelMeta:
     def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
+        _check_types(kwargs, _META_TYPES)
         kwargs["preprocess"] = PreprocessCfg.from_dict(d.get("preprocess", {}))
         return cls(**kwargs)
+
+
+# The JSON type of each meta.json field (fuzzed in tests/reliability/test_fuzz_parsers.py): a
+# wrong type is refused when read, not found later as a crash deep in an engine (issue 19).
+_META_TYPES = {
+    **dict.fromkeys(("backend", "backend_version", "quant_mode", "compiled_file",
+                     "compiled_sha256", "input_name", "output_name", "created",
+                     "mnv3_version"), str),
+    "shape_mutable": bool, "batch_size": int, "num_classes": int, "format_version": int,
+    "input_shape": list, "output_shape": list, "notes": list, "class_names": (list, type(None)),
+    "op_precisions": dict, "source": dict, "extra": dict,
+    "calibration": (dict, type(None)), "fidelity": (dict, type(None)),
+}
+_PREPROCESS_TYPES = {"resize": int, "crop": int, "interpolation": str, "channel_order": str,
+                     "mean": tuple, "std": tuple}
+_MAX_SIDE = 16384  # pixels: a resize/crop/batch beyond this is a damaged file, not a model
+
+
+def _check_types(kwargs: dict, types: dict, prefix: str = "") -> None:
+    for k, v in kwargs.items():
+        want = types.get(k)
+        if want is None:
+            continue
+        ok = isinstance(v, want) and not (want is int and isinstance(v, bool))
+        if ok and want is tuple:
+            ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        if ok and k in ("resize", "crop", "batch_size") and not 0 < v <= _MAX_SIDE:
+            raise ValueError(f"{prefix}{k} is {quote(v)}, expected 1..{_MAX_SIDE}")
+        if ok and k == "num_classes" and v < 1:
+            raise ValueError(f"{prefix}{k} is {quote(v)}, expected at least 1")
+        if not ok:
+            wanted = " or ".join(_TYPE_WORDS[t] for t in (want if isinstance(want, tuple) else (want,)))
+            raise TypeError(f"{prefix}{k} is {quote(v)}, expected {wanted}")
+
+
+_TYPE_WORDS = {str: "a string", int: "an integer", bool: "true or false", list: "a list",
+               dict: "an object", tuple: "a list of numbers", type(None): "null"}
 
 
 def write_meta(meta: ModelMeta, model_dir: str | os.PathLike) -> Path:
@@ -157,27 +200,30 @@ def read_meta(model_dir: str | os.PathLike) -> ModelMeta:
         raise ModelError(_file_for_dir(model_dir))
     if not model_dir.is_dir():
         raise ModelError(f"model directory {model_dir} does not exist; build one with 'mnv3 build'")
-    if not path.is_file():
+    if not path.exists():  # a FIFO or folder named meta.json: read_text says what it is
         raise ModelError(
             f"{model_dir} has no {META_FILE}, so it is not a built mnv3 model; "
             "rebuild it with 'mnv3 build'"
         )
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        # a regular file under its cap: a FIFO named meta.json cannot hang a load (issue 19)
+        d = json.loads(read_text(path, META_FILE, ModelError))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path} is not valid JSON ({e}); rebuild the model with 'mnv3 build'") from e
+        raise ModelError(f"{path} is not valid JSON ({clip(e)}); rebuild the model with "
+                         "'mnv3 build'") from e
     if not isinstance(d, dict):
         raise ModelError(f"{path} does not hold a JSON object; rebuild the model with 'mnv3 build'")
     version = d.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelError(
-            f"{path} has format_version {version!r} but this mnv3 reads up to {FORMAT_VERSION}; "
+            f"{path} has format_version {clip(repr(version), QUOTE_CHARS)} but this mnv3 reads up to {FORMAT_VERSION}; "
             "upgrade mnv3 (pip install -U mnv3) or rebuild the model with this version"
         )
     try:
         return ModelMeta.from_dict(d)
     except (TypeError, ValueError, UsageError) as e:
-        raise ModelError(f"{path} is missing fields or has bad values ({e}); rebuild the model") from e
+        raise ModelError(f"{path} is missing fields or has bad values ({clip(e)}); rebuild the "
+                         "model") from e
 
 
 def _file_for_dir(path: Path) -> str:
@@ -189,9 +235,11 @@ def _file_for_dir(path: Path) -> str:
             f"build --onnx {path} ...' for an ONNX file) and pass that directory")
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20, what: str = "compiled model",
+                error=ModelError) -> str:
+    """sha256 of a regular file (``open_regular``: never a FIFO or device, which could block)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, what, error) as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from mnv3.errors import BackendUnavailable, ModelError, UsageError
+from mnv3.data.files import quote
 from mnv3.meta import read_meta, sha256_file
 
 # name -> (module, class, pip extra that installs it)
@@ -41,7 +42,7 @@ def list_backends(available_only: bool = False) -> list[str]:
 def get_backend(name: str):
     """The backend instance for ``name``; BackendUnavailable with an install hint if missing."""
     if name not in _BACKENDS:
-        raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(_BACKENDS)}")
+        raise UsageError(f"unknown backend {quote(name)}; choose one of {', '.join(_BACKENDS)}")
     module, cls, hint = _BACKENDS[name]
     try:
         mod = importlib.import_module(module)
@@ -62,16 +63,16 @@ def load(model_dir: str | os.PathLike, threads: int | None = None, **options):
     meta = read_meta(model_dir)
     if Path(meta.compiled_file).name != meta.compiled_file or meta.compiled_file in ("", ".", ".."):
         raise ModelError(
-            f"{model_dir}/meta.json names compiled file {meta.compiled_file!r}, which is not a plain "
+            f"{model_dir}/meta.json names compiled file {quote(meta.compiled_file)}, which is not a plain "
             "file name inside the model directory; rebuild the model with 'mnv3 build'"
         )
     if meta.backend not in _BACKENDS:
         raise ModelError(
-            f"{model_dir} was built for backend {meta.backend!r}, which this mnv3 does not know "
+            f"{model_dir} was built for backend {quote(meta.backend)}, which this mnv3 does not know "
             f"(known: {', '.join(_BACKENDS)}); upgrade mnv3 or rebuild the model"
         )
     compiled = model_dir / meta.compiled_file
-    if not compiled.is_file():
+    if not compiled.exists():  # a FIFO or folder: sha256_file refuses it, saying what it is
         raise ModelError(f"{model_dir} lacks its compiled file {meta.compiled_file}; rebuild it")
     if sha256_file(compiled) != meta.compiled_sha256:
         raise ModelError(

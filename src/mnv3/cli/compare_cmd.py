@@ -38,13 +38,13 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from mnv3.calibration import list_images, split_calibration
+    from mnv3.calibration import regular_images, split_calibration
     from mnv3.compare import compare, top_layers
     from mnv3.data.datasets import demo_dir
     from mnv3.sysinfo import isa_label
 
     folder = args.images or demo_dir() / "images"
-    files, _ = split_calibration(list_images(folder), max(1, args.num))
+    files, _ = split_calibration(regular_images(folder), max(1, args.num))
     rep = compare(args.model_a, args.model_b, files, worst=args.top,
                   layers=not args.no_layers)
     out = sys.stderr if args.json == "-" else sys.stdout

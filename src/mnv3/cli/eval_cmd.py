@@ -54,7 +54,11 @@ def _untrained(result_1_file: str) -> str | None:
     import json
     from pathlib import Path
 
-    try:
-        return json.loads((Path(result_1_file).parent / "infer.json").read_text())["untrained"]
-    except (OSError, ValueError, KeyError, TypeError):  # not written by mnv3 infer
+    from mnv3.data.files import read_text
+    from mnv3.errors import DataError
+
+    try:  # read_text: a FIFO named infer.json must not hang eval (issue 19)
+        path = Path(result_1_file).parent / "infer.json"
+        return json.loads(read_text(path, "result file", DataError))["untrained"]
+    except (DataError, OSError, ValueError, KeyError, TypeError):  # not written by mnv3 infer
         return None

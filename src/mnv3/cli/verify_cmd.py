@@ -39,11 +39,11 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from mnv3.calibration import list_images, split_calibration
+    from mnv3.calibration import regular_images, split_calibration
     from mnv3.sysinfo import isa_label
     from mnv3.verify import verify
 
-    files, _ = split_calibration(list_images(args.images), max(1, args.num))
+    files, _ = split_calibration(regular_images(args.images), max(1, args.num))
     result = verify(args.model, files, source=args.source, threads=args.threads,
                     update=args.update)
     f = result["fidelity"]

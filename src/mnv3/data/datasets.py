@@ -11,6 +11,13 @@ Four layouts, chosen by what is given (``load_dataset``):
 
 Every problem is a ``DataError`` that names the file (and line) and says what to do. File names
 from a label file must stay inside the image folder: ``../../etc/passwd`` is refused.
+
+Hostile entries (issue 19): an entry named like an image that is not a regular file (a FIFO, a
+socket, a device) is kept in the list, so that decoding skips it and lists it in skipped.txt with
+the reason (``mnv3.data.files.open_regular``), or stops at it under ``--strict``; it needs no
+line in a label file. A file name that is not UTF-8 is matched in a label file by its escaped
+name (``caf\\xe9.JPEG``, ``mnv3.data.files.escape_name``), as result files write it. Messages quote
+at most a bounded prefix of a label line (``mnv3.data.files.quote``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import warnings
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+from mnv3.data.files import QUOTE_CHARS, clip, escape_name, quote, read_text, shown
 from mnv3.errors import DataError, Mnv3Warning
 
 # Looked for case-insensitively; listed in the "no images found" error.
@@ -133,6 +141,21 @@ def _refuse_dataset_root(root: Path) -> None:
 
 def _find_images(root: Path) -> list[PurePosixPath]:
     """Image files under ``root`` (recursively, skipping hidden entries), relative and sorted."""
+    found = walk_images(root)
+    if not found:
+        raise DataError(
+            f"no images found in {shown(root)}; looked for files ending in "
+            f"{', '.join(IMAGE_EXTENSIONS)} (any case)"
+        )
+    return found
+
+
+def walk_images(root: Path) -> list[PurePosixPath]:
+    """Entries named like images under ``root``, relative and sorted: the one folder walk of
+    infer, run and export --verify-images. Recursive (following symlinked folders, each folder
+    once), hidden entries skipped; entries that are not regular files (a FIFO, a socket, a
+    device, a folder named like an image) are kept, for decoding to skip with the reason
+    (``mnv3.data.files.open_regular``)."""
     found = []
     seen: set[tuple[int, int]] = set()  # (device, inode) of folders walked: no symlink loops
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -141,14 +164,13 @@ def _find_images(root: Path) -> list[PurePosixPath]:
             dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # a folder named like an image (x.jpg/) is an entry for decoding to skip, not a class
+        named_like_images = [d for d in dirnames if is_image_file(Path(d))]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and d not in named_like_images)
+        filenames = filenames + named_like_images
         base = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
         found.extend(base / f for f in filenames if is_image_file(Path(f)))
-    if not found:
-        raise DataError(
-            f"no images found in {root}; looked for files ending in "
-            f"{', '.join(IMAGE_EXTENSIONS)} (any case)"
-        )
     return sorted(found)
 
 
@@ -157,6 +179,9 @@ def _from_label_file(root: Path, images: list[PurePosixPath], label_file: Path,
                      num_classes: int | None) -> list[Sample]:
     wnid_index = {w: i for i, (w, _) in enumerate(synsets or []) if w}
     on_disk = set(images)
+    # names that are not UTF-8, by their escaped form (caf\\xe9.JPEG), looked up before the
+    # backslash-to-slash rule of _safe_name (issue 19); they come from disk, so are safe
+    escaped = {e: rel for rel in images if (e := escape_name(str(rel))) != str(rel)}
     labels: dict[PurePosixPath, tuple[int, int]] = {}  # name -> (label, line number)
     for lineno, line in enumerate(_read_lines(label_file, "label file"), 1):
         text = line.strip()
@@ -165,28 +190,39 @@ def _from_label_file(root: Path, images: list[PurePosixPath], label_file: Path,
         where = f"{label_file}:{lineno}"
         parts = text.rsplit(None, 1)  # the file name may contain spaces, the label may not
         if len(parts) != 2:
-            raise DataError(f"{where}: cannot parse {text!r}; expected 'filename class_index' "
+            raise DataError(f"{where}: cannot parse {quote(text)}; expected 'filename class_index' "
                             "or 'filename wnid'")
-        name = _safe_name(parts[0], where)
+        name = escaped.get(parts[0]) or _safe_name(parts[0], where)
         label = _parse_label(parts[1], where, wnid_index, synsets is not None, num_classes)
         if name in labels:
-            raise DataError(f"{where}: {name} is already labelled on line {labels[name][1]}; "
+            raise DataError(f"{where}: {clip(str(name), QUOTE_CHARS)} is already labelled on line {labels[name][1]}; "
                             "remove one of the lines")
         if name not in on_disk:
-            raise DataError(f"{where}: label for {name} but there is no such image in {root}; "
+            raise DataError(f"{where}: label for {clip(str(name), QUOTE_CHARS)} but there is no such image "
+                            f"in {shown(root)}; "
                             "remove the line or add the image")
         labels[name] = (label, lineno)
     if not labels:
         raise DataError(f"label file {label_file} has no 'filename class_index' lines; fill it "
                         "in, or drop the label file to predict without labels")
     unlabeled = [rel for rel in images if rel not in labels]
+    # not regular files (a FIFO named x.jpg): kept unlabeled, for decoding to skip and list
+    unreadable = [rel for rel in unlabeled if _not_regular(root / rel)]
+    unlabeled = [rel for rel in unlabeled if rel not in set(unreadable)]
     if unlabeled:
         more = f" and {len(unlabeled) - 1} more" if len(unlabeled) > 1 else ""
         raise DataError(
-            f"image {root / unlabeled[0]}{more} has no label in {label_file}; add a line "
-            f"'{unlabeled[0]} class_index' or move the image out of the folder"
+            f"image {shown(root / unlabeled[0])}{more} has no label in {shown(label_file)}; add "
+            f"a line '{escape_name(str(unlabeled[0]))} class_index' or move the image out of "
+            "the folder"
         )
-    return [Sample(root / rel, lab) for rel, (lab, _) in labels.items()]
+    return ([Sample(root / rel, lab) for rel, (lab, _) in labels.items()]
+            + [Sample(root / rel, None) for rel in unreadable])
+
+
+def _not_regular(path: Path) -> bool:
+    """A FIFO, socket, device or broken symlink named like an image (isfile follows links)."""
+    return not os.path.isfile(path)
 
 
 def _parse_label(token: str, where: str, wnid_index: dict[str, int], have_synsets: bool,
@@ -202,8 +238,9 @@ def _parse_label(token: str, where: str, wnid_index: dict[str, int], have_synset
     try:
         label = int(token)
     except ValueError:
-        raise DataError(f"{where}: label {token!r} is neither a class index nor a wnid "
-                        "(like n01440764)") from None
+        raise DataError(f"{where}: label {quote(token)} is neither a class index nor a wnid "
+                        "(like n01440764); write a class index or a wnid after the file name"
+                        ) from None
     _check_range(label, where, num_classes)
     return label
 
@@ -222,7 +259,7 @@ def _safe_name(name: str, where: str) -> PurePosixPath:
     """
     rel = PurePosixPath(name.replace("\\", "/"))
     if rel.is_absolute() or ".." in rel.parts or re.match(r"^[A-Za-z]:", name):
-        raise DataError(f"{where}: file name {name!r} points outside the image folder; "
+        raise DataError(f"{where}: file name {quote(name)} points outside the image folder; "
                         "names must be relative to it (like 'img_001.JPEG')")
     return PurePosixPath(*[p for p in rel.parts if p != "."])
 
@@ -233,7 +270,7 @@ def _from_image_folder(root: Path, images: list[PurePosixPath],
     loose = [rel for rel in images if len(rel.parts) == 1]
     if loose:
         raise DataError(
-            f"{root} mixes images ({loose[0]}) with class sub-folders; put every image in its "
+            f"{shown(root)} mixes images ({quote(str(loose[0]))}) with class sub-folders; put every image in its "
             "class folder (ImageFolder), or give a label file"
         )
     classes = sorted({rel.parts[0] for rel in images} | _subdirs(root))
@@ -241,7 +278,7 @@ def _from_image_folder(root: Path, images: list[PurePosixPath],
         wnid_index = {w: i for i, (w, _) in enumerate(synsets) if w}
         missing = [c for c in classes if c not in wnid_index]
         if missing:
-            raise DataError(f"class folder {root / missing[0]} is not a wnid of the synsets file; "
+            raise DataError(f"class folder {shown(root / missing[0])} is not a wnid of the synsets file; "
                             "name class folders by wnid (like n01440764)")
         index = {c: wnid_index[c] for c in classes}
     else:
@@ -265,13 +302,5 @@ def _subdirs(root: Path) -> set[str]:
 
 
 def _read_lines(path: Path, what: str) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{what} {path} does not exist; check the path") from None
-    except IsADirectoryError:
-        raise DataError(f"{what} {path} is a folder, expected a text file") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{what} {path} is not UTF-8 text ({e}); save it as UTF-8") from None
-    except OSError as e:
-        raise DataError(f"cannot read {what} {path}: {e}") from None
+    """A regular UTF-8 text file under its size cap, as lines (``mnv3.data.files.read_text``)."""
+    return read_text(path, what, DataError).splitlines()

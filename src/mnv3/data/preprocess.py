@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mnv3.data.files import clip, open_regular, shown
 from mnv3.errors import DataError
 from mnv3.meta import PreprocessCfg
 
@@ -44,24 +45,26 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     IndexError, EOFError ... on malformed files), so all of them become DataError: a corrupt
     image must never kill a run half-way through. Converting the decoded pixels is our code and
     stays outside that net.
+
+    Only a regular file under the image size cap is opened (``open_regular``: a FIFO named
+    ``x.jpg`` is refused, never read, so no decode can block forever; issue 19).
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
+        with open_regular(path, "image") as f, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(f) as img:
                 img.load()
-    except FileNotFoundError:
-        raise DataError(f"image {path} does not exist") from None
-    except IsADirectoryError:
-        raise DataError(f"image {path} is a folder, not an image file") from None
+    except DataError:
+        raise
     except MemoryError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as e:
-        raise DataError(f"cannot decode image {path}: {e}; replace or remove the file") from None
+        raise DataError(f"cannot decode image {shown(path)}: {clip(e)}; replace or remove the file"
+                        ) from None
     except Exception as e:  # noqa: BLE001 - see docstring
-        raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}; "
+        raise DataError(f"cannot decode image {shown(path)}: {type(e).__name__}: {clip(e)}; "
                         "replace or remove the file") from None
     return to_rgb(img)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mnv3.data.files import QUOTE_CHARS, clip, open_regular, quote, shown
 from mnv3.errors import CheckpointError
 from mnv3.meta import PreprocessCfg, sha256_file
 from mnv3.models.registry import (ARCHS, LAYOUT_NAMES, DEFAULT_PRESET, build_module, canonical_arch,
@@ -74,12 +75,14 @@ def load_checkpoint(path, arch: str = "auto", layout: str = "auto", width_mult: 
     ``preprocess``: a PreprocessCfg or preset name (see ``PREPROCESS_PRESETS``); default ImageNet.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (expected a .pth, .pth.tar or .pt file)")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {shown(path)} does not exist (expected a .pth, "
+                              ".pth.tar or .pt file)")
+    open_regular(path, "checkpoint", CheckpointError).close()  # not a FIFO, device, folder
     if isinstance(preprocess, str):
         preprocess = preprocess_preset(preprocess)
     preprocess = preprocess or preprocess_preset(DEFAULT_PRESET)
-    digest = sha256_file(path)
+    digest = sha256_file(path, what="checkpoint", error=CheckpointError)
     if is_torchscript(path):
         module = _load_torchscript(path)
         return LoadedModel(module, TORCHSCRIPT, TORCHSCRIPT, None, _probe_classes(module, path),
@@ -109,7 +112,7 @@ def _load_torchscript(path: Path) -> nn.Module:
             return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as e:  # torch raises RuntimeError subclasses with long C++ traces
         raise CheckpointError(f"{path} looks like TorchScript but torch.jit.load failed: "
-                              f"{str(e).splitlines()[0]}") from None
+                              f"{clip(str(e).splitlines()[0])}") from None
 
 
 def _probe_classes(module: nn.Module, path: Path) -> int:
@@ -118,7 +121,7 @@ def _probe_classes(module: nn.Module, path: Path) -> int:
             out = module(torch.zeros(1, 3, 224, 224))
     except Exception as e:
         raise CheckpointError(f"TorchScript model {path} does not run on a 1x3x224x224 float "
-                              f"image: {str(e).splitlines()[0]}") from None
+                              f"image: {clip(str(e).splitlines()[0])}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise CheckpointError(f"TorchScript model {path} must return [batch, classes] logits")
     return int(out.shape[1])
@@ -139,7 +142,7 @@ def read_pickle(path: Path):
             raise CheckpointError(_unreadable(path, e)) from None
         raise CheckpointError(
             f"refused to load {path}: it pickles objects other than tensors, and mnv3 loads "
-            f"checkpoints with weights_only=True so that a file can never run code ({first}). "
+            f"checkpoints with weights_only=True so that a file can never run code ({clip(first)}). "
             "If you trust the file, re-save only the weights: "
             "torch.save(model.state_dict(), 'weights.pth')") from None
     except Exception as e:  # a damaged file fails anywhere in unpickling (struct.error, KeyError, ...)
@@ -171,7 +174,7 @@ def _unreadable(path: Path, error: Exception) -> str:
                 "cannot read; re-save the weights with torch.save's default protocol (2): "
                 "torch.save(model.state_dict(), 'weights.pth')")
     return (f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: "
-            f"{_torch_reason(error)}); expected a file written by torch.save")
+            f"{clip(_torch_reason(error))}); expected a file written by torch.save")
 
 
 def is_onnx_file(path: Path) -> bool:
@@ -233,8 +236,8 @@ def state_dict_from(obj, path: Path) -> dict[str, torch.Tensor]:
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad or not state:
         raise CheckpointError(
-            f"{path} is not a state dict: {'it is empty' if not state else f'{bad[:3]} are not tensors'}"
-            f" (top-level keys: {list(obj)[:5]}); expected a dict of tensors, optionally wrapped "
+            f"{path} is not a state dict: {'it is empty' if not state else f'{_keys(bad)} are not tensors'}"
+            f" (top-level keys: {_keys(list(obj), 5)}); expected a dict of tensors, optionally wrapped "
             f"under one of {', '.join(WRAPPER_KEYS)}")
     return state
 
@@ -312,8 +315,8 @@ def _classes_from(state: dict, layout: str) -> int:
 
 def _mismatch_message(path, best, layouts, archs) -> str:
     _, lay, ar, wm, nc, (missing, unexpected, wrong) = best
-    parts = [f"{len(missing)} missing keys (first: {', '.join(missing[:3])})" if missing else "",
-             f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})"
+    parts = [f"{len(missing)} missing keys (first: {_keys(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected keys (first: {_keys(unexpected)})"
              if unexpected else "",
              "shape mismatches: " + "; ".join(f"{k} is {list(a)} in the checkpoint, {list(b)} in "
                                               "the network" for k, a, b in wrong[:3]) if wrong else ""]
@@ -331,3 +334,10 @@ def _fill_batch_counters(state: dict, module: nn.Module) -> dict:
     extra = {k: torch.zeros_like(own[k]) for k in own
              if k.endswith("num_batches_tracked") and k not in state}
     return {**state, **extra} if extra else state
+
+
+def _keys(keys, n: int = 3) -> str:
+    """The first ``n`` keys of a checkpoint for a message, each cut to a bounded prefix (a key
+    is user content: a 50 MB key must not make a 50 MB message; issue 19)."""
+    return ", ".join(quote(k) if not isinstance(k, str) or len(k) > QUOTE_CHARS else k
+                     for k in list(keys)[:n])
