@@ -192,3 +192,11 @@ def test_cli_time_budget_parses_units():
     assert duration("600") == 600 and duration("90s") == 90 and duration("10m") == 600
     with pytest.raises(Exception):
         duration("ten minutes")
+
+
+def test_a_rerun_reuses_the_builds(loose, tiny):
+    again = t.tune(tiny["onnx"], batch_sizes=(1,), objective="latency", min_agreement=50,
+                   min_cosine=0.5, calib_dir=tiny["images"], preprocess=CFG,
+                   out=tiny["dir"] / "loose", time_budget_s=120, **FAST)
+    assert all(c.reused for c in again.candidates)
+    assert "latency_b1" in again.winners

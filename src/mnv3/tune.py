@@ -91,6 +91,7 @@ class Candidate:
     why: str = ""  # why it lost, was refused or skipped ("" for the winners)
     fidelity: dict[str, Any] | None = None  # top1_agreement, cosine_mean, within_budget
     build_s: float | None = None
+    reused: bool = False  # built by an earlier tune with the same settings and budget
     settings: list[Setting] = field(default_factory=list)
 
     @property
@@ -148,7 +149,8 @@ def runtime_settings(objective: str, cores: int) -> list[Setting]:
 
 
 def plan(backends, batch_sizes, quant_modes=None) -> list[Candidate]:
-    """Every candidate, float32 first per batch (the others are measured against it)."""
+    """Every candidate, the float32 builds of every batch first: when builds must stop to fit
+    the time budget, each batch still has its reference to measure."""
     from mnv3.meta import BACKEND_ONLY_MODES, normalize_quant_mode
 
     out = []
@@ -160,7 +162,7 @@ def plan(backends, batch_sizes, quant_modes=None) -> list[Candidate]:
                 if be not in BACKEND_ONLY_MODES.get(m, (be,)):
                     continue
                 out.append(Candidate(be, m, int(b)))
-    out.sort(key=lambda c: (c.batch, c.quant_mode != "force_float32"))
+    out.sort(key=lambda c: (c.quant_mode != "force_float32", c.batch))
     return out
 
 
@@ -280,8 +282,14 @@ def _build_candidate(c: Candidate, onnx, out, preprocess, calib_dir, calib_num, 
     if untrained:
         opts.setdefault("allow_below_budget", True)
         opts.setdefault("below_budget_reason", "the network is untrained (random weights)")
-    _say(progress, f"building {c.name} ({clock.elapsed():.0f} s of {clock.budget:.0f} s)")
     t0 = time.perf_counter()
+    meta = _reusable(target, c, onnx, preprocess, calib_dir, calib_num, opts)
+    if meta is not None:
+        _say(progress, f"reusing {c.name}: built before with these settings and budget")
+        c.status, c.model_dir, c.fidelity = "built", str(target), _fidelity(meta)
+        c.reused, c.build_s = True, 0.0
+        return
+    _say(progress, f"building {c.name} ({clock.elapsed():.0f} s of {clock.budget:.0f} s)")
     try:
         meta = build(onnx, target, quant_mode=c.quant_mode, shape_mutable=False,
                      batch_size=c.batch, preprocess=preprocess, calib_dir=calib_dir,
@@ -297,6 +305,31 @@ def _build_candidate(c: Candidate, onnx, out, preprocess, calib_dir, calib_num, 
     c.build_s = time.perf_counter() - t0
     if c.status != "built":
         _say(progress, f"{c.name}: {c.why}")
+
+
+def _reusable(target: Path, c: Candidate, onnx, preprocess, calib_dir, calib_num, opts):
+    """The ModelMeta of a model already at ``target`` built from the same ONNX, settings and
+    budget (a rerun of tune resumes, as ``mnv3 run`` does); None: build it."""
+    from mnv3 import model_settings
+    from mnv3.builder import _demo_dir
+    from mnv3.meta import sha256_file
+    from mnv3.pipeline_steps import reusable
+
+    int8 = c.quant_mode.startswith("qint8")
+    folder = calib_dir or _demo_dir()
+    calib = {"folder": str(folder), "requested": calib_num, "method": "minmax"} \
+        if int8 and folder else None
+    request = model_settings.requested(c.backend, c.quant_mode, False, c.batch,
+                                       sha256_file(onnx), preprocess, calib)
+    if not reusable(target, request):
+        return None
+    meta = read_meta(target)
+    recorded = (meta.fidelity or {}).get("budget") or {}
+    if c.quant_mode != "force_float32" and (
+            recorded.get("min_agreement") != opts.get("min_agreement")
+            or recorded.get("min_cosine") != opts.get("min_cosine")):
+        return None  # held to another budget: build again
+    return meta
 
 
 def _fidelity(meta) -> dict[str, Any] | None:
