@@ -99,6 +99,7 @@ def test_winner_is_the_fastest_measured_within_budget(loose):
         best = max(s.median() for _, s in pairs)
         w = loose.winners[f"throughput_b{b}"]
         assert w["images_per_s"] == best and w["min_ips"] <= best <= w["max_ips"]
+        assert w["runner_up"]["ratio"] >= 1.0  # the margin over the second-fastest, said
         winners = [s for _, s in pairs if s.status == "winner"]
         assert len(winners) == 1 and winners[0].median() == best
         assert all(s.why for _, s in pairs if s.status != "winner")  # each loser says why

@@ -121,6 +121,7 @@ class TuneReport:
     slice_s: float = DEFAULT_SLICE_S
     elapsed_s: float = 0.0
     source: str = ""
+    untrained: bool = False  # random weights: the budget is measured and marked, not held
     schema: str = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,7 +226,7 @@ def tune(onnx=None, *, weights=None, batch_sizes=(1, 8), backends=None, quant_mo
     onnx, preprocess, untrained = _source(onnx, weights, preprocess, out, progress)
     report = TuneReport(objective, [int(b) for b in batch_sizes], budget.to_dict(),
                         float(time_budget_s), system_info(), int8_isa(), source=str(onnx),
-                        slice_s=slice_s)
+                        slice_s=slice_s, untrained=untrained)
     report.candidates = plan(backends, report.batch_sizes, quant_modes)
     options = {"progress": False, "speed_check": False, **(build_options or {}),
                "min_agreement": budget.min_agreement, "min_cosine": budget.min_cosine}
@@ -440,15 +441,29 @@ def _choose(field_, objective, batch, out: Path, report: TuneReport, progress) -
     for c in field_:
         if c is not win_c:
             c.why = c.why or f"slower than {win_c.name} ({win_s.label})"
+    runner_up = _runner_up(pairs, win_s)
     tuned = {"objective": objective, "threads": win_s.threads, "streams": win_s.streams,
              "batch": batch, "images_per_s": win_s.median(), "min_ips": min(win_s.rounds_ips),
              "max_ips": max(win_s.rounds_ips), "rounds": len(win_s.rounds_ips),
              "isa": report.isa, "from": win_c.model_dir, "tune_report": str(out / "tune.json")}
     dest = out / "tuned" / key
     _publish_tuned(Path(win_c.model_dir), dest, tuned)
-    report.winners[key] = {"candidate": win_c.name, "model_dir": str(dest), **tuned}
+    report.winners[key] = {"candidate": win_c.name, "model_dir": str(dest), **tuned,
+                           "runner_up": runner_up}
     _say(progress, f"{key}: {win_c.name} with {win_s.label}, {win_s.median():.1f} images/s "
                    f"(median, {isa_label(report.isa)}) -> {dest}")
+
+
+def _runner_up(pairs, win_s: Setting) -> dict[str, Any] | None:
+    """The second-fastest pair, the winner's margin over it and whether their round ranges
+    overlap (then the two are not told apart on this machine: a rerun may swap them)."""
+    rest = [(c, s) for c, s in pairs if s is not win_s]
+    if not rest:
+        return None
+    c, s = max(rest, key=lambda p: p[1].median())
+    return {"candidate": c.name, "setting": s.label, "images_per_s": s.median(),
+            "ratio": win_s.median() / s.median(),
+            "ranges_overlap": max(s.rounds_ips) >= min(win_s.rounds_ips)}
 
 
 def _publish_tuned(src: Path, dest: Path, tuned: dict) -> None:

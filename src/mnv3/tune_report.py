@@ -64,7 +64,9 @@ def format_md(report) -> str:
     b = report.budget
     lines = [f"# mnv3 tune ({report.objective})", "",
              f"- CPU: {device_label(report.system)}",
-             f"- network: {report.source}",
+             f"- network: {report.source}" + (" (UNTRAINED random weights: the budget is "
+                                               "measured and marked, not held)"
+                                               if report.untrained else ""),
              f"- accuracy budget (every non-float32 build): top-1 agreement with float32 >= "
              f"{100 * b['min_agreement']:.2f}%, mean logit cosine >= {b['min_cosine']}",
              f"- speed: images/s, median of interleaved rounds of {report.slice_s:g} s slices "
@@ -77,6 +79,13 @@ def format_md(report) -> str:
         lines.append(f"| {key} | {w['candidate']} | {w['threads']} | {w['streams']} | "
                      f"{w['images_per_s']:.1f} | {w['min_ips']:.1f}-{w['max_ips']:.1f} | "
                      f"{isa} | {w['model_dir']} |")
+    for key, w in report.winners.items():
+        r = w.get("runner_up")
+        if r:
+            lines.append(f"\n{key}: {w['images_per_s'] / r['images_per_s']:.2f}x the runner-up "
+                         f"{r['candidate']} ({r['setting']}, {r['images_per_s']:.1f} images/s)"
+                         + ("; their round ranges overlap, so a rerun may swap them"
+                            if r["ranges_overlap"] else "") + ".")
     if not report.winners:
         lines.append("| (none: nothing was built and measured within budget) | | | | | | | |")
     lines += ["", "## Every candidate", "",
@@ -99,6 +108,10 @@ def format_summary(report) -> str:
         out.append(f"{key}: {w['candidate']}, {w['threads']} thread(s) x {w['streams']} "
                    f"request(s) in flight: {w['images_per_s']:.1f} images/s median "
                    f"({w['min_ips']:.1f}-{w['max_ips']:.1f}) [{isa}] -> {w['model_dir']}")
+        r = w.get("runner_up")
+        if r:
+            out.append(f"  {r['ratio']:.2f}x the runner-up {r['candidate']} ({r['setting']})"
+                       + (", ranges overlap" if r["ranges_overlap"] else ""))
     lost = [c for c in report.candidates if c.status in ("refused", "failed", "skipped")]
     for c in lost:
         out.append(f"{c.name}: {c.status}: {c.why}")
