@@ -201,3 +201,15 @@ def test_a_rerun_reuses_the_builds(loose, tiny):
                    out=tiny["dir"] / "loose", time_budget_s=120, **FAST)
     assert all(c.reused for c in again.candidates)
     assert "latency_b1" in again.winners
+
+
+def test_weights_are_exported_on_the_way(tmp_path):
+    from ckpt_factory import write_checkpoint
+
+    ckpt = tmp_path / "small.pth"
+    write_checkpoint(ckpt, num_classes=10)
+    report = t.tune(weights=ckpt, batch_sizes=(1,), quant_modes=["force_float32"],
+                    objective="latency", out=tmp_path / "o", time_budget_s=120,
+                    **{**FAST, "rounds": 2})
+    assert report.source.endswith(".onnx") and (tmp_path / "o" / "onnx").is_dir()
+    assert "latency_b1" in report.winners
