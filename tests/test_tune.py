@@ -180,10 +180,11 @@ def test_cli_tune_runs_and_writes_its_reports(tiny, tmp_path, capsys):
               "1", "--backends", "onnxruntime", "--objective", "latency", "--calib-dir",
               str(tiny["images"]), "--calib-num", "8", "--min-agreement", "50", "--min-cosine",
               "0.5", "--time-budget", "1m", "--rounds", "2", "--slice", "0.05", "--out",
-              str(out), "--no-progress"])
+              str(out), "--no-progress", "--json", "-"])
     assert rc == 0
-    text = capsys.readouterr().out
-    assert "latency_b1:" in text and "images/s" in text
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["schema"] == t.SCHEMA  # stdout is the JSON alone
+    assert "latency_b1:" in captured.err and "images/s" in captured.err
     assert (out / "tune.md").is_file() and (out / "tuned" / "latency_b1" / "meta.json").is_file()
 
 

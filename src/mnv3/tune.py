@@ -240,6 +240,10 @@ def tune(onnx=None, *, weights=None, batch_sizes=(1, 8), backends=None, quant_mo
                        seed)
         _choose(field_, objective, b, out, report, progress)
     report.elapsed_s = clock.elapsed()
+    if clock.left() < 0:  # a build or a round in progress is not cut short
+        report.skipped.append(f"the run took {report.elapsed_s:.0f} s, over its "
+                              f"{clock.budget:.0f} s budget: a build or a round that had "
+                              "started was finished")
     from mnv3.tune_report import write_reports
 
     write_reports(report, out)
