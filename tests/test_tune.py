@@ -130,6 +130,14 @@ def test_reports_list_every_candidate_with_the_isa(loose, tiny):
             line.startswith("| 2 |")]
     n_settings = sum(len(c.settings) for c in loose.candidates)
     assert len(rows) == n_settings and all(isa_label(loose.isa) in r for r in rows)
+    assert (out / "tune.png").stat().st_size > 0
+
+
+def test_pareto_front_keeps_what_nothing_beats_on_both_axes():
+    from mnv3.tune_plot import pareto
+
+    pts = [{"x": 100, "y": 10}, {"x": 99, "y": 20}, {"x": 98, "y": 15}, {"x": 99.5, "y": 12}]
+    assert [(p["x"], p["y"]) for p in pareto(pts)] == [(99, 20), (99.5, 12), (100, 10)]
 
 
 def test_a_refused_candidate_is_listed_with_its_reason(strict, tiny):

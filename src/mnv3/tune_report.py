@@ -13,10 +13,14 @@ from mnv3.meta import atomic_write_text
 
 
 def write_reports(report, out: Path) -> None:
-    """Write ``out/tune.json`` (``TuneReport.to_dict``) and ``out/tune.md`` (``format_md``)."""
+    """Write ``out/tune.json`` (``TuneReport.to_dict``), ``out/tune.md`` (``format_md``) and
+    ``out/tune.png`` (speed vs agreement, the Pareto front marked: ``mnv3.tune_plot``)."""
     atomic_write_text(out / "tune.json",
                       json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     atomic_write_text(out / "tune.md", format_md(report))
+    from mnv3.tune_plot import plot_tune
+
+    plot_tune(report, out / "tune.png")
 
 
 def _rounds(report) -> str:
