@@ -162,7 +162,9 @@ def test_the_time_budget_is_respected_and_skips_are_said(tiny, tmp_path):
 def test_prune_drops_what_cannot_win():
     fast, slow, close = t.Setting(1, 1, [100, 110, 105]), t.Setting(2, 1, [50, 60, 55]), \
         t.Setting(1, 2, [95, 104, 99])
-    t._prune([fast, slow, close], "throughput")
+    from mnv3.tune_measure import prune
+
+    prune([fast, slow, close], "throughput")
     assert slow.status == "pruned" and "slower than the leader" in slow.why
     assert fast.status == close.status == "pending"  # overlapping ranges: still in the race
 

@@ -16,21 +16,21 @@ int8; at batch 8 OpenVINO int8 won), so nothing is assumed; every choice is meas
    pair for one short slice, in a fresh seeded random order, so drift of the shared machine
    falls on all of them alike (DESIGN.md: 2-thread speed on these VMs is bimodal for minutes).
    A pair's figure is the median of its rounds, with the min-max range. After
-   ``PRUNE_AFTER`` rounds a pair whose fastest round is slower than the leader's slowest
-   cannot win and is pruned (said in the report);
+   ``tune_measure.PRUNE_AFTER`` rounds a pair whose fastest round is slower than the leader's
+   slowest cannot win and is pruned (said in the report);
 5. the winner per (objective, batch) is the measured pair with the highest median images/s
    among builds within budget; its model directory is copied to ``out/tuned/<objective>_b<B>``
    with ``meta.json extra["tuned"]`` = its runtime settings, which ``mnv3 bench`` uses when
    given no --threads / --streams. ``out/tune.md`` and ``out/tune.json`` list every candidate.
 
-``time_budget_s`` bounds the whole run: builds stop at ``BUILD_SHARE`` of it, the rounds fit
-the rest (fewer rounds, then shorter slices), and the report says what was skipped to fit.
+``time_budget_s`` bounds the whole run: builds stop at ``tune_build.BUILD_SHARE`` of it, the
+rounds fit the rest (fewer rounds, then shorter slices), and the report says what was skipped
+to fit.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import statistics
 import sys
@@ -40,15 +40,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnv3.errors import BuildError, Mnv3Error, UsageError
+from mnv3.errors import UsageError
 from mnv3.meta import PreprocessCfg, model_dir_name, read_meta, write_meta
 
 SCHEMA = "mnv3.tune/1"
 OBJECTIVES = ("latency", "throughput")
 DEFAULT_TIME_BUDGET_S = 600.0
-BUILD_SHARE = 0.6  # builds may use this share of the time budget; measuring gets the rest
-DEFAULT_ROUNDS, MIN_ROUNDS, PRUNE_AFTER = 7, 3, 3
-DEFAULT_SLICE_S, MIN_SLICE_S = 0.5, 0.05
+DEFAULT_ROUNDS, DEFAULT_SLICE_S = 7, 0.5
 INT8_MODE = "qint8_mixed_float32"  # float16 parts compute in float32 on ORT's CPU provider
 
 
@@ -215,6 +213,8 @@ def tune(onnx=None, *, weights=None, batch_sizes=(1, 8), backends=None, quant_mo
     """
     from mnv3.backends import list_backends
     from mnv3.gate import Budget
+    from mnv3.tune_build import build_candidate
+    from mnv3.tune_measure import measure_batch
     from mnv3.sysinfo import int8_isa, system_info
 
     backends = list(backends or list_backends(available_only=True))
@@ -231,13 +231,13 @@ def tune(onnx=None, *, weights=None, batch_sizes=(1, 8), backends=None, quant_mo
     options = {"progress": False, "speed_check": False, **(build_options or {}),
                "min_agreement": budget.min_agreement, "min_cosine": budget.min_cosine}
     for c in report.candidates:
-        _build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options, untrained,
+        build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options, untrained,
                          clock, report, progress)
     cores = int(report.system.get("cores", {}).get("usable") or 1)
     for b in report.batch_sizes:
         field_ = [c for c in report.candidates if c.batch == b and c.status == "built"]
-        _measure_batch(field_, objective, cores, rounds, slice_s, clock, report, progress,
-                       seed)
+        measure_batch(field_, objective, lambda: runtime_settings(objective, cores), rounds,
+                      slice_s, clock, report, progress, seed)
         _choose(field_, objective, b, out, report, progress)
     report.elapsed_s = clock.elapsed()
     if clock.left() < 0:  # a build or a round in progress is not cut short
@@ -269,160 +269,6 @@ def _source(onnx, weights, preprocess, out: Path, progress: bool):
     _say(progress, f"exporting {weights} to ONNX")
     path, _ = export_or_reuse(src, out / "onnx")
     return path, preprocess or src.preprocess, src.untrained
-
-
-def _build_candidate(c: Candidate, onnx, out, preprocess, calib_dir, calib_num, options,
-                     untrained, clock, report, progress) -> None:
-    from mnv3.builder import build
-
-    if clock.elapsed() > BUILD_SHARE * clock.budget:
-        c.status, c.why = "skipped", (f"not built: builds had used {BUILD_SHARE:.0%} of the "
-                                      f"{clock.budget:.0f} s time budget")
-        report.skipped.append(f"{c.name}: {c.why}")
-        return
-    target = out / "models" / c.backend / model_dir_name(c.quant_mode, False, c.batch)
-    opts = dict(options)
-    if c.quant_mode == "force_float32":  # the reference has no budget to meet
-        opts.pop("min_agreement"), opts.pop("min_cosine")
-    if untrained:
-        opts.setdefault("allow_below_budget", True)
-        opts.setdefault("below_budget_reason", "the network is untrained (random weights)")
-    t0 = time.perf_counter()
-    meta = _reusable(target, c, onnx, preprocess, calib_dir, calib_num, opts)
-    if meta is not None:
-        _say(progress, f"reusing {c.name}: built before with these settings and budget")
-        c.status, c.model_dir, c.fidelity = "built", str(target), _fidelity(meta)
-        c.reused, c.build_s = True, 0.0
-        return
-    _say(progress, f"building {c.name} ({clock.elapsed():.0f} s of {clock.budget:.0f} s)")
-    try:
-        meta = build(onnx, target, quant_mode=c.quant_mode, shape_mutable=False,
-                     batch_size=c.batch, preprocess=preprocess, calib_dir=calib_dir,
-                     calib_num=calib_num, backend=c.backend, options=opts, force=True)
-    except BuildError as e:  # the budget (or the engine) refused it: a candidate that lost
-        c.status, c.why = "refused", f"build refused: {e}"
-    except Mnv3Error as e:
-        c.status, c.why = "failed", f"build failed: {e}"
-    else:
-        c.status, c.model_dir, c.fidelity = "built", str(target), _fidelity(meta)
-        if c.fidelity and c.fidelity.get("below_budget") and not untrained:
-            c.status, c.why = "refused", "below the accuracy budget"
-    c.build_s = time.perf_counter() - t0
-    if c.status != "built":
-        _say(progress, f"{c.name}: {c.why}")
-
-
-def _reusable(target: Path, c: Candidate, onnx, preprocess, calib_dir, calib_num, opts):
-    """The ModelMeta of a model already at ``target`` built from the same ONNX, settings and
-    budget (a rerun of tune resumes, as ``mnv3 run`` does); None: build it."""
-    from mnv3 import model_settings
-    from mnv3.builder import _demo_dir
-    from mnv3.meta import sha256_file
-    from mnv3.pipeline_steps import reusable
-
-    int8 = c.quant_mode.startswith("qint8")
-    folder = calib_dir or _demo_dir()
-    calib = {"folder": str(folder), "requested": calib_num, "method": "minmax"} \
-        if int8 and folder else None
-    request = model_settings.requested(c.backend, c.quant_mode, False, c.batch,
-                                       sha256_file(onnx), preprocess, calib)
-    if not reusable(target, request):
-        return None
-    meta = read_meta(target)
-    recorded = (meta.fidelity or {}).get("budget") or {}
-    if c.quant_mode != "force_float32" and (
-            recorded.get("min_agreement") != opts.get("min_agreement")
-            or recorded.get("min_cosine") != opts.get("min_cosine")):
-        return None  # held to another budget: build again
-    return meta
-
-
-def _fidelity(meta) -> dict[str, Any] | None:
-    f = meta.fidelity or {}
-    if not f:
-        return None
-    keep = ("top1_agreement", "top1_agreement_expected", "cosine_mean", "inputs",
-            "within_budget", "below_budget")
-    return {k: f[k] for k in keep if k in f}
-
-
-# ----------------------------------------------------------------------------- measuring
-def _measure_batch(field_, objective, cores, rounds, slice_s, clock, report, progress,
-                   seed) -> None:
-    """Interleaved rounds over every (candidate, setting) pair of one batch."""
-    from mnv3.backends import load
-    from mnv3.bench import benchmark
-
-    if not field_:
-        return
-    pairs = [(c, s) for c in field_ for s in runtime_settings(objective, cores)]
-    for c in field_:
-        c.settings = [s for cc, s in pairs if cc is c]
-    n_rounds, slice_s = _fit(len(pairs), rounds, slice_s, clock, report, field_[0].batch)
-    sessions = {}
-    try:
-        for c, s in pairs:
-            sessions[id(s)] = load(c.model_dir, threads=s.threads, streams=s.streams)
-            benchmark(sessions[id(s)], streams=s.streams, iterations=max(3, s.streams),
-                      warmup=2, first_run=False)  # warm before the first timed round
-        rng = random.Random(seed)
-        for r in range(n_rounds):
-            live = [(c, s) for c, s in pairs if s.status != "pruned"]
-            rng.shuffle(live)
-            for c, s in live:
-                res = benchmark(sessions[id(s)], streams=s.streams, duration=slice_s,
-                                iterations=10**9, warmup=1, first_run=False)
-                s.rounds_ips.append(res.throughput_ips)
-                s.rounds_p50_ms.append(res.latency_ms.p50)
-            if r + 1 >= PRUNE_AFTER:
-                _prune([s for _, s in pairs], objective)
-            _say(progress, f"batch {field_[0].batch}: round {r + 1}/{n_rounds} measured "
-                           f"({clock.elapsed():.0f} s of {clock.budget:.0f} s)")
-            if clock.left() < 0 and r + 1 < n_rounds:
-                report.skipped.append(f"batch {field_[0].batch}: stopped after {r + 1} of "
-                                      f"{n_rounds} rounds, the time budget was spent")
-                break
-    finally:
-        for sess in sessions.values():
-            sess.close()
-    for s in (s for _, s in pairs):
-        if s.status == "pending":
-            s.status = "measured"
-    report.rounds[str(field_[0].batch)] = len(max((s.rounds_ips for _, s in pairs), key=len))
-
-
-def _fit(n_pairs, rounds, slice_s, clock, report, batch) -> tuple[int, float]:
-    """Rounds and slice length that fit what is left of the time budget for this batch."""
-    left = clock.left() / max(1, len(report.batch_sizes) - report.batch_sizes.index(batch))
-    per_round = n_pairs * (slice_s + 0.05)  # + the warm-up query per slice, roughly
-    fit = int(left // per_round) if per_round > 0 else rounds
-    if fit >= rounds:
-        return rounds, slice_s
-    if fit >= MIN_ROUNDS:
-        report.skipped.append(f"batch {batch}: {fit} rounds instead of {rounds} to fit the "
-                              "time budget")
-        return fit, slice_s
-    short = max(MIN_SLICE_S, left / (MIN_ROUNDS * n_pairs) - 0.05)
-    report.skipped.append(f"batch {batch}: {MIN_ROUNDS} rounds of {short:.2f} s slices instead "
-                          f"of {rounds} of {slice_s:g} s to fit the time budget")
-    report.slice_s = min(report.slice_s, short)
-    return MIN_ROUNDS, short
-
-
-def _prune(settings: list[Setting], objective: str) -> None:
-    """A pair whose fastest round is slower than the leader's slowest round cannot win."""
-    live = [s for s in settings if s.status != "pruned" and s.rounds_ips]
-    if objective == "latency":
-        live = [s for s in live if s.streams == 1]
-    if len(live) < 2:
-        return
-    leader = max(live, key=lambda s: s.median())
-    for s in live:
-        if s is not leader and max(s.rounds_ips) < min(leader.rounds_ips):
-            s.status = "pruned"
-            s.why = (f"pruned after {len(s.rounds_ips)} rounds: its fastest round "
-                     f"({max(s.rounds_ips):.1f} images/s) was slower than the leader's "
-                     f"slowest ({min(leader.rounds_ips):.1f})")
 
 
 # ----------------------------------------------------------------------------- choosing
