@@ -196,8 +196,7 @@ def _say(progress: bool, text: str) -> None:
 # ----------------------------------------------------------------------------- the entry point
 def tune(onnx=None, *, weights=None, batch_sizes=(1, 8), backends=None, quant_modes=None,
          objective: str = "throughput", min_agreement=None, max_drop=None, min_cosine=None,
-         calib_dir=None,
-         calib_num: int = 100, preprocess: PreprocessCfg | None = None, out="data/tune",
+         calib_dir=None, calib_num: int = 100, preprocess: PreprocessCfg | None = None, out="data/tune",
          time_budget_s: float = DEFAULT_TIME_BUDGET_S, rounds: int = DEFAULT_ROUNDS,
          slice_s: float = DEFAULT_SLICE_S, build_options: dict | None = None,
          progress: bool = True, seed: int = 0) -> TuneReport:
@@ -209,13 +208,14 @@ def tune(onnx=None, *, weights=None, batch_sizes=(1, 8), backends=None, quant_mo
     default 99% and 0.99).
     ``objective``: ``latency`` (one request in flight) or ``throughput`` (also several).
     Writes ``out/models/...``, ``out/tuned/<objective>_b<B>`` (the winners, runtime settings
-    in meta.json extra["tuned"]), ``out/tune.md`` and ``out/tune.json``; returns the report.
+    in meta.json extra["tuned"]), ``out/tune.md``, ``out/tune.json`` and ``out/tune.png``;
+    returns the report. ``build_options`` go to every ``mnv3.build`` (e.g. ``fidelity_num``).
     """
     from mnv3.backends import list_backends
     from mnv3.gate import Budget
+    from mnv3.sysinfo import int8_isa, system_info
     from mnv3.tune_build import build_candidate
     from mnv3.tune_measure import measure_batch
-    from mnv3.sysinfo import int8_isa, system_info
 
     backends = list(backends or list_backends(available_only=True))
     _check(objective, batch_sizes, time_budget_s, backends)
@@ -232,7 +232,7 @@ def tune(onnx=None, *, weights=None, batch_sizes=(1, 8), backends=None, quant_mo
                "min_agreement": budget.min_agreement, "min_cosine": budget.min_cosine}
     for c in report.candidates:
         build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options, untrained,
-                         clock, report, progress)
+                        clock, report, progress)
     cores = int(report.system.get("cores", {}).get("usable") or 1)
     for b in report.batch_sizes:
         field_ = [c for c in report.candidates if c.batch == b and c.status == "built"]

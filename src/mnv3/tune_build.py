@@ -24,7 +24,9 @@ def _say(progress: bool, text: str) -> None:
 
 
 def build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
-                     untrained, clock, report, progress) -> None:
+                    untrained, clock, report, progress) -> None:
+    """Build candidate ``c`` (or reuse it) into ``out/models/<backend>/<name>``; sets its
+    status (built / refused / failed / skipped) and why."""
     from mnv3.builder import build
 
     if clock.elapsed() > BUILD_SHARE * clock.budget:
