@@ -47,6 +47,8 @@ SMALL = {
     "build": ["--calib-num", "10"],
     "infer": ["--image-num", "40"],
     "bench": ["--duration", "0.3", "--warmup", "2"],
+    "tune": ["--batch-sizes", "1", "--backends", "onnxruntime", "--time-budget", "2m",
+             "--rounds", "2", "--slice", "0.05", "--calib-num", "10", "--no-progress"],
     "run": ["--batch-sizes", "1", "--image-num", "8", "--calib-num", "8", "--bench-duration",
             "0.1", "--bench-rounds", "2", "--bench-warmup", "2", "--no-progress"],
 }

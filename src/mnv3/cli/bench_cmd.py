@@ -13,7 +13,9 @@ v[k] + f*(v[k+1]-v[k]) with k + f = (n-1)*p/100.
 
 --threads T is the engine's intra-op thread count per request (default: the engine's choice;
 1 when --streams > 1). --streams S runs S concurrent requests, each a thread calling the same
-loaded session (as fast as S sessions with ONNX Runtime here, and it loads once).
+loaded session (as fast as S sessions with ONNX Runtime here, and it loads once). A model
+chosen by 'mnv3 tune' runs with its tuned threads and streams (meta.json extra["tuned"]) when
+neither flag is given, and the output says so.
 
 examples:
   mnv3 bench --model data/models/force_float32_false_8
@@ -36,8 +38,8 @@ def add_parser(sub):
                    "is accepted too")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="intra-op threads per request (default: engine's choice)")
-    p.add_argument("--streams", type=int, default=1, metavar="S",
-                   help="concurrent requests (default 1)")
+    p.add_argument("--streams", type=int, default=None, metavar="S",
+                   help="concurrent requests (default 1, or the tuned setting)")
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--iterations", type=int, default=None, metavar="N",
                       help="measured queries (default 1000)")
@@ -58,6 +60,8 @@ def run(args) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    say = human_print(args.json)
+    _use_tuned(args, say)
     threads = args.threads if args.threads is not None else (1 if args.streams > 1 else None)
     t0 = time.perf_counter()
     session = load(args.model, threads=threads, streams=args.streams)  # OpenVINO: 1 per caller
@@ -66,6 +70,23 @@ def run(args) -> int:
         result = benchmark(session, batch=args.batch, threads=threads, streams=args.streams,
                            iterations=args.iterations, duration=args.duration,
                            warmup=args.warmup, load_time_s=load_s)
-    human_print(args.json)(format_bench(result))
+    say(format_bench(result))
     write_json(args.json, result.to_dict())
     return 0
+
+
+def _use_tuned(args, say) -> None:
+    """No --threads / --streams: a tuned model's recorded settings (issue 17), else 1 stream."""
+    from mnv3.meta import read_meta
+    from mnv3.tune import tuned_settings
+
+    tuned = None
+    if args.threads is None and args.streams is None:
+        tuned = tuned_settings(read_meta(args.model))
+    if tuned:
+        args.threads, args.streams = int(tuned["threads"]), int(tuned["streams"])
+        say(f"using the settings 'mnv3 tune' chose ({tuned['objective']}): {args.threads} "
+            f"thread(s) x {args.streams} request(s) in flight; pass --threads/--streams to "
+            "override")
+    elif args.streams is None:
+        args.streams = 1

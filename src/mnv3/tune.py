@@ -1,0 +1,355 @@
+"""``mnv3 tune``: the fastest deployment of one network on this CPU within an accuracy budget.
+
+Issue 17. Which engine, precision, batch, thread count and requests-in-flight win changes
+from CPU to CPU (MobileNetV3-Small batch 1 on an AVX2 EPYC: ONNX Runtime fp32 beat OpenVINO
+int8; at batch 8 OpenVINO int8 won), so nothing is assumed; every choice is measured here:
+
+1. candidates: backend (onnxruntime; openvino when installed) x quant mode (force_float32, an
+   int8 mode, force_bfloat16 only on OpenVINO where the CPU computes bf16) x fixed batch;
+2. each is built with ``mnv3.build``, whose accuracy budget (``mnv3.gate``) decides: a refused
+   build is a candidate that lost, with the build's reason. The build's own int8-vs-float
+   speed check is off (``speed_check=False``): tune measures int8 against float32 itself,
+   over more runtime settings;
+3. runtime settings per candidate: intra-op threads (1 and all cores) and, for the throughput
+   objective, requests in flight (``streams``: S requests x 1 thread);
+4. all (candidate, setting) pairs of one batch are measured interleaved: each round runs every
+   pair for one short slice, in a fresh seeded random order, so drift of the shared machine
+   falls on all of them alike (DESIGN.md: 2-thread speed on these VMs is bimodal for minutes).
+   A pair's figure is the median of its rounds, with the min-max range. After
+   ``tune_measure.PRUNE_AFTER`` rounds a pair whose fastest round is slower than the leader's
+   slowest cannot win and is pruned (said in the report);
+5. the winner per (objective, batch) is the measured pair with the highest median images/s
+   among builds within budget; its model directory is copied to ``out/tuned/<objective>_b<B>``
+   with ``meta.json extra["tuned"]`` = its runtime settings, which ``mnv3 bench`` uses when
+   given no --threads / --streams. ``out/tune.md`` and ``out/tune.json`` list every candidate.
+
+``time_budget_s`` bounds the whole run: builds stop at ``tune_build.BUILD_SHARE`` of it, the
+rounds fit the rest (fewer rounds, then shorter slices), and the report says what was skipped
+to fit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mnv3.errors import UsageError
+from mnv3.meta import PreprocessCfg, model_dir_name, read_meta, write_meta
+
+SCHEMA = "mnv3.tune/1"
+OBJECTIVES = ("latency", "throughput")
+DEFAULT_TIME_BUDGET_S = 600.0
+DEFAULT_ROUNDS, DEFAULT_SLICE_S = 7, 0.5
+INT8_MODE = "qint8_mixed_float32"  # float16 parts compute in float32 on ORT's CPU provider
+
+
+@dataclass
+class Setting:
+    """One runtime setting of a candidate and what it measured (images/s per round)."""
+
+    threads: int
+    streams: int
+    rounds_ips: list[float] = field(default_factory=list)
+    rounds_p50_ms: list[float] = field(default_factory=list)
+    status: str = "pending"  # measured | pruned | winner | not measured
+    why: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.streams} x {self.threads} thr" if self.streams > 1 else f"{self.threads} thr"
+
+    def median(self) -> float | None:
+        return statistics.median(self.rounds_ips) if self.rounds_ips else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        r = self.rounds_ips
+        d.update(median_ips=self.median(), min_ips=min(r) if r else None,
+                 max_ips=max(r) if r else None,
+                 p50_ms=statistics.median(self.rounds_p50_ms) if self.rounds_p50_ms else None)
+        return d
+
+
+@dataclass
+class Candidate:
+    """A build (backend x quant mode x batch) and its runtime settings."""
+
+    backend: str
+    quant_mode: str
+    batch: int
+    model_dir: str | None = None
+    status: str = "pending"  # built | refused | failed | skipped
+    why: str = ""  # why it lost, was refused or skipped ("" for the winners)
+    fidelity: dict[str, Any] | None = None  # top1_agreement, cosine_mean, within_budget
+    build_s: float | None = None
+    reused: bool = False  # built by an earlier tune with the same settings and budget
+    settings: list[Setting] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}/{model_dir_name(self.quant_mode, False, self.batch)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["settings"] = [s.to_dict() for s in self.settings]
+        return d
+
+
+@dataclass
+class TuneReport:
+    """What ``tune`` measured and chose; ``to_dict`` is tune.json."""
+
+    objective: str
+    batch_sizes: list[int]
+    budget: dict[str, Any]
+    time_budget_s: float
+    system: dict[str, Any]
+    isa: str  # the CPU's int8 ISA, printed beside every figure
+    candidates: list[Candidate] = field(default_factory=list)
+    winners: dict[str, dict[str, Any]] = field(default_factory=dict)  # "<objective>_b<B>"
+    skipped: list[str] = field(default_factory=list)  # what was left out to fit the budget
+    rounds: dict[str, int] = field(default_factory=dict)  # batch -> rounds measured
+    slice_s: float = DEFAULT_SLICE_S
+    elapsed_s: float = 0.0
+    source: str = ""
+    untrained: bool = False  # random weights: the budget is measured and marked, not held
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["candidates"] = [c.to_dict() for c in self.candidates]
+        return d
+
+
+# ----------------------------------------------------------------------------- the plan
+def default_modes(backend: str, bf16: bool | None = None) -> list[str]:
+    """float32 (the reference), int8, and bf16 only on OpenVINO where the CPU computes it."""
+    from mnv3.sysinfo import float16_support
+
+    bf16 = float16_support()["bf16"] if bf16 is None else bf16
+    modes = ["force_float32", INT8_MODE]
+    return modes + ["force_bfloat16"] if backend == "openvino" and bf16 else modes
+
+
+def runtime_settings(objective: str, cores: int) -> list[Setting]:
+    """(threads, streams) to try: 1 and all cores; for throughput also `cores` requests x 1."""
+    threads = sorted({1, max(1, cores)})
+    out = [Setting(t, 1) for t in threads]
+    if objective == "throughput" and cores > 1:
+        out.append(Setting(1, cores))
+    return out
+
+
+def plan(backends, batch_sizes, quant_modes=None) -> list[Candidate]:
+    """Every candidate, the float32 builds of every batch first: when builds must stop to fit
+    the time budget, each batch still has its reference to measure."""
+    from mnv3.meta import BACKEND_ONLY_MODES, normalize_quant_mode
+
+    out = []
+    for b in batch_sizes:
+        for be in backends:
+            modes = [normalize_quant_mode(m) for m in quant_modes] if quant_modes \
+                else default_modes(be)
+            for m in modes:
+                if be not in BACKEND_ONLY_MODES.get(m, (be,)):
+                    continue
+                out.append(Candidate(be, m, int(b)))
+    out.sort(key=lambda c: (c.quant_mode != "force_float32", c.batch))
+    return out
+
+
+def _check(objective, batch_sizes, time_budget_s, backends) -> None:
+    if objective not in OBJECTIVES:
+        raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise UsageError(f"batch sizes must be at least 1, got {list(batch_sizes)}")
+    if not time_budget_s or time_budget_s <= 0:
+        raise UsageError(f"the time budget must be a positive number of seconds, got "
+                         f"{time_budget_s!r}")
+    if not backends:
+        raise UsageError("no backend to tune: install one, e.g. pip install \"mnv3[openvino]\"")
+
+
+class _Clock:
+    def __init__(self, budget_s: float):
+        self.t0, self.budget = time.perf_counter(), float(budget_s)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def left(self) -> float:
+        return self.budget - self.elapsed()
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(f"mnv3 tune: {text}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- the entry point
+def tune(onnx=None, *, weights=None, batch_sizes=(1, 8), backends=None, quant_modes=None,
+         objective: str = "throughput", min_agreement=None, max_drop=None, min_cosine=None,
+         calib_dir=None, calib_num: int = 100, preprocess: PreprocessCfg | None = None, out="data/tune",
+         time_budget_s: float = DEFAULT_TIME_BUDGET_S, rounds: int = DEFAULT_ROUNDS,
+         slice_s: float = DEFAULT_SLICE_S, build_options: dict | None = None,
+         progress: bool = True, seed: int = 0) -> TuneReport:
+    """Build, measure and choose the fastest deployment within the accuracy budget.
+
+    Give ``onnx`` (a float32 ONNX classifier) or ``weights`` (a checkpoint, exported on the
+    way). ``min_agreement`` (top-1 agreement with float32, 0-1 or percent) or ``max_drop``
+    (points), with ``min_cosine``, is every reduced-precision build's budget (``mnv3.gate``;
+    default 99% and 0.99).
+    ``objective``: ``latency`` (one request in flight) or ``throughput`` (also several).
+    Writes ``out/models/...``, ``out/tuned/<objective>_b<B>`` (the winners, runtime settings
+    in meta.json extra["tuned"]), ``out/tune.md``, ``out/tune.json`` and ``out/tune.png``;
+    returns the report. ``build_options`` go to every ``mnv3.build`` (e.g. ``fidelity_num``).
+    """
+    from mnv3.backends import list_backends
+    from mnv3.gate import Budget
+    from mnv3.sysinfo import int8_isa, system_info
+    from mnv3.tune_build import build_candidate
+    from mnv3.tune_measure import measure_batch
+
+    backends = list(backends or list_backends(available_only=True))
+    _check(objective, batch_sizes, time_budget_s, backends)
+    budget = Budget.from_options({"min_agreement": min_agreement, "max_drop": max_drop,
+                                  **({} if min_cosine is None else {"min_cosine": min_cosine})})
+    clock, out = _Clock(time_budget_s), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx, preprocess, untrained = _source(onnx, weights, preprocess, out, progress)
+    report = TuneReport(objective, [int(b) for b in batch_sizes], budget.to_dict(),
+                        float(time_budget_s), system_info(), int8_isa(), source=str(onnx),
+                        slice_s=slice_s, untrained=untrained)
+    report.candidates = plan(backends, report.batch_sizes, quant_modes)
+    options = {"progress": False, "speed_check": False, **(build_options or {}),
+               "min_agreement": budget.min_agreement, "min_cosine": budget.min_cosine}
+    for c in report.candidates:
+        build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options, untrained,
+                        clock, report, progress)
+    cores = int(report.system.get("cores", {}).get("usable") or 1)
+    for b in report.batch_sizes:
+        field_ = [c for c in report.candidates if c.batch == b and c.status == "built"]
+        measure_batch(field_, objective, lambda: runtime_settings(objective, cores), rounds,
+                      slice_s, clock, report, progress, seed)
+        _choose(field_, objective, b, out, report, progress)
+    report.elapsed_s = clock.elapsed()
+    if clock.left() < 0:  # a build or a round in progress is not cut short
+        report.skipped.append(f"the run took {report.elapsed_s:.0f} s, over its "
+                              f"{clock.budget:.0f} s budget: a build or a round that had "
+                              "started was finished")
+    from mnv3.tune_report import write_reports
+
+    write_reports(report, out)
+    return report
+
+
+def _source(onnx, weights, preprocess, out: Path, progress: bool):
+    """(onnx path, preprocessing, untrained?) from --onnx or --weights (exported once)."""
+    if (onnx is None) == (weights is None):
+        raise UsageError("give the network as onnx=FILE (--onnx) or weights=CKPT (--weights), "
+                         "one of them")
+    if onnx is not None:
+        from mnv3 import provenance
+
+        path = Path(onnx)
+        if not path.is_file():
+            raise UsageError(f"--onnx {path}: no such file; export one with 'mnv3 export'")
+        untrained = bool(provenance.source_fields(path).get("untrained"))
+        return path, preprocess or PreprocessCfg(), untrained
+    from mnv3.pipeline_steps import export_or_reuse, open_source
+
+    src = open_source(weights, "auto", "auto", None)
+    _say(progress, f"exporting {weights} to ONNX")
+    path, _ = export_or_reuse(src, out / "onnx")
+    return path, preprocess or src.preprocess, src.untrained
+
+
+# ----------------------------------------------------------------------------- choosing
+def _choose(field_, objective, batch, out: Path, report: TuneReport, progress) -> None:
+    """The fastest measured pair of this batch, copied out with its settings in meta.json."""
+    from mnv3.sysinfo import isa_label
+
+    pairs = [(c, s) for c in field_ for s in c.settings if s.rounds_ips
+             and (objective == "throughput" or s.streams == 1)]
+    key = f"{objective}_b{batch}"
+    if not pairs:
+        report.skipped.append(f"{key}: no candidate was built and measured within budget")
+        return
+    win_c, win_s = max(pairs, key=lambda p: p[1].median())
+    win_s.status = "winner"
+    for c, s in ((c, s) for c in field_ for s in c.settings):
+        if s is not win_s and s.status != "pruned":
+            s.why = s.why or (f"{s.median() / win_s.median():.2f}x the winner's median"
+                              if s.rounds_ips else "not measured")
+    for c in field_:
+        if c is not win_c:
+            c.why = c.why or f"slower than {win_c.name} ({win_s.label})"
+    runner_up = _runner_up(pairs, win_s)
+    tuned = {"objective": objective, "threads": win_s.threads, "streams": win_s.streams,
+             "batch": batch, "images_per_s": win_s.median(), "min_ips": min(win_s.rounds_ips),
+             "max_ips": max(win_s.rounds_ips), "rounds": len(win_s.rounds_ips),
+             "isa": report.isa, "from": win_c.model_dir, "tune_report": str(out / "tune.json")}
+    dest = out / "tuned" / key
+    _publish_tuned(Path(win_c.model_dir), dest, tuned)
+    report.winners[key] = {"candidate": win_c.name, "model_dir": str(dest), **tuned,
+                           "runner_up": runner_up}
+    _say(progress, f"{key}: {win_c.name} with {win_s.label}, {win_s.median():.1f} images/s "
+                   f"(median, {isa_label(report.isa)}) -> {dest}")
+
+
+def _runner_up(pairs, win_s: Setting) -> dict[str, Any] | None:
+    """The second-fastest pair, the winner's margin over it and whether their round ranges
+    overlap (then the two are not told apart on this machine: a rerun may swap them)."""
+    rest = [(c, s) for c, s in pairs if s is not win_s]
+    if not rest:
+        return None
+    c, s = max(rest, key=lambda p: p[1].median())
+    return {"candidate": c.name, "setting": s.label, "images_per_s": s.median(),
+            "ratio": win_s.median() / s.median(),
+            "ranges_overlap": max(s.rounds_ips) >= min(win_s.rounds_ips)}
+
+
+def _publish_tuned(src: Path, dest: Path, tuned: dict) -> None:
+    """Copy the winning model directory to ``dest`` (atomically), its settings in meta.json."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        meta = read_meta(tmp)
+        meta.extra = {**meta.extra, "tuned": tuned}
+        meta.notes.append(f"tuned ({tuned['objective']}): run with {tuned['threads']} threads "
+                          f"x {tuned['streams']} requests in flight")
+        write_meta(meta, tmp)
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            dest.rename(old)
+        tmp.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def tuned_settings(meta) -> dict[str, Any] | None:
+    """The runtime settings ``mnv3 tune`` recorded in a model's meta.json (None: untuned)."""
+    tuned = (getattr(meta, "extra", None) or {}).get("tuned")
+    if not isinstance(tuned, dict) or "threads" not in tuned or "streams" not in tuned:
+        return None
+    return tuned
+
+
+def load_report(path) -> dict[str, Any]:
+    """tune.json as a dict (checked to be one)."""
+    d = json.loads(Path(path).read_text(encoding="utf-8"))
+    if d.get("schema") != SCHEMA:
+        raise UsageError(f"{path} is not a {SCHEMA} report")
+    return d
+

@@ -1,0 +1,102 @@
+"""``mnv3 tune``'s builds: each candidate through ``mnv3.build`` and its accuracy budget.
+
+A refused build (``BuildError``: below the budget, or the engine could not) is a candidate that
+lost, with the build's own reason; a model already built by an earlier tune from the same ONNX,
+settings and budget is reused (tune resumes, as ``mnv3 run`` does).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mnv3.errors import BuildError, Mnv3Error
+from mnv3.meta import model_dir_name, read_meta
+
+BUILD_SHARE = 0.6  # builds may use this share of the time budget; measuring gets the rest
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(f"mnv3 tune: {text}", file=sys.stderr, flush=True)
+
+
+def build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
+                    untrained, clock, report, progress) -> None:
+    """Build candidate ``c`` (or reuse it) into ``out/models/<backend>/<name>``; sets its
+    status (built / refused / failed / skipped) and why."""
+    from mnv3.builder import build
+
+    if clock.elapsed() > BUILD_SHARE * clock.budget:
+        c.status, c.why = "skipped", (f"not built: builds had used {BUILD_SHARE:.0%} of the "
+                                      f"{clock.budget:.0f} s time budget")
+        report.skipped.append(f"{c.name}: {c.why}")
+        return
+    target = out / "models" / c.backend / model_dir_name(c.quant_mode, False, c.batch)
+    opts = dict(options)
+    if c.quant_mode == "force_float32":  # the reference has no budget to meet
+        opts.pop("min_agreement"), opts.pop("min_cosine")
+    if untrained:
+        opts.setdefault("allow_below_budget", True)
+        opts.setdefault("below_budget_reason", "the network is untrained (random weights)")
+    t0 = time.perf_counter()
+    meta = _reusable(target, c, onnx, preprocess, calib_dir, calib_num, opts)
+    if meta is not None:
+        _say(progress, f"reusing {c.name}: built before with these settings and budget")
+        c.status, c.model_dir, c.fidelity = "built", str(target), _fidelity(meta)
+        c.reused, c.build_s = True, 0.0
+        return
+    _say(progress, f"building {c.name} ({clock.elapsed():.0f} s of {clock.budget:.0f} s)")
+    try:
+        meta = build(onnx, target, quant_mode=c.quant_mode, shape_mutable=False,
+                     batch_size=c.batch, preprocess=preprocess, calib_dir=calib_dir,
+                     calib_num=calib_num, backend=c.backend, options=opts, force=True)
+    except BuildError as e:  # the budget (or the engine) refused it: a candidate that lost
+        c.status, c.why = "refused", f"build refused: {e}"
+    except Mnv3Error as e:
+        c.status, c.why = "failed", f"build failed: {e}"
+    else:
+        c.status, c.model_dir, c.fidelity = "built", str(target), _fidelity(meta)
+        if c.fidelity and c.fidelity.get("below_budget") and not untrained:
+            c.status, c.why = "refused", "below the accuracy budget"
+    c.build_s = time.perf_counter() - t0
+    if c.status != "built":
+        _say(progress, f"{c.name}: {c.why}")
+
+
+def _reusable(target: Path, c, onnx, preprocess, calib_dir, calib_num, opts):
+    """The ModelMeta of a model already at ``target`` built from the same ONNX, settings and
+    budget (a rerun of tune resumes, as ``mnv3 run`` does); None: build it."""
+    from mnv3 import model_settings
+    from mnv3.builder import _demo_dir
+    from mnv3.meta import sha256_file
+    from mnv3.pipeline_steps import reusable
+
+    int8 = c.quant_mode.startswith("qint8")
+    folder = calib_dir or _demo_dir()
+    calib = {"folder": str(folder), "requested": calib_num, "method": "minmax"} \
+        if int8 and folder else None
+    request = model_settings.requested(c.backend, c.quant_mode, False, c.batch,
+                                       sha256_file(onnx), preprocess, calib)
+    if not reusable(target, request):
+        return None
+    meta = read_meta(target)
+    recorded = (meta.fidelity or {}).get("budget") or {}
+    if c.quant_mode != "force_float32" and (
+            recorded.get("min_agreement") != opts.get("min_agreement")
+            or recorded.get("min_cosine") != opts.get("min_cosine")):
+        return None  # held to another budget: build again
+    return meta
+
+
+def _fidelity(meta) -> dict[str, Any] | None:
+    f = meta.fidelity or {}
+    if not f:
+        return None
+    keep = ("top1_agreement", "top1_agreement_expected", "cosine_mean", "inputs",
+            "within_budget", "below_budget")
+    return {k: f[k] for k in keep if k in f}
+
+
