@@ -19,17 +19,14 @@ from mnv3.backends import isa_mismatch
 from mnv3.cli.main import main as cli
 from mnv3.errors import BuildError, UsageError
 from mnv3.meta import PreprocessCfg, read_meta
-from tiny_onnx import SIZE, export_tiny, write_images
+from tiny_onnx import SIZE, export_tiny, make_tiny
 
 CFG = PreprocessCfg(resize=36, crop=SIZE)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    export_tiny(d / "tiny.onnx", dynamic=True)
-    write_images(d / "images", 24)
-    return {"onnx": d / "tiny.onnx", "images": d / "images", "dir": d}
+    return make_tiny(tmp_path_factory)
 
 
 def _build(tiny, out, mode="qint8_mixed_float32", **options):

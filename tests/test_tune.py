@@ -15,7 +15,7 @@ from mnv3 import tune as t
 from mnv3.cli.main import main as cli
 from mnv3.errors import UsageError
 from mnv3.meta import PreprocessCfg, read_meta
-from tiny_onnx import SIZE, export_tiny, write_images
+from tiny_onnx import SIZE, make_tiny
 
 CFG = PreprocessCfg(resize=36, crop=SIZE)
 FAST = {"rounds": 3, "slice_s": 0.05, "progress": False, "calib_num": 8,
@@ -24,10 +24,7 @@ FAST = {"rounds": 3, "slice_s": 0.05, "progress": False, "calib_num": 8,
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    export_tiny(d / "tiny.onnx", dynamic=True)
-    write_images(d / "images", 24)
-    return {"onnx": d / "tiny.onnx", "images": d / "images", "dir": d}
+    return make_tiny(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -91,3 +91,11 @@ def torch_logits(model, x: np.ndarray) -> np.ndarray:
 
     with torch.no_grad():
         return model(torch.from_numpy(x)).numpy()
+
+
+def make_tiny(tmp_path_factory) -> dict:
+    """A dynamic-batch tiny ONNX and 24 images in a fresh folder (module fixtures' shared body)."""
+    d = tmp_path_factory.mktemp("tiny")
+    export_tiny(d / "tiny.onnx", dynamic=True)
+    write_images(d / "images", 24)
+    return {"onnx": d / "tiny.onnx", "images": d / "images", "dir": d}

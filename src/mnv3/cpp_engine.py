@@ -261,7 +261,7 @@ def cpp_rows(rows, samples, results_dir: Path, ref: dict[str, int], threads: int
     same samples (results in ``results/cpp/<name>``); the performance table's engine-only
     columns stay empty for these rows: it is the same OpenVINO engine as the openvino row.
     """
-    from mnv3.pipeline_steps import read_top1
+    from mnv3.pipeline_steps import accuracy_of
     from mnv3.report import ModelRow
 
     out = []
@@ -270,13 +270,7 @@ def cpp_rows(rows, samples, results_dir: Path, ref: dict[str, int], threads: int
         with bar.step(f"infer + eval {row.name} with mnv3-infer-cpp", timings, "infer"):
             res = infer_cpp(CppModel(row.model_dir, threads=threads), samples, where,
                             batch_size=row.batch)
-        top1 = read_top1(where)
-        common = [n for n in top1 if n in ref]
-        agree = sum(top1[n] == ref[n] for n in common) / len(common) if common else None
-        acc = {"top1": res.top1, "top5": res.top5, "agreement": agree, "images": res.processed,
-               "labeled": res.labeled, "skipped": res.skipped,
-               "end_to_end_images_per_s": res.images_per_s,
-               "engine_images_per_s": res.engine_images_per_s}
+        acc = accuracy_of(res, where, ref)
         out.append(ModelRow(name=row.name, quant_mode=row.quant_mode,
                             shape_mutable=row.shape_mutable, batch=row.batch,
                             model_dir=row.model_dir, reused=True, accuracy=acc,

@@ -159,14 +159,18 @@ def infer_and_score(row, samples, out_dir: Path, ref: dict[str, int], threads: i
     with load(row.model_dir, threads=threads, spin=False) as session:
         res = infer(session, samples, out_dir, batch_size=row.batch, progress=False)
         notes = list(session.meta.notes)
+    return accuracy_of(res, out_dir, ref), notes
+
+
+def accuracy_of(res, out_dir: Path, ref: dict[str, int]) -> dict:
+    """A row's accuracy cell: an InferResult plus top-1 agreement with the reference run."""
     top1 = read_top1(out_dir)
     common = [n for n in top1 if n in ref]
     agree = sum(top1[n] == ref[n] for n in common) / len(common) if common else None
-    acc = {"top1": res.top1, "top5": res.top5, "agreement": agree, "images": res.processed,
-           "labeled": res.labeled, "skipped": res.skipped,
-           "end_to_end_images_per_s": res.images_per_s,
-           "engine_images_per_s": res.engine_images_per_s}
-    return acc, notes
+    return {"top1": res.top1, "top5": res.top5, "agreement": agree, "images": res.processed,
+            "labeled": res.labeled, "skipped": res.skipped,
+            "end_to_end_images_per_s": res.images_per_s,
+            "engine_images_per_s": res.engine_images_per_s}
 
 
 def bench_batch(rows, src: Source, onnx_path: Path, batch: int, threads: int, iterations,
