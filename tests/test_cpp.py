@@ -320,3 +320,13 @@ def test_mnv3_run_cpp_adds_an_openvino_cpp_row(binary, tmp_path, monkeypatch):
     assert cpp_row.bench is None and cpp_row.accuracy["end_to_end_images_per_s"] > 0
     assert "| openvino C++ |" in accuracy_table(rep)
     assert (tmp_path / "results" / "cpp" / cpp_row.name / "eval_result_1.txt").is_file()
+
+
+def test_cached_binary_is_keyed_by_the_openvino_install_it_links(monkeypatch):
+    """A binary linked against another virtual environment's libopenvino must not be reused."""
+    openvino = pytest.importorskip("openvino")
+    from mnv3 import cpp_engine
+
+    here = cpp_engine._key()
+    monkeypatch.setattr(openvino, "__file__", "/elsewhere/site-packages/openvino/__init__.py")
+    assert cpp_engine._key() != here

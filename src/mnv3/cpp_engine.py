@@ -63,10 +63,13 @@ def openvino_cmake_dir() -> Path:
 
 
 def _key() -> str:
-    """Sources + OpenVINO version: a change to either means a new binary."""
+    """Sources + OpenVINO version and install folder: a change to any means a new binary (the
+    binary loads libopenvino from the folder it was linked against, so one built in another
+    virtual environment fails to start once that environment is gone)."""
     import openvino
 
     h = hashlib.sha256(openvino.get_version().encode())
+    h.update(str(Path(openvino.__file__).resolve().parent).encode())
     src = source_dir()
     for path in sorted(p for p in src.rglob("*") if p.is_file() and "build" not in p.parts):
         h.update(str(path.relative_to(src)).encode())
@@ -122,7 +125,7 @@ def build_cpp(jobs: int | None = None, force: bool = False, verbose: bool = Fals
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.is_file() and not force:
             return target
-        build = cache / "build"
+        build = cache / f"build-{target.parent.name}"  # CMake ties a build folder to one source
         jobs = jobs or max(1, min(2, os.cpu_count() or 1))
         _cmake(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
                 f"-DOpenVINO_DIR={ov_cmake}"], verbose)
