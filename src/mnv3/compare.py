@@ -6,9 +6,9 @@ and the images that differ most. Where both engines expose intermediate tensors 
 outputs added to a copy of the graph; the tensors are matched by name), it also reports each
 layer's error and the error that layer *adds*: the growth of the relative squared error (noise
 power / signal power) from the layer's input to its output. The layers adding most are the
-ones worth keeping float; the build's accuracy fallback (mnv3.gate) ranks layers the same way
-(``layer_jumps``). Peers: Polygraphy ``run --validate``, ORT's ``qdq_loss_debug``, NNCF's
-accuracy-control ranking.
+ones worth looking at; the build's accuracy fallback (mnv3.gate) instead measures each group
+of layers by its effect on the output (backends/onnxruntime.py explains why). Peers:
+Polygraphy ``run --validate``, ORT's ``qdq_loss_debug``, NNCF's accuracy-control ranking.
 """
 
 from __future__ import annotations
@@ -151,17 +151,6 @@ def _measure(ga: onnx.ModelProto, gb: onnx.ModelProto, io: dict, images: np.ndar
         for t in names:
             sums.add(t, a[na[t]], b[nb[t]])
     return sums
-
-
-def layer_jumps(float_model: onnx.ModelProto, test_model: onnx.ModelProto, images: np.ndarray,
-                layers: Sequence[str]) -> list[dict]:
-    """``layers`` (names in both graphs) ranked by the relative squared error each adds."""
-    io = layer_tensors(float_model, test_model, layers)
-    sums = _measure(float_model, test_model, io, images)
-    ranked = [{"layer": layer, "score": sums.rel_sq(out) - sums.rel_sq(inp),
-               "rel_l2_out": float(np.sqrt(sums.rel_sq(out)))}
-              for layer, (inp, out) in io.items()]
-    return sorted(ranked, key=lambda r: -r["score"])
 
 
 # ----------------------------------------------------------------------------- two builds

@@ -168,8 +168,7 @@ class Int8Quantizer:
              "op_types": list(INT8_OPS + (FUSED_ACTIVATIONS
                                           if options.get("fuse_activations", True) else ())),
              "float_first": int(options.get("float_first", FLOAT_FIRST)),
-             "float_last": int(options.get("float_last", FLOAT_LAST)),
-             "full_range_depthwise": bool(options.get("full_range_depthwise", False))}
+             "float_last": int(options.get("float_last", FLOAT_LAST))}
         if s["weight_type"] not in ("int8", "uint8"):
             raise BuildError(f"weight_type must be int8 or uint8, got {s['weight_type']!r}")
         s["weights"] = f"{s['weight_type']} symmetric" + (" 7-bit" if s["reduce_range"] else "")
@@ -210,9 +209,6 @@ class Int8Quantizer:
         window = max(d for d in range(1, HISTOGRAM_WINDOW + 1) if len(files) % d == 0)
         extra = {"WeightSymmetric": True, "ActivationSymmetric": s["activation_symmetric"],
                  "CalibMaxIntermediateOutputs": 16}
-        if s.get("full_range_depthwise"):
-            extra["TensorQuantOverrides"] = {w: [{"reduce_range": False, "axis": 0}]
-                                             for w in _depthwise_weights(model)}
         if histogram:
             extra["CalibStridedMinMax"] = window
         methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -264,19 +260,6 @@ def _float_nodes(model: onnx.ModelProto, first: int, last: int, extra) -> list[s
     ops = [n.name for n in model.graph.node if n.op_type in INT8_OPS]
     chosen = ops[:max(first, 0)] + (ops[-last:] if last > 0 else [])
     return list(dict.fromkeys([*chosen, *extra]))
-
-
-def _depthwise_weights(model: onnx.ModelProto) -> list[str]:
-    """Weight initializers of depthwise convolutions (group == channels, one input each)."""
-    inits = {i.name: i for i in model.graph.initializer}
-    out = []
-    for n in model.graph.node:
-        if n.op_type != "Conv" or len(n.input) < 2 or n.input[1] not in inits:
-            continue
-        group = next((a.i for a in n.attribute if a.name == "group"), 1)
-        if group > 1 and inits[n.input[1]].dims[1] == 1:
-            out.append(n.input[1])
-    return out
 
 
 def _with_activations(model: onnx.ModelProto, names: Sequence[str]) -> list[str]:

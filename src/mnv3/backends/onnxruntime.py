@@ -195,7 +195,7 @@ class OnnxRuntimeBackend(Backend):
         Measured, not estimated: each group of consecutive int8 layers is kept float in turn
         (calibration and bias-correction statistics are reused, so a round is one
         quantization pass) and scored by the mean logit cosine to float32 on ``images``.
-        Why not rank single layers by the error they add (mnv3.compare.layer_jumps)? On
+        Why not rank single layers by the error they add (what mnv3 compare prints)? On
         EfficientNet-Lite0 with 7-bit weights (AVX2) that estimate picked the projection convs,
         whose return to float *lowered* cosine (0.9975 -> 0.9966 with 16 layers float, against
         0.9982 for the 16 it ranked last): bias correction and the quantized residual adds
