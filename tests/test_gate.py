@@ -280,3 +280,12 @@ def test_compare_refuses_different_networks(tiny, tmp_path):
     assert any("preprocess differently" in n for n in rep.notes)
     with pytest.raises(UsageError, match="needs images"):
         compare(tmp_path / "a", tmp_path / "c", [])
+
+
+def test_infer_says_when_its_model_is_below_budget(tiny, tmp_path, capsys):
+    _build(tiny, tmp_path / "m", speed_check=False, allow_below_budget=True,
+           min_agreement=100, min_cosine=1.0)
+    capsys.readouterr()
+    assert cli(["infer", "--model", str(tmp_path / "m"), "--image-dir", str(tiny["images"]),
+                "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "BELOW its accuracy budget" in capsys.readouterr().out

@@ -107,6 +107,10 @@ def run(args) -> int:
                        progress=not args.no_progress and sys.stderr.isatty())
     for line in summary_lines(result):
         say(line)
+    below = ((getattr(session, "meta", None) and session.meta.fidelity) or {}).get("below_budget")
+    if below:  # shipped with --allow-below-budget: every accuracy it prints carries that
+        say(f"note: this model was built BELOW its accuracy budget ({'; '.join(below)}); see "
+            "its meta.json fidelity")
     write_json(args.json, result.to_dict())
     return 0
 
