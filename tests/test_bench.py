@@ -117,7 +117,8 @@ def test_mutable_model_takes_any_batch():
     sess = FakeSession(fake_meta(mutable=True))
     assert benchmark(sess, batch=6, iterations=2, warmup=0).batch == 6
     assert set(sess.calls) == {6}
-    assert benchmark(sess, iterations=2, warmup=0).batch == 1  # default for mutable models
+    # default: the batch it was built for, the rule infer uses too (issue 14: one rule)
+    assert benchmark(sess, iterations=2, warmup=0).batch == sess.meta.batch_size == 4
 
 
 def test_fixed_batch_model_refuses_another_batch():

@@ -14,7 +14,8 @@ import mnv3
 from mnv3 import builder as build_mod
 from mnv3.backends.onnxruntime import OnnxRuntimeBackend
 from mnv3.errors import BuildError, ModelError, UsageError
-from mnv3.meta import QUANT_MODES, PreprocessCfg, read_meta
+from mnv3.meta import PreprocessCfg, read_meta
+from mnv3.quant_mode import SEED_MODES
 from mnv3.data.preprocess import preprocess_batch
 from tiny_onnx import SIZE, export_tiny, torch_logits, write_images
 
@@ -44,7 +45,7 @@ TOL = {"force_float32": 1e-4, "force_float16": 2e-2, "qint8_mixed_float32": 0.2,
        "qint8_mixed_float16": 0.2}
 
 
-@pytest.mark.parametrize("mode", QUANT_MODES)
+@pytest.mark.parametrize("mode", SEED_MODES)
 @pytest.mark.parametrize("mutable", [True, False])
 def test_every_mode_builds_loads_and_predicts(tiny, tmp_path, mode, mutable):
     meta = _build(tiny, tmp_path / "m", mode, mutable, batch=4)

@@ -119,7 +119,7 @@ def test_shortfalls_name_each_missed_figure():
 
 
 def test_expected_agreement_counts_near_ties():
-    from mnv3.builder import flip_probability
+    from mnv3.fidelity import flip_probability
 
     a = np.array([[10.0, 0.0, 0.0], [1.0, 0.99, 0.0]])
     b = a + np.array([[0.01, -0.01, 0.0], [-0.01, 0.01, 0.0]])

@@ -20,6 +20,7 @@ from mnv3.backends import get_backend, list_backends, load
 from mnv3.builder import build
 from mnv3.errors import BackendUnavailable, ModelError, UsageError
 from mnv3.meta import PreprocessCfg
+from mnv3.quant_mode import QuantMode
 
 PP = PreprocessCfg(resize=36, crop=32)
 MODES = ("force_float32", "force_float16", "force_bfloat16", "qint8_mixed_float32",
@@ -178,10 +179,10 @@ def test_bf16_is_refused_on_a_cpu_without_bf16(tiny, tmp_path, monkeypatch):
         with load(mixed) as session:  # elsewhere they fall back to f32 instead of failing
             assert "float32" in session.config()["INFERENCE_PRECISION_HINT"]
     # fp16 modes on a CPU without fp16 arithmetic: f32 (float16) or bf16 (int8 + 16-bit float)
-    assert ovb.inference_precision("force_float16", no_bf16) == "f32"
-    assert ovb.inference_precision("qint8_mixed_float16", frozenset({"BF16"})) == "bf16"
-    assert ovb.inference_precision("force_float16", frozenset({"FP16", "BF16"})) == "f16"
-    assert ovb.inference_precision("force_float32", frozenset({"FP16", "BF16"})) == "f32"
+    assert ovb.inference_precision(QuantMode("force_float16"), no_bf16) == "f32"
+    assert ovb.inference_precision(QuantMode("qint8_mixed_float16"), frozenset({"BF16"})) == "bf16"
+    assert ovb.inference_precision(QuantMode("force_float16"), frozenset({"FP16", "BF16"})) == "f16"
+    assert ovb.inference_precision(QuantMode("force_float32"), frozenset({"FP16", "BF16"})) == "f32"
 
 
 def test_bf16_is_an_openvino_only_mode(tiny, tmp_path):

@@ -180,8 +180,9 @@ def test_model_notes_name_the_models_they_hold_for():
 
 def test_a_mixed_precision_op_is_listed_once():
     from mnv3.backends.onnxruntime import precision_notes
+    from mnv3.quant_mode import QuantMode
 
-    fp16, int8 = precision_notes("qint8_mixed_float16", {
+    fp16, int8 = precision_notes(QuantMode.INT8_FLOAT16, {
         "Conv": "float32", "QLinearConv": "int8", "Reshape": "float16",
         "Transpose": "mixed(float32:9,int8:9)"})
     assert "int8 kernels: QLinearConv; still float: Conv, Reshape; mixed: Transpose " \

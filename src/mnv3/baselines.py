@@ -18,13 +18,14 @@ import numpy as np
 
 from mnv3.backends.base import Session
 from mnv3.meta import ModelMeta, PreprocessCfg
+from mnv3.quant_mode import QuantMode
 
 
 def baseline_meta(backend: str, version: str, num_classes: int, image_size: int = 224,
                   preprocess: PreprocessCfg | None = None) -> ModelMeta:
     """A shape-mutable fp32 description so the Session checks and ``benchmark`` work."""
     return ModelMeta(
-        backend=backend, backend_version=version, quant_mode="force_float32",
+        backend=backend, backend_version=version, quant_mode=QuantMode.FLOAT32,
         shape_mutable=True, batch_size=1, compiled_file="", compiled_sha256="",
         input_name="input", output_name="logits", input_shape=["batch", 3, image_size, image_size],
         output_shape=["batch", num_classes], num_classes=num_classes,

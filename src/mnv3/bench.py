@@ -155,7 +155,7 @@ def benchmark(session, *, batch: int | None = None, threads: int | None = None,
               label: str | None = None, stream_sessions=None) -> BenchResult:
     """Measure ``session`` (an ``mnv3.backends.base.Session``) on a pre-filled input.
 
-    batch: images per query; default = the model's fixed batch, or 1 for a shape-mutable model.
+    batch: images per query; default = ``meta.default_batch`` (the batch it was built for).
         A fixed-batch model given another batch raises the Session's ModelError.
     threads: recorded as the intra-op thread count; the session must have been opened with it
         (``mnv3.load(dir, threads=T)``). None: read ``session.threads`` if the backend has it.
@@ -231,8 +231,7 @@ def _weighted_load(results: list[BenchResult]) -> float | None:
 
 
 def _validate(session, batch, streams, iterations, duration, warmup):
-    fixed = session.fixed_batch
-    batch = int(batch) if batch is not None else (fixed or 1)
+    batch = int(batch) if batch is not None else session.meta.default_batch
     if batch < 1:
         raise UsageError(f"--batch must be at least 1, got {batch}")
     if streams < 1:

@@ -11,7 +11,6 @@ model swaps it atomically, so the path always holds the old model or the new one
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import glob
 import shutil
 import tempfile
@@ -26,13 +25,16 @@ from mnv3 import calibration as cal
 from mnv3 import model_settings as settings
 from mnv3 import provenance
 from mnv3.atomic import build_lock, normal_mode, publish_dir
-from mnv3.backends import get_backend
+from mnv3.backends import DEFAULT_BACKEND, get_backend
 from mnv3.backends.base import BuildConfig
+from mnv3.build_request import BuildRequest
+from mnv3.defaults import CALIB_METHOD, CALIB_NUM
 from mnv3.data.files import escape_name, open_regular
 from mnv3.errors import DataError, Mnv3Warning, UsageError
-from mnv3.meta import (META_FILE, ModelMeta, PreprocessCfg, check_mode_backend, model_dir_name,
-                       normalize_quant_mode, sha256_file, write_meta)
-from mnv3.gate import Budget, gated_build
+from mnv3.fidelity import measure_fidelity
+from mnv3.meta import META_FILE, ModelMeta, PreprocessCfg, sha256_file, write_meta
+from mnv3.gate import gated_build
+from mnv3.quant_mode import QuantMode
 from mnv3.onnx_source import prepare_source
 from mnv3.sysinfo import int8_isa
 
@@ -42,11 +44,12 @@ DEFAULT_MODELS_DIR = Path("data/models")
 FIDELITY_NUM = 200
 
 
-def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, batch_size: int,
-          preprocess: PreprocessCfg | None = None, calib_dir=None, calib_num: int = 100,
-          calib_method: str = "minmax", backend: str = "onnxruntime",
-          class_names: Sequence[str] | None = None, source: dict | None = None,
-          options: dict | None = None, strict: bool = False, force: bool = False) -> ModelMeta:
+def build(onnx_path, output_dir=None, *, quant_mode: str | QuantMode, shape_mutable: bool,
+          batch_size: int, preprocess: PreprocessCfg | None = None, calib_dir=None,
+          calib_num: int = CALIB_NUM, calib_method: str = CALIB_METHOD,
+          backend: str = DEFAULT_BACKEND, class_names: Sequence[str] | None = None,
+          source: dict | None = None, options: dict | None = None, strict: bool = False,
+          force: bool = False) -> ModelMeta:
     """Quantize/compile ``onnx_path`` into a model directory; returns its ModelMeta.
 
     ``output_dir`` defaults to ``data/models/<quant_mode>_<mutable>_<batch>`` (``data/models/
@@ -58,29 +61,36 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
     be decoded are skipped and counted (meta.json's calibration.skipped), as ``infer`` does;
     ``strict=True`` makes the first one an error.
     """
-    quant_mode = normalize_quant_mode(quant_mode)
-    options = dict(options or {})
+    request = BuildRequest(quant_mode=quant_mode, shape_mutable=shape_mutable,
+                           batch_size=batch_size, backend=backend,
+                           preprocess=preprocess or PreprocessCfg(), calib_dir=calib_dir,
+                           calib_num=calib_num, calib_method=calib_method, strict=strict,
+                           options=options or {})
+    return build_from_request(onnx_path, request, output_dir, class_names=class_names,
+                         source=source, force=force)
+
+
+def build_from_request(onnx_path, request: BuildRequest, output_dir=None, *,
+                  class_names: Sequence[str] | None = None, source: dict | None = None,
+                  force: bool = False) -> ModelMeta:
+    """``build`` for a validated ``BuildRequest`` (what ``mnv3 run`` and ``mnv3 tune`` pass)."""
     onnx_path = Path(onnx_path)
-    preprocess = preprocess or PreprocessCfg()
-    _check_args(onnx_path, shape_mutable, batch_size, calib_num, calib_method)
-    check_mode_backend(quant_mode, backend)
-    check_max_drop(options.get("max_drop"), quant_mode, backend)
-    Budget.from_options(options)  # a bad budget fails before any slow work
+    _check_onnx(onnx_path)
+    options = dict(request.options)
     if (provenance.source_fields(onnx_path).get("untrained") or (source or {}).get("untrained")) \
             and "allow_below_budget" not in options:
         # random weights have no accuracy to keep: the budget is measured and marked, not held
         options.update(allow_below_budget=True,
                        below_budget_reason="the network is untrained (random weights)")
-    engine = get_backend(backend)
-    name = model_dir_name(quant_mode, shape_mutable, batch_size)
-    target = Path(output_dir) if output_dir is not None else default_output(backend, name)
+    engine = get_backend(request.backend)
+    target = Path(output_dir) if output_dir is not None else default_output(request.backend,
+                                                                            request.name)
     _check_target(target)
-    calib, held_out, calib_info = _calibration_files(quant_mode, calib_dir, calib_num,
-                                                     calib_method)
-    settings.check_replace(target, settings.requested(
-        engine.name, quant_mode, shape_mutable, batch_size,
-        (source or {}).get("sha256") or sha256_file(onnx_path), preprocess, calib_info), force)
-    calib, held_out = _skip_undecodable(calib, held_out, calib_info, preprocess, strict,
+    calib, held_out, calib_info = _calibration_files(request)
+    settings.check_replace(target, request.settings(
+        (source or {}).get("sha256") or sha256_file(onnx_path), calib_info), force)
+    calib, held_out = _skip_undecodable(calib, held_out, calib_info, request.preprocess,
+                                        request.strict,
                                         int(options.get("fidelity_num", FIDELITY_NUM)))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -92,9 +102,8 @@ def build(onnx_path, output_dir=None, *, quant_mode: str, shape_mutable: bool, b
         try:
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
             normal_mode(tmp, directory=True)  # it becomes the model folder: not mkdtemp's 0700
-            meta = _build_into(tmp, engine, onnx_path, quant_mode, bool(shape_mutable),
-                               int(batch_size), preprocess, calib, held_out, calib_info,
-                               calib_method, class_names, source or {}, options)
+            meta = _build_into(tmp, engine, onnx_path, request.replace(options=options),
+                               calib, held_out, calib_info, class_names, source or {})
             publish_dir(tmp, target)
         except BaseException:
             _remove_temps(target)  # by pattern: Ctrl-C may land inside mkdtemp, before `tmp =`
@@ -107,38 +116,29 @@ def default_output(backend: str, name: str) -> Path:
     return DEFAULT_MODELS_DIR / settings.model_subdir(backend, name)
 
 
-def check_max_drop(max_drop, quant_mode: str, backend: str) -> None:
-    """``max_drop`` (top-1 points) is the budget of a reduced-precision build (mnv3.gate)."""
-    if max_drop is None:
-        return
-    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0:
-        raise UsageError(f"max_drop is a top-1 drop in points (>= 0, e.g. 0.3), got {max_drop!r}")
-    if quant_mode == "force_float32":
-        raise UsageError("max_drop bounds the accuracy a reduced precision may lose; "
-                         "force_float32 is the reference. Use an int8 or 16-bit mode, or drop it")
-
-
 def _remove_temps(target: Path) -> None:
     """Delete ``.<name>.tmp-*`` beside ``target``; only the lock holder may call this."""
     for tmp in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _build_into(tmp: Path, engine, onnx_path, quant_mode, mutable, batch, preprocess, calib,
-                held_out, calib_info, calib_method, class_names, source, options) -> ModelMeta:
+def _build_into(tmp: Path, engine, onnx_path, request: BuildRequest, calib, held_out,
+                calib_info, class_names, source) -> ModelMeta:
+    mutable, batch, preprocess = request.shape_mutable, request.batch_size, request.preprocess
+    options = request.options
     src = prepare_source(onnx_path, tmp / ".source.onnx", mutable, batch, preprocess)
     if class_names is not None and len(class_names) != src.num_classes:
         raise UsageError(f"{len(class_names)} class names given but the model has "
                          f"{src.num_classes} classes; pass a synsets file with one name per class")
-    cfg = BuildConfig(quant_mode=quant_mode, shape_mutable=mutable, batch_size=batch,
-                      preprocess=preprocess, calib_files=calib, calib_method=calib_method,
-                      options=options)
+    cfg = BuildConfig(quant_mode=request.quant_mode, shape_mutable=mutable, batch_size=batch,
+                      preprocess=preprocess, calib_files=calib,
+                      calib_method=request.calib_method, options=options)
     calib_notes = calib_info.pop("notes", []) if calib_info else []
 
     def make_meta(compiled) -> ModelMeta:
         shape_in = ["batch" if mutable else batch, 3, src.image_size, src.image_size]
         return ModelMeta(
-            backend=engine.name, backend_version=engine.version(), quant_mode=quant_mode,
+            backend=engine.name, backend_version=engine.version(), quant_mode=cfg.quant_mode,
             shape_mutable=mutable, batch_size=batch, compiled_file=compiled.compiled_file,
             compiled_sha256=sha256_file(tmp / compiled.compiled_file),
             input_name=src.input_name, output_name=src.output_name, input_shape=shape_in,
@@ -178,21 +178,12 @@ def _build_into(tmp: Path, engine, onnx_path, quant_mode, mutable, batch, prepro
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_args(onnx_path: Path, mutable, batch_size, calib_num, calib_method) -> None:
+def _check_onnx(onnx_path: Path) -> None:
     if not onnx_path.exists():
         raise UsageError(f"ONNX model {onnx_path} does not exist; check the path ('mnv3 "
                          "export --weights CKPT --output FILE.onnx' makes one from a MobileNetV3 "
                          "checkpoint; README.md shows how to get lite0.onnx)")
     open_regular(onnx_path, "ONNX model", UsageError, 16 << 30).close()  # not a FIFO (issue 19)
-    if not isinstance(mutable, bool):
-        raise UsageError(f"shape_mutable must be true or false, got {mutable!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise UsageError(f"batch size must be a whole number >= 1, got {batch_size!r}")
-    if not isinstance(calib_num, int) or calib_num < 1:
-        raise UsageError(f"--calib-num must be >= 1, got {calib_num!r}")
-    if calib_method not in cal.CALIB_METHODS:
-        raise UsageError(f"unknown calibration method {calib_method!r}; "
-                         f"choose one of {', '.join(cal.CALIB_METHODS)}")
 
 
 def _check_target(target: Path) -> None:
@@ -212,10 +203,10 @@ def _demo_dir() -> Path | None:
         return None
 
 
-def _calibration_files(quant_mode, calib_dir, calib_num, method):
+def _calibration_files(request: BuildRequest):
     """(calibration files, held-out files, meta.calibration) for this build."""
-    int8 = quant_mode.startswith("qint8")
-    folder = Path(calib_dir) if calib_dir is not None else _demo_dir()
+    int8, calib_num, method = request.int8, request.calib_num, request.calib_method
+    folder = request.calib_dir if request.calib_dir is not None else _demo_dir()
     if folder is None:
         if int8:
             raise UsageError("int8 modes need calibration images: pass --calib-dir DIR "
@@ -258,72 +249,3 @@ def _skip_undecodable(calib, held_out, info, cfg, strict: bool, fidelity_num: in
         raise DataError(f"none of the calibration images in {info['folder']} could be decoded "
                         f"(first: {bad[0][1]}); pass --calib-dir with valid images")
     return calib, fid + held_out[fidelity_num:]
-
-
-# ----------------------------------------------------------------------------- fidelity
-def measure_fidelity(reference_onnx: Path, session, files: Sequence[Path], cfg: PreprocessCfg,
-                     held_out: bool = True, chunk: int = 16,
-                     images: np.ndarray | None = None) -> dict[str, Any]:
-    """Top-1 agreement, cosine similarity and max |diff| of logits vs float32 ONNX Runtime.
-
-    Uses ``files`` (images not seen by calibration); without images it falls back to seeded
-    random inputs, which checks numerics but says nothing about accuracy (labelled as such).
-    """
-    import onnxruntime as ort
-
-    ref = ort.InferenceSession(str(reference_onnx), providers=["CPUExecutionProvider"])
-    name = ref.get_inputs()[0].name
-    size = session.image_size
-    if files and images is not None:  # already decoded by the caller
-        batches = (images[i:i + chunk] for i in range(0, len(images), chunk))
-        inputs = f"{len(files)} images" + ("" if held_out else " (also used for calibration)")
-    elif files:
-        batches = cal.iter_batches(list(files), cfg, chunk)
-        inputs = f"{len(files)} images" + ("" if held_out else " (also used for calibration)")
-    else:
-        rng = np.random.default_rng(0)
-        batches = iter([rng.standard_normal((8, 3, size, size), dtype=np.float32)])
-        inputs = "8 random-normal tensors (no images: pass --calib-dir for real figures)"
-    agree, cos, max_abs, n, flips = 0, [], 0.0, 0, 0.0
-    for x in batches:
-        a = _run_padded(ref, name, x).astype(np.float64)
-        b = session.predict(x).astype(np.float64)
-        agree += int((a.argmax(1) == b.argmax(1)).sum())
-        flips += float(flip_probability(a, b).sum())
-        cos.extend((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30))
-        max_abs = max(max_abs, float(np.abs(a - b).max()))
-        n += len(x)
-    return {"reference": "force_float32 (source ONNX on ONNX Runtime CPU)", "inputs": inputs,
-            "count": n, "top1_agreement": agree / n,
-            "top1_agreement_expected": 1.0 - flips / n, "cosine_mean": float(np.mean(cos)),
-            "cosine_min": float(np.min(cos)), "max_abs_diff": max_abs,
-            "files_sha256": cal.files_sha256(files) if files else None}
-
-
-def flip_probability(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per image, the chance that noise like ``b - a`` swaps ``a``'s top two classes.
-
-    Counting flips on a few hundred images is coarse (on Lite0 int8 the same build measured
-    99.0% on one 200 and 97.5% on the next); this uses every image's margin instead: a flip
-    needs the noise difference of the top two logits (std ~ sqrt(2) x the image's logit
-    noise std) to exceed their margin. Its mean predicted 98.3-98.6% where 98.25% was counted
-    on 400 images.
-    """
-    top2 = np.argsort(-a, axis=1)[:, :2]
-    rows = np.arange(len(a))
-    margin = a[rows, top2[:, 0]] - a[rows, top2[:, 1]]
-    noise = (b - a).std(axis=1) * np.sqrt(2.0) + 1e-30
-    return 0.5 * np.vectorize(math.erfc)(margin / noise / np.sqrt(2.0))
-
-
-def _run_padded(sess, name: str, x: np.ndarray) -> np.ndarray:
-    """Run an ORT session whose batch may be fixed: split and pad like Session.predict."""
-    b = sess.get_inputs()[0].shape[0]
-    if not isinstance(b, int) or b == len(x):
-        return sess.run(None, {name: x})[0]
-    out = []
-    for i in range(0, len(x), b):
-        chunk = x[i:i + b]
-        pad = np.repeat(chunk[-1:], b - len(chunk), axis=0)
-        out.append(sess.run(None, {name: np.concatenate([chunk, pad])})[0][:len(chunk)])
-    return np.concatenate(out)

@@ -148,6 +148,13 @@ def _cmake(cmd: list[str], verbose: bool) -> None:
         raise BackendUnavailable(f"building mnv3-infer-cpp failed ({' '.join(cmd[:2])}){hint}\n{tail}")
 
 
+def runs_in_cpp(backend: str) -> bool:
+    """Whether models of ``backend`` run in mnv3-infer-cpp (its capabilities say so)."""
+    from mnv3.backends import capabilities, list_backends
+
+    return backend in list_backends() and capabilities(backend).cpp
+
+
 class CppModel:
     """A model directory for the native program: meta.json read, backend checked, binary found.
 
@@ -160,7 +167,7 @@ class CppModel:
 
         self.model_dir = Path(model_dir)
         self.meta = read_meta(self.model_dir)
-        if self.meta.backend != "openvino":
+        if not runs_in_cpp(self.meta.backend):
             raise ModelError(f"{self.model_dir} was built for backend {self.meta.backend!r}; the "
                              "C++ engine runs OpenVINO models: build one with 'mnv3 build "
                              "--backend openvino', or drop --engine cpp")
@@ -268,7 +275,7 @@ def cpp_rows(rows, samples, results_dir: Path, ref: dict[str, int], threads: int
     from mnv3.report import ModelRow
 
     out = []
-    for row in (r for r in rows if r.backend == "openvino"):
+    for row in (r for r in rows if runs_in_cpp(r.backend)):
         where = results_dir / "cpp" / row.name
         with bar.step(f"infer + eval {row.name} with mnv3-infer-cpp", timings, "infer"):
             res = infer_cpp(CppModel(row.model_dir, threads=threads), samples, where,

@@ -1,7 +1,7 @@
 """The fidelity gate: a reduced-precision build ships only within its accuracy budget.
 
 Every int8 / fp16 / bf16 build measures itself against float32 on held-out images
-(``builder.measure_fidelity``). The budget (``Budget``) is a contract, not a report:
+(``fidelity.measure_fidelity``). The budget (``Budget``) is a contract, not a report:
 
 1. below it, int8 layers return to float one group at a time, the most harmful first (the
    backend ranks them: ``Backend.rank_layers``, the measurement ``mnv3 compare`` prints), until
@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mnv3.errors import BuildError, UsageError
+from mnv3.quant_mode import QuantMode
 
 DEFAULT_MIN_AGREEMENT = 0.99
 DEFAULT_MIN_COSINE = 0.99
@@ -95,7 +96,7 @@ def _fraction(value, name: str, default: float) -> float:
     return value
 
 
-def below_budget_error(mode: str, fidelity: dict[str, Any], budget: Budget,
+def below_budget_error(mode, fidelity: dict[str, Any], budget: Budget,
                        shortfalls: list[str], tried: str) -> str:
     """The one-line message of a build that cannot meet its budget."""
     return (f"the {mode} build misses its accuracy budget on {fidelity['inputs']}: "
@@ -117,12 +118,12 @@ def gated_build(engine, src, tmp: Path, cfg, make_meta: Callable, measure: Calla
     """
     budget = Budget.from_options(cfg.options)
     meta, fidelity = _compile(engine, src, tmp, cfg, make_meta, measure)
-    if cfg.quant_mode == "force_float32":
+    if cfg.quant_mode.is_reference:
         meta.fidelity = fidelity
         return meta
     meta, fidelity = _hold_to_budget(engine, src, tmp, cfg, make_meta, measure, budget,
                                      meta, fidelity)
-    if cfg.quant_mode.startswith("qint8") and cfg.options.get("speed_check", True):
+    if cfg.quant_mode.int8 and cfg.options.get("speed_check", True):
         meta = _int8_or_faster_float(engine, src, tmp, cfg, make_meta, measure, budget, meta)
     return meta
 
@@ -141,13 +142,13 @@ def _say(cfg, text: str) -> None:
 
 def _hold_to_budget(engine, src, tmp, cfg, make_meta, measure, budget, meta, fidelity):
     short = budget.shortfalls(fidelity)
+    fallback = engine.capabilities.fallback if cfg.quant_mode.int8 else None
     if cfg.options.get("below_budget_reason"):
         pass  # nothing to keep (an untrained network): measure and mark, no fallback rounds
-    elif short and cfg.quant_mode.startswith("qint8") and engine.supports_fallback:
+    elif short and fallback == "layers":
         meta, fidelity, short = _fall_back(engine, src, tmp, cfg, make_meta, measure, budget,
                                            meta, fidelity, short)
-    elif short and cfg.quant_mode.startswith("qint8") and engine.accuracy_control \
-            and cfg.options.get("max_drop") is None:
+    elif short and fallback == "accuracy_control" and cfg.options.get("max_drop") is None:
         # the engine's own accuracy-aware quantization, asked for the budget's agreement
         drop = round(100.0 * (1.0 - budget.min_agreement), 4)
         _say(cfg, f"{'; '.join(short)}: re-quantizing with the engine's accuracy control "
@@ -174,16 +175,17 @@ def _hold_to_budget(engine, src, tmp, cfg, make_meta, measure, budget, meta, fid
 
 
 def _what_was_tried(engine, cfg, meta) -> str:
-    if engine.accuracy_control and cfg.options.get("max_drop") is not None \
-            and cfg.quant_mode.startswith("qint8"):
+    fallback = engine.capabilities.fallback
+    if fallback == "accuracy_control" and cfg.options.get("max_drop") is not None \
+            and cfg.quant_mode.int8:
         return (f"{engine.name}'s accuracy control already ran with max drop "
                 f"{cfg.options['max_drop']} points")
     if cfg.float_layers:
         return (f"{len(cfg.float_layers)} int8 layers already returned to float, at most "
                 f"{MAX_FLOAT_FRACTION:.0%} may be")
-    if not cfg.quant_mode.startswith("qint8"):
+    if not cfg.quant_mode.int8:
         return "a 16-bit float build has no layers to return to float32"
-    if engine.supports_fallback:
+    if fallback == "layers":
         return f"no more than {MAX_FLOAT_FRACTION:.0%} of the int8 layers may return to float"
     return f"the {engine.name} backend has no layer fallback"
 
@@ -245,7 +247,7 @@ def _int8_or_faster_float(engine, src, tmp, cfg, make_meta, measure, budget, met
     if ratio >= 1.0:
         meta.extra["int8_speed_check"] = {**check, "shipped": "int8"}
         return meta
-    float_mode = "force_float16" if cfg.quant_mode.endswith("float16") else "force_float32"
+    float_mode = cfg.quant_mode.without_int8()
     _say(cfg, f"int8 runs slower than float32 on this CPU ({isa_label()}: {ips[0]:.0f} vs "
               f"{ips[1]:.0f} images/s): shipping {float_mode} instead (--keep-slower-int8 "
               "keeps int8)")
@@ -267,10 +269,10 @@ def _int8_speed_ratio(engine, src, tmp, cfg, meta) -> tuple[float, tuple[float, 
 
     sibling = Path(tempfile.mkdtemp(prefix=".float32-", dir=tmp))
     try:
-        float_cfg = dataclasses.replace(cfg, quant_mode="force_float32", float_layers=[],
+        float_cfg = dataclasses.replace(cfg, quant_mode=QuantMode.FLOAT32, float_layers=[],
                                         state={}, options={**cfg.options, "progress": False})
         compiled = engine.build_compiled(src.path, sibling, float_cfg)
-        float_meta = dataclasses.replace(meta, quant_mode="force_float32",
+        float_meta = dataclasses.replace(meta, quant_mode=QuantMode.FLOAT32,
                                          compiled_file=compiled.compiled_file,
                                          extra=compiled.extra)
         threads = cfg.options.get("threads")

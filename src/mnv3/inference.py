@@ -96,7 +96,7 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
         _check_labels(samples, meta.num_classes)
         names = _display_names(samples)
         class_names = class_names or meta.class_names or _imagenet_names(meta.num_classes)
-        bs = int(batch_size or session.fixed_batch or meta.batch_size or 1)
+        bs = int(batch_size or meta.default_batch)
         loader = iter_batches(samples, meta.preprocess, bs, workers=workers, strict=strict)
         label = meta.name if not isinstance(model, (str, os.PathLike)) else str(model)
         out = Path(output_dir)

@@ -18,42 +18,18 @@ from typing import Any
 from mnv3.atomic import normal_mode
 from mnv3.data.files import QUOTE_CHARS, clip, open_regular, quote, read_text
 from mnv3.errors import ModelError, UsageError
+from mnv3.quant_mode import QuantMode
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
-
-QUANT_MODES = ("force_float32", "force_float16", "qint8_mixed_float16", "qint8_mixed_float32")
-# Modes beyond the seed's four that only some backends build: mode -> those backends.
-BACKEND_ONLY_MODES = {"force_bfloat16": ("openvino",)}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def normalize_quant_mode(mode: str) -> str:
-    """Canonical quant mode; the seed's ``forced_*`` spellings are accepted too."""
-    canonical = mode.strip().lower().replace("forced_", "force_", 1)
-    if canonical not in QUANT_MODES and canonical not in BACKEND_ONLY_MODES:
-        raise UsageError(
-            f"unknown quant mode {quote(mode)}; choose one of {', '.join(QUANT_MODES)} "
-            "(the seed's 'forced_*' spellings are accepted), or force_bfloat16 (openvino only)"
-        )
-    return canonical
-
-
-def check_mode_backend(quant_mode: str, backend: str) -> None:
-    """UsageError when ``backend`` cannot build ``quant_mode`` (e.g. bf16 on onnxruntime)."""
-    allowed = BACKEND_ONLY_MODES.get(normalize_quant_mode(quant_mode))
-    if allowed is not None and backend not in allowed:
-        raise UsageError(
-            f"quant mode {quant_mode} is built only by the {', '.join(allowed)} backend, not "
-            f"{backend}; add --backend {allowed[0]} or choose one of {', '.join(QUANT_MODES)}"
-        )
-
-
-def model_dir_name(quant_mode: str, shape_mutable: bool, batch_size: int) -> str:
+def model_dir_name(quant_mode: QuantMode | str, shape_mutable: bool, batch_size: int) -> str:
     """The seed's naming, e.g. ``qint8_mixed_float16_false_8``."""
-    return f"{normalize_quant_mode(quant_mode)}_{str(bool(shape_mutable)).lower()}_{int(batch_size)}"
+    return f"{QuantMode.parse(quant_mode)}_{str(bool(shape_mutable)).lower()}_{int(batch_size)}"
 
 
 @dataclass(frozen=True)
@@ -108,7 +84,7 @@ class ModelMeta:
 
     backend: str
     backend_version: str
-    quant_mode: str
+    quant_mode: QuantMode  # a string in meta.json (the seed's name), parsed when read
     shape_mutable: bool
     batch_size: int
     compiled_file: str
@@ -131,6 +107,15 @@ class ModelMeta:
     mnv3_version: str = ""
     format_version: int = FORMAT_VERSION
 
+    def __post_init__(self):
+        self.quant_mode = QuantMode.parse(self.quant_mode)
+
+    @property
+    def default_batch(self) -> int:
+        """Images per engine call when the caller does not say: the fixed batch, or the batch
+        a shape-mutable model was built (or tuned) for. One rule for infer, bench and load."""
+        return int(self.batch_size)
+
     @property
     def name(self) -> str:
         return model_dir_name(self.quant_mode, self.shape_mutable, self.batch_size)
@@ -138,6 +123,7 @@ class ModelMeta:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
+        d["quant_mode"] = self.quant_mode.value
         return d
 
     @classmethod

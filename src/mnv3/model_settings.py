@@ -17,6 +17,7 @@ from typing import Any
 from mnv3.backends import DEFAULT_BACKEND
 from mnv3.errors import ModelError, UsageError
 from mnv3.meta import META_FILE, ModelMeta, PreprocessCfg, read_meta
+from mnv3.quant_mode import QuantMode
 
 
 def model_subdir(backend: str, name: str) -> str:
@@ -24,17 +25,18 @@ def model_subdir(backend: str, name: str) -> str:
     return name if backend == DEFAULT_BACKEND else f"{backend}/{name}"
 
 
-def requested(backend: str, quant_mode: str, shape_mutable: bool, batch_size: int,
-              source_sha256: str, preprocess: PreprocessCfg, calib: dict | None) -> dict[str, Any]:
-    """The settings of a build about to run (``calib``: meta.json's calibration, int8 only)."""
-    return {"backend": backend, "quant_mode": quant_mode, "shape_mutable": bool(shape_mutable),
+def settings(backend: str, quant_mode, shape_mutable: bool, batch_size: int,
+             source_sha256: str, preprocess: PreprocessCfg, calib: dict | None) -> dict[str, Any]:
+    """What defines a built model, comparable between a request (``BuildRequest.settings``) and
+    a model directory (``recorded``); ``calib``: meta.json's calibration (int8 only)."""
+    return {"backend": backend, "quant_mode": QuantMode.parse(quant_mode), "shape_mutable": bool(shape_mutable),
             "batch_size": int(batch_size), "source sha256": source_sha256,
             "preprocess": preprocess, "calibration": _calib_key(calib)}
 
 
 def recorded(meta: ModelMeta) -> dict[str, Any]:
     """The same settings, as meta.json records them."""
-    return requested(meta.backend, meta.quant_mode, meta.shape_mutable, meta.batch_size,
+    return settings(meta.backend, meta.quant_mode, meta.shape_mutable, meta.batch_size,
                      meta.source.get("sha256", ""), meta.preprocess, meta.calibration)
 
 

@@ -25,17 +25,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mnv3.backends import DEFAULT_BACKEND
+from mnv3.backends import DEFAULT_BACKEND, builders_of, capabilities, check_builds
 from mnv3.errors import UsageError
-from mnv3.meta import BACKEND_ONLY_MODES, check_mode_backend, model_dir_name, normalize_quant_mode
+from mnv3.build_request import BuildRequest
+from mnv3.defaults import (CALIB_NUM, RUN_BATCH_SIZES, RUN_BENCH_DURATION_S, RUN_BENCH_ROUNDS,
+                           RUN_BENCH_WARMUP, RUN_QUANT_MODES)
+from mnv3.quant_mode import QuantMode
 from mnv3.model_settings import model_subdir
 from mnv3.pipeline_steps import (Progress, bench_batch, build_or_reuse, export_or_reuse,
                                  infer_and_score, open_source, reference_top1)
 from mnv3.report import ModelRow, RunReport, untrained_warning, write_report
 from mnv3.sysinfo import device_label, system_info
 
-DEFAULT_QUANT_MODES = ("force_float32", "force_float16", "qint8_mixed_float16")
-DEFAULT_BATCH_SIZES = (1, 4, 8)
+DEFAULT_QUANT_MODES = RUN_QUANT_MODES
+DEFAULT_BATCH_SIZES = RUN_BATCH_SIZES
 
 
 def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
@@ -43,8 +46,9 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
             quant_modes=DEFAULT_QUANT_MODES, batch_sizes=DEFAULT_BATCH_SIZES,
             shape_mutable: bool = False, backends: str | Sequence[str] = (DEFAULT_BACKEND,),
             out="data", threads: int | None = None, bench_iterations: int | None = None,
-            bench_duration: float | None = 0.6, bench_rounds: int = 5, bench_warmup: int = 10,
-            image_num: int | None = None, calib_dir=None, calib_num: int = 100,
+            bench_duration: float | None = RUN_BENCH_DURATION_S,
+            bench_rounds: int = RUN_BENCH_ROUNDS, bench_warmup: int = RUN_BENCH_WARMUP,
+            image_num: int | None = None, calib_dir=None, calib_num: int = CALIB_NUM,
             build_options: dict | None = None, progress: bool = True,
             cpp: bool = False) -> RunReport:
     """Run every stage and write report.md / report.json / report.png into ``out``.
@@ -66,12 +70,11 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
         notes that calibration then saw the evaluated images).
     """
     t_start = time.perf_counter()
-    plan = _plan(quant_modes, batch_sizes, shape_mutable, bench_rounds, threads, backends)
-    if not isinstance(calib_num, int) or isinstance(calib_num, bool) or calib_num < 1:
-        raise UsageError(f"--calib-num must be >= 1, got {calib_num!r}")
+    plan = _plan(quant_modes, batch_sizes, shape_mutable, bench_rounds, threads, backends,
+                 calib_num, build_options)
     _check_bench(bench_iterations, bench_duration, bench_warmup)
     if cpp:  # before any slow work: the native program needs openvino builds and a compiler
-        if "openvino" not in plan["backends"]:
+        if not any(capabilities(b).cpp for b in plan["backends"]):
             raise UsageError("--cpp runs the openvino builds through mnv3-infer-cpp; add "
                              "--backends openvino (or onnxruntime,openvino)")
         from mnv3.cpp_engine import build_cpp
@@ -87,7 +90,7 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
         raise UsageError(f"calibration folder {calib_dir} does not exist; pass --calib-dir with "
                          "a folder of images (or leave it out to use the evaluation images)")
     steps = 2 + 2 * len(plan["models"]) + len(plan["batches"]) + 1
-    steps += sum(be == "openvino" for be, _, _ in plan["models"]) if cpp else 0
+    steps += sum(capabilities(r.backend).cpp for r in plan["models"]) if cpp else 0
     with Progress(steps, enabled=progress) as bar:
         rep = _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_mutable,
                          calib_num, build_options, bench_iterations, bench_duration,
@@ -112,17 +115,17 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_muta
     dataset["reference_top1_classes"] = len(set(ref.values()))
 
     rows = []
-    for backend, mode, batch in plan["models"]:
-        name = model_dir_name(mode, shape_mutable, batch)
+    for planned in plan["models"]:
+        request = planned.replace(preprocess=src.preprocess, calib_dir=calib)
+        name, backend, batch = request.name, request.backend, request.batch_size
         where = _subdir(backend, name)
         with bar.step(f"build {where}", timings, "build"):
             meta_dir, reused, secs, replaced = build_or_reuse(
-                onnx_path, out / "models" / where, mode, shape_mutable, batch, src, backend,
-                calib, calib_num, plan["threads"], build_options)
+                onnx_path, out / "models" / where, request, src, plan["threads"])
             bar.done("reused (meta.json matches)" if reused else
                      "built" + (f", replacing one built with {'; '.join(replaced)}"
                                 if replaced else ""))
-        rows.append(ModelRow(name=name, quant_mode=mode, shape_mutable=shape_mutable,
+        rows.append(ModelRow(name=name, quant_mode=request.quant_mode, shape_mutable=shape_mutable,
                              batch=batch, model_dir=str(meta_dir), reused=reused,
                              build_s=None if reused else secs, backend=backend,
                              replaced=replaced))
@@ -159,11 +162,12 @@ def _subdir(backend: str, name: str) -> str:
     return model_subdir(backend, name)
 
 
-def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backends) -> dict:
-    """Validate the request up front, before any slow work."""
+def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backends,
+          calib_num=CALIB_NUM, build_options=None) -> dict:
+    """Validate the request up front, before any slow work: one BuildRequest per model."""
     from mnv3.backends import get_backend  # looked up per call: tests stand in for engines
 
-    modes = list(dict.fromkeys(normalize_quant_mode(m) for m in quant_modes))
+    modes = list(dict.fromkeys(QuantMode.parse(m) for m in quant_modes))
     if not modes:
         raise UsageError("--quant-modes is empty; give at least one, e.g. force_float32")
     backends = [backends] if isinstance(backends, str) else list(dict.fromkeys(backends))
@@ -172,8 +176,8 @@ def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backends) ->
     for b in backends:
         get_backend(b)  # unknown or not installed: say so now, not after the export
     for m in modes:  # a mode no requested backend builds is an error, naming who builds it
-        if not any(_builds(b, m) for b in backends):
-            check_mode_backend(m, backends[0])
+        if not any(capabilities(b).builds(m) for b in backends):
+            check_builds(backends[0], m)
     batches = list(dict.fromkeys(int(b) for b in batch_sizes))
     if not batches or any(b < 1 for b in batches):
         raise UsageError(f"--batch-sizes must be whole numbers >= 1, got {list(batch_sizes)}")
@@ -185,14 +189,13 @@ def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backends) ->
         raise UsageError(f"--threads must be at least 1, got {threads}")
     usable = system_info()["cores"]["usable"] or os.cpu_count() or 1
     pairs = [(be, m) for be in backends for m in modes]
-    return {"models": [(be, m, b) for be, m in pairs if _builds(be, m) for b in batches],
-            "skipped": [(be, m) for be, m in pairs if not _builds(be, m)],
+    options = {"progress": False, "threads": int(threads or usable), **(build_options or {})}
+    return {"models": [BuildRequest(quant_mode=m, shape_mutable=shape_mutable, batch_size=b,
+                                    backend=be, calib_num=calib_num, options=options)
+                       for be, m in pairs if capabilities(be).builds(m) for b in batches],
+            "skipped": [(be, m) for be, m in pairs if not capabilities(be).builds(m)],
             "backends": backends, "modes": modes, "batches": batches, "rounds": int(rounds),
             "threads": int(threads or usable)}
-
-
-def _builds(backend: str, mode: str) -> bool:
-    return backend in BACKEND_ONLY_MODES.get(mode, (backend,))
 
 
 def _check_bench(iterations, duration, warmup) -> None:
@@ -249,12 +252,12 @@ def _notes(rows, baselines, dataset, calib: Path, plan, src) -> list[str]:
                      f"{system_info()['cores']['usable']} cores while benchmarks ran: speed "
                      "figures are lower and noisier than on an idle machine (ratios from the "
                      "same interleaved rounds suffer least); rerun when the machine is idle.")
-    if any(r.quant_mode.startswith("qint8") for r in rows) and \
+    if any(r.quant_mode.int8 for r in rows) and \
             calib == Path(dataset["image_dir"]).resolve():
         notes.append("int8 calibration used images from the evaluation folder; for an unbiased "
                      "accuracy pass a separate calibration folder (calib_dir / --calib-dir).")
     for backend, mode in plan["skipped"]:
-        notes.append(f"{mode} is built only by {', '.join(BACKEND_ONLY_MODES[mode])}: not built "
+        notes.append(f"{mode} is built only by {', '.join(builders_of(mode))}: not built "
                      f"for {backend}.")
     notes.append(f"all speed figures: {plan['threads']} intra-op thread(s), 1 stream, the same "
                  "pre-filled input for mnv3 and both baselines.")

@@ -106,37 +106,31 @@ def read_top1(result_dir: Path) -> dict[str, int]:
     return out
 
 
-def build_or_reuse(onnx_path: Path, target: Path, mode: str, mutable: bool, batch: int,
-                   src: Source, backend: str, calib: Path, calib_num: int, threads: int,
-                   options: dict | None) -> tuple[Path, bool, float, list[str]]:
+def build_or_reuse(onnx_path: Path, target: Path, request, src: Source,
+                   threads: int) -> tuple[Path, bool, float, list[str]]:
     """(model dir, reused?, build seconds, what a rebuild replaced: [] or the settings that
-    changed). A run rebuilds over a model built with other settings (it is resumable by design)
-    but says so (issue 13)."""
+    changed) for a ``BuildRequest``. A run rebuilds over a model built with other settings (it
+    is resumable by design) but says so (issue 13)."""
     from mnv3 import model_settings
-    from mnv3.builder import build
+    from mnv3.builder import build_from_request
 
-    int8 = mode.startswith("qint8")
-    request = model_settings.requested(
-        backend, mode, mutable, batch, sha256_file(onnx_path), src.preprocess,
-        {"folder": str(calib), "requested": calib_num, "method": "minmax"} if int8 else None)
-    if reusable(target, request):
+    settings = request.settings(sha256_file(onnx_path))
+    if reusable(target, settings):
         return target, True, 0.0, []
-    replaced = model_settings.check_replace(target, request, force=True)
+    replaced = model_settings.check_replace(target, settings, force=True)
     if src.untrained:  # random weights have no accuracy to keep: measured and marked, not held
-        options = {"allow_below_budget": True,
-                   "below_budget_reason": "the network is untrained (random weights)",
-                   **(options or {})}
+        request = request.replace(options={
+            "allow_below_budget": True,
+            "below_budget_reason": "the network is untrained (random weights)",
+            **request.options})
     t0 = time.perf_counter()
-    build(onnx_path, target, quant_mode=mode, shape_mutable=mutable, batch_size=batch,
-          preprocess=src.preprocess, calib_dir=calib, calib_num=calib_num, backend=backend,
-          source=dict(src.key), options={"progress": False, "threads": threads,
-                                         **(options or {})}, force=True)
+    build_from_request(onnx_path, request, target, source=dict(src.key), force=True)
     return target, False, time.perf_counter() - t0, replaced
 
 
 def reusable(target: Path, request: dict) -> bool:
     """True when ``target`` holds a whole, intact model built for exactly this request
-    (``mnv3.model_settings.requested``)."""
+    (``BuildRequest.settings``)."""
     from mnv3.errors import ModelError
     from mnv3.model_settings import differences, recorded
 

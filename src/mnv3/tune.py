@@ -41,13 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from mnv3.errors import UsageError
+from mnv3.quant_mode import QuantMode
 from mnv3.meta import PreprocessCfg, model_dir_name, read_meta, write_meta
 
 SCHEMA = "mnv3.tune/1"
 OBJECTIVES = ("latency", "throughput")
 DEFAULT_TIME_BUDGET_S = 600.0
 DEFAULT_ROUNDS, DEFAULT_SLICE_S = 7, 0.5
-INT8_MODE = "qint8_mixed_float32"  # float16 parts compute in float32 on ORT's CPU provider
+INT8_MODE = QuantMode.INT8_FLOAT32  # float16 parts compute in float32 on ORT's CPU provider
 
 
 @dataclass
@@ -82,7 +83,7 @@ class Candidate:
     """A build (backend x quant mode x batch) and its runtime settings."""
 
     backend: str
-    quant_mode: str
+    quant_mode: QuantMode
     batch: int
     model_dir: str | None = None
     status: str = "pending"  # built | refused | failed | skipped
@@ -129,13 +130,17 @@ class TuneReport:
 
 
 # ----------------------------------------------------------------------------- the plan
-def default_modes(backend: str, bf16: bool | None = None) -> list[str]:
-    """float32 (the reference), int8, and bf16 only on OpenVINO where the CPU computes it."""
+def default_modes(backend: str, bf16: bool | None = None) -> list[QuantMode]:
+    """float32 (the reference), int8, and bf16 where the backend builds it and the CPU
+    computes it (``bf16``: the CPU's answer, for tests)."""
+    from mnv3.backends import capabilities
     from mnv3.sysinfo import float16_support
 
     bf16 = float16_support()["bf16"] if bf16 is None else bf16
-    modes = ["force_float32", INT8_MODE]
-    return modes + ["force_bfloat16"] if backend == "openvino" and bf16 else modes
+    modes = [QuantMode.FLOAT32, INT8_MODE]
+    if bf16 and capabilities(backend).builds(QuantMode.BFLOAT16):
+        modes.append(QuantMode.BFLOAT16)
+    return modes
 
 
 def runtime_settings(objective: str, cores: int) -> list[Setting]:
@@ -150,18 +155,15 @@ def runtime_settings(objective: str, cores: int) -> list[Setting]:
 def plan(backends, batch_sizes, quant_modes=None) -> list[Candidate]:
     """Every candidate, the float32 builds of every batch first: when builds must stop to fit
     the time budget, each batch still has its reference to measure."""
-    from mnv3.meta import BACKEND_ONLY_MODES, normalize_quant_mode
+    from mnv3.backends import capabilities
 
     out = []
     for b in batch_sizes:
         for be in backends:
-            modes = [normalize_quant_mode(m) for m in quant_modes] if quant_modes \
+            modes = [QuantMode.parse(m) for m in quant_modes] if quant_modes \
                 else default_modes(be)
-            for m in modes:
-                if be not in BACKEND_ONLY_MODES.get(m, (be,)):
-                    continue
-                out.append(Candidate(be, m, int(b)))
-    out.sort(key=lambda c: (c.quant_mode != "force_float32", c.batch))
+            out += [Candidate(be, m, int(b)) for m in modes if capabilities(be).builds(m)]
+    out.sort(key=lambda c: (not c.quant_mode.is_reference, c.batch))
     return out
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mnv3.errors import BuildError, Mnv3Error
-from mnv3.meta import model_dir_name, read_meta
+from mnv3.meta import read_meta
 
 BUILD_SHARE = 0.6  # builds may use this share of the time budget; measuring gets the rest
 
@@ -27,22 +27,26 @@ def build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
                     untrained, clock, report, progress) -> None:
     """Build candidate ``c`` (or reuse it) into ``out/models/<backend>/<name>``; sets its
     status (built / refused / failed / skipped) and why."""
-    from mnv3.builder import build
+    from mnv3.build_request import BuildRequest
+    from mnv3.builder import build_from_request
 
     if clock.elapsed() > BUILD_SHARE * clock.budget:
         c.status, c.why = "skipped", (f"not built: builds had used {BUILD_SHARE:.0%} of the "
                                       f"{clock.budget:.0f} s time budget")
         report.skipped.append(f"{c.name}: {c.why}")
         return
-    target = out / "models" / c.backend / model_dir_name(c.quant_mode, False, c.batch)
     opts = dict(options)
-    if c.quant_mode == "force_float32":  # the reference has no budget to meet
+    if c.quant_mode.is_reference:  # the reference has no budget to meet
         opts.pop("min_agreement"), opts.pop("min_cosine")
     if untrained:
         opts.setdefault("allow_below_budget", True)
         opts.setdefault("below_budget_reason", "the network is untrained (random weights)")
+    request = BuildRequest(quant_mode=c.quant_mode, shape_mutable=False, batch_size=c.batch,
+                           backend=c.backend, preprocess=preprocess, calib_dir=calib_dir,
+                           calib_num=calib_num, options=opts)
+    target = out / "models" / c.backend / request.name
     t0 = time.perf_counter()
-    meta = _reusable(target, c, onnx, preprocess, calib_dir, calib_num, opts)
+    meta = _reusable(target, request, onnx)
     if meta is not None:
         _say(progress, f"reusing {c.name}: built before with these settings and budget")
         c.status, c.model_dir, c.fidelity = "built", str(target), _fidelity(meta)
@@ -50,9 +54,7 @@ def build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
         return
     _say(progress, f"building {c.name} ({clock.elapsed():.0f} s of {clock.budget:.0f} s)")
     try:
-        meta = build(onnx, target, quant_mode=c.quant_mode, shape_mutable=False,
-                     batch_size=c.batch, preprocess=preprocess, calib_dir=calib_dir,
-                     calib_num=calib_num, backend=c.backend, options=opts, force=True)
+        meta = build_from_request(onnx, request, target, force=True)
     except BuildError as e:  # the budget (or the engine) refused it: a candidate that lost
         c.status, c.why = "refused", f"build refused: {e}"
     except Mnv3Error as e:
@@ -66,25 +68,21 @@ def build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
         _say(progress, f"{c.name}: {c.why}")
 
 
-def _reusable(target: Path, c, onnx, preprocess, calib_dir, calib_num, opts):
+def _reusable(target: Path, request, onnx):
     """The ModelMeta of a model already at ``target`` built from the same ONNX, settings and
     budget (a rerun of tune resumes, as ``mnv3 run`` does); None: build it."""
-    from mnv3 import model_settings
     from mnv3.builder import _demo_dir
     from mnv3.meta import sha256_file
     from mnv3.pipeline_steps import reusable
 
-    int8 = c.quant_mode.startswith("qint8")
-    folder = calib_dir or _demo_dir()
-    calib = {"folder": str(folder), "requested": calib_num, "method": "minmax"} \
-        if int8 and folder else None
-    request = model_settings.requested(c.backend, c.quant_mode, False, c.batch,
-                                       sha256_file(onnx), preprocess, calib)
-    if not reusable(target, request):
+    if request.calib_dir is None:  # the demo images, as the build will use
+        request = request.replace(calib_dir=_demo_dir())
+    if not reusable(target, request.settings(sha256_file(onnx))):
         return None
     meta = read_meta(target)
     recorded = (meta.fidelity or {}).get("budget") or {}
-    if c.quant_mode != "force_float32" and (
+    opts = request.options
+    if not request.quant_mode.is_reference and (
             recorded.get("min_agreement") != opts.get("min_agreement")
             or recorded.get("min_cosine") != opts.get("min_cosine")):
         return None  # held to another budget: build again

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mnv3.quant_mode import QuantMode
+
 COLORS = {"onnxruntime": "#1f77b4", "openvino": "#ff7f0e"}
-MARKERS = {"force_float32": "o", "qint8_mixed_float32": "s", "qint8_mixed_float16": "D",
-           "force_float16": "^", "force_bfloat16": "v"}
+MARKERS = {QuantMode.FLOAT32: "o", QuantMode.INT8_FLOAT32: "s", QuantMode.INT8_FLOAT16: "D",
+           QuantMode.FLOAT16: "^", QuantMode.BFLOAT16: "v"}
 
 
 def points(report, batch: int) -> list[dict]:

@@ -20,7 +20,7 @@ def verify(model_dir, files: Sequence[os.PathLike], *, source=None, threads: int
            update: bool = False) -> dict[str, Any]:
     """Fidelity of ``model_dir`` on this CPU; ``within_budget`` says whether it still holds."""
     from mnv3.backends import load
-    from mnv3.builder import measure_fidelity
+    from mnv3.fidelity import measure_fidelity
     from mnv3.gate import Budget
     from mnv3.meta import read_meta, sha256_file, write_meta
     from mnv3.sysinfo import int8_isa
@@ -42,7 +42,7 @@ def verify(model_dir, files: Sequence[os.PathLike], *, source=None, threads: int
                     budget_dict.get("min_cosine", Budget.min_cosine))
     with load(model_dir, threads=threads) as session:
         fidelity = measure_fidelity(reference, session, files, meta.preprocess)
-    short = budget.shortfalls(fidelity) if meta.quant_mode != "force_float32" else []
+    short = budget.shortfalls(fidelity) if not meta.quant_mode.is_reference else []
     result = {"model": str(model_dir), "isa": int8_isa(),
               "built_on_isa": (meta.extra or {}).get("isa"), "fidelity": fidelity,
               "budget": budget.to_dict(), "within_budget": not short, "shortfalls": short,

@@ -16,41 +16,66 @@ from mnv3.errors import BackendUnavailable, ModelError, UsageError
 from mnv3.data.files import quote
 from mnv3.meta import read_meta, sha256_file
 
-# name -> (module, class, pip extra that installs it)
+# name -> "module:class". Adding an engine is one module plus one line here; what it can do is
+# the class's ``capabilities`` (readable without the engine installed).
 _BACKENDS = {
-    "onnxruntime": ("mnv3.backends.onnxruntime", "OnnxRuntimeBackend", 'pip install "mnv3"'),
-    "openvino": ("mnv3.backends.openvino", "OpenVinoBackend", 'pip install "mnv3[openvino]"'),
+    "onnxruntime": "mnv3.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "mnv3.backends.openvino:OpenVinoBackend",
 }
 
 DEFAULT_BACKEND = "onnxruntime"
 
 
+def register(name: str, target: str) -> None:
+    """Register a backend class (``"package.module:Class"``), e.g. a plug-in's or a test's."""
+    _BACKENDS[name] = target
+
+
 def list_backends(available_only: bool = False) -> list[str]:
-    names = [n for n, (mod, _, _) in _BACKENDS.items() if importlib.util.find_spec(mod)]
-    if not available_only:
-        return names
-    out = []
-    for n in names:
-        try:
-            get_backend(n)
-            out.append(n)
-        except BackendUnavailable:
-            pass
-    return out
+    names = [n for n, target in _BACKENDS.items()
+             if importlib.util.find_spec(target.partition(":")[0])]
+    return [n for n in names if not available_only or backend_class(n).missing() is None]
+
+
+def backend_class(name: str) -> type:
+    """The Backend class registered as ``name`` (imports its module, not necessarily its engine)."""
+    if name not in _BACKENDS:
+        raise UsageError(f"unknown backend {quote(name)}; choose one of {', '.join(_BACKENDS)}")
+    module, _, cls = _BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def capabilities(name: str):
+    """What backend ``name`` can do (``mnv3.backends.base.Capabilities``)."""
+    return backend_class(name).capabilities
+
+
+def builders_of(mode) -> list[str]:
+    """The registered backends that build quant mode ``mode``."""
+    return [n for n in list_backends() if capabilities(n).builds(mode)]
+
+
+def check_builds(name: str, mode) -> None:
+    """UsageError when backend ``name`` cannot build ``mode``, naming the backends that can."""
+    if capabilities(name).builds(mode):
+        return
+    others = builders_of(mode)
+    if not others:
+        raise UsageError(f"no installed backend builds quant mode {mode}; the {name} backend "
+                         f"builds {', '.join(capabilities(name).modes)}")
+    raise UsageError(f"quant mode {mode} is built only by the {', '.join(others)} backend, not "
+                     f"{name}; add --backend {others[0]} or choose one of "
+                     f"{', '.join(capabilities(name).modes)}")
 
 
 def get_backend(name: str):
     """The backend instance for ``name``; BackendUnavailable with an install hint if missing."""
-    if name not in _BACKENDS:
-        raise UsageError(f"unknown backend {quote(name)}; choose one of {', '.join(_BACKENDS)}")
-    module, cls, hint = _BACKENDS[name]
-    try:
-        mod = importlib.import_module(module)
-        return getattr(mod, cls)()
-    except ImportError as e:
-        raise BackendUnavailable(
-            f"backend {name!r} is not available ({e}); install it with: {hint}"
-        ) from e
+    cls = backend_class(name)
+    why = cls.missing()
+    if why is not None:
+        raise BackendUnavailable(f"backend {name!r} is not available ({why}); install it "
+                                 f"with: {cls.capabilities.install_hint}")
+    return cls()
 
 
 def load(model_dir: str | os.PathLike, threads: int | None = None, **options):

@@ -16,13 +16,34 @@ import numpy as np
 
 from mnv3.errors import ModelError
 from mnv3.meta import ModelMeta, PreprocessCfg
+from mnv3.quant_mode import QuantMode
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, as data: the registry, ``mnv3 run``'s planner, build's checks
+    and the CLI's choices read this, so no code elsewhere branches on a backend's name."""
+
+    modes: tuple[QuantMode, ...]  # the quant modes it builds
+    calib_methods: tuple[str, ...] = ()  # int8 activation-range methods (--calib-method)
+    # Accuracy-aware int8 fallback below the budget (mnv3.gate): "layers" = mnv3 returns the
+    # groups ``rank_layers`` measures to float; "accuracy_control" = the engine's own
+    # (``options["max_drop"]``, e.g. NNCF); None = the build fails below its budget.
+    fallback: str | None = None
+    distribution: str = ""  # the pip distribution of the engine
+    install_hint: str = ""  # what to run when the engine is missing
+    # Runs built models without mnv3's C++ program? (mnv3-infer-cpp links OpenVINO only)
+    cpp: bool = False
+
+    def builds(self, mode: QuantMode) -> bool:
+        return mode in self.modes
 
 
 @dataclass
 class BuildConfig:
     """What a backend needs to compile one model (validated by ``mnv3.build`` before it gets here)."""
 
-    quant_mode: str
+    quant_mode: QuantMode
     shape_mutable: bool
     batch_size: int
     preprocess: PreprocessCfg = field(default_factory=PreprocessCfg)
@@ -50,7 +71,16 @@ class Backend(abc.ABC):
     """One inference engine. Registered by name in ``mnv3.backends``."""
 
     name: str = ""
-    install_hint: str = ""
+    capabilities: Capabilities = Capabilities(modes=())
+
+    @classmethod
+    def missing(cls) -> str | None:
+        """Why the engine cannot be used here (its import error), or None when it can."""
+        return None
+
+    def runs_here(self, mode: QuantMode) -> bool:
+        """Whether this CPU runs ``mode`` in its own precision (bf16 needs bf16 hardware)."""
+        return self.capabilities.builds(mode)
 
     @abc.abstractmethod
     def version(self) -> str:
@@ -65,16 +95,11 @@ class Backend(abc.ABC):
              **options: Any) -> Session:
         """Load a built model; ``threads=None`` lets the engine choose."""
 
-    # Accuracy-aware fallback (mnv3.gate): backends that can keep chosen layers float say so.
-    supports_fallback: bool = False
-    # Or: the engine's own accuracy-aware int8 (``options["max_drop"]``), used as the fallback.
-    accuracy_control: bool = False
-
     def rank_layers(self, out_dir: Path, cfg: BuildConfig, images: np.ndarray) -> list[dict]:
         """The int8 layers of the model just built into ``out_dir``, most harmful first.
 
         Each entry: ``{"layer": name, "score": error it adds, ...}``; names are what
-        ``cfg.float_layers`` accepts. Only backends with ``supports_fallback``.
+        ``cfg.float_layers`` accepts. Only backends whose ``capabilities.fallback`` is "layers".
         """
         raise NotImplementedError(f"the {self.name} backend has no accuracy-aware fallback")
 

@@ -25,9 +25,10 @@ import onnx
 import onnxruntime as ort
 
 from mnv3 import quantize as q
-from mnv3.backends.base import Backend, BuildConfig, CompiledModel, Session
+from mnv3.backends.base import Backend, BuildConfig, Capabilities, CompiledModel, Session
 from mnv3.errors import BackendUnavailable, BuildError, ModelError
 from mnv3.meta import ModelMeta
+from mnv3.quant_mode import QuantMode
 
 COMPILED_FILE = "model.onnx"
 # The accuracy fallback scores int8 layers in this many groups of neighbours (one quantization
@@ -48,14 +49,14 @@ def _groups(items: list, n: int) -> list[list]:
 
 
 
-def precision_notes(mode: str, precisions: dict[str, str], device: str = "CPU") -> list[str]:
+def precision_notes(mode: QuantMode, precisions: dict[str, str], device: str = "CPU") -> list[str]:
     """Honest caveats read from what ORT actually runs (``op_precisions``), not assumed."""
     def runs(prec):  # op types that run only in ``prec``; mixed ones are listed apart
         return sorted(op for op, p in precisions.items() if p == prec)
 
     mixed = _mixed(precisions)
     notes = []
-    if "float16" in mode:
+    if mode.float_type == "float16":
         half = runs("float16")
         notes.append(
             f"float16 on ONNX Runtime's {device} provider: weights are stored in float16, but "
@@ -64,7 +65,7 @@ def precision_notes(mode: str, precisions: dict[str, str], device: str = "CPU") 
             f"{', '.join(half) or 'none'}{mixed}). Expect about force_float32 speed on CPU "
             "(benchmarks/int8_speed.py measures it), not a speed-up; fp16 compute needs a GPU "
             "provider.")
-    if mode.startswith("qint8"):
+    if mode.int8:
         notes.append(
             f"int8 kernels: {', '.join(runs('int8')) or 'none'}; still float: "
             f"{', '.join(o for o in runs('float32') + runs('float16')) or 'none'}{mixed} "
@@ -135,7 +136,11 @@ def _session(path: Path | str, level, threads: int | None = None, optimized_out:
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
-    install_hint = 'pip install "mnv3"'
+    capabilities = Capabilities(
+        modes=(QuantMode.FLOAT32, QuantMode.FLOAT16, QuantMode.INT8_FLOAT16,
+               QuantMode.INT8_FLOAT32),  # no bfloat16 kernels on ORT's CPU provider
+        calib_methods=("minmax", "entropy", "percentile"), fallback="layers",
+        distribution="onnxruntime", install_hint='pip install "mnv3"')
 
     def version(self) -> str:
         return ort.__version__
@@ -153,16 +158,12 @@ class OnnxRuntimeBackend(Backend):
             extra: dict[str, Any] = {"offline_optimization": "ORT basic (standard ONNX ops)",
                                      "load_optimization": "ORT_ENABLE_ALL"}
             mode = cfg.quant_mode
-            if mode == "force_float32":
-                model = onnx.load(str(fp32))
-            elif mode == "force_float16":
-                model = q.convert_fp16(onnx.load(str(fp32)))
-            elif mode in ("qint8_mixed_float32", "qint8_mixed_float16"):
+            if mode.int8:
                 model, extra["quantization"] = self._int8(fp32, work, cfg)
-                if mode == "qint8_mixed_float16":
-                    model = q.convert_fp16(model, keep_fp32_nodes=q.quantized_node_names(model))
             else:
-                raise BuildError(f"the onnxruntime backend cannot build quant mode {mode!r}")
+                model = onnx.load(str(fp32))
+            if mode.float_type == "float16":
+                model = q.convert_fp16(model, keep_fp32_nodes=q.quantized_node_names(model))
             model = q.set_batch_dim(model, "batch" if cfg.shape_mutable else cfg.batch_size)
             onnx.save(model, str(out_dir / COMPILED_FILE))
             precisions = self._inspect(out_dir / COMPILED_FILE, work)
@@ -170,8 +171,6 @@ class OnnxRuntimeBackend(Backend):
         return CompiledModel(COMPILED_FILE, op_precisions=precisions, notes=notes, extra=extra)
 
     def _int8(self, fp32: Path, work: Path, cfg: BuildConfig) -> tuple[onnx.ModelProto, dict]:
-        if not cfg.calib_files:
-            raise BuildError("int8 quantization needs calibration images; pass --calib-dir DIR")
         quantizer = cfg.state.get("ort_quantizer")
         if quantizer is None:  # first round of this build: calibrate once, keep for fallbacks
             keep = Path(tempfile.mkdtemp(prefix=".ort-int8-", dir=work.parent))
@@ -186,8 +185,6 @@ class OnnxRuntimeBackend(Backend):
         if cfg.float_layers:
             settings["fallback_float_layers"] = list(cfg.float_layers)
         return onnx.load(str(out)), settings
-
-    supports_fallback = True
 
     def rank_layers(self, out_dir: Path, cfg: BuildConfig, images: np.ndarray) -> list[dict]:
         """int8 layers in groups of neighbours, the group whose return to float helps most first.

@@ -34,7 +34,7 @@ def add_parser(sub):
     p = _add(sub, "bench", __doc__, run)
     p.add_argument("--model", required=True, metavar="DIR", help="a built model directory")
     p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=None, metavar="N",
-                   help="images per query (default: the model's fixed batch, or 1); --batch "
+                   help="images per query (default: the batch the model was built for); --batch "
                    "is accepted too")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="intra-op threads per request (default: engine's choice)")

@@ -27,9 +27,13 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
+from mnv3 import defaults as d
+from mnv3.backends import DEFAULT_BACKEND
+from mnv3.build_request import CALIB_METHODS
 from mnv3.cli import common
 from mnv3.errors import UsageError
-from mnv3.meta import QUANT_MODES, PreprocessCfg, sha256_file
+from mnv3.meta import PreprocessCfg, sha256_file
+from mnv3.quant_mode import SEED_MODES
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -46,16 +50,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "(224 -> 256, 160 -> 183) unless they are given; with --weights also the "
                    "export resolution")
     p.add_argument("--quant-mode", required=True, metavar="MODE",
-                   help=f"one of {', '.join(QUANT_MODES)} (forced_* accepted); "
-                   "force_bfloat16 with --backend openvino")
+                   help=f"one of {', '.join(SEED_MODES)} (forced_* accepted); "
+                   "force_bfloat16 where the backend builds it (openvino)")
     p.add_argument("--shape-mutable", required=True, type=common.str2bool, metavar="true|false",
                    help="true: any batch per call; false: fixed --batch-size (often faster)")
     p.add_argument("--batch-size", required=True, type=int, metavar="N",
                    help="images per engine call: built into the model with --shape-mutable "
                    "false; with true, the default batch of infer and bench (any batch runs)")
     p.add_argument("--calib-dir", type=Path, help="calibration images (default: demo images)")
-    p.add_argument("--calib-num", type=int, default=100, help="calibration images (default 100)")
-    p.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"),
+    p.add_argument("--calib-num", type=int, default=d.CALIB_NUM,
+                   help=f"calibration images (default {d.CALIB_NUM})")
+    p.add_argument("--calib-method", default=d.CALIB_METHOD, choices=CALIB_METHODS,
                    help="int8 activation ranges from the calibration images: minmax (default: "
                    "observed min/max), entropy (KL-divergence histogram), percentile "
                    "(onnxruntime only: clips rare outliers)")
@@ -80,7 +85,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, help="center crop = model input size (default 224)")
     p.add_argument("--mean", type=common.float_list, help="per-channel mean, 0-1 units")
     p.add_argument("--std", type=common.float_list, help="per-channel std, 0-1 units")
-    p.add_argument("--backend", default="onnxruntime", help="inference engine (default onnxruntime)")
+    p.add_argument("--backend", default=DEFAULT_BACKEND,
+                   help=f"inference engine (default {DEFAULT_BACKEND})")
     p.add_argument("--output", type=Path, help="model directory to create or replace (default "
                    "data/models/<mode>_<mutable>_<batch>; data/models/<backend>/... for backends "
                    "other than onnxruntime, as 'mnv3 run')")
@@ -131,8 +137,8 @@ def _export_weights(args, workdir: Path) -> tuple[Path, PreprocessCfg, dict]:
 
 
 def run(args) -> int:
-    from mnv3.builder import build, check_max_drop
-    from mnv3.meta import normalize_quant_mode
+    from mnv3.build_request import BuildRequest
+    from mnv3.builder import build_from_request, default_output
 
     options = {"progress": not args.no_progress}
     for key in ("min_agreement", "min_cosine"):
@@ -142,25 +148,22 @@ def run(args) -> int:
         options["allow_below_budget"] = True
     if args.keep_slower_int8:
         options["speed_check"] = False
-    if args.max_drop is not None:  # checked before the export, which can be slow
-        check_max_drop(args.max_drop, normalize_quant_mode(args.quant_mode), args.backend)
+    if args.max_drop is not None:
         options["max_drop"] = args.max_drop
-    from mnv3.builder import default_output
-    from mnv3.meta import model_dir_name
-
-    out = args.output or default_output(args.backend, model_dir_name(
-        args.quant_mode, args.shape_mutable, args.batch_size))
+    # validated here, before the export (which can be slow); the preprocessing comes later
+    request = BuildRequest(quant_mode=args.quant_mode, shape_mutable=args.shape_mutable,
+                           batch_size=args.batch_size, backend=args.backend,
+                           calib_dir=args.calib_dir, calib_num=args.calib_num,
+                           calib_method=args.calib_method, strict=args.strict, options=options)
+    out = args.output or default_output(args.backend, request.name)
     before = _settings_at(out)
     with tempfile.TemporaryDirectory(prefix="mnv3-build-") as work:
         if args.weights is not None:
             onnx_path, cfg, source = _export_weights(args, Path(work))
         else:
             onnx_path, cfg, source = args.onnx, _preprocess(args, PreprocessCfg()), {}
-        meta = build(onnx_path, args.output, quant_mode=args.quant_mode,
-                     shape_mutable=args.shape_mutable, batch_size=args.batch_size,
-                     preprocess=cfg, calib_dir=args.calib_dir, calib_num=args.calib_num,
-                     calib_method=args.calib_method, backend=args.backend, source=source,
-                     options=options, strict=args.strict, force=args.force)
+        meta = build_from_request(onnx_path, request.replace(preprocess=cfg), args.output,
+                                  source=source, force=args.force)
     say = common.human_print(args.json)
     say(summary(meta, out))
     if before is not None:  # --force replaced another build: say what changed

@@ -23,6 +23,8 @@ examples:
 
 from __future__ import annotations
 
+from mnv3 import defaults as d
+from mnv3.backends import DEFAULT_BACKEND
 from mnv3.cli.common import add_parser as _add
 from mnv3.cli.common import dataset_dir, human_print, int_list, str2bool, str_list, write_json
 
@@ -48,31 +50,32 @@ def add_parser(sub):
                    "infer's --dataset); 'demo' = the bundled demo set")
     p.add_argument("--image-num", type=int, default=None, metavar="N",
                    help="use only the first N images")
-    p.add_argument("--quant-modes", type=str_list,
-                   default=("force_float32", "force_float16", "qint8_mixed_float16"),
-                   metavar="M1,M2", help="default force_float32,force_float16,qint8_mixed_float16")
-    p.add_argument("--batch-sizes", type=int_list, default=(1, 4, 8), metavar="B1,B2",
-                   help="default 1,4,8")
+    p.add_argument("--quant-modes", type=str_list, default=d.RUN_QUANT_MODES,
+                   metavar="M1,M2", help=f"default {','.join(d.RUN_QUANT_MODES)}")
+    p.add_argument("--batch-sizes", type=int_list, default=d.RUN_BATCH_SIZES, metavar="B1,B2",
+                   help=f"default {','.join(map(str, d.RUN_BATCH_SIZES))}")
     p.add_argument("--shape-mutable", type=str2bool, default=False, metavar="true|false",
                    help="default false")
     p.add_argument("--backends", "--backend", dest="backends", type=str_list,
-                   default=("onnxruntime",), metavar="B1,B2",
+                   default=(DEFAULT_BACKEND,), metavar="B1,B2",
                    help="engines to build for, e.g. onnxruntime,openvino: one report with a "
-                        "backend column (default onnxruntime; openvino needs mnv3[openvino])")
+                        f"backend column (default {DEFAULT_BACKEND}; openvino needs "
+                        "mnv3[openvino])")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="intra-op threads for mnv3 and both baselines (default: all cores)")
     p.add_argument("--calib-dir", default=None, metavar="D",
                    help="int8 calibration images (default: the evaluation images)")
-    p.add_argument("--calib-num", type=int, default=100, metavar="N", help="default 100")
-    p.add_argument("--bench-duration", type=float, default=0.6, metavar="S",
-                   help="seconds per configuration per round (default 0.6)")
+    p.add_argument("--calib-num", type=int, default=d.CALIB_NUM, metavar="N",
+                   help=f"default {d.CALIB_NUM}")
+    p.add_argument("--bench-duration", type=float, default=d.RUN_BENCH_DURATION_S, metavar="S",
+                   help=f"seconds per configuration per round (default {d.RUN_BENCH_DURATION_S})")
     p.add_argument("--bench-iterations", type=int, default=None, metavar="N",
                    help="or stop each round after N queries")
-    p.add_argument("--bench-rounds", type=int, default=5, metavar="R",
+    p.add_argument("--bench-rounds", type=int, default=d.RUN_BENCH_ROUNDS, metavar="R",
                    help="interleaved rounds per configuration; tables quote the median round "
-                   "and the range of all rounds (default 5)")
-    p.add_argument("--bench-warmup", type=int, default=10, metavar="N",
-                   help="unmeasured runs before each round (default 10)")
+                   f"and the range of all rounds (default {d.RUN_BENCH_ROUNDS})")
+    p.add_argument("--bench-warmup", type=int, default=d.RUN_BENCH_WARMUP, metavar="N",
+                   help=f"unmeasured runs before each round (default {d.RUN_BENCH_WARMUP})")
     p.add_argument("--out", default="data", metavar="DIR", help="output folder (default data)")
     p.add_argument("--cpp", action="store_true",
                    help="also run each openvino build through the native mnv3-infer-cpp (built "

@@ -1,0 +1,14 @@
+"""The library's defaults in one light module: the API's signatures and the CLIs' flags both
+read them, so they cannot drift apart (importing the pipeline just to read them would cost
+every ``mnv3 --help`` the 0.6 s import of numpy)."""
+
+from mnv3.quant_mode import RUN_MODES
+
+CALIB_NUM = 100  # int8 calibration images (the seed's sample uses 100 too)
+CALIB_METHOD = "minmax"
+
+RUN_QUANT_MODES = tuple(m.value for m in RUN_MODES)  # the seed README's table rows
+RUN_BATCH_SIZES = (1, 4, 8)  # the seed README's table columns
+RUN_BENCH_DURATION_S = 0.6  # seconds per configuration per interleaved round
+RUN_BENCH_ROUNDS = 5
+RUN_BENCH_WARMUP = 10
