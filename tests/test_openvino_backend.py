@@ -16,7 +16,7 @@ import threading
 import numpy as np
 import pytest
 
-from mnv3.backends import get_backend, list_backends, load
+from mnv3.backends import get_backend, load
 from mnv3.builder import build
 from mnv3.errors import BackendUnavailable, ModelError, UsageError
 from mnv3.meta import PreprocessCfg
@@ -66,27 +66,6 @@ def _build(tiny, tmp_path, mode, mutable=False, batch=2, **options):
 
 def _cosine(a, b):
     return float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
-
-
-@pytest.mark.parametrize("backend", list_backends())
-def test_every_backend_meets_the_session_contract(tiny, tmp_path, backend):
-    """The registry's engines, same tiny model: fp32 matches PyTorch, fixed batch splits/pads,
-    bad input is a ModelError (skips an engine that is not installed, with the reason)."""
-    try:
-        get_backend(backend)
-    except BackendUnavailable as e:
-        pytest.skip(str(e))
-    out = tmp_path / backend
-    build(tiny[0], out, quant_mode="force_float32", shape_mutable=False, batch_size=4,
-          preprocess=PP, backend=backend, options={"progress": False})
-    x = np.random.default_rng(4).standard_normal((6, 3, 32, 32)).astype(np.float32)
-    with load(out) as session:
-        assert session.meta.backend == backend
-        np.testing.assert_allclose(session.predict(x), tiny[2](x), rtol=1e-4, atol=1e-4)
-        with pytest.raises(ModelError, match="fixed batch of 4"):
-            session.run(x)
-        with pytest.raises(ModelError, match="float32"):
-            session.predict(x.astype(np.float64))
 
 
 @needs_openvino
