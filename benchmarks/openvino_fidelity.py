@@ -30,10 +30,7 @@ from mnv3.sysinfo import cpu_model, isa_label
 
 from lite0 import export_lite0  # benchmarks/lite0.py: the one Lite0 export (real weights)
 
-try:  # the build's seeded calibration split (moved from mnv3.quantize during the session)
-    from mnv3 import calibration as q
-except ImportError:  # pragma: no cover
-    from mnv3 import quantize as q
+from mnv3 import calibration as q  # the build's seeded calibration split
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "datasets" / "imagenet-sample-500"

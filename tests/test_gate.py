@@ -13,7 +13,7 @@ import pytest
 
 import mnv3
 from mnv3 import gate
-from mnv3 import quantize as q
+from mnv3.backends import onnxruntime_quant as q
 from mnv3 import sysinfo
 from mnv3.backends import isa_mismatch
 from mnv3.cli.main import main as cli

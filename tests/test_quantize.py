@@ -1,4 +1,5 @@
-"""mnv3.quantize: calibration reuses the inference preprocessing; reproducible subsets; graph edits."""
+"""ONNX Runtime int8 (backends/onnxruntime_quant.py): calibration reuses the inference
+preprocessing; reproducible subsets; graph edits (onnx_source)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import onnx
 import pytest
 
 from mnv3 import calibration as calib
-from mnv3 import quantize as q
+from mnv3 import onnx_source
+from mnv3.backends import onnxruntime_calib as oc
+from mnv3.backends import onnxruntime_quant as q
+from mnv3.backends.onnxruntime_fp16 import convert_fp16
 from mnv3.data.preprocess import preprocess_image
 from mnv3.errors import UsageError
 from mnv3.meta import PreprocessCfg
@@ -18,7 +22,7 @@ CFG = PreprocessCfg(resize=40, crop=SIZE, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 
 
 def test_calibration_tensors_are_the_inference_tensors(tmp_path):
     files = write_images(tmp_path / "img", 5)
-    reader = calib.make_reader(files, CFG, "input", batch=2, progress=False)
+    reader = oc.make_reader(files, CFG, "input", batch=2, progress=False)
     got = []
     while (d := reader.get_next()) is not None:
         assert set(d) == {"input"} and d["input"].dtype == np.float32
@@ -49,11 +53,11 @@ def test_list_images_finds_images_subfolder_and_rejects_missing(tmp_path):
 
 def test_set_batch_dim(tmp_path):
     export_tiny(tmp_path / "t.onnx", dynamic=True)
-    m = q.set_batch_dim(onnx.load(str(tmp_path / "t.onnx")), 8)
-    inp, out = q.graph_io(m)
-    assert q.dims_of(inp) == [8, 3, SIZE, SIZE] and q.dims_of(out)[0] == 8
-    m = q.set_batch_dim(m, "batch")
-    assert q.dims_of(q.graph_io(m)[0])[0] == "batch"
+    m = onnx_source.set_batch_dim(onnx.load(str(tmp_path / "t.onnx")), 8)
+    inp, out = onnx_source.graph_io(m)
+    assert onnx_source.dims_of(inp) == [8, 3, SIZE, SIZE] and onnx_source.dims_of(out)[0] == 8
+    m = onnx_source.set_batch_dim(m, "batch")
+    assert onnx_source.dims_of(onnx_source.graph_io(m)[0])[0] == "batch"
 
 
 def test_default_float_ends(tmp_path):
@@ -76,7 +80,7 @@ def test_mixed_fp16_keeps_int8_convolutions_fusable(tmp_path):
     model = onnx.load(str(tmp_path / "q.onnx"))
     convs = q.quantized_node_names(model)
     assert len(convs) == 6  # 5 convs + the Gemm
-    mixed = q.convert_fp16(model, keep_fp32_nodes=convs)
+    mixed = convert_fp16(model, keep_fp32_nodes=convs)
     producers = {o: n for n in mixed.graph.node for o in n.output}
     for n in mixed.graph.node:
         if n.name in convs:  # fed straight by DequantizeLinear, no Cast in between
@@ -99,9 +103,9 @@ def test_bias_correction_removes_the_mean_shift_of_int8_weights():
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     x = (rng.standard_normal((16, 4, 16, 16)) + 2.0).astype(np.float32)  # non-zero mean
-    corrected, n = calib.bias_correct(model, [x[:8], x[8:]], per_channel=False)
+    corrected, n = oc.bias_correct(model, [x[:8], x[8:]], per_channel=False)
     b2 = numpy_helper.to_array(corrected.graph.initializer[1])
-    wq = calib.fake_quant_weight(w.astype(np.float64), 127, per_channel=False)
+    wq = oc.fake_quant_weight(w.astype(np.float64), 127, per_channel=False)
 
     # mean output over interior pixels (no padding there): mean input patch . weights + bias
     patch = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(2, 3)).mean((0, 2, 3))
@@ -139,7 +143,7 @@ def test_bias_correction_models_the_weights_ort_actually_writes(tmp_path, isa):
             scale = init[n.input[1]].reshape(-1, 1, 1, 1)
             zero = init[n.input[2]].astype(np.float64).reshape(-1, 1, 1, 1)
             ort_w = (init[n.input[0]].astype(np.float64) - zero) * scale
-            ours = calib.fake_quant_weight(float_w[name].astype(np.float64), qrange,
+            ours = oc.fake_quant_weight(float_w[name].astype(np.float64), qrange,
                                            per_channel=True)
             np.testing.assert_allclose(ort_w, ours, rtol=1e-5, atol=1e-7)
             checked += 1

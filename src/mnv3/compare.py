@@ -67,7 +67,7 @@ def _session(model: onnx.ModelProto, names: Sequence[str]):
     """An ORT CPU session over a copy of ``model`` that also outputs the tensors ``names``."""
     import onnxruntime as ort
 
-    from mnv3.quantize import set_batch_dim
+    from mnv3.onnx_source import set_batch_dim
 
     m = onnx.ModelProto()
     m.CopyFrom(model)

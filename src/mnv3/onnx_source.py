@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from mnv3 import quantize as q
 from mnv3.errors import BuildError, UsageError
 from mnv3.meta import PreprocessCfg
 
@@ -58,14 +57,14 @@ def prepare_source(onnx_path: Path, out_path: Path, mutable: bool, batch: int,
                    preprocess: PreprocessCfg) -> PreparedSource:
     """Validate ``onnx_path`` and write it with the target batch dim to ``out_path``."""
     model = load_onnx(onnx_path)
-    inp, out = q.graph_io(model)
+    inp, out = graph_io(model)
     size = _check_input(onnx_path, inp, preprocess)
-    src_batch = q.dims_of(inp)[0]
+    src_batch = dims_of(inp)[0]
     for d in inp.type.tensor_type.shape.dim[1:]:  # symbolic C/H/W become 3 and the crop size
         if not d.HasField("dim_value"):
             d.Clear()
             d.dim_value = 3 if d is inp.type.tensor_type.shape.dim[1] else size
-    model = q.set_batch_dim(model, "batch" if mutable else batch)
+    model = set_batch_dim(model, "batch" if mutable else batch)
     onnx.save(model, str(out_path))
     num_classes = _check_runs(out_path, inp.name, size, [None, 2] if mutable else [batch],
                               src_batch, batch)
@@ -73,7 +72,7 @@ def prepare_source(onnx_path: Path, out_path: Path, mutable: bool, batch: int,
 
 
 def _check_input(path: Path, inp: onnx.ValueInfoProto, cfg: PreprocessCfg) -> int:
-    dims = q.dims_of(inp)
+    dims = dims_of(inp)
     bad_channels = len(dims) == 4 and isinstance(dims[1], int) and dims[1] != 3
     if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4 or bad_channels:
         raise BuildError(f"{path} input {inp.name!r} is {dims} of ONNX type "
@@ -117,3 +116,44 @@ def _check_runs(path: Path, input_name: str, size: int, batches, src_batch, batc
                          f"({'mutable' if len(batches) > 1 else batch}): {e}. The graph seems to "
                          f"bake in its export batch size; {hint}") from e
     return num_classes
+
+
+# ----------------------------------------------------------------------------- graph edits
+def set_batch_dim(model: onnx.ModelProto, batch: int | str) -> onnx.ModelProto:
+    """Set the first dim of every graph input/output to ``batch`` (int = fixed, str = symbolic).
+
+    Intermediate shapes recorded by the exporter may still hold the old batch, so value_info
+    is cleared and shapes are inferred again. Graphs that bake the batch into constants (a
+    Reshape to [1, -1]) are caught by the caller, which runs the result.
+    """
+    for vi in list(model.graph.input) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if not dims:
+            continue
+        dims[0].Clear()
+        if isinstance(batch, str):
+            dims[0].dim_param = batch
+        else:
+            dims[0].dim_value = int(batch)
+    del model.graph.value_info[:]
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is an optimisation aid, not a requirement
+        return model
+
+
+def graph_io(model: onnx.ModelProto) -> tuple[onnx.ValueInfoProto, onnx.ValueInfoProto]:
+    """The single real input (not an initializer) and the first output."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1 or not model.graph.output:
+        raise BuildError(
+            f"expected an image classifier with one input and one output, got inputs "
+            f"{[i.name for i in inputs]} and {len(model.graph.output)} outputs"
+        )
+    return inputs[0], model.graph.output[0]
+
+
+def dims_of(vi: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in vi.type.tensor_type.shape.dim]

@@ -24,7 +24,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from mnv3 import quantize as q
+from mnv3.backends import onnxruntime_quant as q
+from mnv3.backends.onnxruntime_fp16 import QDQ_OPS, convert_fp16
+from mnv3.onnx_source import set_batch_dim
 from mnv3.backends.base import Backend, BuildConfig, Capabilities, CompiledModel, Session
 from mnv3.errors import BackendUnavailable, BuildError, ModelError
 from mnv3.meta import ModelMeta
@@ -107,7 +109,7 @@ def op_precisions(model: onnx.ModelProto) -> dict[str, str]:
     for n in model.graph.node:
         if n.op_type in _INT8_KERNELS:
             prec = "int8"
-        elif n.op_type in q.QDQ_OPS or n.op_type == "Cast":
+        elif n.op_type in QDQ_OPS or n.op_type == "Cast":
             prec = "conversion"
         else:
             prec = _ELEM.get(types.get(n.input[0]) if n.input else None, "float32")
@@ -163,8 +165,7 @@ class OnnxRuntimeBackend(Backend):
             else:
                 model = onnx.load(str(fp32))
             if mode.float_type == "float16":
-                model = q.convert_fp16(model, keep_fp32_nodes=q.quantized_node_names(model))
-            model = q.set_batch_dim(model, "batch" if cfg.shape_mutable else cfg.batch_size)
+                model = convert_fp16(model, keep_fp32_nodes=q.quantized_node_names(model))
             onnx.save(model, str(out_dir / COMPILED_FILE))
             precisions = self._inspect(out_dir / COMPILED_FILE, work)
         notes = precision_notes(mode, precisions)
@@ -176,7 +177,7 @@ class OnnxRuntimeBackend(Backend):
             keep = Path(tempfile.mkdtemp(prefix=".ort-int8-", dir=work.parent))
             cfg.state["cleanup"] = [*cfg.state.get("cleanup", []), keep]
             dyn = keep / "dyn.onnx"  # calibrate with a symbolic batch whatever the target batch
-            onnx.save(q.set_batch_dim(onnx.load(str(fp32)), "batch"), str(dyn))
+            onnx.save(set_batch_dim(onnx.load(str(fp32)), "batch"), str(dyn))
             quantizer = cfg.state["ort_quantizer"] = q.Int8Quantizer(
                 dyn, keep, cfg.calib_files, cfg.preprocess, method=cfg.calib_method,
                 options=cfg.options, progress=cfg.options.get("progress", True))
@@ -184,7 +185,9 @@ class OnnxRuntimeBackend(Backend):
         settings = quantizer.quantize(out, float_nodes=cfg.float_layers)
         if cfg.float_layers:
             settings["fallback_float_layers"] = list(cfg.float_layers)
-        return onnx.load(str(out)), settings
+        # the source's batch (onnx_source set it) again: calibration ran on a symbolic one
+        return set_batch_dim(onnx.load(str(out)), "batch" if cfg.shape_mutable
+                             else cfg.batch_size), settings
 
     def rank_layers(self, out_dir: Path, cfg: BuildConfig, images: np.ndarray) -> list[dict]:
         """int8 layers in groups of neighbours, the group whose return to float helps most first.

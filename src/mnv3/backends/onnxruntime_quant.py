@@ -1,7 +1,6 @@
-"""Stage 2a: int8 QDQ quantization, fp16 conversion, batch-dimension edits, precision report.
-
-Everything here speaks ONNX Runtime's quantization interface (``quantize_static`` fed by the
-``CalibrationDataReader`` of ``mnv3.calibration``, which uses the one inference preprocessing).
+"""ONNX Runtime's int8: QDQ quantization with ORT's ``quantize_static``, fed by the calibration
+reader of ``mnv3.backends.onnxruntime_calib`` (the one inference preprocessing), and bias
+correction. fp16 conversion: ``mnv3.backends.onnxruntime_fp16``.
 
 The int8 recipe and why (issue 3, "MobileNetV3's int8 traps"). Figures: top-1 agreement with
 force_float32 / mean logit cosine on EfficientNet-Lite0's real weights, 400 held-out images
@@ -16,7 +15,7 @@ line says what removing that one choice gives:
   conv output's scale spans [0, 6] instead of the wide pre-activation range (conv-only:
   96.25% / 0.983). Everything else (HardSwish, HardSigmoid, the SE multiply, pooling) stays
   float, so hardsigmoid's [0, 1] output is never squeezed by a calibrated scale;
-- bias correction (``mnv3.calibration.bias_correct``): int8 weights shift each channel's mean
+- bias correction (``onnxruntime_calib.bias_correct``): int8 weights shift each channel's mean
   output; folding the expected shift into the bias matters for small depthwise nets
   (without: 98.5% / 0.9968);
 - the first three and the last two convolutions / matrix products stay float (~5% of the MACs,
@@ -38,9 +37,12 @@ from typing import Sequence
 
 import onnx
 
-from mnv3 import calibration as calib
+from mnv3.backends import onnxruntime_calib as oc
+from mnv3.calibration import iter_batches
 from mnv3.errors import BuildError, Mnv3Error
 from mnv3.meta import PreprocessCfg
+from mnv3.onnx_source import graph_io
+
 
 # Ops whose inputs/weights are quantized to int8 (the issue's "convolutions and matrix products").
 INT8_OPS = ("Conv", "Gemm", "MatMul")
@@ -48,7 +50,6 @@ INT8_OPS = ("Conv", "Gemm", "MatMul")
 # the conv's output scale covers the activation's range (ReLU6: [0, 6]) rather than the wide
 # pre-activation range. Measured on Lite0: 86% -> 97% top-1 agreement (fidelity_lite0.py).
 FUSED_ACTIVATIONS = ("Relu", "Clip")
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 # Layers kept in float by default: the first three Conv/Gemm/MatMul (the stem and the first
 # block, at the highest resolution, where the SQNR of the int8 graph falls fastest) and the last
 # two (Lite0: head conv + classifier; MobileNetV3: its two classifier Linears); ~5% of the MACs.
@@ -66,48 +67,8 @@ ISA_RECIPES = {
 }
 
 
-# ----------------------------------------------------------------------------- graph edits
-def set_batch_dim(model: onnx.ModelProto, batch: int | str) -> onnx.ModelProto:
-    """Set the first dim of every graph input/output to ``batch`` (int = fixed, str = symbolic).
-
-    Intermediate shapes recorded by the exporter may still hold the old batch, so value_info
-    is cleared and shapes are inferred again. Graphs that bake the batch into constants (a
-    Reshape to [1, -1]) are caught by the caller, which runs the result.
-    """
-    for vi in list(model.graph.input) + list(model.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if not dims:
-            continue
-        dims[0].Clear()
-        if isinstance(batch, str):
-            dims[0].dim_param = batch
-        else:
-            dims[0].dim_value = int(batch)
-    del model.graph.value_info[:]
-    try:
-        return onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shape inference is an optimisation aid, not a requirement
-        return model
 
 
-def graph_io(model: onnx.ModelProto) -> tuple[onnx.ValueInfoProto, onnx.ValueInfoProto]:
-    """The single real input (not an initializer) and the first output."""
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1 or not model.graph.output:
-        raise BuildError(
-            f"expected an image classifier with one input and one output, got inputs "
-            f"{[i.name for i in inputs]} and {len(model.graph.output)} outputs"
-        )
-    return inputs[0], model.graph.output[0]
-
-
-def dims_of(vi: onnx.ValueInfoProto) -> list[int | str]:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-            for d in vi.type.tensor_type.shape.dim]
-
-
-# ----------------------------------------------------------------------------- int8 / fp16
 def default_recipe(isa: str | None = None) -> dict:
     """The int8 settings that keep accuracy on the CPU's int8 ISA class (``sysinfo.int8_isa``).
 
@@ -213,7 +174,7 @@ class Int8Quantizer:
             extra["CalibStridedMinMax"] = window
         methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                    "percentile": CalibrationMethod.Percentile}
-        reader = None if self.cache.is_file() else calib.make_reader(
+        reader = None if self.cache.is_file() else oc.make_reader(
             files, self.cfg, self.input_name, batch=batch, progress=self.progress)
         with _quiet_ort():
             try:
@@ -235,8 +196,8 @@ class Int8Quantizer:
     def _bias_correct(self, model: onnx.ModelProto, s: dict,
                       exclude: Sequence[str]) -> tuple[onnx.ModelProto, int]:
         if self.means is None:  # one pass over the images, reused by every fallback round
-            self.means = calib.conv_input_means(model, calib.iter_batches(self.files, self.cfg, 8))
-        return calib.bias_correct(model, None, qrange=weight_qrange(s["weight_type"],
+            self.means = oc.conv_input_means(model, iter_batches(self.files, self.cfg, 8))
+        return oc.bias_correct(model, None, qrange=weight_qrange(s["weight_type"],
                                                                      s["reduce_range"]),
                                   per_channel=s["per_channel"], skip=exclude,
                                   means=self.means)
@@ -292,65 +253,6 @@ def _quiet_ort():
             yield
     finally:
         root.setLevel(level)
-
-
-def convert_fp16(model: onnx.ModelProto, keep_fp32_nodes: Sequence[str] = ()) -> onnx.ModelProto:
-    """fp16 weights and compute, float32 graph inputs/outputs (callers keep passing float32).
-
-    QuantizeLinear/DequantizeLinear and ``keep_fp32_nodes`` (the int8 convolutions of a mixed
-    model, which ORT fuses to QLinearConv) stay float32; casts are inserted around them.
-    """
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    try:
-        model = convert_float_to_float16(
-            model, keep_io_types=True, disable_shape_infer=False,
-            op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(QDQ_OPS),
-            node_block_list=list(keep_fp32_nodes),
-        )
-    except Exception as e:
-        raise BuildError(f"float16 conversion failed: {e}") from e
-    return drop_cast_round_trips(model)
-
-
-def drop_cast_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Remove Cast(fp16) -> Cast(fp32) chains (and the reverse) the fp16 converter leaves.
-
-    The converter wraps every kept-fp32 node in casts, even between two kept nodes, so
-    DequantizeLinear -> Cast16 -> Cast32 -> Conv appears; ORT then cannot fuse the int8
-    QLinearConv and runs the Conv in float. Dropping the round trip only removes a rounding.
-    """
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
-    graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    outputs = {o.name for o in graph.output}
-
-    def cast_to(n):
-        return next((a.i for a in n.attribute if a.name == "to"), None) if n.op_type == "Cast" \
-            else None
-
-    rename = {}
-    for n in graph.node:
-        first = producer.get(n.input[0]) if n.input else None
-        if first is None or n.output[0] in outputs:
-            continue
-        a, b = cast_to(first), cast_to(n)
-        if a in floats and b in floats and a != b:
-            rename[n.output[0]] = first.input[0]  # the value before the round trip
-    for n in graph.node:
-        for i, name in enumerate(n.input):
-            while name in rename:
-                name = rename[name]
-            n.input[i] = name
-    used = {i for n in graph.node for i in n.input} | outputs
-    changed = True
-    while changed:  # drop casts nobody reads any more
-        keep = [n for n in graph.node if n.op_type != "Cast" or n.output[0] in used]
-        changed = len(keep) != len(graph.node)
-        del graph.node[:]
-        graph.node.extend(keep)
-        used = {i for n in graph.node for i in n.input} | outputs
-    return model
 
 
 def quantized_node_names(model: onnx.ModelProto) -> list[str]:
