@@ -16,7 +16,7 @@ reports the precision each layer type really executes in on the build machine):
   CPU's 16-bit float (f16, else bf16, else f32) respectively; with ``max_drop`` (accuracy
   control) they run in f32, the precision NNCF validated the budget in.
 
-Load compiles with a model cache (``<model_dir>/.ov_cache``), the latency hint for batch 1 and
+Load (``openvino_session``) compiles with a model cache (``<model_dir>/.ov_cache``), the latency hint for batch 1 and
 the throughput hint otherwise, one stream per concurrent caller (``streams``, default 1), and
 keeps a pool of infer requests so ``Session.run`` is safe to call from several threads at once
 (``mnv3 bench --streams S`` loads with ``streams=S``).
@@ -24,15 +24,11 @@ keeps a pool of infer requests so ``Session.run`` is safe to call from several t
 
 from __future__ import annotations
 
-import os
-import queue
-import tempfile
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 try:
     import openvino as ov
 except ImportError as _e:  # capabilities stay readable; get_backend() says how to install it
@@ -46,7 +42,6 @@ from mnv3.meta import ModelMeta, sha256_file
 from mnv3.quant_mode import QuantMode
 
 XML_FILE, BIN_FILE = "model.xml", "model.bin"
-CACHE_DIR_NAME = ".ov_cache"
 
 NOTE_F16_AS_F32 = ("this CPU has no fp16 arithmetic: the model keeps fp16 weights but runs with "
                    "INFERENCE_PRECISION_HINT=f32 (op_precisions shows each layer type's precision)")
@@ -112,6 +107,7 @@ class OpenVinoBackend(Backend):
 
             _set_batch(model, 1)  # calibrate image by image, whatever the target batch
             model, extra["quantization"] = quantize(model, cfg)
+            _set_batch(model, -1 if cfg.shape_mutable else cfg.batch_size)  # the source's again
         if mode.int8 and precision != "f32" and "max_drop" in cfg.options:
             # NNCF checks the --max-drop budget with float layers in f32; bf16/f16 would add error
             # the budget never saw (measured on Lite0: -0.5 point instead of 0.0).
@@ -119,7 +115,6 @@ class OpenVinoBackend(Backend):
             notes.append(NOTE_MAX_DROP_F32)
         elif mode.float_type == "float16":
             notes.append({"f32": NOTE_F16_AS_F32, "bf16": NOTE_F16_AS_BF16}.get(precision, ""))
-        _set_batch(model, -1 if cfg.shape_mutable else cfg.batch_size)
         try:
             ov.save_model(model, str(out_dir / XML_FILE),
                           compress_to_fp16=mode.float_type == "float16")
@@ -145,6 +140,8 @@ class OpenVinoBackend(Backend):
         throughput otherwise.
         options: ``cache_dir`` (a folder, or "" to disable the model cache).
         """
+        from mnv3.backends.openvino_session import OpenVinoSession, cache_dir, compile_config
+
         model_dir = Path(model_dir)
         _check_bin(model_dir, meta)
         precision = meta.extra.get("inference_precision") or inference_precision(meta.quant_mode)
@@ -155,79 +152,16 @@ class OpenVinoBackend(Backend):
             # built where a 16-bit float ran the non-int8 ops; this CPU lacks it
             precision = inference_precision(meta.quant_mode, caps)
         core = ov.Core()
-        cache = _cache_dir(model_dir, options.get("cache_dir"))
+        cache = cache_dir(model_dir, options.get("cache_dir"))
         if cache:
             core.set_property({"CACHE_DIR": cache})
-        config = _compile_config(meta, precision, threads, streams, hint)
+        config = compile_config(meta, precision, threads, streams, hint)
         try:
             compiled = core.compile_model(str(model_dir / meta.compiled_file), "CPU", config)
         except Exception as e:  # noqa: BLE001
             raise ModelError(f"OpenVINO cannot compile {model_dir / meta.compiled_file}: {e}; "
                              "rebuild the model with 'mnv3 build --backend openvino'") from e
         return OpenVinoSession(meta, compiled, threads, streams, cache)
-
-
-class OpenVinoSession(Session):
-    """A compiled OpenVINO model with a pool of infer requests.
-
-    ``_run`` takes a free request (creating one when every request is busy, so S threads end up
-    with S requests), points its input at the caller's array (no copy; skipped when the request
-    already points at that very array), runs it (OpenVINO
-    releases the GIL) and copies the logits out before returning the request.
-
-    How it runs was measured (MobileNetV3-Large, 2 vCPUs, interleaved): with several threads
-    per stream, ``infer()`` on the calling Python thread was 1.4-3x slower than handing the
-    request to the stream's own pinned threads (``start_async(); wait()``, what benchmark_app
-    does); with one thread per stream the synchronous call was as fast or faster.
-    """
-
-    def __init__(self, meta: ModelMeta, compiled, threads, streams, cache_dir: str | None):
-        super().__init__(meta)
-        self.compiled = compiled
-        self.threads = threads
-        self.streams = streams
-        self.cache_dir = cache_dir
-        self.loaded_from_cache = bool(compiled.get_property("LOADED_FROM_CACHE"))
-        # idle (request, the array its input points at, or None)
-        self._free: queue.SimpleQueue = queue.SimpleQueue()
-        per_stream = int(compiled.get_property("INFERENCE_NUM_THREADS")) // max(
-            1, int(compiled.get_property("NUM_STREAMS")))
-        self._async = per_stream > 1
-        n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        for _ in range(max(1, n)):
-            self._free.put((compiled.create_infer_request(), None))
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        try:
-            request, bound = self._free.get_nowait()
-        except queue.Empty:
-            request, bound = self.compiled.create_infer_request(), None
-        try:
-            if bound is not batch:
-                # A caller that refills one array (mnv3 bench, a camera loop) binds it once,
-                # as benchmark_app fills its requests once: no new tensor and re-binding per
-                # call. Holding the array keeps its address from being reused by another
-                # array; in-place writes are seen, as the tensor shares its memory.
-                request.set_input_tensor(ov.Tensor(batch, shared_memory=True))
-                bound = batch
-            if self._async:  # the stream's own threads run it (see the class docstring)
-                request.start_async()
-                request.wait()
-            else:
-                request.infer()
-            return request.get_output_tensor().data.copy()
-        finally:
-            self._free.put((request, bound))
-
-    def config(self) -> dict[str, str]:
-        """The settings OpenVINO actually chose (hint, streams, threads, precision)."""
-        keys = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS",
-                "INFERENCE_PRECISION_HINT", "OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-        return {k: str(self.compiled.get_property(k)) for k in keys}
-
-    def close(self) -> None:
-        self._free = queue.SimpleQueue()
-        self.compiled = None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -253,20 +187,6 @@ def _set_batch(model: ov.Model, batch: int) -> None:
         raise BuildError(f"cannot reshape the model to batch {batch}: {e}") from e
 
 
-def _compile_config(meta: ModelMeta, precision: str, threads, streams, hint) -> dict[str, Any]:
-    if hint is None:
-        hint = "latency" if int(meta.batch_size) == 1 else "throughput"
-    config: dict[str, Any] = {"PERFORMANCE_HINT": hint.upper(),
-                              "INFERENCE_PRECISION_HINT": precision}
-    # Session.run is synchronous: one caller keeps one stream busy, and the throughput hint's
-    # own choice (one stream per core) would leave a lone caller on one core. Concurrent
-    # callers (mnv3 bench --streams S) say so with streams=S.
-    config["NUM_STREAMS"] = int(streams or 1)
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads) * int(streams or 1)
-    return config
-
-
 def _check_bin(model_dir: Path, meta: ModelMeta) -> None:
     """``mnv3.load`` checked model.xml; the weights live in model.bin, so check it too."""
     name, expected = meta.extra.get("bin_file", BIN_FILE), meta.extra.get("bin_sha256")
@@ -276,29 +196,6 @@ def _check_bin(model_dir: Path, meta: ModelMeta) -> None:
     if not expected or sha256_file(path) != expected:
         raise ModelError(f"{path} does not match the sha256 recorded in meta.json: the weights "
                          "are corrupt or were replaced; rebuild the model with 'mnv3 build'")
-
-
-def _cache_dir(model_dir: Path, requested) -> str | None:
-    """Where compiled blobs are cached: ``requested``, else ``<model_dir>/.ov_cache``, else the
-    user cache (read-only model directories); "" disables caching. OpenVINO keys each blob by
-    model, device and settings, so one folder serves every configuration safely."""
-    if requested == "" or requested is False:
-        return None
-    if not requested and model_dir.name.startswith("."):
-        # mnv3.build's temporary directory (".<name>.tmp-*", opened to measure fidelity):
-        # OpenVINO keys blobs by the model's path, so they would be orphaned by the rename.
-        return None
-    candidates = [Path(requested)] if requested else [
-        model_dir / CACHE_DIR_NAME,
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnv3" / "openvino"]
-    for path in candidates:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=path).close()  # writable?
-            return str(path)
-        except OSError:
-            continue
-    return None
 
 
 _SKIP = {"Input", "Output", "Parameter", "Result", "Const", "Reorder", "Reshape", "Convert"}
