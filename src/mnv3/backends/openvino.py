@@ -16,8 +16,8 @@ reports the precision each layer type really executes in on the build machine):
   CPU's 16-bit float (f16, else bf16, else f32) respectively; with ``max_drop`` (accuracy
   control) they run in f32, the precision NNCF validated the budget in.
 
-Load (``openvino_session``) compiles with a model cache (``<model_dir>/.ov_cache``), the latency hint for batch 1 and
-the throughput hint otherwise, one stream per concurrent caller (``streams``, default 1), and
+Load (``openvino_session``) compiles with a model cache (``<model_dir>/.ov_cache``), the
+latency hint for batch 1 and the throughput hint otherwise, one stream per concurrent caller (``streams``, default 1), and
 keeps a pool of infer requests so ``Session.run`` is safe to call from several threads at once
 (``mnv3 bench --streams S`` loads with ``streams=S``).
 """
