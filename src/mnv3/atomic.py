@@ -1,4 +1,4 @@
-"""Directories that appear whole: a per-target lock, and an atomic swap into place.
+"""Files and directories that appear whole: a per-target lock, and an atomic swap into place.
 
 A build writes into ``.<name>.tmp-XXXX`` beside the target and then calls ``publish_dir``.
 On Linux the swap is one ``renameat2(RENAME_EXCHANGE)``, so the path holds the old model or
@@ -14,7 +14,9 @@ import ctypes
 import ctypes.util
 import os
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from mnv3.errors import BuildError, UsageError
 
@@ -126,3 +128,32 @@ def publish_dir(tmp: Path, target: Path) -> None:
         os.rename(old, target)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside ``path`` for the block to write; it replaces ``path`` when the
+    block ends without an exception, and is removed otherwise.
+
+    ``suffix`` is the temporary file's ending: writers that pick the format from the name
+    (matplotlib, Pillow) need the real one. Its mode is a plain file's (``normal_mode``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    tmp = Path(name)
+    try:
+        try:
+            normal_mode(fd)  # mkstemp's 0600 is for the temporary file, not for the result
+        finally:
+            os.close(fd)
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C too: no half-written temporary file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a UTF-8 text file so readers see the old content or the new, never half of it."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -30,6 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mnv3.atomic import atomic_file
 from mnv3.errors import BackendUnavailable, DataError, Interrupted, ModelError, UsageError
 
 BINARY = "mnv3-infer-cpp"
@@ -130,10 +131,8 @@ def build_cpp(jobs: int | None = None, force: bool = False, verbose: bool = Fals
         _cmake(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
                 f"-DOpenVINO_DIR={ov_cmake}"], verbose)
         _cmake(["cmake", "--build", str(build), "--parallel", str(jobs)], verbose)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{BINARY}.tmp{os.getpid()}")
-        shutil.copy2(build / BINARY, tmp)
-        os.replace(tmp, target)
+        with atomic_file(target) as tmp:
+            shutil.copy2(build / BINARY, tmp)  # copies the mode too: it stays executable
     return target
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mnv3.atomic import atomic_write_text
 from mnv3.data.files import MAX_BYTES, read_text
 from mnv3.errors import DataError
-from mnv3.meta import atomic_write_text
 
 
 def topk_indices(logits: np.ndarray, k: int) -> np.ndarray:

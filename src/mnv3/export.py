@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -37,7 +36,7 @@ import torch
 from torch import nn
 
 from mnv3 import __version__
-from mnv3.atomic import normal_mode
+from mnv3.atomic import atomic_file
 from mnv3.data.files import shown
 from mnv3.errors import DataError, ExportError, Mnv3Warning, UsageError
 from mnv3.meta import PreprocessCfg, sha256_file
@@ -113,24 +112,17 @@ def export_onnx(model, output, *, batch_size: int = 1, dynamic_batch: bool = Fal
     # Bad image folders fail before any work is done.
     images = _verify_images(verify_images, info["preprocess"], image_size, max_verify_images)
     output = Path(output)
+    written = contextlib.ExitStack()
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+        tmp = written.enter_context(atomic_file(output))
     except OSError as e:  # a file in the way, a read-only place: the user's to fix
         raise UsageError(f"cannot write {output} ({e.strerror or e}); "
                          "choose a writable --output") from None
-    normal_mode(fd)  # the .onnx gets a plain file's mode, not mkstemp's 0600
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        with _one_torch_thread():
-            report = _export_and_verify(module, info, tmp, output, batch_size, dynamic_batch,
-                                        image_size, opset, images, tolerance, exporter)
-        os.replace(tmp, output)
-        report.replaced = replaced
-        return report
-    finally:
-        tmp.unlink(missing_ok=True)
+    with written, _one_torch_thread():  # the file is in place once both have ended
+        report = _export_and_verify(module, info, tmp, output, batch_size, dynamic_batch,
+                                    image_size, opset, images, tolerance, exporter)
+    report.replaced = replaced
+    return report
 
 
 def _export_and_verify(module, info, tmp, output, batch_size, dynamic_batch, image_size, opset,

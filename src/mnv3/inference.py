@@ -38,13 +38,13 @@ from typing import Sequence
 
 import numpy as np
 
+from mnv3.atomic import atomic_write_text
 from mnv3.data.annotate import save_annotated
 from mnv3.data.datasets import Sample, demo_dir, load_class_names
 from mnv3.data.files import escape_name, shown
 from mnv3.data.loader import iter_batches
 from mnv3.errors import DataError, UsageError
 from mnv3.evaluation import format_accuracy, topk_indices
-from mnv3.meta import atomic_write_text
 from mnv3.provenance import untrained_note
 
 RESULT_FILES = ("eval_labels.txt", "eval_result_1.txt", "eval_result_5.txt", "results.jsonl",

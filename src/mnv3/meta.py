@@ -10,12 +10,10 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnv3.atomic import normal_mode
 from mnv3.data.files import QUOTE_CHARS, clip, open_regular, quote, read_text
 from mnv3.errors import ModelError, UsageError
 from mnv3.quant_mode import QuantMode
@@ -230,17 +228,3 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20, what: str = "comp
             h.update(block)
     return h.hexdigest()
 
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file so readers see the old content or the new, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        normal_mode(fd)  # mkstemp's 0600 is for the temporary file, not for the result
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

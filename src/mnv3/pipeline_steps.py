@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mnv3.meta import META_FILE, PreprocessCfg, atomic_write_text, read_meta, sha256_file
+from mnv3.atomic import atomic_write_text
+from mnv3.meta import META_FILE, PreprocessCfg, read_meta, sha256_file
 
 RANDOM_SEED = 0
 

@@ -10,16 +10,14 @@ the output folder, each atomically (a reader never sees half a file).
 from __future__ import annotations
 
 import os
-import tempfile
 import textwrap
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mnv3.atomic import normal_mode
+from mnv3.atomic import atomic_file, atomic_write_text
 from mnv3.backends import DEFAULT_BACKEND
 from mnv3.bench import BenchResult
-from mnv3.meta import atomic_write_text
 from mnv3.sysinfo import isa_label
 
 SCHEMA = "mnv3.run/1"
@@ -320,12 +318,5 @@ def write_report(rep: RunReport, out_dir: str | os.PathLike) -> dict[str, Path]:
 def _atomic_png(rep: RunReport, path: Path) -> None:
     from mnv3.report_plot import plot_report  # matplotlib is imported only here
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    normal_mode(fd)  # not mkstemp's 0600: the report is for reading
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".png") as tmp:  # matplotlib picks the format by the suffix
         plot_report(rep, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mnv3.atomic import publish_dir
 from mnv3.errors import UsageError
 from mnv3.quant_mode import QuantMode
 from mnv3.meta import PreprocessCfg, model_dir_name, read_meta, write_meta
@@ -329,12 +330,7 @@ def _publish_tuned(src: Path, dest: Path, tuned: dict) -> None:
         meta.notes.append(f"tuned ({tuned['objective']}): run with {tuned['threads']} threads "
                           f"x {tuned['streams']} requests in flight")
         write_meta(meta, tmp)
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if dest.exists():
-            dest.rename(old)
-        tmp.rename(dest)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

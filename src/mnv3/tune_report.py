@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mnv3.meta import atomic_write_text
+from mnv3.atomic import atomic_write_text
 
 
 def write_reports(report, out: Path) -> None:

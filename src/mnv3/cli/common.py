@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from mnv3.atomic import atomic_write_text
 from mnv3.errors import UsageError
-from mnv3.meta import atomic_write_text
 
 
 def add_parser(sub, name: str, module_doc: str, func) -> argparse.ArgumentParser:

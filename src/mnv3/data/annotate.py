@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from PIL import ImageDraw, ImageFont
 
+from mnv3.atomic import atomic_file
 from mnv3.data.preprocess import load_image
 from mnv3.errors import UsageError
 
@@ -23,12 +23,9 @@ def save_annotated(src: Path, dest: Path, text: str) -> None:
     box = draw.textbbox((4, 4), text, font=font)
     draw.rectangle((0, 0, box[2] + 4, box[3] + 4), fill=(0, 0, 0))
     draw.text((4, 4), text, fill=(255, 255, 0), font=font)
-    tmp = dest.with_name(f".{dest.name}.tmp{dest.suffix}")
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        img.save(tmp, quality=90) if dest.suffix.lower() in (".jpg", ".jpeg") else img.save(tmp)
-        os.replace(tmp, dest)
+        with atomic_file(dest, suffix=dest.suffix) as tmp:  # Pillow picks the format by suffix
+            img.save(tmp, quality=90) if dest.suffix.lower() in (".jpg", ".jpeg") else img.save(tmp)
     except OSError as e:  # disk full, permissions: the output folder's problem, not a bug
-        tmp.unlink(missing_ok=True)
         raise UsageError(f"cannot write {dest} ({e.strerror or e}); free space or choose "
                          "another --output-dir") from None
