@@ -28,6 +28,7 @@ from mnv3.atomic import build_lock, normal_mode, publish_dir
 from mnv3.backends import DEFAULT_BACKEND, get_backend
 from mnv3.backends.base import BuildConfig
 from mnv3.build_request import BuildRequest
+from mnv3.data.datasets import IMAGE_EXTENSIONS
 from mnv3.defaults import CALIB_METHOD, CALIB_NUM
 from mnv3.data.files import escape_name, open_regular
 from mnv3.errors import DataError, Mnv3Warning, UsageError
@@ -215,7 +216,7 @@ def _calibration_files(request: BuildRequest):
     files = cal.list_images(folder)
     if int8 and not files:
         raise UsageError(f"calibration folder {folder} holds no images "
-                         f"({', '.join(cal.IMAGE_EXTS)}); pass --calib-dir with images")
+                         f"({', '.join(IMAGE_EXTENSIONS)}); pass --calib-dir with images")
     if not int8:
         return [], files, None
     calib, held_out = cal.split_calibration(files, calib_num)

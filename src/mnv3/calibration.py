@@ -20,17 +20,18 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from mnv3.data.datasets import walk_images
 from mnv3.data.files import shown
 from mnv3.data.preprocess import preprocess_image
 from mnv3.errors import UsageError
 from mnv3.meta import PreprocessCfg
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 CALIB_SEED = 0
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Sorted image files of ``folder`` (or of its ``images/`` subfolder, the dataset layout).
+    """Sorted image files under ``folder`` (``mnv3.data.datasets.walk_images``: recursive, so
+    the dataset layout's ``images/`` and an ImageFolder tree both work).
 
     Entries named like images that are not regular files (a FIFO, a device, a broken link) are
     kept, folders named like images too: ``decodable`` skips them with the reason, or refuses
@@ -39,11 +40,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"calibration folder {shown(folder)} does not exist; pass --calib-dir DIR")
-    files = sorted(p for p in folder.iterdir()
-                   if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
-    if not files and (folder / "images").is_dir():
-        return list_images(folder / "images")
-    return files
+    return [folder / rel for rel in walk_images(folder)]
 
 
 def regular_images(folder: str | os.PathLike) -> list[Path]:

@@ -31,7 +31,11 @@ from typing import NamedTuple
 from mnv3.data.files import QUOTE_CHARS, clip, escape_name, quote, read_text, shown
 from mnv3.errors import DataError, Mnv3Warning
 
-# Looked for case-insensitively; listed in the "no images found" error.
+# The one set of names that count as images (infer, run, export --verify-images, calibration),
+# looked for case-insensitively and listed in the "no images found" error. The same list as
+# cpp/src/dataset.cpp's EXTENSIONS, so both programs read the same files of a folder; Pillow
+# decodes them all. No .gif (issue 14): still images of a classifier's domain are not GIFs,
+# and a file that inference never reads must not calibrate the model either.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 _WNID = re.compile(r"^n\d{8}$")
