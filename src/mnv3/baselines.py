@@ -4,7 +4,8 @@
   it: ``torch.inference_mode()``, weights and input in ``channels_last`` (faster for depthwise
   convolutions on CPU), ``torch.set_num_threads(threads)``.
 * ``PlainOrtSession``: ONNX Runtime on the exported fp32 ONNX with default SessionOptions
-  (only the intra-op thread count is set, so both sides use the same threads).
+  (only the intra-op thread count is set, so both sides use the same threads, and warnings
+  are off: ``mnv3.onnx_source.cpu_session``).
 
 Because they are ``Session`` subclasses, ``mnv3.bench.benchmark`` measures them with the same
 loop, the same pre-filled input and the same statistics as a built model.
@@ -68,12 +69,10 @@ class PlainOrtSession(Session):
                  num_classes: int | None = None, image_size: int = 224):
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = int(threads)
+        from mnv3.onnx_source import cpu_session
+
         self.threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), so,
-                                            providers=["CPUExecutionProvider"])
+        self.session = cpu_session(onnx_path, threads or None)
         self._input = self.session.get_inputs()[0].name
         out = self.session.get_outputs()[0]
         n = num_classes or (out.shape[-1] if isinstance(out.shape[-1], int) else 1000)

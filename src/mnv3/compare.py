@@ -65,9 +65,7 @@ class _ErrorSums:
 # ----------------------------------------------------------------------------- ONNX graphs
 def _session(model: onnx.ModelProto, names: Sequence[str]):
     """An ORT CPU session over a copy of ``model`` that also outputs the tensors ``names``."""
-    import onnxruntime as ort
-
-    from mnv3.onnx_source import set_batch_dim
+    from mnv3.onnx_source import cpu_session, set_batch_dim
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -75,12 +73,7 @@ def _session(model: onnx.ModelProto, names: Sequence[str]):
     have = {o.name for o in m.graph.output}
     m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n)
                           for n in names if n not in have)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    # no fusions: they would remove the intermediate tensors we ask for
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return cpu_session(m, optimize=False)  # fusions would remove the tensors we ask for
 
 
 def _run(sess, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:

@@ -299,11 +299,9 @@ def _decode_some(files: list[Path], cfg: PreprocessCfg, limit: int) -> np.ndarra
 def verify_onnx(module: nn.Module, onnx_path, batches, image_size: int,
                 images: np.ndarray | None = None) -> list[ParityCheck]:
     """Run ``onnx_path`` in ONNX Runtime and ``module`` in PyTorch on the same inputs, per batch."""
-    import onnxruntime as ort
+    from mnv3.onnx_source import cpu_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # small batches; be polite to a shared machine
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    session = cpu_session(onnx_path)  # one thread: small batches; be polite to a shared machine
     gen = torch.Generator().manual_seed(1)
     checks = []
     for b in batches:

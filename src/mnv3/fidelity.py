@@ -14,6 +14,7 @@ import numpy as np
 
 from mnv3 import calibration as cal
 from mnv3.meta import PreprocessCfg
+from mnv3.onnx_source import cpu_session
 
 
 def measure_fidelity(reference_onnx: Path, session, files: Sequence[Path], cfg: PreprocessCfg,
@@ -24,9 +25,7 @@ def measure_fidelity(reference_onnx: Path, session, files: Sequence[Path], cfg: 
     Uses ``files`` (images not seen by calibration); without images it falls back to seeded
     random inputs, which checks numerics but says nothing about accuracy (labelled as such).
     """
-    import onnxruntime as ort
-
-    ref = ort.InferenceSession(str(reference_onnx), providers=["CPUExecutionProvider"])
+    ref = cpu_session(reference_onnx, threads=None)
     name = ref.get_inputs()[0].name
     size = session.image_size
     if files and images is not None:  # already decoded by the caller

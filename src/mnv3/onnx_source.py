@@ -9,6 +9,8 @@ with what to do.
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,14 +92,9 @@ def _check_input(path: Path, inp: onnx.ValueInfoProto, cfg: PreprocessCfg) -> in
 
 def _check_runs(path: Path, input_name: str, size: int, batches, src_batch, batch: int) -> int:
     """Run the re-batched graph once per batch size; returns the class count."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
     try:  # a load failure (unknown or custom op) is not a batch problem: say so apart
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:
+        sess = cpu_session(path)
+    except ort_errors() as e:
         raise BuildError(f"ONNX Runtime cannot load the model ({e}); use standard ONNX ops "
                          "(export with 'mnv3 export' or torch.onnx.export)") from e
     try:
@@ -108,7 +105,7 @@ def _check_runs(path: Path, input_name: str, size: int, batches, src_batch, batc
             if y.ndim != 2 or y.shape[0] != n:
                 raise ValueError(f"batch {n} gave output shape {list(y.shape)}, not [{n}, classes]")
             num_classes = int(y.shape[1])
-    except Exception as e:
+    except (*ort_errors(), ValueError) as e:  # ValueError: the shape check above, ORT's feed check
         hint = (f"re-export it with a dynamic batch ('mnv3 export --dynamic-batch') or build with "
                 f"--shape-mutable false --batch-size {src_batch}") if isinstance(src_batch, int) \
             else "check that it is an image classifier returning [N, classes] logits"
@@ -157,3 +154,38 @@ def graph_io(model: onnx.ModelProto) -> tuple[onnx.ValueInfoProto, onnx.ValueInf
 def dims_of(vi: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
             for d in vi.type.tensor_type.shape.dim]
+
+
+def cpu_session(model: str | os.PathLike | onnx.ModelProto, threads: int | None = 1, *,
+                optimize: bool = True):
+    """An ONNX Runtime CPU session for mnv3's own checks and references: export verification,
+    the source check above, build fidelity, calibration statistics, the plain-ORT baseline.
+    (A deployed model runs in ``mnv3.backends.onnxruntime``'s Session, tuned apart.)
+
+    ``model``: a file or a ModelProto. ``threads``: intra-op threads, 1 by default (small
+    batches on a shared machine), None for ONNX Runtime's own choice (its physical cores).
+    ``optimize=False`` turns graph fusions off, so intermediate tensors asked for as outputs
+    survive. Warnings are off: mnv3 reports what matters as its own errors.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads is not None:
+        so.intra_op_num_threads = int(threads)
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+
+
+@functools.cache
+def ort_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises for a model it cannot load or run: its own error types
+    (``Fail``, ``InvalidGraph``, ``InvalidArgument``, ``NoSuchFile``, ...: they derive from
+    Exception only, so name them all) and RuntimeError (C++ errors pybind11 passes on). Catching
+    these, not Exception, lets a bug in mnv3 keep its traceback (issue 14)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    own = [v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception)]
+    return (*own, RuntimeError)

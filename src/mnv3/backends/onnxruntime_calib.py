@@ -11,6 +11,7 @@ import onnx
 
 from mnv3.calibration import iter_batches
 from mnv3.meta import PreprocessCfg
+from mnv3.onnx_source import cpu_session
 
 
 def make_reader(files: Sequence[Path], cfg: PreprocessCfg, input_name: str, batch: int = 1,
@@ -52,17 +53,12 @@ def make_reader(files: Sequence[Path], cfg: PreprocessCfg, input_name: str, batc
 def input_channel_means(model: onnx.ModelProto, batches: Iterable[np.ndarray],
                         names: Sequence[str]) -> dict[str, np.ndarray]:
     """Per-channel mean (over N, H, W) of tensors ``names`` on ``batches``, streamed."""
-    import onnxruntime as ort
-
     m = onnx.ModelProto()
     m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
     m.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
                           for n in names if n not in have)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(m)
     input_name = sess.get_inputs()[0].name
     sums = {n: 0.0 for n in names}
     counts = dict.fromkeys(names, 0)
