@@ -41,7 +41,7 @@ def held_out_set(sample: Path, calib_num: int):
     """(images tensor [N,3,224,224], labels) of the images the build does not calibrate on."""
     labels = {s.path.name: s.label for s in load_dataset(sample / "images", sample / "labels.txt")}
     _, rest = q.split_calibration(q.list_images(sample / "images"), calib_num)
-    x = np.concatenate(list(q.iter_batches(rest, LITE0_PP, 50)))
+    x = np.concatenate(list(q.decode_batches(rest, LITE0_PP, 50)))
     return x, np.array([labels[p.name] for p in rest])
 
 

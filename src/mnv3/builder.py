@@ -163,7 +163,7 @@ def _build_into(tmp: Path, engine, onnx_path, request: BuildRequest, calib, held
 
     def measure(session) -> dict[str, Any]:
         if fid_files and not decoded:
-            decoded.append(np.concatenate(list(cal.iter_batches(fid_files, preprocess, 16))))
+            decoded.append(np.concatenate(list(cal.decode_batches(fid_files, preprocess, 16))))
         return measure_fidelity(src.reference_path, session, fid_files, preprocess,
                                 held_out=unseen, images=decoded[0] if decoded else None)
 

@@ -84,7 +84,9 @@ def files_sha256(files: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def iter_batches(files: Sequence[Path], cfg: PreprocessCfg, batch: int) -> Iterator[np.ndarray]:
-    """Preprocessed float32 batches, decoded lazily (only one batch is ever in memory)."""
+def decode_batches(files: Sequence[Path], cfg: PreprocessCfg, batch: int) -> Iterator[np.ndarray]:
+    """Preprocessed float32 arrays of ``batch`` files, decoded lazily on this thread (one batch
+    in memory at a time); an undecodable file raises. (``mnv3.data.loader.iter_batches`` is the
+    threaded loader that skips such files and yields ``Batch`` objects.)"""
     for start in range(0, len(files), batch):
         yield np.stack([preprocess_image(f, cfg) for f in files[start:start + batch]])

@@ -174,7 +174,7 @@ def compare(model_a, model_b, files: Sequence[os.PathLike], *, threads: int | No
             worst: int = 5, layers: bool = True, chunk: int = 8) -> CompareReport:
     """Run built models ``model_a`` (the reference) and ``model_b`` on ``files``."""
     import mnv3
-    from mnv3.calibration import iter_batches
+    from mnv3.calibration import decode_batches
     from mnv3.errors import UsageError
     from mnv3.sysinfo import int8_isa, system_info
 
@@ -191,7 +191,7 @@ def compare(model_a, model_b, files: Sequence[os.PathLike], *, threads: int | No
     if sa.meta.preprocess != sb.meta.preprocess:
         notes.append("the two models preprocess differently: images go through model A's "
                      "preprocessing for both")
-    batches = list(iter_batches(files, sa.meta.preprocess, chunk))
+    batches = list(decode_batches(files, sa.meta.preprocess, chunk))
     ya = np.concatenate([sa.predict(x) for x in batches])
     yb = np.concatenate([sb.predict(x) for x in batches])
     out = output_metrics(ya, yb)

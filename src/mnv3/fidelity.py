@@ -32,7 +32,7 @@ def measure_fidelity(reference_onnx: Path, session, files: Sequence[Path], cfg: 
         batches = (images[i:i + chunk] for i in range(0, len(images), chunk))
         inputs = f"{len(files)} images" + ("" if held_out else " (also used for calibration)")
     elif files:
-        batches = cal.iter_batches(list(files), cfg, chunk)
+        batches = cal.decode_batches(list(files), cfg, chunk)
         inputs = f"{len(files)} images" + ("" if held_out else " (also used for calibration)")
     else:
         rng = np.random.default_rng(0)

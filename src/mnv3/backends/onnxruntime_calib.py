@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnx
 
-from mnv3.calibration import iter_batches
+from mnv3.calibration import decode_batches
 from mnv3.meta import PreprocessCfg
 from mnv3.onnx_source import cpu_session
 
@@ -35,7 +35,7 @@ def make_reader(files: Sequence[Path], cfg: PreprocessCfg, input_name: str, batc
             return -(-len(files) // batch)
 
         def set_range(self, start_index: int, end_index: int):
-            self._it = iter_batches(files[start_index * batch:end_index * batch], cfg, batch)
+            self._it = decode_batches(files[start_index * batch:end_index * batch], cfg, batch)
 
         def get_next(self):
             x = next(self._it, None)

@@ -38,7 +38,7 @@ from typing import Sequence
 import onnx
 
 from mnv3.backends import onnxruntime_calib as oc
-from mnv3.calibration import iter_batches
+from mnv3.calibration import decode_batches
 from mnv3.errors import BuildError, Mnv3Error
 from mnv3.meta import PreprocessCfg
 from mnv3.onnx_source import graph_io
@@ -196,7 +196,7 @@ class Int8Quantizer:
     def _bias_correct(self, model: onnx.ModelProto, s: dict,
                       exclude: Sequence[str]) -> tuple[onnx.ModelProto, int]:
         if self.means is None:  # one pass over the images, reused by every fallback round
-            self.means = oc.conv_input_means(model, iter_batches(self.files, self.cfg, 8))
+            self.means = oc.conv_input_means(model, decode_batches(self.files, self.cfg, 8))
         return oc.bias_correct(model, None, qrange=weight_qrange(s["weight_type"],
                                                                      s["reduce_range"]),
                                   per_channel=s["per_channel"], skip=exclude,
