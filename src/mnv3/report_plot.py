@@ -1,12 +1,12 @@
 """report.png: throughput by quant mode and batch (with the baselines), accuracy by quant mode.
 
-Kept apart from ``mnv3.report`` so matplotlib (slow to import) loads only when a plot is drawn;
+Kept apart from ``mnv3.report`` (which imports it lazily) so matplotlib (slow to import) loads only when a plot is drawn;
 the Agg backend needs no display.
 """
 
 from __future__ import annotations
 
-from mnv3.report import BASELINE_ORT, BASELINE_TITLES, BASELINE_TORCH, RunReport, backends
+from mnv3.report_data import BASELINE_ORT, BASELINE_TITLES, BASELINE_TORCH, RunReport, backends
 
 # Throughput series (one per backend x mode), the baselines (greys) and the accuracy metrics
 # use three disjoint palettes: an agreement bar once shared its green with a throughput series
