@@ -10,7 +10,8 @@ Four layouts, chosen by what is given (``load_dataset``):
 * an unlabeled folder (predict only: ``label`` is None).
 
 Every problem is a ``DataError`` that names the file (and line) and says what to do. File names
-from a label file must stay inside the image folder: ``../../etc/passwd`` is refused.
+from a label file must stay inside the image folder: ``../../etc/passwd`` is refused. Synsets
+files and single labels are read by ``mnv3.data.labels``.
 
 Hostile entries (issue 19): an entry named like an image that is not a regular file (a FIFO, a
 socket, a device) is kept in the list, so that decoding skips it and lists it in skipped.txt with
@@ -23,12 +24,13 @@ at most a bounded prefix of a label line (``mnv3.data.files.quote``).
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from mnv3.data.files import QUOTE_CHARS, clip, escape_name, quote, read_text, shown
+from mnv3.data.files import QUOTE_CHARS, clip, escape_name, quote, shown
+from mnv3.data.labels import (  # noqa: F401 - load_class_names: read from here by callers
+    check_range, load_class_names, load_synsets, parse_label, read_lines, safe_name)
 from mnv3.errors import DataError, Mnv3Warning
 
 # The one set of names that count as images (infer, run, export --verify-images, calibration),
@@ -37,8 +39,6 @@ from mnv3.errors import DataError, Mnv3Warning
 # decodes them all. No .gif (issue 14): still images of a classifier's domain are not GIFs,
 # and a file that inference never reads must not calibrate the model either.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-_WNID = re.compile(r"^n\d{8}$")
 
 
 class Sample(NamedTuple):
@@ -61,44 +61,6 @@ def demo_dataset() -> list[Sample]:
     """The bundled demo images (28 real ImageNet photos) with their labels."""
     d = demo_dir()
     return load_dataset(d / "images", d / "labels.txt", d / "synsets.txt")
-
-
-def load_synsets(synsets_file: str | os.PathLike) -> list[tuple[str, str]]:
-    """``[(wnid, name), ...]`` in class-index order from a synsets file.
-
-    A line is ``wnid readable name`` (``n01440764 tench``); a line whose first word is not a
-    wnid is taken as a bare class name (``tench``) and gets an empty wnid.
-    """
-    path = Path(synsets_file)
-    lines = _read_lines(path, "synsets file")
-    while lines and not lines[-1].strip():
-        lines.pop()  # trailing blank lines are harmless
-    out, seen = [], {}
-    for lineno, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text:
-            raise DataError(
-                f"{path}:{lineno}: blank line in a synsets file; line N must be class N, "
-                "so remove the blank line"
-            )
-        first, _, rest = text.partition(" ")
-        if _WNID.match(first):
-            wnid, name = first, rest.strip() or first
-            if wnid in seen:
-                raise DataError(f"{path}:{lineno}: wnid {wnid} already appears on line {seen[wnid]}; "
-                                "each class must appear once")
-            seen[wnid] = lineno
-        else:
-            wnid, name = "", text
-        out.append((wnid, name))
-    if not out:
-        raise DataError(f"synsets file {path} is empty; expected one 'wnid name' line per class")
-    return out
-
-
-def load_class_names(synsets_file: str | os.PathLike) -> list[str]:
-    """Readable class names in class-index order (``['tench', 'goldfish', ...]``)."""
-    return [name for _, name in load_synsets(synsets_file)]
 
 
 def load_dataset(image_dir: str | os.PathLike, label_file: str | os.PathLike | None = None,
@@ -187,7 +149,7 @@ def _from_label_file(root: Path, images: list[PurePosixPath], label_file: Path,
     # backslash-to-slash rule of _safe_name (issue 19); they come from disk, so are safe
     escaped = {e: rel for rel in images if (e := escape_name(str(rel))) != str(rel)}
     labels: dict[PurePosixPath, tuple[int, int]] = {}  # name -> (label, line number)
-    for lineno, line in enumerate(_read_lines(label_file, "label file"), 1):
+    for lineno, line in enumerate(read_lines(label_file, "label file"), 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -196,8 +158,8 @@ def _from_label_file(root: Path, images: list[PurePosixPath], label_file: Path,
         if len(parts) != 2:
             raise DataError(f"{where}: cannot parse {quote(text)}; expected 'filename class_index' "
                             "or 'filename wnid'")
-        name = escaped.get(parts[0]) or _safe_name(parts[0], where)
-        label = _parse_label(parts[1], where, wnid_index, synsets is not None, num_classes)
+        name = escaped.get(parts[0]) or safe_name(parts[0], where)
+        label = parse_label(parts[1], where, wnid_index, synsets is not None, num_classes)
         if name in labels:
             raise DataError(f"{where}: {clip(str(name), QUOTE_CHARS)} is already labelled on line {labels[name][1]}; "
                             "remove one of the lines")
@@ -229,45 +191,6 @@ def _not_regular(path: Path) -> bool:
     return not os.path.isfile(path)
 
 
-def _parse_label(token: str, where: str, wnid_index: dict[str, int], have_synsets: bool,
-                 num_classes: int | None) -> int:
-    if _WNID.match(token):
-        if not have_synsets:
-            raise DataError(f"{where}: label {token} is a wnid; pass the synsets file "
-                            "(--synsets) that maps wnids to class indices")
-        if token not in wnid_index:
-            raise DataError(f"{where}: wnid {token} is not in the synsets file; pass the synsets "
-                            "file of the dataset the labels come from")
-        return wnid_index[token]
-    try:
-        label = int(token)
-    except ValueError:
-        raise DataError(f"{where}: label {quote(token)} is neither a class index nor a wnid "
-                        "(like n01440764); write a class index or a wnid after the file name"
-                        ) from None
-    _check_range(label, where, num_classes)
-    return label
-
-
-def _check_range(label: int, where: str, num_classes: int | None) -> None:
-    if label < 0 or (num_classes is not None and label >= num_classes):
-        bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
-        raise DataError(f"{where}: class index {label} is out of range (expected {bound})")
-
-
-def _safe_name(name: str, where: str) -> PurePosixPath:
-    """A label-file name as a relative path that cannot leave the image folder.
-
-    Checked lexically (no symlink resolution), so a folder of symlinks the user made still works,
-    while ``../x`` or ``/etc/x`` in a label file is refused.
-    """
-    rel = PurePosixPath(name.replace("\\", "/"))
-    if rel.is_absolute() or ".." in rel.parts or re.match(r"^[A-Za-z]:", name):
-        raise DataError(f"{where}: file name {quote(name)} points outside the image folder; "
-                        "names must be relative to it (like 'img_001.JPEG')")
-    return PurePosixPath(*[p for p in rel.parts if p != "."])
-
-
 def _from_image_folder(root: Path, images: list[PurePosixPath],
                        synsets: list[tuple[str, str]] | None,
                        num_classes: int | None) -> list[Sample]:
@@ -290,7 +213,7 @@ def _from_image_folder(root: Path, images: list[PurePosixPath],
         if len(classes) == 1:
             _warn_one_class(root, classes[0])
     for c, i in index.items():
-        _check_range(i, str(root / c), num_classes)
+        check_range(i, str(root / c), num_classes)
     return [Sample(root / rel, index[rel.parts[0]]) for rel in images]
 
 
@@ -303,8 +226,3 @@ def _warn_one_class(root: Path, name: str) -> None:
 
 def _subdirs(root: Path) -> set[str]:
     return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-
-
-def _read_lines(path: Path, what: str) -> list[str]:
-    """A regular UTF-8 text file under its size cap, as lines (``mnv3.data.files.read_text``)."""
-    return read_text(path, what, DataError).splitlines()
