@@ -31,19 +31,16 @@ to fit.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnv3.atomic import publish_dir
 from mnv3.errors import UsageError
+from mnv3.meta import PreprocessCfg, model_dir_name
 from mnv3.quant_mode import QuantMode
-from mnv3.meta import PreprocessCfg, model_dir_name, read_meta, write_meta
+from mnv3.tune_report import say
 
 SCHEMA = "mnv3.tune/1"
 OBJECTIVES = ("latency", "throughput")
@@ -191,11 +188,6 @@ class _Clock:
         return self.budget - self.elapsed()
 
 
-def _say(progress: bool, text: str) -> None:
-    if progress:
-        print(f"mnv3 tune: {text}", file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- the entry point
 def tune(onnx=None, *, weights=None, batch_sizes=(1, 8), backends=None, quant_modes=None,
          objective: str = "throughput", min_agreement=None, max_drop=None, min_cosine=None,
@@ -218,6 +210,7 @@ def tune(onnx=None, *, weights=None, batch_sizes=(1, 8), backends=None, quant_mo
     from mnv3.gate import Budget
     from mnv3.sysinfo import int8_isa, system_info
     from mnv3.tune_build import build_candidate
+    from mnv3.tune_choose import choose
     from mnv3.tune_measure import measure_batch
 
     backends = list(backends or list_backends(available_only=True))
@@ -241,7 +234,7 @@ def tune(onnx=None, *, weights=None, batch_sizes=(1, 8), backends=None, quant_mo
         field_ = [c for c in report.candidates if c.batch == b and c.status == "built"]
         measure_batch(field_, objective, lambda: runtime_settings(objective, cores), rounds,
                       slice_s, clock, report, progress, seed)
-        _choose(field_, objective, b, out, report, progress)
+        choose(field_, objective, b, out, report, progress)
     report.elapsed_s = clock.elapsed()
     if clock.left() < 0:  # a build or a round in progress is not cut short
         report.skipped.append(f"the run took {report.elapsed_s:.0f} s, over its "
@@ -269,71 +262,9 @@ def _source(onnx, weights, preprocess, out: Path, progress: bool):
     from mnv3.pipeline_steps import export_or_reuse, open_source
 
     src = open_source(weights, "auto", "auto", None)
-    _say(progress, f"exporting {weights} to ONNX")
+    say(progress, f"exporting {weights} to ONNX")
     path, _ = export_or_reuse(src, out / "onnx")
     return path, preprocess or src.preprocess, src.untrained
-
-
-# ----------------------------------------------------------------------------- choosing
-def _choose(field_, objective, batch, out: Path, report: TuneReport, progress) -> None:
-    """The fastest measured pair of this batch, copied out with its settings in meta.json."""
-    from mnv3.sysinfo import isa_label
-
-    pairs = [(c, s) for c in field_ for s in c.settings if s.rounds_ips
-             and (objective == "throughput" or s.streams == 1)]
-    key = f"{objective}_b{batch}"
-    if not pairs:
-        report.skipped.append(f"{key}: no candidate was built and measured within budget")
-        return
-    win_c, win_s = max(pairs, key=lambda p: p[1].median())
-    win_s.status = "winner"
-    for c, s in ((c, s) for c in field_ for s in c.settings):
-        if s is not win_s and s.status != "pruned":
-            s.why = s.why or (f"{s.median() / win_s.median():.2f}x the winner's median"
-                              if s.rounds_ips else "not measured")
-    for c in field_:
-        if c is not win_c:
-            c.why = c.why or f"slower than {win_c.name} ({win_s.label})"
-    runner_up = _runner_up(pairs, win_s)
-    tuned = {"objective": objective, "threads": win_s.threads, "streams": win_s.streams,
-             "batch": batch, "images_per_s": win_s.median(), "min_ips": min(win_s.rounds_ips),
-             "max_ips": max(win_s.rounds_ips), "rounds": len(win_s.rounds_ips),
-             "isa": report.isa, "from": win_c.model_dir, "tune_report": str(out / "tune.json")}
-    dest = out / "tuned" / key
-    _publish_tuned(Path(win_c.model_dir), dest, tuned)
-    report.winners[key] = {"candidate": win_c.name, "model_dir": str(dest), **tuned,
-                           "runner_up": runner_up}
-    _say(progress, f"{key}: {win_c.name} with {win_s.label}, {win_s.median():.1f} images/s "
-                   f"(median, {isa_label(report.isa)}) -> {dest}")
-
-
-def _runner_up(pairs, win_s: Setting) -> dict[str, Any] | None:
-    """The second-fastest pair, the winner's margin over it and whether their round ranges
-    overlap (then the two are not told apart on this machine: a rerun may swap them)."""
-    rest = [(c, s) for c, s in pairs if s is not win_s]
-    if not rest:
-        return None
-    c, s = max(rest, key=lambda p: p[1].median())
-    return {"candidate": c.name, "setting": s.label, "images_per_s": s.median(),
-            "ratio": win_s.median() / s.median(),
-            "ranges_overlap": max(s.rounds_ips) >= min(win_s.rounds_ips)}
-
-
-def _publish_tuned(src: Path, dest: Path, tuned: dict) -> None:
-    """Copy the winning model directory to ``dest`` (atomically), its settings in meta.json."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
-    try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-        meta = read_meta(tmp)
-        meta.extra = {**meta.extra, "tuned": tuned}
-        meta.notes.append(f"tuned ({tuned['objective']}): run with {tuned['threads']} threads "
-                          f"x {tuned['streams']} requests in flight")
-        write_meta(meta, tmp)
-        publish_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def tuned_settings(meta) -> dict[str, Any] | None:

@@ -7,20 +7,15 @@ settings and budget is reused (tune resumes, as ``mnv3 run`` does).
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from mnv3.errors import BuildError, Mnv3Error
 from mnv3.meta import read_meta
+from mnv3.tune_report import say
 
 BUILD_SHARE = 0.6  # builds may use this share of the time budget; measuring gets the rest
-
-
-def _say(progress: bool, text: str) -> None:
-    if progress:
-        print(f"mnv3 tune: {text}", file=sys.stderr, flush=True)
 
 
 def build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
@@ -48,11 +43,11 @@ def build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
     t0 = time.perf_counter()
     meta = _reusable(target, request, onnx)
     if meta is not None:
-        _say(progress, f"reusing {c.name}: built before with these settings and budget")
+        say(progress, f"reusing {c.name}: built before with these settings and budget")
         c.status, c.model_dir, c.fidelity = "built", str(target), _fidelity(meta)
         c.reused, c.build_s = True, 0.0
         return
-    _say(progress, f"building {c.name} ({clock.elapsed():.0f} s of {clock.budget:.0f} s)")
+    say(progress, f"building {c.name} ({clock.elapsed():.0f} s of {clock.budget:.0f} s)")
     try:
         meta = build_from_request(onnx, request, target, force=True)
     except BuildError as e:  # the budget (or the engine) refused it: a candidate that lost
@@ -65,7 +60,7 @@ def build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
             c.status, c.why = "refused", "below the accuracy budget"
     c.build_s = time.perf_counter() - t0
     if c.status != "built":
-        _say(progress, f"{c.name}: {c.why}")
+        say(progress, f"{c.name}: {c.why}")
 
 
 def _reusable(target: Path, request, onnx):

@@ -9,16 +9,12 @@ leader's slowest cannot win and stops being measured.
 from __future__ import annotations
 
 import random
-import sys
 from typing import Any
+
+from mnv3.tune_report import say
 
 MIN_ROUNDS, PRUNE_AFTER = 3, 3
 MIN_SLICE_S = 0.05
-
-
-def _say(progress: bool, text: str) -> None:
-    if progress:
-        print(f"mnv3 tune: {text}", file=sys.stderr, flush=True)
 
 
 def measure_batch(field_, objective, make_settings, rounds, slice_s, clock, report,
@@ -46,7 +42,7 @@ def measure_batch(field_, objective, make_settings, rounds, slice_s, clock, repo
                 s.rounds_p50_ms.append(res.latency_ms.p50)
             if r + 1 >= PRUNE_AFTER:
                 prune([s for _, s in pairs], objective)
-            _say(progress, f"batch {field_[0].batch}: round {r + 1}/{n_rounds} measured "
+            say(progress, f"batch {field_[0].batch}: round {r + 1}/{n_rounds} measured "
                            f"({clock.elapsed():.0f} s of {clock.budget:.0f} s)")
             if clock.left() < 0 and r + 1 < n_rounds:
                 report.skipped.append(f"batch {field_[0].batch}: stopped after {r + 1} of "

@@ -7,9 +7,16 @@ on an AVX2 CPU says nothing about an AVX-512 VNNI one (DESIGN.md).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from mnv3.atomic import atomic_write_text
+
+
+def say(progress: bool, text: str) -> None:
+    """One progress line of ``mnv3 tune``, on stderr."""
+    if progress:
+        print(f"mnv3 tune: {text}", file=sys.stderr, flush=True)
 
 
 def write_reports(report, out: Path) -> None:
