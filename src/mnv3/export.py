@@ -35,6 +35,7 @@ from torch import nn
 
 from mnv3 import __version__
 from mnv3.atomic import atomic_file
+from mnv3.engine_errors import onnx_errors
 from mnv3.errors import ExportError, UsageError
 from mnv3.export_verify import (
     INPUT_NAME, OUTPUT_NAME, ParityCheck, images_for_verify, judge, verify_onnx)
@@ -220,7 +221,9 @@ def _export(module, example, path: Path, opset: int, dynamic: bool, exporter: st
                         module, (example,), dynamo=True, opset_version=max(opset, 18),
                         dynamic_shapes=shapes, optimize=True, verbose=False, **names)
                 prog.save(str(path), external_data=False)
-    except Exception as e:  # exporter failures are many types; keep the cause chained
+    # torch.onnx's errors (UnsupportedOperatorError, TorchExportError ...) and torch's own all
+    # derive from RuntimeError; OSError: writing the file. Keep the cause chained.
+    except (RuntimeError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"torch.onnx.export ({exporter}) failed: {first}; try "
                           f"exporter={'dynamo' if exporter == 'torchscript' else 'torchscript'}") from e
@@ -235,7 +238,7 @@ def _optimize(path: Path) -> str:
     onnx.save(proto, str(path))
     try:
         onnx.checker.check_model(str(path), full_check=True)
-    except Exception as e:  # onnx.checker raises ValidationError / InferenceError
+    except onnx_errors() as e:  # ValidationError / InferenceError
         raise ExportError(f"the exported graph fails onnx.checker: {str(e).splitlines()[0]}") from e
     return f"onnxscript.optimizer {onnxscript.__version__}"
 

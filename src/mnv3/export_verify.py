@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mnv3.data.files import shown
+from mnv3.engine_errors import ort_errors
 from mnv3.errors import DataError, ExportError, Mnv3Warning, UsageError
 from mnv3.meta import PreprocessCfg
 
@@ -94,7 +95,7 @@ def verify_onnx(module: nn.Module, onnx_path, batches, image_size: int,
         for kind, x in inputs:
             try:
                 got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
-            except Exception as e:  # ORT raises its own error types (e.g. bad input dims)
+            except ort_errors() as e:  # e.g. InvalidArgument: the graph's batch is not b
                 raise ExportError(f"the exported graph cannot run batch {b}: "
                                   f"{str(e).splitlines()[0]}") from e
             with torch.no_grad():

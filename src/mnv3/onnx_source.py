@@ -9,7 +9,6 @@ with what to do.
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from mnv3.engine_errors import onnx_errors, ort_errors
 from mnv3.errors import BuildError, UsageError
 from mnv3.meta import PreprocessCfg
 
@@ -39,7 +39,7 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
-    except Exception as e:
+    except onnx_errors() as e:
         raise BuildError(_not_onnx(path, e)) from e
     return model
 
@@ -135,7 +135,7 @@ def set_batch_dim(model: onnx.ModelProto, batch: int | str) -> onnx.ModelProto:
     del model.graph.value_info[:]
     try:
         return onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shape inference is an optimisation aid, not a requirement
+    except onnx_errors():  # shape inference is an optimisation aid, not a requirement
         return model
 
 
@@ -178,14 +178,3 @@ def cpu_session(model: str | os.PathLike | onnx.ModelProto, threads: int | None 
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
 
-
-@functools.cache
-def ort_errors() -> tuple[type[Exception], ...]:
-    """What ONNX Runtime raises for a model it cannot load or run: its own error types
-    (``Fail``, ``InvalidGraph``, ``InvalidArgument``, ``NoSuchFile``, ...: they derive from
-    Exception only, so name them all) and RuntimeError (C++ errors pybind11 passes on). Catching
-    these, not Exception, lets a bug in mnv3 keep its traceback (issue 14)."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    own = [v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception)]
-    return (*own, RuntimeError)

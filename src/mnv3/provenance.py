@@ -38,9 +38,11 @@ def onnx_marks(path: str | os.PathLike) -> dict[str, str] | None:
     """Our metadata of an ONNX file, or None when ``path`` is not a readable ONNX model."""
     import onnx
 
+    from mnv3.engine_errors import onnx_errors
+
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - protobuf raises several kinds on non-ONNX bytes
+    except onnx_errors():  # DecodeError on non-ONNX bytes
         return None
     if not len(model.graph.node):
         return None  # parsed, but not a model: random bytes can parse as an empty proto

@@ -28,6 +28,7 @@ from mnv3.backends import onnxruntime_quant as q
 from mnv3.backends.onnxruntime_fp16 import QDQ_OPS, convert_fp16
 from mnv3.onnx_source import set_batch_dim
 from mnv3.backends.base import Backend, BuildConfig, Capabilities, CompiledModel, Session
+from mnv3.engine_errors import ort_errors
 from mnv3.errors import BackendUnavailable, BuildError, ModelError
 from mnv3.meta import ModelMeta
 from mnv3.quant_mode import QuantMode
@@ -155,7 +156,7 @@ class OnnxRuntimeBackend(Backend):
             fp32 = work / "fp32.onnx"
             try:  # basic level = standard ONNX ops only, so the file stays portable
                 _session(onnx_path, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, 1, fp32)
-            except Exception as e:
+            except ort_errors() as e:
                 raise BuildError(f"ONNX Runtime cannot load {onnx_path}: {e}") from e
             extra: dict[str, Any] = {"offline_optimization": "ORT basic (standard ONNX ops)",
                                      "load_optimization": "ORT_ENABLE_ALL"}
@@ -229,7 +230,7 @@ class OnnxRuntimeBackend(Backend):
         optimized = work / "as_run.onnx"
         try:
             _session(compiled, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, 1, optimized)
-        except Exception as e:
+        except ort_errors() as e:
             raise BuildError(f"ONNX Runtime cannot load the model it just built: {e}") from e
         return op_precisions(onnx.load(str(optimized)))
 
@@ -255,7 +256,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             sess = _session(path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, threads,
                             providers=providers, spin=options.get("spin"))
-        except Exception as e:
+        except ort_errors() as e:
             raise ModelError(f"ONNX Runtime cannot load {path}: {e}; rebuild the model") from e
         return OrtSession(meta, sess, threads)
 

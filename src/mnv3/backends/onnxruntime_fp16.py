@@ -7,6 +7,7 @@ from typing import Sequence
 
 import onnx
 
+from mnv3.engine_errors import ort_quantization_errors
 from mnv3.errors import BuildError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -26,7 +27,7 @@ def convert_fp16(model: onnx.ModelProto, keep_fp32_nodes: Sequence[str] = ()) ->
             op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(QDQ_OPS),
             node_block_list=list(keep_fp32_nodes),
         )
-    except Exception as e:
+    except ort_quantization_errors() as e:
         raise BuildError(f"float16 conversion failed: {e}") from e
     return drop_cast_round_trips(model)
 

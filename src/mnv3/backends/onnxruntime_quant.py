@@ -39,6 +39,7 @@ import onnx
 
 from mnv3.backends import onnxruntime_calib as oc
 from mnv3.calibration import decode_batches
+from mnv3.engine_errors import ort_quantization_errors
 from mnv3.errors import BuildError, Mnv3Error
 from mnv3.meta import PreprocessCfg
 from mnv3.onnx_source import graph_io
@@ -188,7 +189,7 @@ class Int8Quantizer:
                     extra_options=extra, calibration_cache_path=str(self.cache))
             except (KeyboardInterrupt, Mnv3Error):  # e.g. a DataError naming a bad image
                 raise
-            except Exception as e:  # ORT raises bare Exceptions for unsupported graphs
+            except ort_quantization_errors() as e:  # ValueError, RuntimeError, ORT's own
                 raise BuildError(f"int8 quantization failed: {e}") from e
         prepared.unlink(missing_ok=True)
         return s

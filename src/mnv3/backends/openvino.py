@@ -37,6 +37,7 @@ else:
     _MISSING = None
 
 from mnv3.backends.base import Backend, BuildConfig, Capabilities, CompiledModel, Session
+from mnv3.engine_errors import openvino_errors
 from mnv3.errors import BackendUnavailable, BuildError, ModelError
 from mnv3.meta import ModelMeta, sha256_file
 from mnv3.quant_mode import QuantMode
@@ -118,7 +119,7 @@ class OpenVinoBackend(Backend):
         try:
             ov.save_model(model, str(out_dir / XML_FILE),
                           compress_to_fp16=mode.float_type == "float16")
-        except Exception as e:  # noqa: BLE001 - OpenVINO raises plain RuntimeError
+        except openvino_errors() as e:
             raise BuildError(f"OpenVINO could not write the IR to {out_dir}: {e}") from e
         extra["bin_file"] = BIN_FILE
         extra["bin_sha256"] = sha256_file(out_dir / BIN_FILE)
@@ -158,7 +159,7 @@ class OpenVinoBackend(Backend):
         config = compile_config(meta, precision, threads, streams, hint)
         try:
             compiled = core.compile_model(str(model_dir / meta.compiled_file), "CPU", config)
-        except Exception as e:  # noqa: BLE001
+        except openvino_errors() as e:
             raise ModelError(f"OpenVINO cannot compile {model_dir / meta.compiled_file}: {e}; "
                              "rebuild the model with 'mnv3 build --backend openvino'") from e
         return OpenVinoSession(meta, compiled, threads, streams, cache)
@@ -168,7 +169,7 @@ class OpenVinoBackend(Backend):
 def _convert(onnx_path: Path) -> ov.Model:
     try:
         return ov.convert_model(str(onnx_path))
-    except Exception as e:  # noqa: BLE001
+    except openvino_errors() as e:
         raise BuildError(f"OpenVINO cannot convert {onnx_path}: {e}; is it a valid ONNX "
                          "classifier with one NCHW float input?") from e
 
@@ -183,7 +184,7 @@ def _set_batch(model: ov.Model, batch: int) -> None:
     dims = [ov.Dimension(batch)] + [shape[i] for i in range(1, 4)]
     try:
         model.reshape({model.input(0): ov.PartialShape(dims)})
-    except Exception as e:  # noqa: BLE001
+    except openvino_errors() as e:
         raise BuildError(f"cannot reshape the model to batch {batch}: {e}") from e
 
 

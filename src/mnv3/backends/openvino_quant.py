@@ -28,6 +28,7 @@ import openvino as ov
 
 from mnv3.backends.base import BuildConfig
 from mnv3.data.preprocess import preprocess_image
+from mnv3.engine_errors import nncf_errors
 from mnv3.errors import BackendUnavailable, BuildError, UsageError
 
 # See the module docstring: measured, not guessed. None = NNCF's own default.
@@ -143,7 +144,7 @@ def quantize(model: ov.Model, cfg: BuildConfig) -> tuple[ov.Model, dict[str, Any
             quantized = nncf.quantize(model, calib, **kwargs)
     except (BuildError, UsageError, BackendUnavailable):
         raise
-    except Exception as e:  # noqa: BLE001 - NNCF raises many kinds
+    except nncf_errors() as e:
         raise BuildError(f"NNCF int8 quantization failed: {e}") from e
     finally:
         logger.setLevel(level)

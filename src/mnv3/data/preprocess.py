@@ -50,22 +50,23 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     ``x.jpg`` is refused, never read, so no decode can block forever; issue 19).
     """
     path = Path(path)
-    try:
-        with open_regular(path, "image") as f, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(f) as img:
-                img.load()
-    except DataError:
-        raise
-    except MemoryError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
-        raise DataError(f"cannot decode image {shown(path)}: {clip(e)}; replace or remove the file"
-                        ) from None
-    except Exception as e:  # noqa: BLE001 - see docstring
-        raise DataError(f"cannot decode image {shown(path)}: {type(e).__name__}: {clip(e)}; "
-                        "replace or remove the file") from None
+    with open_regular(path, "image") as f:  # DataError itself: missing, a FIFO, too large
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(f) as img:
+                    img.load()
+        except MemoryError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as e:
+            raise DataError(f"cannot decode image {shown(path)}: {clip(e)}; replace or remove "
+                            "the file") from None
+        # Broad on purpose: only Pillow runs here, and on damaged files (fuzzed, Pillow 13)
+        # its plugins raised SyntaxError, NotImplementedError and TypeError besides OSError.
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"cannot decode image {shown(path)}: {type(e).__name__}: {clip(e)}; "
+                            "replace or remove the file") from None
     return to_rgb(img)
 
 

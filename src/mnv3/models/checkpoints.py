@@ -105,7 +105,9 @@ def _load_torchscript(path: Path) -> nn.Module:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # still supported in torch 2.13
             return torch.jit.load(str(path), map_location="cpu").eval()
-    except Exception as e:  # torch raises RuntimeError subclasses with long C++ traces
+    # Broad on purpose: only torch's parser runs here, on a file from anywhere; on damaged
+    # archives it raised RuntimeError, torch.jit.Error, UnicodeDecodeError and IndexError.
+    except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{path} looks like TorchScript but torch.jit.load failed: "
                               f"{clip(str(e).splitlines()[0])}") from None
 
@@ -114,7 +116,7 @@ def _probe_classes(module: nn.Module, path: Path) -> int:
     try:
         with torch.no_grad():
             out = module(torch.zeros(1, 3, 224, 224))
-    except Exception as e:
+    except (RuntimeError, torch.jit.Error) as e:  # torch.jit.Error: a `raise` in the script
         raise CheckpointError(f"TorchScript model {path} does not run on a 1x3x224x224 float "
                               f"image: {clip(str(e).splitlines()[0])}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
@@ -140,7 +142,9 @@ def read_pickle(path: Path):
             f"checkpoints with weights_only=True so that a file can never run code ({clip(first)}). "
             "If you trust the file, re-save only the weights: "
             "torch.save(model.state_dict(), 'weights.pth')") from None
-    except Exception as e:  # a damaged file fails anywhere in unpickling (struct.error, KeyError, ...)
+    # Broad on purpose: only torch's unpickler runs here, and a damaged file fails anywhere in
+    # it (struct.error, KeyError, EOFError ...); no mnv3 code is inside to hide a bug of ours.
+    except Exception as e:  # noqa: BLE001
         raise CheckpointError(_unreadable(path, e)) from None
 
 
@@ -174,11 +178,13 @@ def _unreadable(path: Path, error: Exception) -> str:
 
 def is_onnx_file(path: Path) -> bool:
     """True when ``path`` parses as an ONNX model with a graph (weights are not loaded)."""
-    try:
-        import onnx
+    import onnx
 
+    from mnv3.engine_errors import onnx_errors
+
+    try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - protobuf raises several kinds on non-ONNX bytes
+    except onnx_errors():  # DecodeError on non-ONNX bytes
         return False
     return len(model.graph.node) > 0
 
