@@ -150,6 +150,21 @@ def test_unbatchable_source_is_a_clear_error(tmp_path):
                shape_mutable=False, batch_size=1, preprocess=CFG)
 
 
+def test_a_source_that_bakes_its_batch_builds_int8_at_that_batch(tiny, tmp_path):
+    """A fixed-batch export (torch bakes batch 1 into a Reshape) crashed the int8 build with a
+    traceback: calibration fed it batches of 8. It now calibrates in batches of its own."""
+    export_tiny(tmp_path / "baked.onnx", dynamic=False, bake_batch=True)
+    meta = mnv3.build(tmp_path / "baked.onnx", tmp_path / "m", quant_mode="qint8_mixed_float32",
+                      shape_mutable=False, batch_size=1, preprocess=CFG,
+                      calib_dir=tiny["calib"], calib_num=8,
+                      options={"progress": False, "speed_check": False})
+    assert meta.extra["quantization"]["calibration_batch"] == 1
+    assert any(p == "int8" for p in meta.op_precisions.values())
+    x = np.zeros((3, 3, CFG.crop, CFG.crop), np.float32)
+    with mnv3.load(tmp_path / "m") as session:
+        assert session.predict(x).shape[0] == 3
+
+
 def test_bad_arguments_are_usage_errors(tiny, tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="crops 224"):
         mnv3.build(tiny["onnx"], tmp_path / "m", quant_mode="force_float32",

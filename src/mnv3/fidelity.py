@@ -14,7 +14,7 @@ import numpy as np
 
 from mnv3 import calibration as cal
 from mnv3.meta import PreprocessCfg
-from mnv3.onnx_source import cpu_session
+from mnv3.onnx_source import cpu_session, run_batched
 
 
 def measure_fidelity(reference_onnx: Path, session, files: Sequence[Path], cfg: PreprocessCfg,
@@ -26,7 +26,6 @@ def measure_fidelity(reference_onnx: Path, session, files: Sequence[Path], cfg: 
     random inputs, which checks numerics but says nothing about accuracy (labelled as such).
     """
     ref = cpu_session(reference_onnx, threads=None)
-    name = ref.get_inputs()[0].name
     size = session.image_size
     if files and images is not None:  # already decoded by the caller
         batches = (images[i:i + chunk] for i in range(0, len(images), chunk))
@@ -40,7 +39,7 @@ def measure_fidelity(reference_onnx: Path, session, files: Sequence[Path], cfg: 
         inputs = "8 random-normal tensors (no images: pass --calib-dir for real figures)"
     agree, cos, max_abs, n, flips = 0, [], 0.0, 0, 0.0
     for x in batches:
-        a = _run_padded(ref, name, x).astype(np.float64)
+        a = run_batched(ref, x).astype(np.float64)
         b = session.predict(x).astype(np.float64)
         agree += int((a.argmax(1) == b.argmax(1)).sum())
         flips += float(flip_probability(a, b).sum())
@@ -68,16 +67,3 @@ def flip_probability(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     margin = a[rows, top2[:, 0]] - a[rows, top2[:, 1]]
     noise = (b - a).std(axis=1) * np.sqrt(2.0) + 1e-30
     return 0.5 * np.vectorize(math.erfc)(margin / noise / np.sqrt(2.0))
-
-
-def _run_padded(sess, name: str, x: np.ndarray) -> np.ndarray:
-    """Run an ORT session whose batch may be fixed: split and pad like Session.predict."""
-    b = sess.get_inputs()[0].shape[0]
-    if not isinstance(b, int) or b == len(x):
-        return sess.run(None, {name: x})[0]
-    out = []
-    for i in range(0, len(x), b):
-        chunk = x[i:i + b]
-        pad = np.repeat(chunk[-1:], b - len(chunk), axis=0)
-        out.append(sess.run(None, {name: np.concatenate([chunk, pad])})[0][:len(chunk)])
-    return np.concatenate(out)

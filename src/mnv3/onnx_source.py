@@ -178,3 +178,31 @@ def cpu_session(model: str | os.PathLike | onnx.ModelProto, threads: int | None 
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
 
+
+def run_batched(sess, x: np.ndarray, batch: int | None = None) -> np.ndarray:
+    """First output of ORT session ``sess`` on ``x``, in chunks of ``batch`` (default: the
+    session's fixed input batch, else all at once), the last chunk padded with copies of its
+    last image: the split-and-pad of ``Session.predict`` for mnv3's reference sessions."""
+    name, fixed = sess.get_inputs()[0].name, sess.get_inputs()[0].shape[0]
+    b = batch or (fixed if isinstance(fixed, int) else len(x))
+    if b == len(x):
+        return sess.run(None, {name: x})[0]
+    out = []
+    for i in range(0, len(x), b):
+        chunk = x[i:i + b]
+        pad = np.repeat(chunk[-1:], b - len(chunk), axis=0)
+        out.append(sess.run(None, {name: np.concatenate([chunk, pad])})[0][:len(chunk)])
+    return np.concatenate(out)
+
+
+def runs_any_batch(path: Path, size: int) -> bool:
+    """Whether the graph at ``path`` (symbolic batch) runs batches 1 and 2. False: it bakes
+    its export batch into its constants (a Reshape to [1, C]), so its users must feed
+    exactly the batch it was checked with."""
+    sess = cpu_session(path)
+    name = sess.get_inputs()[0].name
+    try:
+        return all(sess.run(None, {name: np.zeros((n, 3, size, size), np.float32)})[0].shape[0]
+                   == n for n in (1, 2))
+    except ort_errors():
+        return False

@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from mnv3.backends import onnxruntime_quant as q
 from mnv3.backends.onnxruntime_fp16 import QDQ_OPS, convert_fp16
-from mnv3.onnx_source import set_batch_dim
+from mnv3.onnx_source import run_batched, runs_any_batch, set_batch_dim
 from mnv3.backends.base import Backend, BuildConfig, Capabilities, CompiledModel, Session
 from mnv3.engine_errors import ort_errors
 from mnv3.errors import BackendUnavailable, BuildError, ModelError
@@ -179,9 +179,11 @@ class OnnxRuntimeBackend(Backend):
             cfg.state["cleanup"] = [*cfg.state.get("cleanup", []), keep]
             dyn = keep / "dyn.onnx"  # calibrate with a symbolic batch whatever the target batch
             onnx.save(set_batch_dim(onnx.load(str(fp32)), "batch"), str(dyn))
+            baked = not runs_any_batch(dyn, cfg.preprocess.crop)  # a Reshape to [1, C]...
             quantizer = cfg.state["ort_quantizer"] = q.Int8Quantizer(
                 dyn, keep, cfg.calib_files, cfg.preprocess, method=cfg.calib_method,
-                options=cfg.options, progress=cfg.options.get("progress", True))
+                options=cfg.options, progress=cfg.options.get("progress", True),
+                batch=cfg.batch_size if baked else None)
         out = quantizer.work / "int8.onnx"
         settings = quantizer.quantize(out, float_nodes=cfg.float_layers)
         if cfg.float_layers:
@@ -212,14 +214,13 @@ class OnnxRuntimeBackend(Backend):
         layers = [n for n in quantizer.layers() if n in quantized]
         groups = _groups(layers, FALLBACK_GROUPS)
         reference = _session(quantizer.source, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        name = reference.get_inputs()[0].name
-        ref = reference.run(None, {name: images})[0]
+        ref = run_batched(reference, images, quantizer.batch)
         probe = quantizer.work / "probe.onnx"
         scored = []
         for g, group in enumerate(groups):
             quantizer.quantize(probe, float_nodes=[*cfg.float_layers, *group])
             sess = _session(probe, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-            cos = output_metrics(ref, sess.run(None, {name: images})[0])["cosine_mean"]
+            cos = output_metrics(ref, run_batched(sess, images, quantizer.batch))["cosine_mean"]
             scored.append((cos, g))
         order = [g for _, g in sorted(scored, key=lambda t: -t[0])]
         return [{"layer": layer, "group": rank, "score": scored[g][0]}

@@ -117,7 +117,11 @@ class Int8Quantizer:
     """
 
     def __init__(self, src: Path, work: Path, files: Sequence[Path], cfg: PreprocessCfg, *,
-                 method: str = "minmax", options: dict | None = None, progress: bool = True):
+                 method: str = "minmax", options: dict | None = None, progress: bool = True,
+                 batch: int | None = None):
+        """``batch``: the one batch ``src`` runs with, for a graph that bakes its export batch
+        (``onnx_source.runs_any_batch``); None: any batch. Statistics then run in batches of
+        exactly that many images, and a remainder that fills no batch is left out."""
         options = options or {}
         recipe = default_recipe(options.get("isa"))
         s = {"format": "QDQ", "isa": recipe["isa"],
@@ -134,6 +138,11 @@ class Int8Quantizer:
         if s["weight_type"] not in ("int8", "uint8"):
             raise BuildError(f"weight_type must be int8 or uint8, got {s['weight_type']!r}")
         s["weights"] = f"{s['weight_type']} symmetric" + (" 7-bit" if s["reduce_range"] else "")
+        self.batch = batch
+        if batch and len(files) >= batch:
+            files = list(files)[:len(files) // batch * batch]
+            s["calibration_batch"] = batch  # the graph's baked batch
+            s["calibration_images_used"] = len(files)
         self.settings, self.files, self.cfg, self.method = s, list(files), cfg, method
         self.progress = progress
         self.work = Path(work)
@@ -167,8 +176,9 @@ class Int8Quantizer:
         files = self.files
         # ORT's histogram calibrators stack equal-shaped batches and keep them all in memory:
         # feed single images and let ORT merge histograms window by window.
-        batch = 1 if histogram else 8
-        window = max(d for d in range(1, HISTOGRAM_WINDOW + 1) if len(files) % d == 0)
+        batch = self.batch or (1 if histogram else 8)
+        window = max(d for d in range(1, HISTOGRAM_WINDOW + 1)
+                     if (len(files) // batch) % d == 0)
         extra = {"WeightSymmetric": True, "ActivationSymmetric": s["activation_symmetric"],
                  "CalibMaxIntermediateOutputs": 16}
         if histogram:
@@ -197,7 +207,8 @@ class Int8Quantizer:
     def _bias_correct(self, model: onnx.ModelProto, s: dict,
                       exclude: Sequence[str]) -> tuple[onnx.ModelProto, int]:
         if self.means is None:  # one pass over the images, reused by every fallback round
-            self.means = oc.conv_input_means(model, decode_batches(self.files, self.cfg, 8))
+            self.means = oc.conv_input_means(model, decode_batches(self.files, self.cfg,
+                                                                   self.batch or 8))
         return oc.bias_correct(model, None, qrange=weight_qrange(s["weight_type"],
                                                                      s["reduce_range"]),
                                   per_channel=s["per_channel"], skip=exclude,
