@@ -38,12 +38,13 @@ from typing import Any
 
 import numpy as np
 
+from mnv3.defaults import BENCH_ITERATIONS, BENCH_WARMUP
 from mnv3.errors import UsageError
 from mnv3.bench_loop import measure
 from mnv3.sysinfo import others_cores, system_info
 
 SCHEMA = "mnv3.bench/1"
-DEFAULT_ITERATIONS = 1000
+DEFAULT_ITERATIONS = BENCH_ITERATIONS
 BUSY_CORES = 0.25  # other processes' CPU use above which a result carries a warning note
 PERCENTILE_DEFINITION = (
     "linear interpolation between closest ranks (numpy.percentile's default method='linear', "
@@ -151,7 +152,7 @@ class BenchResult:
 
 def benchmark(session, *, batch: int | None = None, threads: int | None = None,
               streams: int = 1, iterations: int | None = None, duration: float | None = None,
-              warmup: int = 10, load_time_s: float | None = None, first_run: bool = True,
+              warmup: int = BENCH_WARMUP, load_time_s: float | None = None, first_run: bool = True,
               label: str | None = None, stream_sessions=None) -> BenchResult:
     """Measure ``session`` (an ``mnv3.backends.base.Session``) on a pre-filled input.
 

@@ -12,3 +12,11 @@ RUN_BATCH_SIZES = (1, 4, 8)  # the seed README's table columns
 RUN_BENCH_DURATION_S = 0.6  # seconds per configuration per interleaved round
 RUN_BENCH_ROUNDS = 5
 RUN_BENCH_WARMUP = 10
+
+BENCH_ITERATIONS = 1000  # measured queries of `mnv3 bench` when neither count nor time is given
+BENCH_WARMUP = 10  # unmeasured runs per stream after the cold run
+
+TUNE_BATCH_SIZES = (1, 8)
+TUNE_TIME_BUDGET_S = 600.0  # the whole `mnv3 tune` run, builds included
+TUNE_ROUNDS = 7  # interleaved rounds per batch at most
+TUNE_SLICE_S = 0.5  # one setting's measurement per round

@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mnv3.defaults import (CALIB_NUM, TUNE_BATCH_SIZES, TUNE_ROUNDS, TUNE_SLICE_S,
+                           TUNE_TIME_BUDGET_S)
 from mnv3.errors import UsageError
 from mnv3.meta import PreprocessCfg, model_dir_name
 from mnv3.quant_mode import QuantMode
@@ -44,8 +46,6 @@ from mnv3.tune_report import say
 
 SCHEMA = "mnv3.tune/1"
 OBJECTIVES = ("latency", "throughput")
-DEFAULT_TIME_BUDGET_S = 600.0
-DEFAULT_ROUNDS, DEFAULT_SLICE_S = 7, 0.5
 INT8_MODE = QuantMode.INT8_FLOAT32  # float16 parts compute in float32 on ORT's CPU provider
 
 
@@ -115,7 +115,7 @@ class TuneReport:
     winners: dict[str, dict[str, Any]] = field(default_factory=dict)  # "<objective>_b<B>"
     skipped: list[str] = field(default_factory=list)  # what was left out to fit the budget
     rounds: dict[str, int] = field(default_factory=dict)  # batch -> rounds measured
-    slice_s: float = DEFAULT_SLICE_S
+    slice_s: float = TUNE_SLICE_S
     elapsed_s: float = 0.0
     source: str = ""
     untrained: bool = False  # random weights: the budget is measured and marked, not held
@@ -189,11 +189,12 @@ class _Clock:
 
 
 # ----------------------------------------------------------------------------- the entry point
-def tune(onnx=None, *, weights=None, batch_sizes=(1, 8), backends=None, quant_modes=None,
-         objective: str = "throughput", min_agreement=None, max_drop=None, min_cosine=None,
-         calib_dir=None, calib_num: int = 100, preprocess: PreprocessCfg | None = None, out="data/tune",
-         time_budget_s: float = DEFAULT_TIME_BUDGET_S, rounds: int = DEFAULT_ROUNDS,
-         slice_s: float = DEFAULT_SLICE_S, build_options: dict | None = None,
+def tune(onnx=None, *, weights=None, batch_sizes=TUNE_BATCH_SIZES, backends=None,
+         quant_modes=None, objective: str = "throughput", min_agreement=None, max_drop=None,
+         min_cosine=None, calib_dir=None, calib_num: int = CALIB_NUM,
+         preprocess: PreprocessCfg | None = None, out="data/tune",
+         time_budget_s: float = TUNE_TIME_BUDGET_S, rounds: int = TUNE_ROUNDS,
+         slice_s: float = TUNE_SLICE_S, build_options: dict | None = None,
          progress: bool = True, seed: int = 0) -> TuneReport:
     """Build, measure and choose the fastest deployment within the accuracy budget.
 

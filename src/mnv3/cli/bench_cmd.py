@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 
+from mnv3 import defaults as d
 from mnv3.cli.common import add_parser as _add, human_print, write_json
 
 
@@ -42,11 +43,11 @@ def add_parser(sub):
                    help="concurrent requests (default 1, or the tuned setting)")
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--iterations", type=int, default=None, metavar="N",
-                      help="measured queries (default 1000)")
+                      help=f"measured queries (default {d.BENCH_ITERATIONS})")
     stop.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                       help="measure for this many seconds instead")
-    p.add_argument("--warmup", type=int, default=10, metavar="N",
-                   help="unmeasured runs per stream after the cold run (default 10)")
+    p.add_argument("--warmup", type=int, default=d.BENCH_WARMUP, metavar="N",
+                   help=f"unmeasured runs per stream after the cold run (default {d.BENCH_WARMUP})")
     p.add_argument("--json", default=None, metavar="F", help="also write the result as JSON "
                    "('-' = stdout)")
     return p

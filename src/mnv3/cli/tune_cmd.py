@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from mnv3 import defaults as d
 from mnv3.cli.common import add_parser as _add
 from mnv3.cli.common import float_list, human_print, int_list, str_list, write_json
 
@@ -50,8 +51,9 @@ def add_parser(sub):
     p.add_argument("--objective", choices=("latency", "throughput"), default="throughput",
                    help="latency: one request in flight; throughput: also several "
                    "(default throughput)")
-    p.add_argument("--batch-sizes", type=int_list, default=(1, 8), metavar="B1,B2",
-                   help="fixed batches to tune, one winner each (default 1,8)")
+    p.add_argument("--batch-sizes", type=int_list, default=d.TUNE_BATCH_SIZES, metavar="B1,B2",
+                   help="fixed batches to tune, one winner each "
+                   f"(default {','.join(map(str, d.TUNE_BATCH_SIZES))})")
     p.add_argument("--backends", type=str_list, default=None, metavar="B1,B2",
                    help="default: every installed engine")
     p.add_argument("--quant-modes", type=str_list, default=None, metavar="M1,M2",
@@ -73,14 +75,16 @@ def add_parser(sub):
                    help="mean logit cosine to float32 each such build must keep (default 0.99)")
     p.add_argument("--calib-dir", default=None, metavar="D",
                    help="calibration + held-out fidelity images (default: the bundled demo set)")
-    p.add_argument("--calib-num", type=int, default=100, metavar="N",
-                   help="calibration images (default 100)")
-    p.add_argument("--time-budget", type=duration, default=600.0, metavar="T",
-                   help="the whole run's time, e.g. 600, 90s, 10m (default 10m)")
-    p.add_argument("--rounds", type=int, default=7, metavar="N",
-                   help="interleaved rounds per batch at most (default 7)")
-    p.add_argument("--slice", dest="slice_s", type=float, default=0.5, metavar="SECONDS",
-                   help="one setting's measurement per round (default 0.5)")
+    p.add_argument("--calib-num", type=int, default=d.CALIB_NUM, metavar="N",
+                   help=f"calibration images (default {d.CALIB_NUM})")
+    p.add_argument("--time-budget", type=duration, default=d.TUNE_TIME_BUDGET_S, metavar="T",
+                   help="the whole run's time, e.g. 600, 90s, 10m "
+                   f"(default {d.TUNE_TIME_BUDGET_S:g} s)")
+    p.add_argument("--rounds", type=int, default=d.TUNE_ROUNDS, metavar="N",
+                   help=f"interleaved rounds per batch at most (default {d.TUNE_ROUNDS})")
+    p.add_argument("--slice", dest="slice_s", type=float, default=d.TUNE_SLICE_S,
+                   metavar="SECONDS",
+                   help=f"one setting's measurement per round (default {d.TUNE_SLICE_S})")
     p.add_argument("--out", default="data/tune", metavar="DIR", help="default data/tune")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress lines on stderr")
