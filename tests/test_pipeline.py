@@ -175,3 +175,21 @@ def test_run_with_two_backends_one_report(tmp_path, capsys):
     assert rows["onnxruntime", NAMES[0]]["accuracy"]["agreement"] == 1.0
     assert rep["config"]["backends"] == ["onnxruntime", "openvino"]
     assert "onnxruntime 1." in (out / "report.md").read_text()
+
+
+def test_run_tune_adds_the_tuned_row_run_as_tuned(tmp_path):
+    """mnv3 run --tune: tune's winner per batch is a row of both tables, benchmarked with the
+    threads and requests in flight tune chose, and the report says how the rows differ."""
+    kwargs = {**KWARGS, "quant_modes": ("force_float32",)}
+    rep = run_all(**kwargs, out=tmp_path / "data", tune_budget_s=40)
+    tuned = [r for r in rep.rows if r.tuned]
+    assert len(tuned) == 1 and tuned[0].batch == 2 and "tuned" in tuned[0].backend
+    row = tuned[0]
+    meta = read_meta(row.model_dir)
+    assert meta.extra["tuned"]["streams"] == row.tuned["streams"] == row.bench.streams
+    assert row.bench.threads == row.tuned["threads"] and row.accuracy["images"] == 4
+    md = (tmp_path / "data" / "report.md").read_text()
+    assert "tuned" in md and "tune/tune.md" in md
+    assert (tmp_path / "data" / "tune" / "tune.json").is_file()
+    with pytest.raises(UsageError, match="positive time budget"):
+        run_all(**kwargs, out=tmp_path / "other", tune_budget_s=0)

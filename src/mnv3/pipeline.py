@@ -33,7 +33,7 @@ from mnv3.defaults import (CALIB_NUM, RUN_BATCH_SIZES, RUN_BENCH_DURATION_S, RUN
 from mnv3.quant_mode import QuantMode
 from mnv3.model_settings import model_subdir
 from mnv3.pipeline_steps import (Progress, bench_batch, build_or_reuse, export_or_reuse,
-                                 infer_and_score, open_source, reference_top1)
+                                 infer_and_score, open_source, reference_top1, tuned_rows)
 from mnv3.report import ModelRow, RunReport, untrained_warning, write_report
 from mnv3.sysinfo import device_label, system_info
 
@@ -50,7 +50,7 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
             bench_rounds: int = RUN_BENCH_ROUNDS, bench_warmup: int = RUN_BENCH_WARMUP,
             image_num: int | None = None, calib_dir=None, calib_num: int = CALIB_NUM,
             build_options: dict | None = None, progress: bool = True,
-            cpp: bool = False) -> RunReport:
+            cpp: bool = False, tune_budget_s: float | None = None) -> RunReport:
     """Run every stage and write report.md / report.json / report.png into ``out``.
 
     weights: a checkpoint; None = ``create_model(arch, layout, width_mult, seed=0)`` (untrained).
@@ -68,11 +68,16 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
         identical runs differed by up to 30% in a pooled cell).
     calib_dir / calib_num: int8 calibration images (default: the evaluation images; the report
         notes that calibration then saw the evaluated images).
+    tune_budget_s: also run ``mnv3 tune`` (throughput objective, this many seconds) and add
+        one row per batch for its winner, benchmarked with the threads and requests in flight
+        it chose (``mnv3 run --tune``).
     """
     t_start = time.perf_counter()
     plan = _plan(quant_modes, batch_sizes, shape_mutable, bench_rounds, threads, backends,
                  calib_num, build_options)
     _check_bench(bench_iterations, bench_duration, bench_warmup)
+    if tune_budget_s is not None and not float(tune_budget_s) > 0:
+        raise UsageError(f"--tune needs a positive time budget, got {tune_budget_s}")
     if cpp:  # before any slow work: the native program needs openvino builds and a compiler
         if not any(capabilities(b).cpp for b in plan["backends"]):
             raise UsageError("--cpp runs the openvino builds through mnv3-infer-cpp; add "
@@ -91,10 +96,11 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
                          "a folder of images (or leave it out to use the evaluation images)")
     steps = 2 + 2 * len(plan["models"]) + len(plan["batches"]) + 1
     steps += sum(capabilities(r.backend).cpp for r in plan["models"]) if cpp else 0
+    steps += 1 + len(plan["batches"]) if tune_budget_s else 0  # tune, then one row per batch
     with Progress(steps, enabled=progress) as bar:
         rep = _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_mutable,
                          calib_num, build_options, bench_iterations, bench_duration,
-                         bench_warmup, cpp)
+                         bench_warmup, cpp, tune_budget_s)
         with bar.step("write report.md, report.json, report.png", rep.timings, "report"):
             rep.timings["total"] = time.perf_counter() - t_start  # all but this last step
             write_report(rep, out)
@@ -103,7 +109,7 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
 
 def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_mutable,
                calib_num, build_options, bench_iterations, bench_duration,
-               bench_warmup, cpp=False) -> RunReport:
+               bench_warmup, cpp=False, tune_budget_s=None) -> RunReport:
     """Every step but the report, in order; ``bar`` says which is running."""
     timings: dict[str, float] = {}
 
@@ -129,8 +135,15 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_muta
                              batch=batch, model_dir=str(meta_dir), reused=reused,
                              build_s=None if reused else secs, backend=backend,
                              replaced=replaced))
+    if tune_budget_s:
+        with bar.step(f"tune (budget {tune_budget_s:.0f} s)", timings, "tune"):
+            tuned = tuned_rows(onnx_path, plan, src, calib, calib_num, out, build_options,
+                               tune_budget_s)
+            bar.done(f"{len(tuned)} winner(s) of {len(plan['batches'])} batch(es)")
+        bar.drop(len(plan["batches"]) - len(tuned))
+        rows += tuned
     for row in rows:
-        where = _subdir(row.backend, row.name)
+        where = f"tuned/{row.name}" if row.tuned else _subdir(row.backend, row.name)
         with bar.step(f"infer + eval {where}", timings, "infer"):
             row.accuracy, row.notes = infer_and_score(row, samples, out / "results" / where,
                                                       ref, plan["threads"])
@@ -256,6 +269,12 @@ def _notes(rows, baselines, dataset, calib: Path, plan, src) -> list[str]:
             calib == Path(dataset["image_dir"]).resolve():
         notes.append("int8 calibration used images from the evaluation folder; for an unbiased "
                      "accuracy pass a separate calibration folder (calib_dir / --calib-dir).")
+    tuned = [r for r in rows if r.tuned]
+    if tuned:
+        notes.append("tuned rows: 'mnv3 tune''s throughput winner per batch within the accuracy "
+                     "budget, benchmarked with the threads and requests in flight it chose (its "
+                     "candidates, margins and plot: tune/tune.md); the other rows run with "
+                     f"{plan['threads']} thread(s) and 1 request.")
     for backend, mode in plan["skipped"]:
         notes.append(f"{mode} is built only by {', '.join(builders_of(mode))}: not built "
                      f"for {backend}.")

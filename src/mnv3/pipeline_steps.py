@@ -177,7 +177,8 @@ def bench_batch(rows, src: Source, onnx_path: Path, batch: int, threads: int, it
     from mnv3.report import BASELINE_ORT, BASELINE_TORCH, BaselineRow
 
     sessions, load_s = {}, {}
-    for key, opener in [*((r.key, lambda r=r: load(r.model_dir, threads=threads)) for r in rows),
+    settings = {r.key: _run_settings(r, threads) for r in rows}
+    for key, opener in [*((r.key, lambda r=r: load(r.model_dir, **settings[r.key])) for r in rows),
                         (BASELINE_TORCH, lambda: TorchEagerSession(
                             src.module, threads=threads, image_size=src.preprocess.crop,
                             num_classes=src.num_classes)),
@@ -193,15 +194,48 @@ def bench_batch(rows, src: Source, onnx_path: Path, batch: int, threads: int, it
             # runs first after the previous batch's sessions, or last before the next
             shift = r % len(order)
             for key, sess in order[shift:] + order[:shift]:
+                run_as = settings.get(key, {"threads": threads, "streams": 1})
                 runs[key].append(benchmark(
-                    sess, batch=batch, threads=threads, iterations=iterations, duration=duration,
-                    warmup=warmup, load_time_s=load_s[key], first_run=(r == 0), label=key))
+                    sess, batch=batch, iterations=iterations, duration=duration, warmup=warmup,
+                    load_time_s=load_s[key], first_run=(r == 0), label=key, **run_as))
     finally:
         for sess in sessions.values():
             sess.close()
     for row in rows:
         row.bench = merge_results(runs[row.key])
     return [BaselineRow(k, batch, merge_results(runs[k])) for k in (BASELINE_TORCH, BASELINE_ORT)]
+
+
+def _run_settings(row, threads: int) -> dict:
+    """How a row runs: the run's threads and one stream, or what ``mnv3 tune`` chose."""
+    if row.tuned:
+        return {"threads": int(row.tuned["threads"]), "streams": int(row.tuned["streams"])}
+    return {"threads": threads, "streams": 1}
+
+
+def tuned_rows(onnx_path: Path, plan: dict, src: Source, calib: Path, calib_num: int,
+               out: Path, build_options: dict | None, budget_s: float) -> list:
+    """``mnv3 run --tune``: one row per batch for ``mnv3 tune``'s throughput winner, run with
+    the threads and requests in flight it chose (its builds and report in ``out/tune``)."""
+    from mnv3.report import ModelRow
+    from mnv3.tune import tune
+
+    report = tune(onnx_path, batch_sizes=plan["batches"], backends=plan["backends"],
+                  objective="throughput", calib_dir=calib, calib_num=calib_num,
+                  preprocess=src.preprocess, out=out / "tune", time_budget_s=budget_s,
+                  build_options=build_options, progress=False)
+    rows = []
+    for batch in plan["batches"]:
+        win = report.winners.get(f"throughput_b{batch}")
+        if win is None:
+            continue
+        meta = read_meta(Path(win["model_dir"]))
+        rows.append(ModelRow(
+            name=meta.name, quant_mode=meta.quant_mode, shape_mutable=meta.shape_mutable,
+            batch=batch, model_dir=win["model_dir"], reused=True, backend=(
+                f"{meta.backend} tuned ({win['threads']} thr x {win['streams']} req)"),
+            tuned={"threads": win["threads"], "streams": win["streams"]}))
+    return rows
 
 
 class Progress:
@@ -233,6 +267,13 @@ class Progress:
             note, self._note = self._note, ""
             self.bar.write(f"[{self.i}/{self.total}] {what}: {note}{dt:.1f} s", file=sys.stderr)
             self.bar.update(1)
+
+    def drop(self, n: int) -> None:
+        """``n`` planned steps will not run (e.g. a batch tune found no winner for)."""
+        self.total -= n
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
 
     def done(self, what: str) -> None:
         """A word on how the current step went, printed with its line (e.g. 'reused')."""

@@ -34,6 +34,8 @@ class ModelRow:
     notes: list[str] = field(default_factory=list)
     backend: str = DEFAULT_BACKEND
     replaced: list[str] = field(default_factory=list)  # settings a rebuild changed, if any
+    # ``mnv3 run --tune``: the winner's runtime settings (threads, streams), run as tuned
+    tuned: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:

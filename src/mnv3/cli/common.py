@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -85,3 +86,12 @@ def write_json(path: str | Path | None, data: Any) -> None:
         except OSError as e:  # the work is done; only this copy of the summary failed
             raise UsageError(f"cannot write --json {path} ({e.strerror or e}); choose a "
                              "writable path (the output above is complete)") from None
+
+
+def duration(text: str) -> float:
+    """``600``, ``90s``, ``10m`` or ``1h`` -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration such as 600, 90s or 10m, "
+                                         f"got {text!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]

@@ -26,7 +26,8 @@ from __future__ import annotations
 from mnv3 import defaults as d
 from mnv3.backends import DEFAULT_BACKEND
 from mnv3.cli.common import add_parser as _add
-from mnv3.cli.common import dataset_dir, human_print, int_list, str2bool, str_list, write_json
+from mnv3.cli.common import (dataset_dir, duration, human_print, int_list, str2bool, str_list,
+                              write_json)
 
 
 def add_parser(sub):
@@ -80,6 +81,11 @@ def add_parser(sub):
     p.add_argument("--cpp", action="store_true",
                    help="also run each openvino build through the native mnv3-infer-cpp (built "
                    "with 'mnv3 build-cpp' on the way): an 'openvino C++' row")
+    p.add_argument("--tune", nargs="?", type=duration, const=d.TUNE_TIME_BUDGET_S, default=None,
+                   metavar="T", help="also run 'mnv3 tune' (throughput, within the accuracy "
+                   "budget; T = its time budget, e.g. 5m; default "
+                   f"{d.TUNE_TIME_BUDGET_S:g} s) and add its winner per batch as a 'tuned' row, "
+                   "benchmarked with the threads and requests in flight it chose")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", default=None, metavar="F", help="also write report.json's content "
                    "to F ('-' = stdout)")
@@ -117,7 +123,7 @@ def run(args) -> int:
         calib_dir=args.calib_dir, calib_num=args.calib_num, bench_duration=args.bench_duration,
         bench_iterations=args.bench_iterations, bench_rounds=args.bench_rounds,
         bench_warmup=args.bench_warmup, out=args.out,
-        progress=not args.no_progress, cpp=args.cpp,
+        progress=not args.no_progress, cpp=args.cpp, tune_budget_s=args.tune,
     )
     say = human_print(args.json)
     if rep.untrained:

@@ -25,21 +25,11 @@ examples:
 
 from __future__ import annotations
 
-import argparse
-import re
 
 from mnv3 import defaults as d
 from mnv3.cli.common import add_parser as _add
-from mnv3.cli.common import float_list, human_print, int_list, str_list, write_json
-
-
-def duration(text: str) -> float:
-    """``600``, ``90s``, ``10m`` or ``1h`` -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not m or float(m.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive duration such as 600, 90s or 10m, "
-                                         f"got {text!r}")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+from mnv3.cli.common import (duration, float_list, human_print, int_list, str_list,
+                              write_json)
 
 
 def add_parser(sub):
