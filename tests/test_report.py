@@ -167,7 +167,7 @@ def test_tables_quote_the_median_round_and_the_range_of_all_rounds():
 def test_model_notes_name_the_models_they_hold_for():
     """report.md printed 'float16: none' and 'float16: Reshape' as two bare notes: they hold
     for different modes, so each note now says for which."""
-    from mnv3.pipeline import model_notes
+    from mnv3.pipeline_notes import model_notes
 
     rep = make_report()
     for r in rep.rows:
