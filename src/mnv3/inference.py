@@ -65,6 +65,7 @@ class InferResult:
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     # set when the model's network has random weights: its accuracy is noise (issue 13)
     untrained: str | None = None
+    engine: str = "python"  # "ray": workers counts model actors, not decode threads
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,7 +130,7 @@ class _LocalPredictions:
 
 def write_predictions(predictions, samples: list[Sample], meta, output_dir, *,
                       class_names: list[str] | None, batch_size: int, save_images: bool,
-                      progress: bool, label: str) -> InferResult:
+                      progress: bool, label: str, engine: str = "python") -> InferResult:
     """Drive ``predictions`` (iterable of ``(samples, logits, engine_seconds)`` in sample order,
     with ``.skipped`` and ``.workers``) into the result files of ``output_dir``: the one driver
     loop of every engine, so all write the same files the same way."""
@@ -142,7 +143,7 @@ def write_predictions(predictions, samples: list[Sample], meta, output_dir, *,
         try:
             result = _predict_all(predictions, writer, copies, len(samples), names, out,
                                   batch_size=batch_size, progress=progress, label=label)
-            result.untrained = untrained_note(meta)
+            result.untrained, result.engine = untrained_note(meta), engine
             writer.commit(result.skipped_files, result.to_dict(), result.top1, result.top5)
             if copies is not None:
                 copies.publish()
