@@ -1,4 +1,4 @@
-"""``mnv3 infer --engine ray``: batch inference over a Ray cluster, the same result files (issue 18).
+"""``mnv3 infer --engine ray``: batch inference over a Ray cluster, the same files (issue 18).
 
     mnv3.infer("data/models/force_float32_false_8", samples, "out/", engine="ray", workers=2)
 
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnv3.data.files import clip, quote
 from mnv3.errors import BackendUnavailable, DataError, UsageError
 
 RAY_HINT = 'pip install "mnv3[ray]"'
@@ -99,6 +100,7 @@ def ray_cluster(address: str | None, cpus_needed: int):
         if address not in ("local", "auto"):
             raise UsageError(f"Ray is already initialised in this process, so it cannot also "
                              f"join {address}; call ray.shutdown() first or drop the address")
+        _check_cpus(ray, cpus_needed)
         yield ray
         return
     if address == "local":
@@ -111,23 +113,35 @@ def ray_cluster(address: str | None, cpus_needed: int):
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR", configure_logging=True, **kwargs)
     except ConnectionError as e:
-        raise UsageError(f"cannot connect to the Ray cluster at {address}: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise UsageError(f"cannot connect to the Ray cluster at {clip(address)} "
+                         f"({clip(str(e).splitlines()[0] if str(e) else type(e).__name__)}); "
+                         "start it with 'ray start --head' or use --address local") from None
     try:
+        _check_cpus(ray, cpus_needed)
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_cpus(ray, needed: int) -> None:
+    """The actors hold their CPUs for the whole run: decoding needs at least one more, or the
+    pipeline would wait forever."""
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus < needed + 1:
+        raise UsageError(f"the Ray cluster has {cpus:g} CPUs, and {needed} model actor threads "
+                         f"need {needed + 1} (one left for decoding); use fewer --workers or "
+                         "--threads-per-worker")
 
 
 def _check_reachable(address: str) -> None:
     """A quick TCP connect to host:port (Ray alone may retry for a minute before it fails)."""
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit():
-        raise UsageError(f"--address must be local, auto or host:port, got {address!r}")
+        raise UsageError(f"--address must be local, auto or host:port, got {quote(address)}")
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
-        raise UsageError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); "
+        raise UsageError(f"cannot reach the Ray cluster at {clip(address)} ({e.strerror or e}); "
                          "start it with 'ray start --head' or use --address local") from None
 
 
@@ -144,7 +158,8 @@ class RayPredictions:
     def __init__(self, ray, samples, meta, files: dict[str, bytes], *, batch_size: int,
                  workers: int, threads: int, strict: bool):
         self.ray, self.samples, self.meta, self.strict = ray, samples, meta, strict
-        self.files, self.batch_size, self.workers, self.threads = files, batch_size, workers, threads
+        self.files, self.batch_size = files, batch_size
+        self.workers, self.threads = workers, threads
         self.skipped: list = []
 
     def dataset(self):
