@@ -11,8 +11,8 @@ cluster started once (its start-up, 10-30 s, is printed apart):
 * ray N     : ``mnv3.infer(..., engine="ray", workers=N)`` for each N of --workers: images/s
               of the whole call (actor start-up included) and the time to its first result.
 
-Then the per-image costs of a written scale-out model: decode CPU ms (one thread), engine ms
-(the actors' engine seconds per image) and the driver's CPU ms (the Ray run's driver process
+Then the per-image costs of a written scale-out model: decode CPU ms (one thread), engine CPU
+ms (one thread, the model's batch) and the driver's CPU ms (the Ray run's driver process
 time per image from its first result to the end: receiving logits, writing lines). With K
 machines of C cores, decoding and the engine are spread, the driver is not, so
 
@@ -75,6 +75,20 @@ def timed_infer(model, samples, out, **kw) -> dict:
             "engine_ms": r.engine_seconds * 1e3 / r.processed}
 
 
+def engine_cpu_ms(model: Path, calls: int = 10) -> float:
+    """CPU ms per image of one engine thread at the model's batch (process time, so the other
+    jobs of a shared machine disturb it little; the actors' wall time does not say this)."""
+    import numpy as np
+
+    with mnv3.load(model, threads=1) as session:
+        x = np.zeros(session.meta.input_shape, dtype=np.float32)
+        session.run(x)  # the cold first call, not counted
+        c0 = time.process_time()
+        for _ in range(calls):
+            session.run(x)
+        return (time.process_time() - c0) * 1e3 / (calls * x.shape[0])
+
+
 def decode_ms(samples, cfg, n: int = 50) -> float:
     c0 = time.process_time()
     for s in samples[:n]:
@@ -130,9 +144,11 @@ def report(res, samples, model, tmp: Path, args) -> None:
         print(f"{'':<13}  result files byte-identical to local: {same}")
     last = res[list(res)[-1]]
     d_ms = decode_ms(samples, read_meta(model).preprocess)
-    e_ms = median([r["engine_ms"] for r in last])
+    e_ms = engine_cpu_ms(model)
     w_ms = median([r["driver_ms"] for r in last])
-    print(f"per image: decode {d_ms:.2f} CPU ms, engine {e_ms:.2f} ms, driver {w_ms:.2f} CPU ms "
+    print(f"per image: decode {d_ms:.2f} CPU ms, engine {e_ms:.2f} CPU ms (1 thread; the "
+          f"actors' engine wall time {median([r['engine_ms'] for r in last]):.2f} ms while "
+          f"sharing the cores), driver {w_ms:.2f} CPU ms "
           f"(driver peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
     cores = os.cpu_count() or 1
     cap = 1000 / w_ms
