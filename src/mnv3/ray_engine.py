@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -169,16 +170,20 @@ class RayPredictions:
         ctx.enable_progress_bars = False  # ours is tqdm's, on the driver
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan and timings are noise here
         rows = [{"i": i, "path": os.fsencode(s.path)} for i, s in enumerate(self.samples)]
-        # Blocks of a few batches: small enough to spread, large enough to amortise a task.
-        blocks = max(1, -(-len(rows) // (4 * self.batch_size)))
+        # Blocks of a few batches: small enough to spread, large enough to amortise a task;
+        # at least one per actor where there are images enough.
+        blocks = max(min(len(rows), self.workers), -(-len(rows) // (4 * self.batch_size)))
         ds = self.ray.data.from_items(rows, override_num_blocks=blocks)
         # Decode tasks retry a dead worker's block a few times. Given as a function, their
         # remote args also keep Ray Data from fusing decoding into the model actors: tasks
         # spread decoding over every CPU of the cluster, the actors only run the model.
-        ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": self.meta.preprocess,
-                                                     "shape": tuple(self.meta.input_shape[1:])},
-                            batch_size=None, batch_format="numpy", num_cpus=1,
-                            ray_remote_args_fn=_decode_task_args)
+        with warnings.catch_warnings():  # deprecated from 2.60; the extra pins Ray below 2.64
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = ds.map_batches(decode_batch,
+                                fn_kwargs={"cfg": self.meta.preprocess,
+                                           "shape": tuple(self.meta.input_shape[1:])},
+                                batch_size=None, batch_format="numpy", num_cpus=1,
+                                ray_remote_args_fn=_decode_task_args)
         # Inside a list, so the actor fetches it itself (a top-level ObjectRef argument would
         # make Ray warn that a restarted actor may lose it); self keeps it alive for restarts.
         self._model_ref = self.ray.put(self.files)
