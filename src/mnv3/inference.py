@@ -65,7 +65,7 @@ class InferResult:
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     # set when the model's network has random weights: its accuracy is noise (issue 13)
     untrained: str | None = None
-    engine: str = "python"  # "ray": workers counts model actors, not decode threads
+    engine: str = "python"  # or "cpp", "ray" (there workers counts model actors, not threads)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -57,10 +57,10 @@ def infer_ray(model, samples, output_dir, *, batch_size: int | None = None,
         threads_per_worker, "--threads-per-worker", 1)
     model_dir = Path(model)
     with load(model_dir, threads=1) as session:  # the driver's check: a clear error, early
-        meta, fixed = session.meta, session.fixed_batch
+        meta = session.meta
     samples = _select(samples, image_num)
     _check_labels(samples, meta.num_classes)
-    bs = int(batch_size or fixed or meta.batch_size or 1)
+    bs = int(batch_size or meta.default_batch)
     with ray_cluster(address, cpus_needed=workers * threads) as ray:
         predictions = RayPredictions(ray, samples, meta, _pack_model(model_dir), batch_size=bs,
                                      workers=workers, threads=threads, strict=strict)
