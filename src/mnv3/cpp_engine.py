@@ -229,6 +229,7 @@ def infer_cpp(model: CppModel, samples, output_dir, *, batch_size: int | None = 
     d["model"] = str(model.model_dir)
     keep = set(InferResult.__dataclass_fields__)
     result = InferResult(**{k: v for k, v in d.items() if k in keep})
+    result.engine = "cpp"
     result.peak_rss_kb = d.get("peak_rss_kb")  # the program's own peak memory (not a field)
     return result
 

@@ -252,7 +252,7 @@ def test_interrupted_infer_leaves_no_new_output_folder(cli, tiny, tmp_path, monk
     def interrupt(self, samples, logits):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mnv3.inference._Collector.add", interrupt)
+    monkeypatch.setattr("mnv3.results.ResultWriter.add", interrupt)
     out = tmp_path / "out"
     res = cli("infer", "--model", tiny["model"], "--image-dir", tiny["images"], "--output-dir",
               out, "--no-progress")

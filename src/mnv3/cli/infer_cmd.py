@@ -15,6 +15,9 @@ top-1 class and probability drawn on them into images/ (moved in only when the r
 Images are decoded on --workers threads while the model runs, so end-to-end images/s is printed
 beside the engine-only figure. --engine cpp runs an OpenVINO model through the native program
 mnv3-infer-cpp instead (build it once with 'mnv3 build-cpp'): same flags, same result files.
+--engine ray runs on a Ray cluster (pip install "mnv3[ray]"): Ray Data decodes in map tasks and
+--workers actors run the model (--threads-per-worker engine threads each); --address local (the
+default) starts a cluster on this machine, auto or host:port joins one. Same result files.
 
 examples:
   mnv3 infer --model data/models/force_float32_false_8 --output-dir out/demo
@@ -22,6 +25,8 @@ examples:
       --dataset ../shared/datasets/imagenet-sample-500 --output-dir out/sample
   mnv3 infer --model data/models/force_float32_false_8 --image-dir val/images \\
       --label-file val/labels.txt --output-dir out/val --image-num 500 --json out/val.json
+  mnv3 infer --model data/models/force_float32_false_8 --engine ray --workers 2 \\
+      --dataset ../shared/datasets/imagenet-sample-500 --output-dir out/ray
 """
 
 from __future__ import annotations
@@ -49,16 +54,22 @@ def add_parser(sub):
     p.add_argument("--image-num", type=int, default=None, metavar="N",
                    help="only the first N images (sorted by name)")
     p.add_argument("--workers", type=int, default=None, metavar="W",
-                   help="decode threads (default: one per CPU)")
+                   help="decode threads (default: one per CPU); with --engine ray: model actors "
+                   "(default 2)")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="engine intra-op threads (default: the engine's choice)")
     p.add_argument("--save-images", action="store_true",
                    help="write copies with the top-1 class drawn on them to O/images/")
     p.add_argument("--strict", action="store_true",
                    help="stop with an error at the first image that cannot be decoded")
-    p.add_argument("--engine", choices=("python", "cpp"), default="python",
-                   help="python (default) or cpp: the native mnv3-infer-cpp program, for models "
-                   "built with --backend openvino (see 'mnv3 build-cpp')")
+    p.add_argument("--engine", choices=("python", "cpp", "ray"), default="python",
+                   help="python (default); cpp: the native mnv3-infer-cpp program, for models "
+                   "built with --backend openvino (see 'mnv3 build-cpp'); ray: a Ray cluster")
+    ray = p.add_argument_group("--engine ray")
+    ray.add_argument("--address", default=None, metavar="ADDR",
+                     help="local (default: start a cluster here), auto, or host:port")
+    ray.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
+                     help="engine threads of each model actor (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", default=None, metavar="F",
                    help="also write the summary as JSON ('-' = stdout)")
@@ -84,11 +95,18 @@ def run(args) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
         if value is not None and value < 1:  # 0 would silently mean "the default"
             raise UsageError(f"{flag} must be at least 1, got {value}")
+    if args.engine != "ray" and (args.address or args.threads_per_worker):
+        raise UsageError("--address and --threads-per-worker are options of --engine ray")
     say = human_print(args.json)
+    model, extra = None, {}
     if args.engine == "cpp":  # the same dataset handling; the native program runs the model
         from mnv3.cpp_engine import CppModel, infer_cpp as infer  # noqa: F811
 
         session = CppModel(args.model, threads=args.threads)
+    elif args.engine == "ray":  # checked here once (its meta reads the labels); actors load it
+        session, model = load(args.model, threads=1), args.model
+        extra = {"engine": "ray", "address": args.address,
+                 "threads_per_worker": args.threads_per_worker}
     else:
         session = load(args.model, threads=args.threads, spin=False)  # decoding needs the CPU too
     with session:
@@ -101,10 +119,10 @@ def run(args) -> int:
             samples = demo_dataset()
             synsets = synsets or str(demo_dir() / "synsets.txt")
         class_names = load_class_names(synsets) if synsets else None
-        result = infer(session, samples, args.output_dir, batch_size=args.batch_size,
+        result = infer(model or session, samples, args.output_dir, batch_size=args.batch_size,
                        image_num=args.image_num, workers=args.workers, strict=args.strict,
                        save_images=args.save_images, class_names=class_names,
-                       progress=not args.no_progress and sys.stderr.isatty())
+                       progress=not args.no_progress and sys.stderr.isatty(), **extra)
     for line in summary_lines(result):
         say(line)
     below = ((getattr(session, "meta", None) and session.meta.fidelity) or {}).get("below_budget")
@@ -116,8 +134,10 @@ def run(args) -> int:
 
 
 def summary_lines(r) -> list[str]:
+    workers = (f"{r.workers} model actors on Ray" if getattr(r, "engine", None) == "ray"
+               else f"{r.workers} decode threads")
     lines = [f"images: {r.processed} predicted, {r.skipped} skipped "
-             f"(of {r.images}; batch {r.batch_size}, {r.workers} decode threads)"]
+             f"(of {r.images}; batch {r.batch_size}, {workers})"]
     if r.skipped:
         lines.append(f"skipped (could not decode), listed in {r.output_dir}/skipped.txt:")
         lines += [f"  {name}: {reason}" for name, reason in r.skipped_files[:5]]

@@ -60,7 +60,11 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             raise
         except (UnidentifiedImageError, Image.DecompressionBombError,
                 Image.DecompressionBombWarning) as e:
-            raise DataError(f"cannot decode image {shown(path)}: {clip(e)}; replace or remove "
+            # Pillow names the file object it was given, whose repr holds an fd number that
+            # changes from run to run: name the problem itself, so skipped.txt is reproducible.
+            why = ("cannot identify image file (not a format Pillow reads)"
+                   if isinstance(e, UnidentifiedImageError) else clip(e))
+            raise DataError(f"cannot decode image {shown(path)}: {why}; replace or remove "
                             "the file") from None
         # Broad on purpose: only Pillow runs here, and on damaged files (fuzzed, Pillow 13)
         # its plugins raised SyntaxError, NotImplementedError and TypeError besides OSError.
