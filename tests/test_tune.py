@@ -107,7 +107,7 @@ def test_winner_is_the_fastest_measured_within_budget(loose):
 def test_tuned_model_records_its_runtime_settings(loose):
     w = loose.winners["throughput_b1"]
     meta = read_meta(w["model_dir"])
-    tuned = t.tuned_settings(meta)
+    tuned = meta.tuned
     assert tuned["objective"] == "throughput" and tuned["batch"] == 1
     assert (tuned["threads"], tuned["streams"]) == (w["threads"], w["streams"])
     assert tuned["isa"] == loose.isa and tuned["images_per_s"] == w["images_per_s"]
@@ -221,3 +221,32 @@ def test_weights_are_exported_on_the_way(tmp_path):
                     **{**FAST, "rounds": 2})
     assert report.source.endswith(".onnx") and (tmp_path / "o" / "onnx").is_dir()
     assert "latency_b1" in report.winners
+
+
+def test_load_and_infer_use_the_tuned_settings(loose, tiny, tmp_path):
+    """mnv3.load runs a tuned model with tune's threads and requests in flight unless told
+    otherwise; mnv3 infer keeps that many batches in the engine and writes the same files."""
+    import shutil
+
+    from mnv3 import infer, load
+    from mnv3.data.datasets import load_dataset
+    from mnv3.meta import write_meta
+
+    model = tmp_path / "m"
+    shutil.copytree(loose.winners["throughput_b1"]["model_dir"], model)
+    meta = read_meta(model)
+    meta.extra["tuned"] = {**meta.extra["tuned"], "threads": 1, "streams": 3}
+    write_meta(meta, model)
+    with load(model) as session:
+        assert session.in_flight == 3
+    with load(model, threads=2) as session:  # the caller's settings win
+        assert session.in_flight == 1
+    samples = load_dataset(tiny["images"])
+    with load(model) as tuned, load(model, threads=1) as plain:
+        a = infer(tuned, samples, tmp_path / "a", batch_size=2, progress=False)
+        b = infer(plain, samples, tmp_path / "b", batch_size=2, progress=False)
+    assert a.processed == b.processed == len(samples) and a.engine_images_per_s > 0
+    files = sorted(p.name for p in (tmp_path / "a").iterdir() if p.name != "infer.json")
+    assert "eval_result_1.txt" in files  # infer.json differs in its timings only
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

@@ -115,6 +115,16 @@ class ModelMeta:
         return int(self.batch_size)
 
     @property
+    def tuned(self) -> dict[str, Any] | None:
+        """The runtime settings ``mnv3 tune`` chose (threads, streams = requests in flight),
+        which ``mnv3.load``, ``mnv3 infer`` and ``mnv3 bench`` use by default; None: untuned."""
+        tuned = (self.extra or {}).get("tuned")
+        if not isinstance(tuned, dict) or not all(
+                isinstance(tuned.get(k), int) and tuned[k] >= 1 for k in ("threads", "streams")):
+            return None
+        return tuned
+
+    @property
     def name(self) -> str:
         return model_dir_name(self.quant_mode, self.shape_mutable, self.batch_size)
 

@@ -268,14 +268,6 @@ def _source(onnx, weights, preprocess, out: Path, progress: bool):
     return path, preprocess or src.preprocess, src.untrained
 
 
-def tuned_settings(meta) -> dict[str, Any] | None:
-    """The runtime settings ``mnv3 tune`` recorded in a model's meta.json (None: untuned)."""
-    tuned = (getattr(meta, "extra", None) or {}).get("tuned")
-    if not isinstance(tuned, dict) or "threads" not in tuned or "streams" not in tuned:
-        return None
-    return tuned
-
-
 def load_report(path) -> dict[str, Any]:
     """tune.json as a dict (checked to be one)."""
     d = json.loads(Path(path).read_text(encoding="utf-8"))

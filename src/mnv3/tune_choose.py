@@ -1,6 +1,6 @@
 """``mnv3 tune``'s choice: per (objective, batch), the measured pair with the highest median
 images/s, copied to ``out/tuned/<objective>_b<B>`` with its runtime settings in meta.json
-(``extra["tuned"]``, read back by ``mnv3.tune.tuned_settings``), beside the runner-up and
+(``extra["tuned"]``, read back by ``ModelMeta.tuned``), beside the runner-up and
 whether the two are told apart on this machine.
 """
 

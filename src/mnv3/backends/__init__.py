@@ -105,7 +105,12 @@ def load(model_dir: str | os.PathLike, threads: int | None = None, **options):
             "was replaced; rebuild the model with 'mnv3 build'"
         )
     warn_if_other_isa(model_dir, meta)
-    return get_backend(meta.backend).open(model_dir, meta, threads=threads, **options)
+    tuned = meta.tuned if threads is None and "streams" not in options else None
+    if tuned:  # what 'mnv3 tune' measured fastest here, unless the caller says otherwise
+        threads, options["streams"] = tuned["threads"], tuned["streams"]
+    session = get_backend(meta.backend).open(model_dir, meta, threads=threads, **options)
+    session.in_flight = int(options.get("streams") or 1)
+    return session
 
 
 _WARNED: set[str] = set()

@@ -107,6 +107,10 @@ class Backend(abc.ABC):
 class Session(abc.ABC):
     """A loaded model. Call ``predict``; backends implement ``_run`` for one engine call."""
 
+    # Calls a caller should keep in flight at once to get this session's speed: >1 where
+    # ``mnv3 tune`` measured several requests in flight fastest (``mnv3.load`` sets it).
+    in_flight: int = 1
+
     def __init__(self, meta: ModelMeta):
         self.meta = meta
 

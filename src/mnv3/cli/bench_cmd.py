@@ -79,11 +79,10 @@ def run(args) -> int:
 def _use_tuned(args, say) -> None:
     """No --threads / --streams: a tuned model's recorded settings (issue 17), else 1 stream."""
     from mnv3.meta import read_meta
-    from mnv3.tune import tuned_settings
 
     tuned = None
     if args.threads is None and args.streams is None:
-        tuned = tuned_settings(read_meta(args.model))
+        tuned = read_meta(args.model).tuned
     if tuned:
         args.threads, args.streams = int(tuned["threads"]), int(tuned["streams"])
         say(f"using the settings 'mnv3 tune' chose ({tuned['objective']}): {args.threads} "

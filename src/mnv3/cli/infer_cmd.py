@@ -109,6 +109,9 @@ def run(args) -> int:
                  "threads_per_worker": args.threads_per_worker}
     else:
         session = load(args.model, threads=args.threads, spin=False)  # decoding needs the CPU too
+        if session.in_flight > 1:
+            say(f"using the settings 'mnv3 tune' chose: {session.meta.tuned['threads']} "
+                f"thread(s) x {session.in_flight} batches in flight; pass --threads to override")
     with session:
         synsets = args.synsets
         if args.image_dir:
