@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from mnv3 import defaults as d
-from mnv3.backends import DEFAULT_BACKEND
+from mnv3.backends import DEFAULT_BACKEND, list_backends
 from mnv3.build_request import CALIB_METHODS
 from mnv3.cli import common
 from mnv3.errors import UsageError
@@ -86,7 +86,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--mean", type=common.float_list, help="per-channel mean, 0-1 units")
     p.add_argument("--std", type=common.float_list, help="per-channel std, 0-1 units")
     p.add_argument("--backend", default=DEFAULT_BACKEND,
-                   help=f"inference engine (default {DEFAULT_BACKEND})")
+                   help=f"inference engine: {', '.join(list_backends())} "
+                   f"(default {DEFAULT_BACKEND})")
     p.add_argument("--output", type=Path, help="model directory to create or replace (default "
                    "data/models/<mode>_<mutable>_<batch>; data/models/<backend>/... for backends "
                    "other than onnxruntime, as 'mnv3 run')")
