@@ -164,12 +164,6 @@ class CompareReport:
         return asdict(self)
 
 
-def _onnx_graph(model_dir: Path, meta) -> onnx.ModelProto | None:
-    """The ONNX graph a model directory runs, when its engine runs ONNX (else None)."""
-    path = Path(model_dir) / meta.compiled_file
-    return onnx.load(str(path)) if path.suffix == ".onnx" else None
-
-
 def compare(model_a, model_b, files: Sequence[os.PathLike], *, threads: int | None = 1,
             worst: int = 5, layers: bool = True, chunk: int = 8) -> CompareReport:
     """Run built models ``model_a`` (the reference) and ``model_b`` on ``files``."""
@@ -202,14 +196,9 @@ def compare(model_a, model_b, files: Sequence[os.PathLike], *, threads: int | No
                   for i in order]
     rows: list[dict] = []
     if layers:
-        ga, gb = _onnx_graph(Path(model_a), sa.meta), _onnx_graph(Path(model_b), sb.meta)
-        if ga is None or gb is None:
-            notes.append("per-layer errors need both models on ONNX Runtime (their graphs are "
-                         "ONNX); this pair compares final outputs only")
-        else:
-            rows = _layer_rows(ga, gb, np.concatenate(batches))
-            if not rows:
-                notes.append("the two graphs share no Conv/Gemm/MatMul tensor names")
+        rows, why = _layers(Path(model_a), sa.meta, Path(model_b), sb.meta,
+                            np.concatenate(batches))
+        notes += [why] if why else []
     isa = {sa.meta.extra.get("isa"), sb.meta.extra.get("isa")} - {None}
     system = {**system_info(), "int8_isa": int8_isa()}
     if isa and int8_isa() not in isa:
@@ -219,6 +208,22 @@ def compare(model_a, model_b, files: Sequence[os.PathLike], *, threads: int | No
     sb.close()
     return CompareReport(str(model_a), str(model_b), len(files), out, worst_rows, rows, notes,
                          system)
+
+
+def _layers(dir_a: Path, meta_a, dir_b: Path, meta_b, images: np.ndarray):
+    """(per-layer rows, why there are none): both ONNX graphs (ONNX Runtime) or both OpenVINO
+    IRs; a mixed pair has no tensor names in common."""
+    fa, fb = dir_a / meta_a.compiled_file, dir_b / meta_b.compiled_file
+    if fa.suffix == fb.suffix == ".onnx":
+        rows = _layer_rows(onnx.load(str(fa)), onnx.load(str(fb)), images)
+    elif fa.suffix == fb.suffix == ".xml":
+        from mnv3.compare_openvino import layer_rows
+
+        rows = layer_rows(fa, fb, images, _ErrorSums)
+    else:
+        return [], ("per-layer errors need both models on one engine's graph format (ONNX "
+                    "or OpenVINO IR); this pair compares final outputs only")
+    return rows, None if rows else "the two graphs share no Conv/Gemm/MatMul layer"
 
 
 def _layer_rows(ga: onnx.ModelProto, gb: onnx.ModelProto, images: np.ndarray) -> list[dict]:
