@@ -10,13 +10,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tiny_onnx import SIZE, export_tiny, write_images
+from tiny_onnx import SIZE
 
 PRE = ["--resize", "36", "--crop", str(SIZE)]
 HAVE_OPENVINO = all(importlib.util.find_spec(m) for m in ("openvino", "nncf"))
@@ -41,10 +42,12 @@ def json_only(res: subprocess.CompletedProcess) -> dict:
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
+def work(tiny_model, tmp_path_factory) -> Path:
+    """A folder of its own (the commands write into it) holding tiny.onnx and images/."""
+    tiny = tiny_model(dynamic=True, images=6)
     d = tmp_path_factory.mktemp("cli_json")
-    export_tiny(d / "tiny.onnx", dynamic=True)
-    write_images(d / "images", 6)
+    shutil.copy(tiny.onnx, d / "tiny.onnx")
+    shutil.copytree(tiny.images, d / "images")
     return d
 
 

@@ -48,23 +48,20 @@ def binary() -> Path:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tiny_model, tmp_path_factory):
     """{name: model dir}: the tiny classifier built for OpenVINO (fixed batch 4, mutable) and ORT."""
     pytest.importorskip("openvino")
-    from tiny_onnx import export_tiny, write_images
-
     from mnv3.builder import build
 
     root = tmp_path_factory.mktemp("cpp")
-    export_tiny(root / "tiny.onnx", dynamic=True, batch=2)
-    write_images(root / "calib", 4)
+    tiny = tiny_model(dynamic=True, export_batch=2, images=4)
     out = {}
     for name, backend, mutable, batch in (("fixed4", "openvino", False, 4),
                                           ("mutable", "openvino", True, 1),
                                           ("ort", "onnxruntime", False, 4)):
         out[name] = root / name
-        build(root / "tiny.onnx", out[name], quant_mode="force_float32", shape_mutable=mutable,
-              batch_size=batch, preprocess=PP, calib_dir=root / "calib", backend=backend,
+        build(tiny.onnx, out[name], quant_mode="force_float32", shape_mutable=mutable,
+              batch_size=batch, preprocess=PP, calib_dir=tiny.images, backend=backend,
               options={"progress": False})
     return out
 
