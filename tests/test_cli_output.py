@@ -86,6 +86,7 @@ def test_build_infer_eval_bench_json_stdout_is_json_only(work):
     assert json_only(res)["iterations"] == 5 and "throughput" in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino/nncf not installed (mnv3[openvino])")
 @pytest.mark.parametrize("progress", [True, False], ids=["progress", "no_progress"])
 def test_openvino_int8_build_keeps_nncf_off_stdout(work, progress):
@@ -99,6 +100,7 @@ def test_openvino_int8_build_keeps_nncf_off_stdout(work, progress):
         assert "Statistics collection" not in res.stderr and "█" not in res.stderr
 
 
+@pytest.mark.slow
 def test_run_json_stdout_is_json_only(tmp_path):
     res = mnv3("run", "--width-mult", "0.35", "--image-num", "4", "--quant-modes",
                "force_float32", "--batch-sizes", "2", "--threads", "1", "--bench-duration",

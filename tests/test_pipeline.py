@@ -54,6 +54,7 @@ def _copy_of(first_run: FirstRun, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow  # first_run: a whole pipeline run; the first test to use it pays
 def test_run_end_to_end_then_reuse(first_run, tmp_path, capsys):
     out = first_run.out
     assert first_run.rc == 0
@@ -113,6 +114,7 @@ def test_run_end_to_end_then_reuse(first_run, tmp_path, capsys):
     assert "fixed batch of 2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_changed_request_rebuilds(first_run, tmp_path):
     """A model whose meta.json does not match (here: another calibration count) is rebuilt."""
     kw = {**KWARGS, "quant_modes": ("qint8_mixed_float32",), "bench_iterations": 2,
@@ -176,6 +178,7 @@ def test_plan_builds_each_mode_for_each_backend_that_can(monkeypatch):
     assert plan["skipped"] == [("onnxruntime", "force_bfloat16")]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
                     reason="openvino is not installed (pip install -e '.[openvino]')")
 def test_run_with_two_backends_one_report(first_run, tmp_path, capsys):
