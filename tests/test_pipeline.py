@@ -208,6 +208,7 @@ def test_run_with_two_backends_one_report(first_run, tmp_path, capsys):
     assert "onnxruntime 1." in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # a run plus a 40 s tune budget
 def test_run_tune_adds_the_tuned_row_run_as_tuned(tmp_path):
     """mnv3 run --tune: tune's winner per batch is a row of both tables, benchmarked with the
     threads and requests in flight tune chose, and the report says how the rows differ."""
