@@ -17,26 +17,23 @@ from mnv3.errors import BuildError, ModelError, UsageError
 from mnv3.meta import PreprocessCfg, read_meta
 from mnv3.quant_mode import SEED_MODES
 from mnv3.data.preprocess import preprocess_batch
-from tiny_onnx import SIZE, export_tiny, torch_logits, write_images
+from tiny_onnx import SIZE
 
 CFG = PreprocessCfg(resize=36, crop=SIZE)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    model = export_tiny(d / "tiny.onnx", dynamic=False)  # fixed batch 1: re-batching is tested
-    images = write_images(d / "images", 12)
-    return {"onnx": d / "tiny.onnx", "model": model, "images": images, "calib": d / "images"}
+def tiny(tiny_model):
+    return tiny_model(dynamic=False, images=12)  # fixed batch 1: re-batching is tested
 
 
 def _build(tiny, out, mode="force_float32", mutable=False, batch=4, options=None, **kw):
-    kw.setdefault("calib_dir", tiny["calib"])
+    kw.setdefault("calib_dir", tiny.images)
     kw.setdefault("calib_num", 6)
     # these tests check what an int8 build contains: keep int8 even where the tiny net's int8
     # is slower than float32 (test_gate.py tests that fallback)
     options = {"progress": False, "speed_check": False, **(options or {})}
-    return mnv3.build(tiny["onnx"], out, quant_mode=mode, shape_mutable=mutable,
+    return mnv3.build(tiny.onnx, out, quant_mode=mode, shape_mutable=mutable,
                       batch_size=batch, preprocess=CFG, options=options, **kw)
 
 
@@ -56,10 +53,10 @@ def test_every_mode_builds_loads_and_predicts(tiny, tmp_path, mode, mutable):
     if mode.startswith("qint8"):
         assert meta.op_precisions.get("QLinearConv") == "int8"  # the convs really run int8
         assert meta.calibration["count"] == 6
-    x = preprocess_batch(tiny["images"][:5], CFG)
+    x = preprocess_batch(tiny.files[:5], CFG)
     with mnv3.load(tmp_path / "m", threads=1) as s:
         y = s.predict(x)
-    ref = torch_logits(tiny["model"], x)
+    ref = tiny.logits(x)
     assert y.shape == ref.shape and np.abs(y - ref).max() < TOL[mode]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.tmp")]
 
@@ -71,14 +68,14 @@ def test_fixed_batch_predicts_any_count(tiny, tmp_path_factory, n):
         _build(tiny, out, batch=4)
     x = np.random.default_rng(n).standard_normal((n, 3, SIZE, SIZE)).astype(np.float32)
     with mnv3.load(out) as s:
-        np.testing.assert_allclose(s.predict(x), torch_logits(tiny["model"], x), atol=1e-4)
+        np.testing.assert_allclose(s.predict(x), tiny.logits(x), atol=1e-4)
         with pytest.raises(ModelError, match="fixed batch of 4"):
             s.run(x)  # run() is exactly one engine call: it never splits or pads
 
 
 def test_forced_spelling_and_default_name(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    meta = mnv3.build(tiny["onnx"], quant_mode="forced_float32", shape_mutable=False,
+    meta = mnv3.build(tiny.onnx, quant_mode="forced_float32", shape_mutable=False,
                       batch_size=2, preprocess=CFG)
     assert meta.quant_mode == "force_float32"
     assert (tmp_path / "data/models/force_float32_false_2/meta.json").is_file()
@@ -139,24 +136,24 @@ def test_corrupted_compiled_file_is_a_clear_error(tiny, tmp_path):
         mnv3.load(tmp_path / "m")
 
 
-def test_unbatchable_source_is_a_clear_error(tmp_path):
-    export_tiny(tmp_path / "baked.onnx", dynamic=False, bake_batch=True)
+def test_unbatchable_source_is_a_clear_error(tiny_model, tmp_path):
+    baked = tiny_model(dynamic=False, bake_batch=True, images=0).onnx
     with pytest.raises(BuildError, match="export batch"):
-        mnv3.build(tmp_path / "baked.onnx", tmp_path / "m", quant_mode="force_float32",
+        mnv3.build(baked, tmp_path / "m", quant_mode="force_float32",
                    shape_mutable=True, batch_size=1, preprocess=CFG)
     assert not (tmp_path / "m").exists()
     # its own batch still works
-    mnv3.build(tmp_path / "baked.onnx", tmp_path / "m1", quant_mode="force_float32",
+    mnv3.build(baked, tmp_path / "m1", quant_mode="force_float32",
                shape_mutable=False, batch_size=1, preprocess=CFG)
 
 
-def test_a_source_that_bakes_its_batch_builds_int8_at_that_batch(tiny, tmp_path):
+def test_a_source_that_bakes_its_batch_builds_int8_at_that_batch(tiny, tiny_model, tmp_path):
     """A fixed-batch export (torch bakes batch 1 into a Reshape) crashed the int8 build with a
     traceback: calibration fed it batches of 8. It now calibrates in batches of its own."""
-    export_tiny(tmp_path / "baked.onnx", dynamic=False, bake_batch=True)
-    meta = mnv3.build(tmp_path / "baked.onnx", tmp_path / "m", quant_mode="qint8_mixed_float32",
+    baked = tiny_model(dynamic=False, bake_batch=True, images=0).onnx
+    meta = mnv3.build(baked, tmp_path / "m", quant_mode="qint8_mixed_float32",
                       shape_mutable=False, batch_size=1, preprocess=CFG,
-                      calib_dir=tiny["calib"], calib_num=8,
+                      calib_dir=tiny.images, calib_num=8,
                       options={"progress": False, "speed_check": False})
     assert meta.extra["quantization"]["calibration_batch"] == 1
     assert any(p == "int8" for p in meta.op_precisions.values())
@@ -167,7 +164,7 @@ def test_a_source_that_bakes_its_batch_builds_int8_at_that_batch(tiny, tmp_path)
 
 def test_bad_arguments_are_usage_errors(tiny, tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="crops 224"):
-        mnv3.build(tiny["onnx"], tmp_path / "m", quant_mode="force_float32",
+        mnv3.build(tiny.onnx, tmp_path / "m", quant_mode="force_float32",
                    shape_mutable=True, batch_size=1)
     with pytest.raises(UsageError, match="batch size"):
         _build(tiny, tmp_path / "m", batch=0)
@@ -184,7 +181,7 @@ def test_bad_arguments_are_usage_errors(tiny, tmp_path, monkeypatch):
             ("openvino", "qint8_mixed_float32", -1, ">= 0"),
             ("onnxruntime", "qint8_mixed_float32", "1", ">= 0")]:
         with pytest.raises(UsageError, match=match):
-            mnv3.build(tiny["onnx"], tmp_path / "m", quant_mode=mode, shape_mutable=True,
+            mnv3.build(tiny.onnx, tmp_path / "m", quant_mode=mode, shape_mutable=True,
                        batch_size=1, preprocess=CFG, backend=backend,
                        options={"max_drop": drop})
     monkeypatch.setattr(build_mod, "_demo_dir", lambda: None)
@@ -195,7 +192,7 @@ def test_bad_arguments_are_usage_errors(tiny, tmp_path, monkeypatch):
 
 def test_calib_num_larger_than_folder_uses_all_and_says_so(tiny, tmp_path):
     meta = _build(tiny, tmp_path / "m", mode="qint8_mixed_float32", calib_num=500)
-    assert meta.calibration["count"] == len(tiny["images"])
+    assert meta.calibration["count"] == len(tiny.files)
     assert any("--calib-num 500" in n for n in meta.notes)
     assert "also used for calibration" in meta.fidelity["inputs"]
 
@@ -203,15 +200,15 @@ def test_calib_num_larger_than_folder_uses_all_and_says_so(tiny, tmp_path):
 def test_cli_build(tiny, tmp_path, capsys):
     from mnv3.cli.main import main
 
-    rc = main(["build", "--onnx", str(tiny["onnx"]), "--quant-mode", "force_float32",
+    rc = main(["build", "--onnx", str(tiny.onnx), "--quant-mode", "force_float32",
                "--shape-mutable", "true", "--batch-size", "2", "--crop", str(SIZE),
-               "--calib-dir", str(tiny["calib"]), "--output", str(tmp_path / "m"),
+               "--calib-dir", str(tiny.images), "--output", str(tmp_path / "m"),
                "--json", str(tmp_path / "r.json")])
     out = capsys.readouterr().out
     assert rc == 0 and "top-1 agreement 100.00%" in out
     assert (tmp_path / "r.json").is_file()
     assert read_meta(tmp_path / "m").preprocess.resize == 37  # round(32 / 0.875)
-    rc = main(["build", "--onnx", str(tiny["onnx"]), "--quant-mode", "int3",
+    rc = main(["build", "--onnx", str(tiny.onnx), "--quant-mode", "int3",
                "--shape-mutable", "true", "--batch-size", "2"])
     assert rc == 2
     assert os.path.exists(tmp_path / "m")
@@ -224,7 +221,7 @@ def test_bad_calibration_image_is_skipped_or_with_strict_an_error(tiny, tmp_path
     from mnv3.errors import DataError, Mnv3Warning
 
     folder = tmp_path / "calib"
-    shutil.copytree(tiny["calib"], folder)
+    shutil.copytree(tiny.images, folder)
     (folder / "img_000.png").write_bytes(b"not a png")  # sorted first: always in the subset
     with pytest.raises(DataError, match="img_000.png"):
         _build(tiny, tmp_path / "m", mode="qint8_mixed_float32", calib_dir=folder, calib_num=12,
@@ -295,18 +292,18 @@ def test_image_size_alone_sets_crop_and_resize_by_the_network_ratio(tiny, tmp_pa
     ck = tmp_path / "w.pth"
     torch.save(create_model("mobilenetv3-small", width_mult=0.35, seed=0).state_dict(), ck)
     common = ["--quant-mode", "force_float32", "--shape-mutable", "false", "--batch-size", "1",
-              "--calib-dir", str(tiny["calib"]), "--no-progress"]
+              "--calib-dir", str(tiny.images), "--no-progress"]
     assert main(["build", "--weights", str(ck), "--image-size", "64", *common,
                  "--output", str(tmp_path / "w")]) == 0, capsys.readouterr().err
     meta = read_meta(tmp_path / "w")
     assert (meta.preprocess.crop, meta.preprocess.resize) == (64, 73)  # 64 * 256 / 224
     assert meta.input_shape == [1, 3, 64, 64]
-    assert main(["build", "--onnx", str(tiny["onnx"]), "--image-size", str(SIZE), *common,
+    assert main(["build", "--onnx", str(tiny.onnx), "--image-size", str(SIZE), *common,
                  "--output", str(tmp_path / "o")]) == 0, capsys.readouterr().err
     pre = read_meta(tmp_path / "o").preprocess
     assert (pre.crop, pre.resize) == (SIZE, 37)
     capsys.readouterr()
-    assert main(["build", "--onnx", str(tiny["onnx"]), "--image-size", str(SIZE), "--crop", "40",
+    assert main(["build", "--onnx", str(tiny.onnx), "--image-size", str(SIZE), "--crop", "40",
                  *common, "--output", str(tmp_path / "x")]) == 2
     assert "--image-size 32 and --crop 40 disagree" in capsys.readouterr().err
 
@@ -336,15 +333,15 @@ def test_default_path_is_runs_rule_and_other_settings_need_force(tiny, tmp_path,
     with pytest.raises(UsageError, match=r"holds a model built with other settings \(preprocess "
                                          r"resize 36 .* -> .*mean \(0\.5, 0\.5, 0\.5\).*\); "
                                          r"pass --force"):
-        mnv3.build(tiny["onnx"], None, quant_mode="force_float32", shape_mutable=False,
-                   batch_size=4, preprocess=other, calib_dir=tiny["calib"],
+        mnv3.build(tiny.onnx, None, quant_mode="force_float32", shape_mutable=False,
+                   batch_size=4, preprocess=other, calib_dir=tiny.images,
                    options={"progress": False})
     assert read_meta(where) == again  # untouched
     capsys.readouterr()
-    argv = ["build", "--onnx", str(tiny["onnx"]), "--quant-mode", "force_float32",
+    argv = ["build", "--onnx", str(tiny.onnx), "--quant-mode", "force_float32",
             "--shape-mutable", "false", "--batch-size", "4", "--resize", "36", "--crop",
             str(SIZE), "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--calib-dir",
-            str(tiny["calib"]), "--no-progress"]
+            str(tiny.images), "--no-progress"]
     assert main(argv) == 2 and "pass --force" in capsys.readouterr().err
     assert main([*argv, "--force"]) == 0
     out = capsys.readouterr().out

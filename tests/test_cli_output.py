@@ -10,13 +10,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tiny_onnx import SIZE, export_tiny, write_images
+from tiny_onnx import SIZE
 
 PRE = ["--resize", "36", "--crop", str(SIZE)]
 HAVE_OPENVINO = all(importlib.util.find_spec(m) for m in ("openvino", "nncf"))
@@ -41,10 +42,12 @@ def json_only(res: subprocess.CompletedProcess) -> dict:
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
+def work(tiny_model, tmp_path_factory) -> Path:
+    """A folder of its own (the commands write into it) holding tiny.onnx and images/."""
+    tiny = tiny_model(dynamic=True, images=6)
     d = tmp_path_factory.mktemp("cli_json")
-    export_tiny(d / "tiny.onnx", dynamic=True)
-    write_images(d / "images", 6)
+    shutil.copy(tiny.onnx, d / "tiny.onnx")
+    shutil.copytree(tiny.images, d / "images")
     return d
 
 
@@ -83,6 +86,7 @@ def test_build_infer_eval_bench_json_stdout_is_json_only(work):
     assert json_only(res)["iterations"] == 5 and "throughput" in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino/nncf not installed (mnv3[openvino])")
 @pytest.mark.parametrize("progress", [True, False], ids=["progress", "no_progress"])
 def test_openvino_int8_build_keeps_nncf_off_stdout(work, progress):
@@ -96,6 +100,7 @@ def test_openvino_int8_build_keeps_nncf_off_stdout(work, progress):
         assert "Statistics collection" not in res.stderr and "█" not in res.stderr
 
 
+@pytest.mark.slow
 def test_run_json_stdout_is_json_only(tmp_path):
     res = mnv3("run", "--width-mult", "0.35", "--image-num", "4", "--quant-modes",
                "force_float32", "--batch-sizes", "2", "--threads", "1", "--bench-duration",

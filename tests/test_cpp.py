@@ -48,23 +48,20 @@ def binary() -> Path:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tiny_model, tmp_path_factory):
     """{name: model dir}: the tiny classifier built for OpenVINO (fixed batch 4, mutable) and ORT."""
     pytest.importorskip("openvino")
-    from tiny_onnx import export_tiny, write_images
-
     from mnv3.builder import build
 
     root = tmp_path_factory.mktemp("cpp")
-    export_tiny(root / "tiny.onnx", dynamic=True, batch=2)
-    write_images(root / "calib", 4)
+    tiny = tiny_model(dynamic=True, export_batch=2, images=4)
     out = {}
     for name, backend, mutable, batch in (("fixed4", "openvino", False, 4),
                                           ("mutable", "openvino", True, 1),
                                           ("ort", "onnxruntime", False, 4)):
         out[name] = root / name
-        build(root / "tiny.onnx", out[name], quant_mode="force_float32", shape_mutable=mutable,
-              batch_size=batch, preprocess=PP, calib_dir=root / "calib", backend=backend,
+        build(tiny.onnx, out[name], quant_mode="force_float32", shape_mutable=mutable,
+              batch_size=batch, preprocess=PP, calib_dir=tiny.images, backend=backend,
               options={"progress": False})
     return out
 
@@ -128,6 +125,7 @@ def _run(binary, *args, check=True):
     return proc
 
 
+@pytest.mark.slow  # the binary and the models fixture: about a minute on 2 vCPUs
 @pytest.mark.parametrize("variant", [{}, {"interpolation": "bicubic", "channel_order": "BGR",
                                           "resize": 45, "mean": [0.498] * 3, "std": [0.502] * 3}])
 def test_tensors_are_bit_identical_to_python_preprocessing(binary, models, tmp_path, variant):
@@ -145,6 +143,7 @@ def test_tensors_are_bit_identical_to_python_preprocessing(binary, models, tmp_p
         assert np.array_equal(ours, ref), f"{p.name}: max |diff| {np.abs(ours - ref).max()}"
 
 
+@pytest.mark.slow
 def test_result_files_match_mnv3_infer_on_the_demo_set(binary, models, tmp_path):
     from mnv3.cpp_engine import CppModel, infer_cpp
     from mnv3.data.datasets import Sample, demo_dataset
@@ -165,6 +164,7 @@ def test_result_files_match_mnv3_infer_on_the_demo_set(binary, models, tmp_path)
     assert cpp.images_per_s > 0 and cpp.engine_seconds > 0
 
 
+@pytest.mark.slow
 def test_mutable_model_and_image_num_and_plain_folder(binary, models, tmp_path):
     from tiny_onnx import write_images
 
@@ -178,6 +178,7 @@ def test_mutable_model_and_image_num_and_plain_folder(binary, models, tmp_path):
     assert not (tmp_path / "out" / "eval_result.txt").exists()  # no labels: no accuracy
 
 
+@pytest.mark.slow
 def test_bad_images_are_skipped_and_listed_or_fatal_with_strict(binary, models, tmp_path):
     from tiny_onnx import write_images
 
@@ -204,6 +205,7 @@ def test_bad_images_are_skipped_and_listed_or_fatal_with_strict(binary, models, 
     assert not (tmp_path / "new").exists()  # the folders it created are gone
 
 
+@pytest.mark.slow
 def test_reliability_bad_files_are_handled_like_python(binary, models, tmp_path):
     """The reliability suite's bad images: the program skips what Python skips, plus WebP
     (it decodes only JPEG and PNG), and builds Python's tensor for every other one."""
@@ -234,6 +236,7 @@ def test_reliability_bad_files_are_handled_like_python(binary, models, tmp_path)
             assert np.array_equal(ours, preprocess_image(s.path, cfg)), s.path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["xml", "bin", "backend", "missing", "meta"])
 def test_wrong_or_tampered_model_is_one_line_and_exit_7(binary, models, tmp_path, damage):
     from tiny_onnx import write_images
@@ -259,6 +262,7 @@ def test_wrong_or_tampered_model_is_one_line_and_exit_7(binary, models, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, needle", [
     (["--batch-size", "0"], "at least 1"),
     (["--batch-size", "3"], "fixed batch of 4"),
@@ -272,6 +276,7 @@ def test_bad_flags_are_usage_errors(binary, models, tmp_path, args, needle):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_seed_spellings_and_save_images(binary, models, tmp_path):
     from tiny_onnx import write_images
 
@@ -287,6 +292,7 @@ def test_seed_spellings_and_save_images(binary, models, tmp_path):
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
 
 
+@pytest.mark.slow
 def test_mnv3_infer_engine_cpp_cli(binary, models, tmp_path, monkeypatch):
     from mnv3.cli.main import main
 
@@ -305,6 +311,7 @@ def test_mnv3_infer_engine_cpp_cli(binary, models, tmp_path, monkeypatch):
                  "--output-dir", str(tmp_path / "o2")]) == 7
 
 
+@pytest.mark.slow
 def test_mnv3_run_cpp_adds_an_openvino_cpp_row(binary, tmp_path, monkeypatch):
     from mnv3.pipeline import run_all
     from mnv3.report import accuracy_table

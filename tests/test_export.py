@@ -136,6 +136,7 @@ def test_torchscript_source_exports(tmp_path):
     assert rel_error(ort_session(tmp_path / "ts.onnx"), model, 3, size=128) <= 1e-4
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_also_works(tmp_path):
     model = create_model("mobilenetv3-small", "torchvision", width_mult=0.35, seed=6)
     report = export_onnx(model, tmp_path / "d.onnx", dynamic_batch=True, exporter="dynamo")

@@ -19,19 +19,19 @@ from mnv3.backends import isa_mismatch
 from mnv3.cli.main import main as cli
 from mnv3.errors import BuildError, UsageError
 from mnv3.meta import PreprocessCfg, read_meta
-from tiny_onnx import SIZE, export_tiny, make_tiny
+from tiny_onnx import SIZE
 
 CFG = PreprocessCfg(resize=36, crop=SIZE)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory)
+def tiny(tiny_model):
+    return tiny_model(dynamic=True, images=24)
 
 
 def _build(tiny, out, mode="qint8_mixed_float32", **options):
-    return mnv3.build(tiny["onnx"], out, quant_mode=mode, shape_mutable=False, batch_size=4,
-                      preprocess=CFG, calib_dir=tiny["images"], calib_num=8,
+    return mnv3.build(tiny.onnx, out, quant_mode=mode, shape_mutable=False, batch_size=4,
+                      preprocess=CFG, calib_dir=tiny.images, calib_num=8,
                       options={"progress": False, **options})
 
 
@@ -211,37 +211,36 @@ def test_verify_remeasures_and_changes_nothing_unless_asked(tiny, tmp_path, caps
     before = (tmp_path / "m" / "meta.json").read_bytes()
     from mnv3.verify import verify
 
-    files = sorted(tiny["images"].iterdir())
+    files = sorted(tiny.images.iterdir())
     r = verify(tmp_path / "m", files)
     assert r["within_budget"] and r["isa"] == sysinfo.int8_isa() and not r["updated"]
     assert (tmp_path / "m" / "meta.json").read_bytes() == before
-    rc = cli(["verify", str(tmp_path / "m"), "--images", str(tiny["images"]), "--json", "-"])
+    rc = cli(["verify", str(tmp_path / "m"), "--images", str(tiny.images), "--json", "-"])
     out = capsys.readouterr()
     assert rc == 0 and json.loads(out.out)["within_budget"] is True  # stdout: JSON only
-    rc = cli(["verify", str(tmp_path / "m"), "--images", str(tiny["images"]), "--update"])
+    rc = cli(["verify", str(tmp_path / "m"), "--images", str(tiny.images), "--update"])
     assert rc == 0 and read_meta(tmp_path / "m").fidelity["verified_on"] == sysinfo.int8_isa()
 
 
 def test_verify_below_budget_exits_9(tiny, tmp_path):
     _build(tiny, tmp_path / "m", speed_check=False, allow_below_budget=True,
            min_agreement=100, min_cosine=1.0)
-    assert cli(["verify", str(tmp_path / "m"), "--images", str(tiny["images"])]) == 9
+    assert cli(["verify", str(tmp_path / "m"), "--images", str(tiny.images)]) == 9
 
 
-def test_verify_needs_the_float_source(tiny, tmp_path, capsys):
+def test_verify_needs_the_float_source(tiny, tiny_model, tmp_path, capsys):
     src = tmp_path / "copy.onnx"
-    src.write_bytes(tiny["onnx"].read_bytes())
+    src.write_bytes(tiny.onnx.read_bytes())
     mnv3.build(src, tmp_path / "m", quant_mode="force_float16", shape_mutable=True,
                batch_size=1, preprocess=CFG, options={"progress": False})
     src.unlink()
-    rc = cli(["verify", str(tmp_path / "m"), "--images", str(tiny["images"])])
+    rc = cli(["verify", str(tmp_path / "m"), "--images", str(tiny.images)])
     assert rc == 2 and "--source" in capsys.readouterr().err
-    rc = cli(["verify", str(tmp_path / "m"), "--images", str(tiny["images"]),
-              "--source", str(tiny["dir"] / "nope.onnx")])
+    rc = cli(["verify", str(tmp_path / "m"), "--images", str(tiny.images),
+              "--source", str(tmp_path / "nope.onnx")])
     assert rc == 2
-    other = tmp_path / "other.onnx"
-    export_tiny(other, dynamic=True, seed=1)
-    rc = cli(["verify", str(tmp_path / "m"), "--images", str(tiny["images"]),
+    other = tiny_model(dynamic=True, seed=1, images=0).onnx
+    rc = cli(["verify", str(tmp_path / "m"), "--images", str(tiny.images),
               "--source", str(other)])
     assert rc == 7 and "sha256" in capsys.readouterr().err
 
@@ -252,7 +251,7 @@ def test_compare_reports_outputs_worst_images_and_layers(tiny, tmp_path, capsys)
            float_first=0, float_last=0)
     from mnv3.compare import compare, top_layers
 
-    files = sorted(tiny["images"].iterdir())[:10]
+    files = sorted(tiny.images.iterdir())[:10]
     rep = compare(tmp_path / "a", tmp_path / "b", files, worst=3)
     o = rep.outputs
     assert o["count"] == 10 and 0 <= o["top1_agreement"] <= 1 and o["cosine_mean"] > 0.5
@@ -264,19 +263,19 @@ def test_compare_reports_outputs_worst_images_and_layers(tiny, tmp_path, capsys)
     assert same.outputs["top1_agreement"] == 1.0 and same.outputs["max_abs_diff"] == 0.0
     assert all(r["rel_l2"] == 0.0 for r in same.layers)
     rc = cli(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--images",
-              str(tiny["images"]), "--num", "6", "--json", "-"])
+              str(tiny.images), "--num", "6", "--json", "-"])
     out = capsys.readouterr()
     assert rc == 0 and json.loads(out.out)["images"] == 6 and "top-1 agreement" in out.err
 
 
 def test_compare_refuses_different_networks(tiny, tmp_path):
     _build(tiny, tmp_path / "a", mode="force_float32")
-    mnv3.build(tiny["onnx"], tmp_path / "c", quant_mode="force_float32", shape_mutable=True,
+    mnv3.build(tiny.onnx, tmp_path / "c", quant_mode="force_float32", shape_mutable=True,
                batch_size=1, preprocess=PreprocessCfg(resize=40, crop=SIZE),
                options={"progress": False})
     from mnv3.compare import compare
 
-    rep = compare(tmp_path / "a", tmp_path / "c", sorted(tiny["images"].iterdir())[:4])
+    rep = compare(tmp_path / "a", tmp_path / "c", sorted(tiny.images.iterdir())[:4])
     assert any("preprocess differently" in n for n in rep.notes)
     with pytest.raises(UsageError, match="needs images"):
         compare(tmp_path / "a", tmp_path / "c", [])
@@ -286,6 +285,6 @@ def test_infer_says_when_its_model_is_below_budget(tiny, tmp_path, capsys):
     _build(tiny, tmp_path / "m", speed_check=False, allow_below_budget=True,
            min_agreement=100, min_cosine=1.0)
     capsys.readouterr()
-    assert cli(["infer", "--model", str(tmp_path / "m"), "--image-dir", str(tiny["images"]),
+    assert cli(["infer", "--model", str(tmp_path / "m"), "--image-dir", str(tiny.images),
                 "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
     assert "BELOW its accuracy budget" in capsys.readouterr().out

@@ -8,47 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnv3.backends.base import Session
+from conftest import FAKE_CFG as CFG
+from conftest import FakeSession, fake_meta
 from mnv3.data.datasets import Sample, demo_dataset, load_class_names, demo_dir
 from mnv3.data.preprocess import preprocess_batch
 from mnv3.errors import DataError
 from mnv3.evaluation import evaluate_files, topk_correct
 from mnv3.inference import infer
-from mnv3.meta import ModelMeta, PreprocessCfg
-
-CFG = PreprocessCfg(resize=40, crop=32)
-
-
-def fake_meta(batch=4, mutable=False, num_classes=1000, cfg=CFG) -> ModelMeta:
-    shape = [batch, 3, cfg.crop, cfg.crop]
-    return ModelMeta(
-        backend="fake", backend_version="0", quant_mode="force_float32", shape_mutable=mutable,
-        batch_size=batch, compiled_file="none", compiled_sha256="", input_name="input",
-        output_name="logits", input_shape=shape, output_shape=[batch, num_classes],
-        num_classes=num_classes, preprocess=cfg,
-    )
-
-
-class FakeSession(Session):
-    """Deterministic 'model': a fixed random projection of channel means. Records its calls."""
-
-    def __init__(self, meta, oracle=None):
-        super().__init__(meta)
-        rng = np.random.default_rng(0)
-        self.w = rng.normal(size=(3, meta.num_classes)).astype(np.float32)
-        self.calls = []
-        self.oracle = oracle  # optional {rounded channel means: label} to force right answers
-
-    def _run(self, batch):
-        self.calls.append(batch.shape[0])
-        pooled = batch.mean(axis=(2, 3))
-        logits = pooled @ self.w
-        if self.oracle:
-            for i, p in enumerate(pooled):
-                label = self.oracle.get(tuple(np.round(p, 4)))
-                if label is not None:
-                    logits[i, label] = 1e3
-        return logits
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +60,7 @@ def test_result_files_match_the_model_and_round_trip_through_eval(demo, tmp_path
 def test_accuracy_is_one_when_the_model_is_right(demo, tmp_path):
     x = preprocess_batch([s.path for s in demo], CFG)
     oracle = {tuple(np.round(p, 4)): s.label for p, s in zip(x.mean(axis=(2, 3)), demo)}
-    result = infer(FakeSession(fake_meta(batch=3), oracle), demo, tmp_path, progress=False)
+    result = infer(FakeSession(fake_meta(batch=3), oracle=oracle), demo, tmp_path, progress=False)
     assert (result.top1, result.top5) == (1.0, 1.0)
 
 
@@ -255,34 +221,16 @@ def test_names_keep_subfolders_and_stay_inside(tmp_path, demo):
 
 
 # ---------------------------------------------------------------- through a real built model
-def _tiny_1000_class_onnx(path):
-    """A tiny conv net with 1000 outputs (so ImageNet labels are in range), exported to ONNX."""
-    import warnings
-
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.Hardswish(), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten(), nn.Linear(8, 1000)).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(2, 3, CFG.crop, CFG.crop),), str(path),
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=17, dynamo=False)
-    return net
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tiny_model, tmp_path_factory):
+    """A built model with 1000 outputs (so ImageNet labels are in range), its torch source."""
     import mnv3
 
+    tiny = tiny_model(dynamic=True, export_batch=2, images=0, classes=1000)
     d = tmp_path_factory.mktemp("built")
-    net = _tiny_1000_class_onnx(d / "tiny.onnx")
-    mnv3.build(d / "tiny.onnx", d / "model", quant_mode="force_float32", shape_mutable=False,
+    mnv3.build(tiny.onnx, d / "model", quant_mode="force_float32", shape_mutable=False,
                batch_size=4, preprocess=CFG, options={"fidelity_num": 4, "progress": False})
-    return d / "model", net
+    return d / "model", tiny.module
 
 
 def test_cli_infer_on_demo_with_a_built_model_then_eval(built, demo, tmp_path, capsys):

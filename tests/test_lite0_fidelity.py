@@ -23,7 +23,7 @@ from mnv3.sysinfo import int8_saturates
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-pytestmark = needs_lite0
+pytestmark = [needs_lite0, pytest.mark.slow]  # the module fixture: ~12 min on a busy 2-vCPU machine
 
 
 @pytest.fixture(scope="module")

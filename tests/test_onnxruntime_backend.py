@@ -8,16 +8,15 @@ import pytest
 import mnv3
 from mnv3.errors import BackendUnavailable, ModelError
 from mnv3.meta import PreprocessCfg
-from tiny_onnx import SIZE, export_tiny
+from tiny_onnx import SIZE
 
 CFG = PreprocessCfg(resize=36, crop=SIZE)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tiny_model, tmp_path_factory):
     d = tmp_path_factory.mktemp("ort")
-    export_tiny(d / "t.onnx", dynamic=True)
-    mnv3.build(d / "t.onnx", d / "m", quant_mode="force_float32", shape_mutable=True,
+    mnv3.build(tiny_model(dynamic=True, images=0).onnx, d / "m", quant_mode="force_float32", shape_mutable=True,
                batch_size=1, preprocess=CFG)
     return d / "m"
 

@@ -2,7 +2,7 @@
 
 Runs when openvino (and nncf) are installed (CI installs ``.[dev,openvino]``) and skips with the
 reason otherwise, except the install-hint test, which simulates the missing package.
-The shared tiny MobileNet-like net (tests/tiny_onnx.py) on 32x32 images keeps it fast.
+The shared tiny MobileNet-like net (conftest.py's tiny_model) on 32x32 images keeps it fast.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from mnv3.meta import PreprocessCfg
 from mnv3.quant_mode import QuantMode
 
 PP = PreprocessCfg(resize=36, crop=32)
+# over ~10 s (pytest --durations on 2 vCPUs): force_float32 is the module's first OpenVINO build
+SLOW_MODES = ("force_float32", "qint8_mixed_float32")
 MODES = ("force_float32", "force_float16", "force_bfloat16", "qint8_mixed_float32",
          "qint8_mixed_float16")
 
@@ -42,24 +44,17 @@ ovb = importlib.import_module("mnv3.backends.openvino") if HAVE_OPENVINO else No
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(tiny.onnx with a dynamic batch, folder of 8 calibration/held-out PNGs, fp32 reference fn)."""
-    pytest.importorskip("torch")
-    from tiny_onnx import export_tiny, torch_logits, write_images
-
-    root = tmp_path_factory.mktemp("ov")
-    net = export_tiny(root / "tiny.onnx", dynamic=True, batch=2)
-    write_images(root / "images", 8)
-    return root / "tiny.onnx", root / "images", lambda x: torch_logits(net, x)
+def tiny(tiny_model):
+    """tiny.onnx with a dynamic batch, 8 calibration/held-out PNGs, the fp32 reference."""
+    return tiny_model(dynamic=True, export_batch=2, images=8)
 
 
 def _build(tiny, tmp_path, mode, mutable=False, batch=2, **options):
-    onnx_path, images, _ = tiny
     out = tmp_path / f"{mode}_{mutable}_{batch}"
     # these tests check what each build contains: keep int8 where the tiny net's int8 is
     # slower than float32 (tests/test_gate.py tests that fallback)
-    build(onnx_path, out, quant_mode=mode, shape_mutable=mutable, batch_size=batch,
-          preprocess=PP, calib_dir=images, calib_num=6, backend="openvino",
+    build(tiny.onnx, out, quant_mode=mode, shape_mutable=mutable, batch_size=batch,
+          preprocess=PP, calib_dir=tiny.images, calib_num=6, backend="openvino",
           options={"progress": False, "speed_check": False, **options})
     return out
 
@@ -69,7 +64,8 @@ def _cosine(a, b):
 
 
 @needs_openvino
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_MODES
+                                  else m for m in MODES])
 def test_every_mode_builds_loads_and_predicts_like_fp32(tiny, tmp_path, mode):
     if mode == "force_bfloat16" and "BF16" not in ovb.cpu_capabilities():
         pytest.skip("this CPU has no bf16 (the refusal is tested below)")
@@ -78,7 +74,7 @@ def test_every_mode_builds_loads_and_predicts_like_fp32(tiny, tmp_path, mode):
     assert meta["backend"] == "openvino" and meta["compiled_file"] == "model.xml"
     assert meta["extra"]["bin_sha256"] and meta["op_precisions"]
     x = np.random.default_rng(1).standard_normal((5, 3, 32, 32)).astype(np.float32)
-    ref = tiny[2](x)
+    ref = tiny.logits(x)
     with load(model) as session:
         for n in (1, 3, 5):  # fixed batch 2: split and pad by the base Session
             y = session.predict(x[:n])
@@ -104,8 +100,8 @@ def test_mutable_batch_model_takes_any_batch(tiny, tmp_path):
     x = np.random.default_rng(2).standard_normal((7, 3, 32, 32)).astype(np.float32)
     with load(model) as session:
         assert session.fixed_batch is None
-        np.testing.assert_allclose(session.run(x), tiny[2](x), rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(session.run(x[:1]), tiny[2](x[:1]), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(session.run(x), tiny.logits(x), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(session.run(x[:1]), tiny.logits(x[:1]), rtol=1e-4, atol=1e-4)
 
 
 @needs_openvino
@@ -119,12 +115,13 @@ def test_one_array_refilled_in_place_gives_each_fill_its_own_result(tiny, tmp_pa
     with load(model) as session:
         for fill in fills + fills[:1]:
             buffer[...] = fill
-            np.testing.assert_allclose(session.run(buffer), tiny[2](fill), rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(session.run(buffer), tiny.logits(fill), rtol=1e-4, atol=1e-4)
             other = fill[::-1].copy()  # a different array between two uses of the buffer
-            np.testing.assert_allclose(session.run(other), tiny[2](other), rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(session.run(other), tiny.logits(other), rtol=1e-4, atol=1e-4)
 
 
 @needs_openvino
+@pytest.mark.slow
 def test_second_load_comes_from_the_compiled_model_cache(tiny, tmp_path):
     model = _build(tiny, tmp_path, "force_float32")
     assert not (model / ".ov_cache").exists()  # the build's fidelity run leaves no orphan blobs
@@ -166,7 +163,7 @@ def test_bf16_is_refused_on_a_cpu_without_bf16(tiny, tmp_path, monkeypatch):
 
 def test_bf16_is_an_openvino_only_mode(tiny, tmp_path):
     with pytest.raises(UsageError, match="openvino"):
-        build(tiny[0], tmp_path / "m", quant_mode="force_bfloat16", shape_mutable=False,
+        build(tiny.onnx, tmp_path / "m", quant_mode="force_bfloat16", shape_mutable=False,
               batch_size=1, preprocess=PP, backend="onnxruntime")
 
 
@@ -207,6 +204,7 @@ def test_run_is_safe_from_several_threads(tiny, tmp_path):
 
 
 @needs_openvino
+@pytest.mark.slow
 def test_accuracy_control_records_its_metric_and_float_layers(tiny, tmp_path):
     model = _build(tiny, tmp_path, "qint8_mixed_float32", max_drop=0.0)
     extra = json.loads((model / "meta.json").read_text())["extra"]
@@ -219,8 +217,8 @@ def test_accuracy_control_records_its_metric_and_float_layers(tiny, tmp_path):
 @needs_openvino
 def test_percentile_calibration_is_refused_with_the_alternatives(tiny, tmp_path):
     with pytest.raises(UsageError, match="minmax or entropy"):
-        build(tiny[0], tmp_path / "m", quant_mode="qint8_mixed_float32", shape_mutable=False,
-              batch_size=1, preprocess=PP, calib_dir=tiny[1], calib_method="percentile",
+        build(tiny.onnx, tmp_path / "m", quant_mode="qint8_mixed_float32", shape_mutable=False,
+              batch_size=1, preprocess=PP, calib_dir=tiny.images, calib_method="percentile",
               backend="openvino", options={"progress": False})
     assert not (tmp_path / "m").exists()
 
@@ -230,17 +228,16 @@ def test_cli_build_infer_bench_with_the_openvino_backend(tiny, tmp_path, capsys)
     """`mnv3 build/infer/bench --backend openvino` through the shared CLI, --max-drop included."""
     from mnv3.cli.main import main
 
-    onnx_path, images, _ = tiny
     model = tmp_path / "m"
-    assert main(["build", "--onnx", str(onnx_path), "--backend", "openvino",
+    assert main(["build", "--onnx", str(tiny.onnx), "--backend", "openvino",
                  "--quant-mode", "qint8_mixed_float16", "--shape-mutable", "false",
-                 "--batch-size", "2", "--calib-dir", str(images), "--calib-num", "6",
+                 "--batch-size", "2", "--calib-dir", str(tiny.images), "--calib-num", "6",
                  "--resize", "36", "--crop", "32", "--max-drop", "1.0", "--no-progress",
                  "--keep-slower-int8", "--output", str(model)]) == 0
     meta = json.loads((model / "meta.json").read_text())
     assert meta["backend"] == "openvino" and meta["extra"]["quantization"]["max_drop"] == 1.0
     assert meta["extra"]["inference_precision"] == "f32"  # the budget was checked in f32
-    assert main(["infer", "--model", str(model), "--image-dir", str(images),
+    assert main(["infer", "--model", str(model), "--image-dir", str(tiny.images),
                  "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
     bench = tmp_path / "bench.json"
     assert main(["bench", "--model", str(model), "--streams", "2", "--iterations", "20",
@@ -249,7 +246,7 @@ def test_cli_build_infer_bench_with_the_openvino_backend(tiny, tmp_path, capsys)
     assert result["backend"] == "openvino" and result["streams"] == 2
     assert result["iterations"] == 20 and result["throughput_ips"] > 0
     # --max-drop budgets a reduced precision: for the float32 reference it is a usage error
-    assert main(["build", "--onnx", str(onnx_path), "--quant-mode", "force_float32",
+    assert main(["build", "--onnx", str(tiny.onnx), "--quant-mode", "force_float32",
                  "--shape-mutable", "false", "--batch-size", "1", "--max-drop", "0.2",
                  "--output", str(tmp_path / "ort")]) == 2
     assert "force_float32 is the reference" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import pytest
 
 import mnv3
 from mnv3.meta import PreprocessCfg
-from tiny_onnx import SIZE, export_tiny, write_images
+from tiny_onnx import SIZE
 
 CFG = PreprocessCfg(resize=36, crop=SIZE)
 
@@ -38,22 +38,19 @@ def _assert_plain(root, umask: int) -> None:
         assert mode == want, f"{path}: mode {mode:o}, a plain write gives {want:o}"
 
 
-def test_build_infer_and_report_outputs_get_plain_modes(tmp_path, umask):
+def test_build_infer_and_report_outputs_get_plain_modes(tiny_model, tmp_path, umask):
     from test_report import make_report
 
-    src = tmp_path / "src"
-    src.mkdir()
-    export_tiny(src / "tiny.onnx", dynamic=True)
-    write_images(src / "images", 4)
+    src = tiny_model(dynamic=True, images=4)
     out = tmp_path / "out"
     out.mkdir()
-    mnv3.build(src / "tiny.onnx", out / "model", quant_mode="force_float32",
-               shape_mutable=False, batch_size=2, preprocess=CFG, calib_dir=src / "images",
+    mnv3.build(src.onnx, out / "model", quant_mode="force_float32",
+               shape_mutable=False, batch_size=2, preprocess=CFG, calib_dir=src.images,
                options={"progress": False})
     _assert_plain(out / "model", umask)
     from mnv3.data.datasets import load_dataset
 
-    mnv3.infer(out / "model", load_dataset(src / "images"), out / "results", progress=False,
+    mnv3.infer(out / "model", load_dataset(src.images), out / "results", progress=False,
                save_images=True)
     _assert_plain(out / "results", umask)
     from mnv3.report import write_report

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -24,14 +29,37 @@ KWARGS = dict(width_mult=0.35, image_num=4, quant_modes=("force_float32", "qint8
 NAMES = ("force_float32_false_2", "qint8_mixed_float32_false_2")
 
 
+@dataclass
+class FirstRun:
+    out: Path
+    rc: int
+    stdout: str
+    stderr: str
 
 
-def test_run_end_to_end_then_reuse(tmp_path, capsys):
-    out = tmp_path / "data"
-    assert main(["run", *ARGS, "--out", str(out)]) == 0
-    printed = capsys.readouterr()
-    assert "WARNING" in printed.err and "UNTRAINED" in printed.err  # said loudly at the start
-    stdout = printed.out
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> FirstRun:
+    """`mnv3 run ARGS` once into a fresh folder, what it printed captured. The later tests start
+    from a copy of its folder (a run is resumable: what they ask for that it built is reused)."""
+    out = tmp_path_factory.mktemp("run") / "data"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        rc = main(["run", *ARGS, "--out", str(out)])
+    return FirstRun(out, rc, stdout.getvalue(), stderr.getvalue())
+
+
+def _copy_of(first_run: FirstRun, dest: Path) -> Path:
+    assert first_run.rc == 0
+    shutil.copytree(first_run.out, dest)  # copy2: mtimes and contents kept, so reuse applies
+    return dest
+
+
+@pytest.mark.slow  # first_run: a whole pipeline run; the first test to use it pays
+def test_run_end_to_end_then_reuse(first_run, tmp_path, capsys):
+    out = first_run.out
+    assert first_run.rc == 0
+    assert "WARNING" in first_run.stderr and "UNTRAINED" in first_run.stderr  # said at the start
+    stdout = first_run.stdout
     assert "| Model | QuantMode_ShapeMutable_BatchSize | Throughput (images/s) |" in stdout
     assert "| Model | QuantMode_ShapeMutable_BatchSize | top1 | top5 | agreement with fp32 |" \
         in stdout
@@ -86,14 +114,15 @@ def test_run_end_to_end_then_reuse(tmp_path, capsys):
     assert "fixed batch of 2" in capsys.readouterr().err
 
 
-def test_changed_request_rebuilds(tmp_path):
+@pytest.mark.slow
+def test_changed_request_rebuilds(first_run, tmp_path):
     """A model whose meta.json does not match (here: another calibration count) is rebuilt."""
     kw = {**KWARGS, "quant_modes": ("qint8_mixed_float32",), "bench_iterations": 2,
           "bench_duration": None}
-    run_all(**kw, out=tmp_path)
-    rep = run_all(**{**kw, "calib_num": 3}, out=tmp_path)
+    out = _copy_of(first_run, tmp_path / "data")  # its int8 model: calibrated on 4 images
+    rep = run_all(**{**kw, "calib_num": 3}, out=out)
     assert not rep.rows[0].reused
-    assert read_meta(tmp_path / "models" / NAMES[1]).calibration["requested"] == 3
+    assert read_meta(out / "models" / NAMES[1]).calibration["requested"] == 3
     # ...and never silently (issue 13): the report says what the rebuild replaced
     assert len(rep.rows[0].replaced) == 1 and "calibration 4 images of" in rep.rows[0].replaced[0]
     assert any(n.startswith(f"models/{NAMES[1]} replaced a model built with other settings: "
@@ -149,11 +178,13 @@ def test_plan_builds_each_mode_for_each_backend_that_can(monkeypatch):
     assert plan["skipped"] == [("onnxruntime", "force_bfloat16")]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
                     reason="openvino is not installed (pip install -e '.[openvino]')")
-def test_run_with_two_backends_one_report(tmp_path, capsys):
-    """`mnv3 run --backends onnxruntime,openvino`: both in one report, with a backend column."""
-    out = tmp_path / "data"
+def test_run_with_two_backends_one_report(first_run, tmp_path, capsys):
+    """`mnv3 run --backends onnxruntime,openvino`: both in one report, with a backend column.
+    (From first_run's folder: its ONNX Runtime models are reused, the OpenVINO ones built.)"""
+    out = _copy_of(first_run, tmp_path / "data")
     assert main(["run", *ARGS, "--backends", "onnxruntime,openvino", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert "| Model | Backend | QuantMode_ShapeMutable_BatchSize | Throughput (images/s) |" \
@@ -177,6 +208,7 @@ def test_run_with_two_backends_one_report(tmp_path, capsys):
     assert "onnxruntime 1." in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # a run plus a 40 s tune budget
 def test_run_tune_adds_the_tuned_row_run_as_tuned(tmp_path):
     """mnv3 run --tune: tune's winner per batch is a row of both tables, benchmarked with the
     threads and requests in flight tune chose, and the report says how the rows differ."""

@@ -15,7 +15,7 @@ from mnv3.backends.onnxruntime_fp16 import convert_fp16
 from mnv3.data.preprocess import preprocess_image
 from mnv3.errors import UsageError
 from mnv3.meta import PreprocessCfg
-from tiny_onnx import SIZE, export_tiny, write_images
+from tiny_onnx import SIZE, write_images
 
 CFG = PreprocessCfg(resize=40, crop=SIZE, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 
@@ -51,19 +51,18 @@ def test_list_images_finds_images_subfolder_and_rejects_missing(tmp_path):
         calib.list_images(tmp_path / "nope")
 
 
-def test_set_batch_dim(tmp_path):
-    export_tiny(tmp_path / "t.onnx", dynamic=True)
-    m = onnx_source.set_batch_dim(onnx.load(str(tmp_path / "t.onnx")), 8)
+def test_set_batch_dim(tiny_model):
+    m = onnx_source.set_batch_dim(onnx.load(str(tiny_model(dynamic=True, images=4).onnx)), 8)
     inp, out = onnx_source.graph_io(m)
     assert onnx_source.dims_of(inp) == [8, 3, SIZE, SIZE] and onnx_source.dims_of(out)[0] == 8
     m = onnx_source.set_batch_dim(m, "batch")
     assert onnx_source.dims_of(onnx_source.graph_io(m)[0])[0] == "batch"
 
 
-def test_default_float_ends(tmp_path):
-    export_tiny(tmp_path / "t.onnx", dynamic=True)
-    files = write_images(tmp_path / "img", 4)
-    s = q.quantize_int8(tmp_path / "t.onnx", tmp_path / "q.onnx", files, CFG, progress=False)
+def test_default_float_ends(tiny_model, tmp_path):
+    tiny = tiny_model(dynamic=True, images=4)
+    files = tiny.files
+    s = q.quantize_int8(tiny.onnx, tmp_path / "q.onnx", files, CFG, progress=False)
     model = onnx.load(str(tmp_path / "q.onnx"))
     convs = q.quantized_node_names(model)
     # 5 convs + the Gemm: the first three and the last two stay float by default
@@ -71,11 +70,11 @@ def test_default_float_ends(tmp_path):
     assert not set(convs) & set(s["excluded_nodes"])
 
 
-def test_mixed_fp16_keeps_int8_convolutions_fusable(tmp_path):
+def test_mixed_fp16_keeps_int8_convolutions_fusable(tiny_model, tmp_path):
     """The fp16 converter's cast round trips must not stop ORT fusing DQ->Conv->Q to int8."""
-    export_tiny(tmp_path / "t.onnx", dynamic=True)
-    files = write_images(tmp_path / "img", 4)
-    q.quantize_int8(tmp_path / "t.onnx", tmp_path / "q.onnx", files, CFG, progress=False,
+    tiny = tiny_model(dynamic=True, images=4)
+    files = tiny.files
+    q.quantize_int8(tiny.onnx, tmp_path / "q.onnx", files, CFG, progress=False,
                     options={"float_first": 0, "float_last": 0})
     model = onnx.load(str(tmp_path / "q.onnx"))
     convs = q.quantized_node_names(model)
@@ -120,18 +119,18 @@ def test_bias_correction_removes_the_mean_shift_of_int8_weights():
 
 
 @pytest.mark.parametrize("isa", ["avx512_vnni", "avx2"])
-def test_bias_correction_models_the_weights_ort_actually_writes(tmp_path, isa):
+def test_bias_correction_models_the_weights_ort_actually_writes(tiny_model, tmp_path, isa):
     """fake_quant_weight must equal ORT's weights for every recipe (the ISA decides 7 or 8 bits),
     or the correction corrects a fiction."""
     from onnx import numpy_helper
 
-    export_tiny(tmp_path / "t.onnx", dynamic=True)
-    files = write_images(tmp_path / "img", 4)
-    s = q.quantize_int8(tmp_path / "t.onnx", tmp_path / "q.onnx", files, CFG, progress=False,
+    tiny = tiny_model(dynamic=True, images=4)
+    files = tiny.files
+    s = q.quantize_int8(tiny.onnx, tmp_path / "q.onnx", files, CFG, progress=False,
                         options={"float_first": 0, "float_last": 0, "isa": isa})
     qrange = q.weight_qrange("int8", s["reduce_range"])
     assert s["reduce_range"] == (isa == "avx2")  # 7-bit weights only where u8 x s8 saturates
-    source = onnx.load(str(tmp_path / "t.onnx"))
+    source = onnx.load(str(tiny.onnx))
     float_w = {i.name: numpy_helper.to_array(i) for i in source.graph.initializer}
     model = onnx.load(str(tmp_path / "q.onnx"))
     init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}

@@ -194,6 +194,7 @@ def test_readme_has_blocks_and_marks_are_explained():
     assert [b.heading for b in BLOCKS if b.skip][:2] == ["Install", "Test"]
 
 
+@pytest.mark.slow  # each block runs the ones before it: whichever runs first pays for them
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
 def test_readme_block_runs_as_written(runner, block):
     failed = [i for i, state in runner.done.items() if i < block.index and state == "failed"]

@@ -15,7 +15,7 @@ from mnv3 import tune as t
 from mnv3.cli.main import main as cli
 from mnv3.errors import UsageError
 from mnv3.meta import PreprocessCfg, read_meta
-from tiny_onnx import SIZE, make_tiny
+from tiny_onnx import SIZE
 
 CFG = PreprocessCfg(resize=36, crop=SIZE)
 FAST = {"rounds": 3, "slice_s": 0.05, "progress": False, "calib_num": 8,
@@ -23,23 +23,29 @@ FAST = {"rounds": 3, "slice_s": 0.05, "progress": False, "calib_num": 8,
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory)
+def tiny(tiny_model):
+    return tiny_model(dynamic=True, images=24)
 
 
 @pytest.fixture(scope="module")
-def loose(tiny):
+def work(tmp_path_factory):
+    """Where this module's tune runs write (the tiny model's folder is shared: read-only)."""
+    return tmp_path_factory.mktemp("tune")
+
+
+@pytest.fixture(scope="module")
+def loose(tiny, work):
     """A budget every build meets: float32 and int8 are both measured."""
-    return t.tune(tiny["onnx"], batch_sizes=(1, 2), objective="throughput", min_agreement=50,
-                  min_cosine=0.5, calib_dir=tiny["images"], preprocess=CFG,
-                  out=tiny["dir"] / "loose", time_budget_s=120, **FAST)
+    return t.tune(tiny.onnx, batch_sizes=(1, 2), objective="throughput", min_agreement=50,
+                  min_cosine=0.5, calib_dir=tiny.images, preprocess=CFG,
+                  out=work / "loose", time_budget_s=120, **FAST)
 
 
 @pytest.fixture(scope="module")
-def strict(tiny):
+def strict(tiny, work):
     """A budget no reduced precision can meet (cosine 1.0): int8 is refused."""
-    return t.tune(tiny["onnx"], batch_sizes=(1,), objective="latency", min_cosine=1.0,
-                  calib_dir=tiny["images"], preprocess=CFG, out=tiny["dir"] / "strict",
+    return t.tune(tiny.onnx, batch_sizes=(1,), objective="latency", min_cosine=1.0,
+                  calib_dir=tiny.images, preprocess=CFG, out=work / "strict",
                   time_budget_s=120, **FAST)
 
 
@@ -73,7 +79,7 @@ def test_runtime_settings_per_objective():
                                     {"time_budget_s": 0}, {"min_agreement": 150}])
 def test_bad_arguments_fail_before_any_work(tiny, tmp_path, kwargs):
     with pytest.raises(UsageError):
-        t.tune(tiny["onnx"], out=tmp_path / "o", **{**FAST, **kwargs})
+        t.tune(tiny.onnx, out=tmp_path / "o", **{**FAST, **kwargs})
     assert not (tmp_path / "o" / "models").exists()
 
 
@@ -114,10 +120,10 @@ def test_tuned_model_records_its_runtime_settings(loose):
     assert meta.batch_size == 1 and meta.shape_mutable is False
 
 
-def test_reports_list_every_candidate_with_the_isa(loose, tiny):
+def test_reports_list_every_candidate_with_the_isa(loose, work):
     from mnv3.sysinfo import isa_label
 
-    out = tiny["dir"] / "loose"
+    out = work / "loose"
     data = t.load_report(out / "tune.json")
     assert data["isa"] == loose.isa and len(data["candidates"]) == len(loose.candidates)
     assert all(s["median_ips"] is not None and s["min_ips"] <= s["median_ips"] <= s["max_ips"]
@@ -137,18 +143,18 @@ def test_pareto_front_keeps_what_nothing_beats_on_both_axes():
     assert [(p["x"], p["y"]) for p in pareto(pts)] == [(99, 20), (99.5, 12), (100, 10)]
 
 
-def test_a_refused_candidate_is_listed_with_its_reason(strict, tiny):
+def test_a_refused_candidate_is_listed_with_its_reason(strict, work):
     (int8,) = [c for c in strict.candidates if c.quant_mode == "qint8_mixed_float32"]
     assert int8.status == "refused" and "accuracy budget" in int8.why
     assert int8.model_dir is None and not int8.settings
     w = strict.winners["latency_b1"]
     assert w["candidate"].endswith("force_float32_false_1") and w["streams"] == 1
-    md = (tiny["dir"] / "strict" / "tune.md").read_text()
+    md = (work / "strict" / "tune.md").read_text()
     assert "refused" in md and "accuracy budget" in md
 
 
 def test_the_time_budget_is_respected_and_skips_are_said(tiny, tmp_path):
-    report = t.tune(tiny["onnx"], batch_sizes=(1, 2), calib_dir=tiny["images"],
+    report = t.tune(tiny.onnx, batch_sizes=(1, 2), calib_dir=tiny.images,
                     preprocess=CFG, out=tmp_path / "o", time_budget_s=0.001, **FAST)
     assert report.skipped  # something had to give
     skipped = [c for c in report.candidates if c.status == "skipped"]
@@ -183,9 +189,9 @@ def test_bench_uses_the_tuned_settings_unless_overridden(loose, tmp_path, capsys
 
 def test_cli_tune_runs_and_writes_its_reports(tiny, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = cli(["tune", "--onnx", str(tiny["onnx"]), "--image-size", str(SIZE), "--batch-sizes",
+    rc = cli(["tune", "--onnx", str(tiny.onnx), "--image-size", str(SIZE), "--batch-sizes",
               "1", "--backends", "onnxruntime", "--objective", "latency", "--calib-dir",
-              str(tiny["images"]), "--calib-num", "8", "--min-agreement", "50", "--min-cosine",
+              str(tiny.images), "--calib-num", "8", "--min-agreement", "50", "--min-cosine",
               "0.5", "--time-budget", "1m", "--rounds", "2", "--slice", "0.05", "--out",
               str(out), "--no-progress", "--json", "-"])
     assert rc == 0
@@ -203,10 +209,10 @@ def test_cli_time_budget_parses_units():
         duration("ten minutes")
 
 
-def test_a_rerun_reuses_the_builds(loose, tiny):
-    again = t.tune(tiny["onnx"], batch_sizes=(1,), objective="latency", min_agreement=50,
-                   min_cosine=0.5, calib_dir=tiny["images"], preprocess=CFG,
-                   out=tiny["dir"] / "loose", time_budget_s=120, **FAST)
+def test_a_rerun_reuses_the_builds(loose, tiny, work):
+    again = t.tune(tiny.onnx, batch_sizes=(1,), objective="latency", min_agreement=50,
+                   min_cosine=0.5, calib_dir=tiny.images, preprocess=CFG,
+                   out=work / "loose", time_budget_s=120, **FAST)
     assert all(c.reused for c in again.candidates)
     assert "latency_b1" in again.winners
 

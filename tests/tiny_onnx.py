@@ -1,6 +1,6 @@
 """Tiny MobileNetV3-like ONNX classifiers for build/backend tests (made in seconds, no data).
 
-One generator for the build, quantize and backend tests: a stem conv + hardswish, a depthwise
+Tests get them through conftest.py's ``tiny_model`` factory; this is the one generator behind it: a stem conv + hardswish, a depthwise
 conv, a squeeze-excite block with hardsigmoid, a pointwise conv and a linear head, on 32x32
 images, exported with torch.onnx (dynamic or fixed batch, or with the batch baked into a
 Reshape, the trap that makes a graph impossible to re-batch).
@@ -18,7 +18,7 @@ SIZE = 32
 NUM_CLASSES = 10
 
 
-def tiny_module(seed: int = 0, bake_batch: bool = False):
+def tiny_module(seed: int = 0, bake_batch: bool = False, num_classes: int = NUM_CLASSES):
     import torch
     from torch import nn
 
@@ -38,7 +38,7 @@ def tiny_module(seed: int = 0, bake_batch: bool = False):
             self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16),
                                     nn.Hardswish())
             self.se, self.pw = SE(16), nn.Conv2d(16, 24, 1)
-            self.fc = nn.Linear(24, NUM_CLASSES)
+            self.fc = nn.Linear(24, num_classes)
 
         def forward(self, x):
             x = nn.functional.hardswish(self.pw(self.se(self.dw(self.stem(x)))))
@@ -57,11 +57,11 @@ def tiny_module(seed: int = 0, bake_batch: bool = False):
 
 
 def export_tiny(path: Path, dynamic: bool = True, batch: int = 1, bake_batch: bool = False,
-                seed: int = 0):
+                seed: int = 0, num_classes: int = NUM_CLASSES):
     """Write a tiny classifier to ``path``; returns the torch module (the float reference)."""
     import torch
 
-    model = tiny_module(seed, bake_batch)
+    model = tiny_module(seed, bake_batch, num_classes)
     x = torch.randn(batch, 3, SIZE, SIZE)
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
     with warnings.catch_warnings():
@@ -92,10 +92,3 @@ def torch_logits(model, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model(torch.from_numpy(x)).numpy()
 
-
-def make_tiny(tmp_path_factory) -> dict:
-    """A dynamic-batch tiny ONNX and 24 images in a fresh folder (module fixtures' shared body)."""
-    d = tmp_path_factory.mktemp("tiny")
-    export_tiny(d / "tiny.onnx", dynamic=True)
-    write_images(d / "images", 24)
-    return {"onnx": d / "tiny.onnx", "images": d / "images", "dir": d}

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tiny_onnx import export_tiny, write_images
-
 from .helpers import CFG, CliResult
 
 
@@ -30,18 +28,17 @@ def cli(capsys):
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> dict:
+def tiny(tiny_model, tmp_path_factory) -> dict:
     """A tiny ONNX classifier (32x32, 10 classes), 6 calibration images, a built model
     (force_float32, fixed batch 2)."""
     import mnv3
 
-    d = tmp_path_factory.mktemp("rel_tiny")
-    export_tiny(d / "tiny.onnx", dynamic=True)
-    write_images(d / "images", 6)
-    mnv3.build(d / "tiny.onnx", d / "model", quant_mode="force_float32", shape_mutable=False,
-               batch_size=2, preprocess=CFG, calib_dir=d / "images",
+    src = tiny_model(dynamic=True, images=6)
+    model = tmp_path_factory.mktemp("rel_tiny") / "model"
+    mnv3.build(src.onnx, model, quant_mode="force_float32", shape_mutable=False,
+               batch_size=2, preprocess=CFG, calib_dir=src.images,
                options={"progress": False})
-    return {"onnx": d / "tiny.onnx", "images": d / "images", "model": d / "model"}
+    return {"onnx": src.onnx, "images": src.images, "model": model}
 
 
 @pytest.fixture
