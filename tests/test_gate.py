@@ -6,6 +6,7 @@ whichever CPU runs the suite (AVX2-only and AVX-512 VNNI machines both run CI).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -29,10 +30,10 @@ def tiny(tiny_model):
     return tiny_model(dynamic=True, images=24)
 
 
-def _build(tiny, out, mode="qint8_mixed_float32", **options):
+def _build(tiny, out, mode="qint8_mixed_float32", backend_name="onnxruntime", **options):
     return mnv3.build(tiny.onnx, out, quant_mode=mode, shape_mutable=False, batch_size=4,
                       preprocess=CFG, calib_dir=tiny.images, calib_num=8,
-                      options={"progress": False, **options})
+                      backend=backend_name, options={"progress": False, **options})
 
 
 # ----------------------------------------------------------------------------- the CPU
@@ -266,6 +267,26 @@ def test_compare_reports_outputs_worst_images_and_layers(tiny, tmp_path, capsys)
               str(tiny.images), "--num", "6", "--json", "-"])
     out = capsys.readouterr()
     assert rc == 0 and json.loads(out.out)["images"] == 6 and "top-1 agreement" in out.err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
+def test_compare_two_openvino_builds_layer_by_layer(tiny, tmp_path):
+    _build(tiny, tmp_path / "a", mode="force_float32", backend_name="openvino")
+    _build(tiny, tmp_path / "b", speed_check=False, allow_below_budget=True,
+           backend_name="openvino")
+    from mnv3.compare import compare, top_layers
+
+    files = sorted(tiny.images.iterdir())[:6]
+    rep = compare(tmp_path / "a", tmp_path / "b", files)
+    assert rep.layers and not rep.notes
+    assert any(r["rel_l2"] > 0 for r in rep.layers)  # int8 differs somewhere
+    assert top_layers(rep.layers, 1)[0]["adds"] == max(r["adds"] for r in rep.layers)
+    same = compare(tmp_path / "a", tmp_path / "a", files)
+    assert len(same.layers) == len(rep.layers)
+    assert all(r["rel_l2"] == 0.0 and r["adds"] == 0.0 for r in same.layers)
+    _build(tiny, tmp_path / "ort", mode="force_float32")  # a mixed pair: outputs only
+    mixed = compare(tmp_path / "ort", tmp_path / "a", files)
+    assert not mixed.layers and any("one engine's graph format" in n for n in mixed.notes)
 
 
 def test_compare_refuses_different_networks(tiny, tmp_path):

@@ -87,16 +87,16 @@ def _tensors(path: Path, ports: Sequence, images: np.ndarray, chunk: int) -> lis
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     req = compiled.create_infer_request()
     values: list[list] = [[] for _ in ports]
-    for i in range(0, len(images), chunk):
-        x = images[i:i + chunk]
-        if compiled.input(0).get_partial_shape()[0].is_static:  # fixed batch: one by one
-            res = [req.infer({0: x[j:j + 1]}) for j in range(len(x))]
-            for k, j in enumerate(where):
-                values[k].append(np.concatenate([_value(r, names[j]) for r in res]))
-        else:
-            r = req.infer({0: x})
-            for k, j in enumerate(where):
-                values[k].append(np.array(_value(r, names[j])))
+    dim = compiled.input(0).get_partial_shape()[0]
+    step = dim.get_length() if dim.is_static else chunk  # a fixed batch: full, padded batches
+    for i in range(0, len(images), step):
+        x = images[i:i + step]
+        n = len(x)
+        if dim.is_static and n < step:
+            x = np.concatenate([x, np.repeat(x[-1:], step - n, axis=0)])
+        r = req.infer({0: x})
+        for k, j in enumerate(where):
+            values[k].append(np.array(_value(r, names[j]))[:n])
     return values
 
 
