@@ -247,7 +247,7 @@ def test_load_and_infer_use_the_tuned_settings(loose, tiny, tmp_path):
         assert session.in_flight == 3
     with load(model, threads=2) as session:  # the caller's settings win
         assert session.in_flight == 1
-    samples = load_dataset(tiny["images"])
+    samples = load_dataset(tiny.images)
     with load(model) as tuned, load(model, threads=1) as plain:
         a = infer(tuned, samples, tmp_path / "a", batch_size=2, progress=False)
         b = infer(plain, samples, tmp_path / "b", batch_size=2, progress=False)
