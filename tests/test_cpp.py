@@ -312,6 +312,39 @@ def test_mnv3_infer_engine_cpp_cli(binary, models, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_hostile_folder_fifo_and_undecodable_names_as_python(binary, models, tmp_path,
+                                                             monkeypatch):
+    """Issue 19 in the native program: a FIFO named like an image is skipped with Python's
+    reason (it blocked the program), a Latin-1 file name is read and named \\xNN in every
+    result file, as mnv3 infer names it, and a label file may use that name."""
+    import os
+
+    from mnv3.cli.main import main
+    from tiny_onnx import write_images
+
+    monkeypatch.setenv("MNV3_INFER_CPP", str(binary))
+    img = tmp_path / "img"
+    first = write_images(img, 4)[0]
+    os.link(first, os.fsencode(img) + b"/caf\xe9.png")  # not valid UTF-8
+    os.mkfifo(img / "zz_fifo.png")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("caf\\xe9.png 3\n" + "".join(f"img_{i:03d}.png {i}\n" for i in range(4)))
+    for engine in ("python", "cpp"):
+        assert main(["infer", "--engine", engine, "--model", str(models["fixed4"]),
+                     "--image-dir", str(img), "--output-dir", str(tmp_path / engine),
+                     "--no-progress"]) == 0
+    for name in ("eval_result_1.txt", "eval_result_5.txt", "results.jsonl", "skipped.txt"):
+        assert (tmp_path / "cpp" / name).read_bytes() == (tmp_path / "python" / name).read_bytes()
+    assert "caf\\xe9.png" in (tmp_path / "cpp" / "eval_result_1.txt").read_text()
+    assert "FIFO" in (tmp_path / "cpp" / "skipped.txt").read_text()
+    # the program on its own, with a label file naming the file as the result files do
+    (img / "zz_fifo.png").unlink()  # unlabelled: an error with a label file, as in Python
+    _run(binary, "--model", models["fixed4"], "--image-dir", img, "--label-file", labels,
+         "--output-dir", tmp_path / "alone", "--quiet")
+    assert "caf\\xe9.png" in (tmp_path / "alone" / "eval_labels.txt").read_text()
+
+
+@pytest.mark.slow
 def test_mnv3_run_cpp_adds_an_openvino_cpp_row(binary, tmp_path, monkeypatch):
     from mnv3.pipeline import run_all
     from mnv3.report import accuracy_table

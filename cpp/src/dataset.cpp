@@ -74,6 +74,36 @@ std::vector<std::string> find_images(const std::string& root) {
     return found;
 }
 
+// A file name as text that is always valid UTF-8: each byte of an invalid sequence as \xNN
+// (Python's decode("utf-8", "backslashreplace"), mnv3.data.files.escape_name). File names are
+// bytes on Linux; result files name the image this way, and label files may too.
+std::string escape_name(const std::string& raw) {
+    std::string out;
+    static const char* hex = "0123456789abcdef";
+    for (size_t i = 0; i < raw.size();) {
+        unsigned char c = static_cast<unsigned char>(raw[i]);
+        size_t n = c < 0x80 ? 1 : (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3
+                 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+        bool ok = n > 0 && i + n <= raw.size();
+        for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(raw[i + k]) & 0xC0) == 0x80;
+        if (ok && n >= 3) {  // no overlong forms, no surrogates, nothing past U+10FFFF
+            unsigned char c1 = static_cast<unsigned char>(raw[i + 1]);
+            ok = !(c == 0xE0 && c1 < 0xA0) && !(c == 0xED && c1 >= 0xA0) &&
+                 !(c == 0xF0 && c1 < 0x90) && !(c == 0xF4 && c1 >= 0x90);
+        }
+        if (ok) {
+            out.append(raw, i, n);
+            i += n;
+        } else {
+            out += "\\x";
+            out += hex[c >> 4];
+            out += hex[c & 15];
+            ++i;
+        }
+    }
+    return out;
+}
+
 // A label-file name that cannot leave the image folder (datasets._safe_name).
 std::string safe_name(std::string name, const std::string& where) {
     std::replace(name.begin(), name.end(), '\\', '/');
@@ -155,6 +185,15 @@ std::vector<Sample> load_samples(const std::string& image_dir, const std::string
     if (only_listed && label_file.empty()) throw usage_error("--only-listed needs --label-file");
     std::vector<std::string> images;
     if (!only_listed) images = find_images(image_dir);
+    // label files name undecodable file names as result files do (\xNN): checked before the
+    // backslash-to-slash rule of safe_name, as datasets.load_labels does
+    std::map<std::string, std::string> escaped;
+    auto index_escaped = [&](const std::vector<std::string>& names) {
+        for (const auto& rel : names)
+            if (escape_name(rel) != rel) escaped[escape_name(rel)] = rel;
+    };
+    index_escaped(images);
+    bool listed_escapes = false;
     std::vector<Sample> samples;
     if (!label_file.empty()) {
         std::set<std::string> on_disk(images.begin(), images.end());
@@ -167,13 +206,21 @@ std::vector<Sample> load_samples(const std::string& image_dir, const std::string
             size_t cut = text.find_last_of(" \t\r\n\f\v");  // the name may contain spaces, the label not
             if (cut == std::string::npos)
                 throw data_error(where + ": cannot parse '" + text + "'; expected 'filename class_index' or 'filename wnid'");
-            std::string name = safe_name(strip(text.substr(0, cut)), where);
+            std::string token = strip(text.substr(0, cut));
+            if (only_listed && !listed_escapes && token.find("\\x") != std::string::npos) {
+                listed_escapes = true;  // an escaped name: find the file it stands for
+                index_escaped(find_images(image_dir));
+            }
+            auto raw = escaped.find(token);
+            std::string name = raw != escaped.end() ? raw->second : safe_name(token, where);
             std::string tok = text.substr(cut + 1);
             int label = (only_listed && tok == "-") ? -1 : parse_label(tok, where, syn, num_classes);
             if (labels.count(name))
                 throw data_error(where + ": " + name + " is already labelled on line " + std::to_string(labels[name].second) + "; remove one of the lines");
             if (only_listed) {
-                if (!fs::is_regular_file(fs::path(image_dir) / name, ec))
+                // anything there (a FIFO, a broken link) is listed: decoding skips it with the
+                // reason, as the Python engine does
+                if (!fs::exists(fs::symlink_status(fs::path(image_dir) / name, ec)))
                     throw data_error(where + ": " + name + " is not a file in " + image_dir + "; remove the line or add the image");
                 images.push_back(name);
             } else if (!on_disk.count(name))
@@ -235,7 +282,7 @@ std::vector<Sample> load_samples(const std::string& image_dir, const std::string
     }
     size_t strip_chars = 0;
     for (const auto& d : common) strip_chars += d.size() + 1;
-    for (auto& s : samples) s.name = s.name.substr(strip_chars);
+    for (auto& s : samples) s.name = escape_name(s.name.substr(strip_chars));  // as mnv3 infer names it
     return samples;
 }
 

@@ -16,6 +16,11 @@
 #include <fstream>
 #include <memory>
 
+#include <cerrno>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 namespace mnv3 {
 namespace {
 
@@ -364,11 +369,54 @@ Rgb decode_memory(const std::vector<uint8_t>& data) {
     return out;
 }
 
+namespace {
+// What a non-regular file is, in the words of mnv3.data.files.file_kind.
+const char* file_kind(mode_t m) {
+    if (S_ISDIR(m)) return "a folder";
+    if (S_ISFIFO(m)) return "a FIFO (named pipe)";
+    if (S_ISSOCK(m)) return "a socket";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    return "not a regular file";
+}
+
+constexpr off_t MAX_IMAGE_BYTES = off_t(256) << 20;  // mnv3.data.files.MAX_BYTES["image"]
+
+std::string problem(const struct stat& st) {
+    if (!S_ISREG(st.st_mode)) return std::string("is ") + file_kind(st.st_mode) + ", not a regular file";
+    if (st.st_size > MAX_IMAGE_BYTES)
+        return "is " + std::to_string(st.st_size >> 20) + " MiB, more than the 256.0 MiB an image may be";
+    return "";
+}
+}  // namespace
+
+// Only a regular file under the cap is read (mnv3.data.files.open_regular): a FIFO named
+// fifo.jpg would otherwise block the program forever. O_NONBLOCK until the descriptor itself is
+// checked, so a file swapped for a FIFO after the stat is still caught.
 Rgb decode_file(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw ImageError("cannot open the file");
-    std::vector<uint8_t> data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    if (f.bad()) throw ImageError("cannot read the file");
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) throw ImageError(std::string("cannot read the file: ") + std::strerror(errno));
+    std::string why = problem(st);
+    if (!why.empty()) throw FileProblem(why);
+    int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) throw ImageError(std::string("cannot open the file: ") + std::strerror(errno));
+    std::vector<uint8_t> data;
+    if (::fstat(fd, &st) != 0 || !(why = problem(st)).empty()) {
+        ::close(fd);
+        if (why.empty()) throw ImageError("cannot read the file");
+        throw FileProblem(why);
+    }
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    data.resize(static_cast<size_t>(st.st_size));
+    size_t got = 0;
+    while (got < data.size()) {
+        ssize_t n = ::read(fd, data.data() + got, data.size() - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += static_cast<size_t>(n);
+    }
+    ::close(fd);
+    data.resize(got);
     return decode_memory(data);
 }
 

@@ -16,6 +16,12 @@ struct ImageError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// The file is not one to read at all (a FIFO, a folder, too large): worded as Python's
+// mnv3.data.files.open_regular words it ("image PATH is a FIFO ...").
+struct FileProblem : ImageError {
+    using ImageError::ImageError;
+};
+
 struct Rgb {  // 8-bit RGB, rows packed (3 bytes per pixel)
     int w = 0, h = 0;
     std::vector<uint8_t> px;

@@ -303,6 +303,10 @@ private:
                     Rgb img = decode_file(samples_[i].path);
                     pre_.run(img, dst);
                     if (!args_.dump_dir.empty()) dump(i, dst);
+                } catch (const FileProblem& e) {
+                    ok = false;
+                    reason = "image " + samples_[i].path + " " + e.what() + "; replace or remove the file";
+                    std::memset(dst, 0, plane_ * sizeof(float));
                 } catch (const ImageError& e) {
                     ok = false;
                     reason = "cannot decode image " + samples_[i].path + ": " + e.what() + "; replace or remove the file";
