@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,11 +117,18 @@ class FakeSession(Session):
         self.calls = []
         self.delay = delay
         self.oracle = oracle
+        self.in_engine, self.most_in_engine = 0, 0  # concurrent calls, now and at most
+        self._lock = threading.Lock()
 
     def _run(self, batch):
-        self.calls.append(batch.shape[0])
+        with self._lock:
+            self.calls.append(batch.shape[0])
+            self.in_engine += 1
+            self.most_in_engine = max(self.most_in_engine, self.in_engine)
         if self.delay:
             time.sleep(self.delay)
+        with self._lock:
+            self.in_engine -= 1
         pooled = batch.mean(axis=(2, 3))
         logits = pooled @ self.w
         if self.oracle:

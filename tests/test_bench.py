@@ -77,8 +77,9 @@ def test_streams_share_the_work():
     r = benchmark(sess, streams=3, iterations=31, warmup=2, first_run=False)
     assert r.streams == 3 and r.iterations == 31 and r.sessions == 1
     assert len(sess.calls) == 3 * 2 + 31
-    # sleep releases the GIL, so 3 streams overlap: wall well under 31 serial queries
-    assert r.duration_s < 31 * 0.002 * 0.8
+    # the streams run at once (sleep releases the GIL): asserted by what the engine saw, not
+    # by wall time, which a loaded machine stretches (speed belongs to benchmarks/)
+    assert sess.most_in_engine == 3
 
 
 def test_streams_on_separate_sessions():
