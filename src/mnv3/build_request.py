@@ -64,6 +64,7 @@ class BuildRequest:
         if self.calib_method not in methods:
             raise UsageError(f"--calib-method {self.calib_method} is not offered by the "
                              f"{self.backend} backend; use {' or '.join(methods)}")
+        check_device(self.options.get("device"), self.backend)
         check_max_drop(self.options.get("max_drop"), self.quant_mode)
         Budget.from_options(self.options)
 
@@ -91,6 +92,27 @@ class BuildRequest:
 
         return settings(self.backend, self.quant_mode, self.shape_mutable, self.batch_size,
                         source_sha256, self.preprocess, calibration if self.int8 else None)
+
+
+def check_device(device, backend: str) -> None:
+    """``device`` (a build option: cpu, cuda, cuda:N) must be a kind the backend runs on;
+    whether this machine has that GPU is the backend's to say when it builds."""
+    import re
+
+    from mnv3.backends import capabilities
+
+    if device is None:
+        return
+    m = re.fullmatch(r"(cpu|cuda)(:\d+)?", str(device).strip().lower())
+    if not m or (m.group(1) == "cpu" and m.group(2)):
+        raise UsageError(f"--device must be cpu, cuda or cuda:N (N = GPU index), got {device!r}")
+    devices = capabilities(backend).devices
+    if m.group(1) not in devices:
+        from mnv3.backends import list_backends
+
+        others = [b for b in list_backends() if m.group(1) in capabilities(b).devices]
+        raise UsageError(f"the {backend} backend builds for {' and '.join(devices)} only, not "
+                         f"{device}" + (f"; use --backend {others[0]}" if others else ""))
 
 
 def check_max_drop(max_drop, quant_mode: QuantMode) -> None:

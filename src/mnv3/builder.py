@@ -131,9 +131,11 @@ def _build_into(tmp: Path, engine, onnx_path, request: BuildRequest, calib, held
     if class_names is not None and len(class_names) != src.num_classes:
         raise UsageError(f"{len(class_names)} class names given but the model has "
                          f"{src.num_classes} classes; pass a synsets file with one name per class")
+    described = {"path": str(onnx_path.resolve()), "sha256": sha256_file(onnx_path),
+                 **provenance.source_fields(onnx_path), **source}
     cfg = BuildConfig(quant_mode=request.quant_mode, shape_mutable=mutable, batch_size=batch,
                       preprocess=preprocess, calib_files=calib,
-                      calib_method=request.calib_method, options=options)
+                      calib_method=request.calib_method, options=options, source=described)
     calib_notes = calib_info.pop("notes", []) if calib_info else []
 
     def make_meta(compiled) -> ModelMeta:
@@ -146,8 +148,7 @@ def _build_into(tmp: Path, engine, onnx_path, request: BuildRequest, calib, held
             output_shape=[shape_in[0], src.num_classes], num_classes=src.num_classes,
             preprocess=preprocess, class_names=list(class_names) if class_names else None,
             op_precisions=compiled.op_precisions,
-            source={"path": str(onnx_path.resolve()), "sha256": sha256_file(onnx_path),
-                    **provenance.source_fields(onnx_path), **source},
+            source=described,
             calibration=calib_info, notes=calib_notes + compiled.notes,
             extra={**compiled.extra, "isa": int8_isa()},
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

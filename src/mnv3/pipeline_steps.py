@@ -34,6 +34,7 @@ class Source:
     preprocess: PreprocessCfg
     num_classes: int
     key: dict = field(default_factory=dict)  # what identifies the export
+    weights: str | None = None  # the checkpoint (a torch build compiles the network from it)
 
     @property
     def tag(self) -> str:
@@ -50,7 +51,8 @@ def open_source(weights, arch: str, layout: str, width_mult: float | None) -> So
         key = {"arch": lm.arch, "layout": lm.layout, "width_mult": lm.width_mult or 1.0,
                "num_classes": lm.num_classes, "weights_sha256": lm.source_sha256}
         return Source(lm, lm.module, _label(lm.arch, lm.layout, lm.width_mult), False,
-                      lm.preprocess, int(lm.num_classes or 1000), key)
+                      lm.preprocess, int(lm.num_classes or 1000), key,
+                      str(Path(weights).resolve()))
     arch = "mobilenetv3-small" if arch in (None, "auto") else arch
     layout = "seed" if layout in (None, "auto") else layout
     m = create_model(arch, layout=layout, width_mult=width_mult or 1.0, seed=RANDOM_SEED)
@@ -125,7 +127,8 @@ def build_or_reuse(onnx_path: Path, target: Path, request, src: Source,
             "below_budget_reason": "the network is untrained (random weights)",
             **request.options})
     t0 = time.perf_counter()
-    build_from_request(onnx_path, request, target, source=dict(src.key), force=True)
+    source = {**src.key, **({"weights_path": src.weights} if src.weights else {})}
+    build_from_request(onnx_path, request, target, source=source, force=True)
     return target, False, time.perf_counter() - t0, replaced
 
 

@@ -34,6 +34,8 @@ class Capabilities:
     install_hint: str = ""  # what to run when the engine is missing
     # Runs built models without mnv3's C++ program? (mnv3-infer-cpp links OpenVINO only)
     cpp: bool = False
+    # Where its models run: "cpu" and/or "cuda" (the kind of a build's --device)
+    devices: tuple[str, ...] = ("cpu",)
 
     def builds(self, mode: QuantMode) -> bool:
         return mode in self.modes
@@ -55,6 +57,10 @@ class BuildConfig:
     # A backend's cache across the rounds of one build (calibration, the prepared graph):
     # the same BuildConfig object is passed to every round and dropped after the build.
     state: dict[str, Any] = field(default_factory=dict, repr=False)
+    # What the model is made from (meta.json's ``source``: a checkpoint with its arch and
+    # layout, or a seeded random network): for a backend that compiles the PyTorch network
+    # rather than the ONNX file (torch).
+    source: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -88,6 +88,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--backend", default=DEFAULT_BACKEND,
                    help=f"inference engine: {', '.join(list_backends())} "
                    f"(default {DEFAULT_BACKEND})")
+    p.add_argument("--device", metavar="cpu|cuda[:N]",
+                   help="where the model runs (default cpu); cuda[:N] with --backend torch "
+                   "(N = GPU index, the seed's DEV_ID)")
     p.add_argument("--output", type=Path, help="model directory to create or replace (default "
                    "data/models/<mode>_<mutable>_<batch>; data/models/<backend>/... for backends "
                    "other than onnxruntime, as 'mnv3 run')")
@@ -151,6 +154,8 @@ def run(args) -> int:
         options["speed_check"] = False
     if args.max_drop is not None:
         options["max_drop"] = args.max_drop
+    if args.device is not None:
+        options["device"] = args.device
     # validated here, before the export (which can be slow); the preprocessing comes later
     request = BuildRequest(quant_mode=args.quant_mode, shape_mutable=args.shape_mutable,
                            batch_size=args.batch_size, backend=args.backend,
