@@ -121,6 +121,9 @@ class BenchResult:
     schema: str = SCHEMA
     # images/s of each interleaved round, in order (merge_results); [] for a single run
     rounds_ips: list[float] = field(default_factory=list)
+    # An accelerator's own view (sessions with ``device_report``, e.g. torch on CUDA): the GPU's
+    # name, driver and clocks, and device time per query from CUDA events. None on the CPU.
+    device: dict[str, Any] | None = None
     # Raw per-query latencies in seconds, kept in memory for merging rounds; not serialized.
     samples: list[float] = field(default_factory=list, repr=False, compare=False)
 
@@ -189,6 +192,8 @@ def benchmark(session, *, batch: int | None = None, threads: int | None = None,
                      load_time_s, first_ms)
     result.other_cpu_load = others
     result.sessions = len({id(s) for s in pool})
+    report = getattr(session, "device_report", None)
+    result.device = report() if report is not None else None
     if others is not None and others > BUSY_CORES:
         result.notes.append(
             f"other processes kept {others:.1f} of {result.system['cores']['usable']} cores busy "

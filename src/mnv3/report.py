@@ -207,12 +207,29 @@ def format_bench(r: BenchResult) -> str:
         ("latency (ms)", "  ".join(f"{k} {getattr(lat, k):.3f}" for k in
                                    ("min", "avg", "p50", "p90", "p95", "p99", "max"))),
     ]
+    rows += device_rows(r.device)
     text = "\n".join(f"  {k:<15}{v}" for k, v in rows)
     wrap = textwrap.TextWrapper(width=100, initial_indent="  ", subsequent_indent="    ")
     # The percentile definition is in --help and the JSON; printed every time, it buried the
     # figures under three lines of prose (issue 13).
     tail = [f"note: {n}" for n in r.notes]
     return "\n".join(["mnv3 bench", text, *(wrap.fill(t) for t in tail)])
+
+
+def device_rows(device: dict | None) -> list[tuple[str, str]]:
+    """The GPU and its device time (CUDA events), beside the host figures above them."""
+    if not device:
+        return []
+    g, t = device.get("gpu") or {}, device.get("device_time") or {}
+    rows = [("device", f"{device.get('device')}: {g.get('name', '?')}, driver "
+                       f"{g.get('driver') or '?'}, CUDA {g.get('cuda') or '?'}, SM clock "
+                       f"{g.get('sm_clock') or '?'} (max {g.get('sm_clock_max') or '?'}); CUDA "
+                       f"graphs {'on' if device.get('cuda_graphs') else 'off'}")]
+    if t:
+        rows.append(("device (ms)", f"avg {t['avg_ms']:.3f}  p50 {t['p50_ms']:.3f}  p99 "
+                                    f"{t['p99_ms']:.3f} over {t['calls']} calls (CUDA events; "
+                                    "the latency above is host time)"))
+    return rows
 
 
 # ----------------------------------------------------------------------------- files
