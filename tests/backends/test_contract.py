@@ -39,13 +39,19 @@ def _engine(name):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    """A small seeded MobileNetV3 as ONNX, images, its PyTorch logits, and the source that
+    describes it (what a backend compiling the PyTorch network, torch, rebuilds it from)."""
     pytest.importorskip("torch")
-    from tiny_onnx import export_tiny, torch_logits, write_images
+    from mnv3 import create_model, export_onnx
+    from tiny_onnx import torch_logits, write_images
 
     d = tmp_path_factory.mktemp("contract")
-    net = export_tiny(d / "tiny.onnx", dynamic=True)
+    net = create_model("mobilenetv3-small", "seed", width_mult=0.35, num_classes=10, seed=0)
+    export_onnx(net, d / "tiny.onnx", dynamic_batch=True, image_size=PP.crop)
     write_images(d / "images", 6)
-    return d / "tiny.onnx", d / "images", lambda x: torch_logits(net, x)
+    source = {"arch": net.arch, "layout": net.layout, "width_mult": net.width_mult,
+              "num_classes": net.num_classes, "random_seed": 0}
+    return d / "tiny.onnx", d / "images", lambda x: torch_logits(net, x), source
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -81,9 +87,9 @@ def test_builds_and_runs_the_reference_mode(name, mutable, tiny, tmp_path):
     from mnv3 import build, load
 
     _engine(name)
-    onnx_path, images, reference = tiny
+    onnx_path, images, reference, source = tiny
     meta = build(onnx_path, tmp_path / "m", quant_mode="force_float32", shape_mutable=mutable,
-                 batch_size=2, preprocess=PP, calib_dir=images, backend=name,
+                 batch_size=2, preprocess=PP, calib_dir=images, backend=name, source=source,
                  options={"progress": False})
     assert meta.backend == name and meta.quant_mode is QuantMode.FLOAT32
     assert meta.fidelity["top1_agreement"] == 1.0

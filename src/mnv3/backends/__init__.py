@@ -21,6 +21,7 @@ from mnv3.meta import read_meta, sha256_file
 _BACKENDS = {
     "onnxruntime": "mnv3.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "mnv3.backends.openvino:OpenVinoBackend",
+    "torch": "mnv3.backends.torch_aot:TorchAotBackend",
 }
 
 DEFAULT_BACKEND = "onnxruntime"

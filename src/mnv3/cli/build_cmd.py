@@ -51,7 +51,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "export resolution")
     p.add_argument("--quant-mode", required=True, metavar="MODE",
                    help=f"one of {', '.join(SEED_MODES)} (forced_* accepted); "
-                   "force_bfloat16 where the backend builds it (openvino)")
+                   "force_bfloat16 where the backend builds it (openvino, torch)")
     p.add_argument("--shape-mutable", required=True, type=common.str2bool, metavar="true|false",
                    help="true: any batch per call; false: fixed --batch-size (often faster)")
     p.add_argument("--batch-size", required=True, type=int, metavar="N",

@@ -1,0 +1,284 @@
+"""The torch backend (AOTInductor, issue 15): built from a checkpoint on the CPU, parity with
+PyTorch eager, the package loads with torch alone, the same result files through infer as
+ONNX Runtime, and clear errors for what it refuses (an ONNX source, int8, an emulated 16-bit
+float, a GPU that is not there). CUDA paths run where a GPU is present and skip otherwise.
+
+One CPU compile is shared by the module (AOTInductor takes ~40 CPU s for this network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from mnv3.backends import load  # noqa: E402
+from mnv3.build_request import BuildRequest  # noqa: E402
+from mnv3.errors import BackendUnavailable, ModelError, UsageError  # noqa: E402
+from mnv3.meta import PreprocessCfg, read_meta  # noqa: E402
+
+SIZE = 32
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs an NVIDIA GPU (torch.cuda.is_available())")
+no_cuda = pytest.mark.skipif(CUDA, reason="checks the errors of a machine without a GPU")
+
+
+def _main(argv) -> int:
+    from mnv3.cli.main import main
+
+    return main(argv)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A checkpoint in the seed's layout, images, and its model built for the CPU by the CLI."""
+    from ckpt_factory import write_checkpoint
+    from tiny_onnx import write_images
+
+    d = tmp_path_factory.mktemp("torch")
+    net = write_checkpoint(d / "w.pth", "mobilenetv3-small", "seed", width_mult=0.35,
+                           num_classes=10)
+    write_images(d / "images", 12)
+    common = ["--weights", str(d / "w.pth"), "--image-size", str(SIZE), "--shape-mutable",
+              "false", "--batch-size", "2", "--calib-dir", str(d / "images"), "--no-progress"]
+    assert _main(["build", *common, "--backend", "torch", "--quant-mode", "force_float32",
+                  "--output", str(d / "torch")]) == 0
+    assert _main(["build", *common, "--quant-mode", "force_float32",
+                  "--output", str(d / "ort")]) == 0
+    return {"dir": d, "net": net, "common": common}
+
+
+def _eager(net, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return net(torch.from_numpy(x)).numpy()
+
+
+# ------------------------------------------------------------------ built on the CPU
+def test_cpu_build_matches_eager_and_records_what_it_compiled(work):
+    meta = read_meta(work["dir"] / "torch")
+    assert meta.backend == "torch" and meta.compiled_file == "model.pt2"
+    assert meta.extra["device"] == "cpu" and meta.extra["dtype"] == "float32"
+    assert meta.extra["compile_options"]["inductor_configs"] == {"freezing": True}
+    assert meta.extra["compile_s"] > 0 and meta.source["arch"] == "mobilenetv3-small"
+    assert set(meta.op_precisions.values()) == {"float32"} and "conv2d" in meta.op_precisions
+    assert meta.fidelity["top1_agreement"] == 1.0  # against float32 ONNX Runtime
+    x = np.random.default_rng(1).standard_normal((5, 3, SIZE, SIZE), dtype=np.float32)
+    with load(work["dir"] / "torch") as session:
+        got = session.predict(x)  # fixed batch 2: split and padded
+        assert session.device_report() is None  # no device time on the CPU
+    np.testing.assert_allclose(got, _eager(work["net"], x), rtol=1e-4, atol=1e-5)
+
+
+def test_the_package_loads_with_torch_alone(work):
+    """No mnv3 model code: mnv3 cannot even be imported in the process that runs it."""
+    code = ("import sys; sys.modules['mnv3'] = None\n"
+            "import torch\n"
+            f"m = torch._inductor.aoti_load_package({str(work['dir'] / 'torch' / 'model.pt2')!r})\n"
+            f"y = m(torch.zeros(2, 3, {SIZE}, {SIZE}))\n"
+            "print(tuple((y[0] if isinstance(y, (list, tuple)) else y).shape))")
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(work["dir"] / "kcache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "(2, 10)"
+
+
+def test_infer_writes_the_same_results_as_onnxruntime(work):
+    d = work["dir"]
+    for name in ("torch", "ort"):
+        assert _main(["infer", "--model", str(d / name), "--image-dir", str(d / "images"),
+                      "--output-dir", str(d / f"res_{name}"), "--no-progress"]) == 0
+    for f in ("eval_result_1.txt", "eval_result_5.txt"):
+        assert (d / "res_torch" / f).read_text() == (d / "res_ort" / f).read_text()
+
+
+def test_bench_reports_a_torch_model_like_any_other(work, capsys):
+    capsys.readouterr()
+    assert _main(["bench", "--model", str(work["dir"] / "torch"), "--iterations", "5",
+                  "--warmup", "1", "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["backend"] == "torch" and result["iterations"] == 5
+    assert result["throughput_ips"] > 0 and result["device"] is None
+
+
+def test_a_batch_outside_the_declared_range_is_a_model_error(work):
+    with load(work["dir"] / "torch") as session:
+        session.batch_range = [1, 2]  # what a mutable build records (1..256 by default)
+        with pytest.raises(ModelError, match="compiled for batches 1..2, got 3"):
+            session._run(np.zeros((3, 3, SIZE, SIZE), np.float32))
+
+
+# ------------------------------------------------------------------ refused, clearly
+def test_an_onnx_source_is_refused_with_the_way_to_build_it(work, tmp_path, capsys):
+    from tiny_onnx import export_tiny
+
+    export_tiny(tmp_path / "t.onnx")
+    assert _main(["build", "--onnx", str(tmp_path / "t.onnx"), "--backend", "torch",
+                  "--quant-mode", "force_float32", "--shape-mutable", "false", "--batch-size",
+                  "1", "--image-size", str(SIZE), "--calib-dir", str(work["dir"] / "images"),
+                  "--no-progress", "--output", str(tmp_path / "m")]) == 2
+    assert "--backend torch --weights CKPT" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.tmp-*"))
+
+
+@pytest.mark.parametrize("mode", ["qint8_mixed_float16", "qint8_mixed_float32"])
+def test_int8_is_not_offered(mode):
+    with pytest.raises(UsageError, match=f"{mode} is built only by .* not torch"):
+        BuildRequest(quant_mode=mode, shape_mutable=False, batch_size=1, backend="torch")
+
+
+@pytest.mark.parametrize("mode", ["force_float16", "force_bfloat16"])
+def test_a_16_bit_float_the_cpu_would_emulate_is_refused(work, mode, tmp_path):
+    from mnv3 import build
+    from mnv3.backends import get_backend
+    from mnv3.backends.torch_aot import cpu_computes
+    from mnv3.quant_mode import QuantMode
+
+    q = QuantMode.parse(mode)
+    if cpu_computes(q.float_type):
+        pytest.skip(f"this CPU computes {q.float_type}")
+    assert not get_backend("torch").runs_here(q)
+    with pytest.raises(BackendUnavailable, match=f"{mode} on the CPU needs .*--device cuda"):
+        build(_onnx(work), tmp_path / "m", quant_mode=mode, shape_mutable=False,
+              batch_size=1, backend="torch", preprocess=PreprocessCfg(resize=37, crop=SIZE),
+              calib_dir=work["dir"] / "images", source=_source(work),
+              options={"progress": False})
+    assert not (tmp_path / "m").exists()
+
+
+def _onnx(work) -> Path:
+    """An ONNX export of the checkpoint (what the builder measures fidelity against)."""
+    from mnv3 import export_onnx
+
+    path = work["dir"] / "w.onnx"
+    if not path.exists():
+        export_onnx(work["net"], path, dynamic_batch=True, image_size=SIZE)
+    return path
+
+
+def _source(work) -> dict:
+    meta = read_meta(work["dir"] / "torch")
+    return {k: meta.source[k] for k in ("path", "sha256", "arch", "layout", "width_mult",
+                                         "num_classes")}
+
+
+@pytest.mark.parametrize("device, why", [
+    ("gpu", "--device must be cpu, cuda or cuda:N"),
+    ("cpu:1", "--device must be cpu, cuda or cuda:N"),
+    ("cuda:x", "--device must be cpu, cuda or cuda:N"),
+])
+def test_a_malformed_device_is_a_usage_error(device, why):
+    with pytest.raises(UsageError, match=why):
+        BuildRequest(quant_mode="force_float32", shape_mutable=False, batch_size=1,
+                     backend="torch", options={"device": device})
+
+
+def test_a_cpu_only_backend_refuses_cuda_naming_the_one_that_builds_it():
+    with pytest.raises(UsageError, match="onnxruntime backend builds for cpu only.*--backend "
+                                         "torch"):
+        BuildRequest(quant_mode="force_float32", shape_mutable=False, batch_size=1,
+                     options={"device": "cuda"})
+
+
+@no_cuda
+def test_cuda_on_a_machine_without_a_gpu_is_refused_before_compiling(work, tmp_path, capsys):
+    capsys.readouterr()
+    rc = _main(["build", *work["common"], "--backend", "torch", "--quant-mode",
+                "force_float16", "--device", "cuda:0", "--output", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "needs an NVIDIA GPU" in err and "use --device cpu" in err
+    assert not (tmp_path / "m").exists()
+
+
+@no_cuda
+def test_a_model_built_for_cuda_on_a_machine_without_one_is_a_model_error(work, tmp_path):
+    import shutil
+
+    shutil.copytree(work["dir"] / "torch", tmp_path / "m")
+    meta_file = tmp_path / "m" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["extra"]["device"] = "cuda:0"  # as a GPU build records it
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="compiled for cuda:0: .*needs an NVIDIA GPU"):
+        load(tmp_path / "m")
+
+
+def test_a_cpu_model_is_not_moved_to_a_gpu(work):
+    with pytest.raises(ModelError, match="compiled for cpu and cannot run on cuda"):
+        load(work["dir"] / "torch", device="cuda")
+
+
+def test_the_planner_builds_torch_only_in_its_modes():
+    from mnv3.pipeline import _plan
+
+    plan = _plan(("force_float32", "qint8_mixed_float16", "force_bfloat16"), (1,), False, 1, 1,
+                 ("onnxruntime", "torch"))
+    assert [(r.backend, r.quant_mode) for r in plan["models"]] == [
+        ("onnxruntime", "force_float32"), ("onnxruntime", "qint8_mixed_float16"),
+        ("torch", "force_float32"), ("torch", "force_bfloat16")]
+    assert ("torch", "qint8_mixed_float16") in plan["skipped"]
+
+
+# ------------------------------------------------------------------ on a GPU (skipped here)
+@needs_cuda
+def test_a_bad_gpu_index_names_the_gpus_there():
+    from mnv3.backends.torch_aot import torch_device
+
+    with pytest.raises(UsageError, match="GPU\\(s\\), cuda:0"):
+        torch_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode, dtype", [("force_float32", "float32"),
+                                         ("force_float16", "float16"),
+                                         ("force_bfloat16", "bfloat16")])
+def test_cuda_builds_run_in_their_precision_with_graphs_and_device_time(work, tmp_path, mode,
+                                                                       dtype):
+    assert _main(["build", *work["common"], "--backend", "torch", "--quant-mode", mode,
+                  "--device", "cuda", "--output", str(tmp_path / "m")]) == 0
+    meta = read_meta(tmp_path / "m")
+    assert meta.extra["device"] == "cuda:0" and meta.extra["dtype"] == dtype
+    assert meta.extra["gpu"]["name"]
+    x = np.random.default_rng(2).standard_normal((8, 3, SIZE, SIZE), dtype=np.float32)
+    ref = _eager(work["net"], x)
+    with load(tmp_path / "m") as session:
+        for _ in range(6):  # past the warm-up: the graph is captured and replayed
+            got = session.predict(x)
+        report = session.device_report()
+    assert report["cuda_graphs"] and report["device_time"]["calls"] >= 6
+    if dtype == "float32":
+        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4)
+    else:
+        assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.75  # random net: small margins
+
+
+@needs_cuda
+def test_bench_on_cuda_prints_device_time_and_the_gpu(work, tmp_path, capsys):
+    assert _main(["build", *work["common"], "--backend", "torch", "--quant-mode",
+                  "force_float32", "--device", "cuda", "--output", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    assert _main(["bench", "--model", str(tmp_path / "m"), "--iterations", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "device (ms)" in out and "CUDA graphs on" in out and "driver" in out
+
+
+def test_the_gpu_check_runs_its_code_on_the_cpu_in_a_dry_run(tmp_path, capsys, monkeypatch):
+    """benchmarks/gpu_check.py --dry-run: the same builds, parity and table, on the CPU."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_check
+
+    assert gpu_check.main(["--dry-run", "--work", str(tmp_path / "w"),
+                           "--json", str(tmp_path / "g.json")]) == 0
+    out = capsys.readouterr().out
+    assert "a dry run: not GPU figures" in out and "x MLU370-X4" in out
+    result = json.loads((tmp_path / "g.json").read_text())
+    assert result["dry_run"] and result["gpu"] is None
+    assert [(r["mode"], r["batch"]) for r in result["rows"]] == [("force_float32", 1),
+                                                                  ("force_float32", 2)]
+    assert all(r["max_rel_err"] <= 1e-3 and r["images_per_s"] > 0 for r in result["rows"])
