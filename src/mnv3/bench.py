@@ -130,6 +130,8 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         del d["samples"]
+        if d["device"] is None:  # CPU results keep the schema they always had
+            del d["device"]
         return d
 
     def median_ips(self) -> float:
