@@ -104,7 +104,7 @@ def test_bench_reports_a_torch_model_like_any_other(work, capsys):
                   "--warmup", "1", "--json", "-"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["backend"] == "torch" and result["iterations"] == 5
-    assert result["throughput_ips"] > 0 and result["device"] is None
+    assert result["throughput_ips"] > 0 and "device" not in result  # no GPU view on a CPU
 
 
 def test_a_batch_outside_the_declared_range_is_a_model_error(work):
@@ -214,15 +214,23 @@ def test_a_cpu_model_is_not_moved_to_a_gpu(work):
         load(work["dir"] / "torch", device="cuda")
 
 
-def test_the_planner_builds_torch_only_in_its_modes():
+def test_the_planner_builds_torch_only_in_the_modes_it_runs_here():
+    """mnv3 run --backends torch: int8 is not its mode; fp16/bf16 only where the CPU computes
+    them (else skipped, with a note, instead of failing the run at its build)."""
+    from mnv3.backends.torch_aot import cpu_computes
     from mnv3.pipeline import _plan
 
     plan = _plan(("force_float32", "qint8_mixed_float16", "force_bfloat16"), (1,), False, 1, 1,
                  ("onnxruntime", "torch"))
+    bf16 = [("torch", "force_bfloat16")] if cpu_computes("bfloat16") else []
     assert [(r.backend, r.quant_mode) for r in plan["models"]] == [
         ("onnxruntime", "force_float32"), ("onnxruntime", "qint8_mixed_float16"),
-        ("torch", "force_float32"), ("torch", "force_bfloat16")]
+        ("torch", "force_float32"), *bf16]
     assert ("torch", "qint8_mixed_float16") in plan["skipped"]
+    assert (("torch", "force_bfloat16") in plan["skipped"]) == (not bf16)
+    if not cpu_computes("float16"):
+        with pytest.raises(UsageError, match="nothing to build"):
+            _plan(("force_float16",), (1,), False, 1, 1, ("torch",))
 
 
 # ------------------------------------------------------------------ on a GPU (skipped here)

@@ -176,6 +176,12 @@ def _subdir(backend: str, name: str) -> str:
     return model_subdir(backend, name)
 
 
+def _runs_here(engine, mode) -> bool:
+    """The engine's word on this CPU (an engine object without one is taken to run it)."""
+    runs_here = getattr(engine, "runs_here", None)
+    return True if runs_here is None else bool(runs_here(mode))
+
+
 def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backends,
           calib_num=CALIB_NUM, build_options=None) -> dict:
     """Validate the request up front, before any slow work: one BuildRequest per model."""
@@ -187,8 +193,8 @@ def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backends,
     backends = [backends] if isinstance(backends, str) else list(dict.fromkeys(backends))
     if not backends:
         raise UsageError("--backends is empty; give at least one, e.g. onnxruntime")
-    for b in backends:
-        get_backend(b)  # unknown or not installed: say so now, not after the export
+    # unknown or not installed: say so now, not after the export
+    engines = {b: get_backend(b) for b in backends}
     for m in modes:  # a mode no requested backend builds is an error, naming who builds it
         if not any(capabilities(b).builds(m) for b in backends):
             check_builds(backends[0], m)
@@ -204,10 +210,15 @@ def _plan(quant_modes, batch_sizes, shape_mutable, rounds, threads, backends,
     usable = system_info()["cores"]["usable"] or os.cpu_count() or 1
     pairs = [(be, m) for be in backends for m in modes]
     options = {"progress": False, "threads": int(threads or usable), **(build_options or {})}
+    # a mode the backend builds but this CPU would only emulate (torch's fp16 here) is skipped
+    runs = {(be, m): capabilities(be).builds(m) and _runs_here(engines[be], m) for be, m in pairs}
+    if not any(runs.values()):
+        raise UsageError(f"nothing to build: this CPU does not compute {', '.join(modes)} on "
+                         f"{', '.join(backends)}; add force_float32 or another backend")
     return {"models": [BuildRequest(quant_mode=m, shape_mutable=shape_mutable, batch_size=b,
                                     backend=be, calib_num=calib_num, options=options)
-                       for be, m in pairs if capabilities(be).builds(m) for b in batches],
-            "skipped": [(be, m) for be, m in pairs if not capabilities(be).builds(m)],
+                       for be, m in pairs if runs[be, m] for b in batches],
+            "skipped": [(be, m) for be, m in pairs if not runs[be, m]],
             "backends": backends, "modes": modes, "batches": batches, "rounds": int(rounds),
             "threads": int(threads or usable)}
 

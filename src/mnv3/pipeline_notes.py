@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnv3.backends import DEFAULT_BACKEND, builders_of
+from mnv3.backends import DEFAULT_BACKEND, builders_of, capabilities
 from mnv3.model_settings import model_subdir
 from mnv3.sysinfo import system_info
 
@@ -39,8 +39,12 @@ def run_notes(rows, baselines, dataset, calib: Path, plan, src) -> list[str]:
                      "candidates, margins and plot: tune/tune.md); the other rows run with "
                      f"{plan['threads']} thread(s) and 1 request.")
     for backend, mode in plan["skipped"]:
-        notes.append(f"{mode} is built only by {', '.join(builders_of(mode))}: not built "
-                     f"for {backend}.")
+        if capabilities(backend).builds(mode):
+            notes.append(f"{mode} is not built for {backend}: this CPU does not compute "
+                         f"{mode.float_type} (the engine would emulate it).")
+        else:
+            notes.append(f"{mode} is built only by {', '.join(builders_of(mode))}: not built "
+                         f"for {backend}.")
     notes.append(f"all speed figures: {plan['threads']} intra-op thread(s), 1 stream, the same "
                  "pre-filled input for mnv3 and both baselines.")
     for r in rows:
