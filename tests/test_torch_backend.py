@@ -3,7 +3,8 @@ PyTorch eager, the package loads with torch alone, the same result files through
 ONNX Runtime, and clear errors for what it refuses (an ONNX source, int8, an emulated 16-bit
 float, a GPU that is not there). CUDA paths run where a GPU is present and skip otherwise.
 
-One CPU compile is shared by the module (AOTInductor takes ~40 CPU s for this network)."""
+One CPU compile is shared by the module (AOTInductor takes ~40 CPU s for this network; minutes
+of wall time on a busy 2-vCPU machine): the tests that need it are marked slow."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ def _eager(net, x: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ built on the CPU
+@pytest.mark.slow
 def test_cpu_build_matches_eager_and_records_what_it_compiled(work):
     meta = read_meta(work["dir"] / "torch")
     assert meta.backend == "torch" and meta.compiled_file == "model.pt2"
@@ -75,6 +77,7 @@ def test_cpu_build_matches_eager_and_records_what_it_compiled(work):
     np.testing.assert_allclose(got, _eager(work["net"], x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_package_loads_with_torch_alone(work):
     """No mnv3 model code: mnv3 cannot even be imported in the process that runs it."""
     code = ("import sys; sys.modules['mnv3'] = None\n"
@@ -89,6 +92,7 @@ def test_the_package_loads_with_torch_alone(work):
     assert out.stdout.strip() == "(2, 10)"
 
 
+@pytest.mark.slow
 def test_infer_writes_the_same_results_as_onnxruntime(work):
     d = work["dir"]
     for name in ("torch", "ort"):
@@ -98,6 +102,7 @@ def test_infer_writes_the_same_results_as_onnxruntime(work):
         assert (d / "res_torch" / f).read_text() == (d / "res_ort" / f).read_text()
 
 
+@pytest.mark.slow
 def test_bench_reports_a_torch_model_like_any_other(work, capsys):
     capsys.readouterr()
     assert _main(["bench", "--model", str(work["dir"] / "torch"), "--iterations", "5",
@@ -107,6 +112,7 @@ def test_bench_reports_a_torch_model_like_any_other(work, capsys):
     assert result["throughput_ips"] > 0 and "device" not in result  # no GPU view on a CPU
 
 
+@pytest.mark.slow
 def test_a_batch_outside_the_declared_range_is_a_model_error(work):
     with load(work["dir"] / "torch") as session:
         session.batch_range = [1, 2]  # what a mutable build records (1..256 by default)
@@ -115,6 +121,7 @@ def test_a_batch_outside_the_declared_range_is_a_model_error(work):
 
 
 # ------------------------------------------------------------------ refused, clearly
+@pytest.mark.slow
 def test_an_onnx_source_is_refused_with_the_way_to_build_it(work, tmp_path, capsys):
     from tiny_onnx import export_tiny
 
@@ -133,6 +140,7 @@ def test_int8_is_not_offered(mode):
         BuildRequest(quant_mode=mode, shape_mutable=False, batch_size=1, backend="torch")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["force_float16", "force_bfloat16"])
 def test_a_16_bit_float_the_cpu_would_emulate_is_refused(work, mode, tmp_path):
     from mnv3 import build
@@ -186,6 +194,7 @@ def test_a_cpu_only_backend_refuses_cuda_naming_the_one_that_builds_it():
                      options={"device": "cuda"})
 
 
+@pytest.mark.slow
 @no_cuda
 def test_cuda_on_a_machine_without_a_gpu_is_refused_before_compiling(work, tmp_path, capsys):
     capsys.readouterr()
@@ -196,6 +205,7 @@ def test_cuda_on_a_machine_without_a_gpu_is_refused_before_compiling(work, tmp_p
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 @no_cuda
 def test_a_model_built_for_cuda_on_a_machine_without_one_is_a_model_error(work, tmp_path):
     import shutil
@@ -209,6 +219,7 @@ def test_a_model_built_for_cuda_on_a_machine_without_one_is_a_model_error(work, 
         load(tmp_path / "m")
 
 
+@pytest.mark.slow
 def test_a_cpu_model_is_not_moved_to_a_gpu(work):
     with pytest.raises(ModelError, match="compiled for cpu and cannot run on cuda"):
         load(work["dir"] / "torch", device="cuda")
@@ -246,6 +257,7 @@ def test_a_bad_gpu_index_names_the_gpus_there():
 @pytest.mark.parametrize("mode, dtype", [("force_float32", "float32"),
                                          ("force_float16", "float16"),
                                          ("force_bfloat16", "bfloat16")])
+@pytest.mark.slow
 def test_cuda_builds_run_in_their_precision_with_graphs_and_device_time(work, tmp_path, mode,
                                                                        dtype):
     assert _main(["build", *work["common"], "--backend", "torch", "--quant-mode", mode,
@@ -266,6 +278,7 @@ def test_cuda_builds_run_in_their_precision_with_graphs_and_device_time(work, tm
         assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.75  # random net: small margins
 
 
+@pytest.mark.slow
 @needs_cuda
 def test_bench_on_cuda_prints_device_time_and_the_gpu(work, tmp_path, capsys):
     assert _main(["build", *work["common"], "--backend", "torch", "--quant-mode",
@@ -276,6 +289,7 @@ def test_bench_on_cuda_prints_device_time_and_the_gpu(work, tmp_path, capsys):
     assert "device (ms)" in out and "CUDA graphs on" in out and "driver" in out
 
 
+@pytest.mark.slow
 def test_the_gpu_check_runs_its_code_on_the_cpu_in_a_dry_run(tmp_path, capsys, monkeypatch):
     """benchmarks/gpu_check.py --dry-run: the same builds, parity and table, on the CPU."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
