@@ -15,7 +15,7 @@ v[k] + f*(v[k+1]-v[k]) with k + f = (n-1)*p/100.
 1 when --streams > 1). --streams S runs S concurrent requests, each a thread calling the same
 loaded session (as fast as S sessions with ONNX Runtime here, and it loads once). A model
 chosen by 'mnv3 tune' runs with its tuned threads and streams (meta.json extra["tuned"]) when
-neither flag is given, and the output says so.
+neither flag is given; the output and the JSON's notes say which settings ran.
 
 examples:
   mnv3 bench --model data/models/force_float32_false_8
