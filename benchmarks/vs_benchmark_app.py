@@ -165,9 +165,9 @@ def _run_side(cell, side: str, seconds: float) -> float:
 
 
 def _mnv3_bench(model: Path, seconds: float) -> float:
-    proc = subprocess.run([str(Path(sys.executable).parent / "mnv3"), "bench", "--model", str(model),
-                           "--duration", f"{seconds:g}", "--json", "-"],
-                          check=True, capture_output=True, text=True)
+    mnv3 = str(Path(sys.executable).parent / "mnv3")  # this environment's console script
+    proc = subprocess.run([mnv3, "bench", "--model", str(model), "--duration", f"{seconds:g}",
+                           "--json", "-"], check=True, capture_output=True, text=True)
     return float(json.loads(proc.stdout)["throughput_ips"])
 
 
@@ -197,7 +197,8 @@ def _row(i, cell, rounds) -> dict:
 
 
 def _name(cell) -> str:
-    return f"{cell['arch'].replace('mobilenetv3-', '').title()} b{cell['batch']} {cell['objective']}"
+    net = cell["arch"].replace("mobilenetv3-", "").title()
+    return f"{net} b{cell['batch']} {cell['objective']}"
 
 
 def _table(rows) -> str:
@@ -206,8 +207,8 @@ def _table(rows) -> str:
     for r in rows:
         ba = r["benchmark_app"]
         lo, hi = r["ratio_range"]
-        lines.append(f"| {r['cell']} | {r['mnv3_choice']} | {r['mnv3']:.1f} | {ba['fp32']:.1f} | "
-                     f"{ba['int8']:.1f} | **{r['ratio']:.2f}x** ({lo:.2f}-{hi:.2f}) vs "
+        lines.append(f"| {r['cell']} | {r['mnv3_choice']} | {r['mnv3']:.1f} | {ba['fp32']:.1f} "
+                     f"| {ba['int8']:.1f} | **{r['ratio']:.2f}x** ({lo:.2f}-{hi:.2f}) vs "
                      f"{r['best_ir']} |")
     return "\n".join(lines)
 

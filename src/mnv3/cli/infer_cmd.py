@@ -13,10 +13,11 @@ model was never trained) and skipped.txt when an image could not be decoded
 (skipped and counted; --strict makes it an error). --save-images also writes copies with the
 top-1 class and probability drawn on them into images/ (moved in only when the run succeeds).
 Images are decoded on --workers threads while the model runs, so end-to-end images/s is printed
-beside the images/s inside the engine calls (timed while the decode threads compete for the cores:
-lower than 'mnv3 bench', which runs the engine alone). --decode fast trades exact pixels for
-speed (mnv3.data.fast_decode; its measured top-1 agreement is in the README). --engine cpp runs an OpenVINO model through the native program
-mnv3-infer-cpp instead (build it once with 'mnv3 build-cpp'): same flags, same result files.
+beside the images/s inside the engine calls (timed while the decode threads compete for the
+cores: lower than 'mnv3 bench', which runs the engine alone). --decode fast trades exact pixels
+for speed (mnv3.data.fast_decode; its measured top-1 agreement is in the README).
+--engine cpp runs an OpenVINO model through the native program mnv3-infer-cpp instead (build
+it once with 'mnv3 build-cpp'): same flags, same result files.
 --engine ray runs on a Ray cluster (pip install "mnv3[ray]"): Ray Data decodes in map tasks and
 --workers actors run the model (--threads-per-worker engine threads each); --address local (the
 default) starts a cluster on this machine, auto or host:port joins one. Same result files.

@@ -118,7 +118,8 @@ def iter_batches(samples: Sequence[Sample], cfg: PreprocessCfg, batch_size: int,
     """Preprocessed batches of ``samples`` in order, decoded on ``workers`` threads.
 
     ``prefetch`` bounds how many images are decoded ahead (default: the larger of two batches
-    and four per thread); ``decode="fast"`` takes ``mnv3.data.fast_decode``'s path. Returns a ``BatchLoader``: iterate it, then read ``.skipped``.
+    and four per thread); ``decode="fast"`` takes ``mnv3.data.fast_decode``'s path. Returns a
+    ``BatchLoader``: iterate it, then read ``.skipped``.
     """
     return BatchLoader(samples, cfg, batch_size, workers=workers, strict=strict,
                        prefetch=prefetch, decode=decode)
