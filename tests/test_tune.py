@@ -181,10 +181,13 @@ def test_bench_uses_the_tuned_settings_unless_overridden(loose, tmp_path, capsys
     r = json.loads(out.read_text())
     assert (r["threads"], r["streams"]) == (w["threads"], w["streams"])
     assert "using the settings 'mnv3 tune' chose" in capsys.readouterr().out
+    assert (f"ran with the settings 'mnv3 tune' chose (throughput): {w['threads']} thread(s) x "
+            f"{w['streams']} request(s) in flight") in r["notes"]  # the JSON says which ran
     assert cli(["bench", "--model", w["model_dir"], "--iterations", "5", "--warmup", "1",
                 "--streams", "1", "--threads", "1", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert (r["threads"], r["streams"]) == (1, 1)
+    assert "not the settings 'mnv3 tune' chose" in " ".join(r["notes"])
 
 
 def test_cli_tune_runs_and_writes_its_reports(tiny, tmp_path, capsys):

@@ -40,6 +40,7 @@ from typing import Sequence
 
 from mnv3.data.datasets import Sample, demo_dir, load_class_names
 from mnv3.data.files import escape_name, shown
+from mnv3.data.fast_decode import check_decode
 from mnv3.data.loader import iter_batches
 from mnv3.errors import DataError, UsageError
 from mnv3.provenance import untrained_note
@@ -70,6 +71,7 @@ class InferResult:
     # set when the model's network has random weights: its accuracy is noise (issue 13)
     untrained: str | None = None
     engine: str = "python"  # or "cpp", "ray" (there workers counts model actors, not threads)
+    decode: str = "exact"  # or "fast" (mnv3.data.fast_decode: other pixels, measured top-1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,7 +82,7 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
           workers: int | None = None, strict: bool = False, save_images: bool = False,
           class_names: list[str] | None = None, progress: bool = True,
           engine: str = "python", address: str | None = None,
-          threads_per_worker: int | None = None) -> InferResult:
+          threads_per_worker: int | None = None, decode: str = "exact") -> InferResult:
     """Predict every sample with ``model`` (a Session from ``mnv3.load`` or a model folder).
 
     ``image_num`` keeps the first N samples; ``strict`` makes an undecodable image an error
@@ -88,8 +90,12 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
     for a 1000-class model. ``engine="ray"`` runs on a Ray cluster (``address``: "local", the
     default, starts one on this machine; "auto" or host:port joins one): ``model`` must then be
     a model folder, ``workers`` is the number of model actors and ``threads_per_worker`` their
-    engine threads (``mnv3.ray_engine``).
+    engine threads (``mnv3.ray_engine``). ``decode="fast"`` decodes by
+    ``mnv3.data.fast_decode`` (python engine only; recorded in infer.json).
     """
+    if check_decode(decode) != "exact" and engine != "python":
+        raise UsageError(f"decode {decode!r} is for the python engine; the {engine} engine "
+                         "decodes the exact way")
     if engine == "ray":
         from mnv3.ray_engine import infer_ray
 
@@ -105,11 +111,13 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
         samples = _select(samples, image_num)
         _check_labels(samples, meta.num_classes)
         bs = int(batch_size or meta.default_batch)
-        loader = iter_batches(samples, meta.preprocess, bs, workers=workers, strict=strict)
+        loader = iter_batches(samples, meta.preprocess, bs, workers=workers, strict=strict,
+                              decode=decode)
         label = meta.name if not isinstance(model, (str, os.PathLike)) else str(model)
         return write_predictions(_LocalPredictions(session, loader), samples, meta, output_dir,
                                  class_names=class_names, batch_size=bs,
-                                 save_images=save_images, progress=progress, label=label)
+                                 save_images=save_images, progress=progress, label=label,
+                                 decode=decode)
     finally:
         if owned:
             session.close()
@@ -167,7 +175,8 @@ class _LocalPredictions:
 
 def write_predictions(predictions, samples: list[Sample], meta, output_dir, *,
                       class_names: list[str] | None, batch_size: int, save_images: bool,
-                      progress: bool, label: str, engine: str = "python") -> InferResult:
+                      progress: bool, label: str, engine: str = "python",
+                      decode: str = "exact") -> InferResult:
     """Drive ``predictions`` (iterable of ``(samples, logits, engine_seconds)`` in sample order,
     with ``.skipped`` and ``.workers``) into the result files of ``output_dir``: the one driver
     loop of every engine, so all write the same files the same way."""
@@ -181,6 +190,7 @@ def write_predictions(predictions, samples: list[Sample], meta, output_dir, *,
             result = _predict_all(predictions, writer, copies, len(samples), names, out,
                                   batch_size=batch_size, progress=progress, label=label)
             result.untrained, result.engine = untrained_note(meta), engine
+            result.decode = decode
             writer.commit(result.skipped_files, result.to_dict(), result.top1, result.top5)
             if copies is not None:
                 copies.publish()

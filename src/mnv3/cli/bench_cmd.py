@@ -15,7 +15,7 @@ v[k] + f*(v[k+1]-v[k]) with k + f = (n-1)*p/100.
 1 when --streams > 1). --streams S runs S concurrent requests, each a thread calling the same
 loaded session (as fast as S sessions with ONNX Runtime here, and it loads once). A model
 chosen by 'mnv3 tune' runs with its tuned threads and streams (meta.json extra["tuned"]) when
-neither flag is given, and the output says so.
+neither flag is given; the output and the JSON's notes say which settings ran.
 
 examples:
   mnv3 bench --model data/models/force_float32_false_8
@@ -62,7 +62,7 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     say = human_print(args.json)
-    _use_tuned(args, say)
+    tuned = _use_tuned(args, say)
     threads = args.threads if args.threads is not None else (1 if args.streams > 1 else None)
     t0 = time.perf_counter()
     session = load(args.model, threads=threads, streams=args.streams)  # OpenVINO: 1 per caller
@@ -71,18 +71,24 @@ def run(args) -> int:
         result = benchmark(session, batch=args.batch, threads=threads, streams=args.streams,
                            iterations=args.iterations, duration=args.duration,
                            warmup=args.warmup, load_time_s=load_s)
+    if tuned is not None:  # the JSON says which settings ran, not only what tune recorded
+        result.notes.append(f"ran with the settings 'mnv3 tune' chose ({tuned.get('objective')}): "
+                            f"{args.threads} thread(s) x {args.streams} request(s) in flight"
+                            if tuned else "ran with the --threads/--streams given, not the "
+                            "settings 'mnv3 tune' chose")
     say(format_bench(result))
     write_json(args.json, result.to_dict())
     return 0
 
 
-def _use_tuned(args, say) -> None:
-    """No --threads / --streams: a tuned model's recorded settings (issue 17), else 1 stream."""
+def _use_tuned(args, say) -> dict | None:
+    """No --threads / --streams: a tuned model's recorded settings (issue 17), else 1 stream.
+    Returns them when used, {} for a tuned model run with other settings, None if untuned."""
     from mnv3.meta import read_meta
 
-    tuned = None
-    if args.threads is None and args.streams is None:
-        tuned = read_meta(args.model).tuned
+    tuned = read_meta(args.model).tuned
+    if tuned and (args.threads is not None or args.streams is not None):
+        tuned = {}
     if tuned:
         args.threads, args.streams = int(tuned["threads"]), int(tuned["streams"])
         say(f"using the settings 'mnv3 tune' chose ({tuned['objective']}): {args.threads} "
@@ -90,3 +96,4 @@ def _use_tuned(args, say) -> None:
             "override")
     elif args.streams is None:
         args.streams = 1
+    return tuned

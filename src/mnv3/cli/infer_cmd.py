@@ -13,8 +13,11 @@ model was never trained) and skipped.txt when an image could not be decoded
 (skipped and counted; --strict makes it an error). --save-images also writes copies with the
 top-1 class and probability drawn on them into images/ (moved in only when the run succeeds).
 Images are decoded on --workers threads while the model runs, so end-to-end images/s is printed
-beside the engine-only figure. --engine cpp runs an OpenVINO model through the native program
-mnv3-infer-cpp instead (build it once with 'mnv3 build-cpp'): same flags, same result files.
+beside the images/s inside the engine calls (timed while the decode threads compete for the
+cores: lower than 'mnv3 bench', which runs the engine alone). --decode fast trades exact pixels
+for speed (mnv3.data.fast_decode; its measured top-1 agreement is in the README).
+--engine cpp runs an OpenVINO model through the native program mnv3-infer-cpp instead (build
+it once with 'mnv3 build-cpp'): same flags, same result files.
 --engine ray runs on a Ray cluster (pip install "mnv3[ray]"): Ray Data decodes in map tasks and
 --workers actors run the model (--threads-per-worker engine threads each); --address local (the
 default) starts a cluster on this machine, auto or host:port joins one. Same result files.
@@ -70,6 +73,11 @@ def add_parser(sub):
                      help="local (default: start a cluster here), auto, or host:port")
     ray.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
                      help="engine threads of each model actor (default 1)")
+    p.add_argument("--decode", choices=("exact", "fast"), default="exact",
+                   help="exact (default): the reference pipeline, bit for bit; fast: JPEGs "
+                   "decoded at 1/2-1/8 scale where at least twice the resize target and one "
+                   "resize to the crop (other pixels; its top-1 agreement is in the README); "
+                   "recorded in infer.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", default=None, metavar="F",
                    help="also write the summary as JSON ('-' = stdout)")
@@ -90,6 +98,9 @@ def run(args) -> int:
         raise UsageError("--dataset brings its own labels.txt; drop --label-file")
     if args.label_file and not args.image_dir:
         raise UsageError("--label-file needs --image-dir (the folder its file names are in)")
+    if args.decode != "exact" and args.engine != "python":
+        raise UsageError(f"--decode {args.decode} is for --engine python; the {args.engine} "
+                         "engine decodes the exact way")
     if args.dataset:
         args.image_dir, args.label_file, args.synsets = dataset_dir(args.dataset, args.synsets)
     for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
@@ -125,7 +136,8 @@ def run(args) -> int:
         result = infer(model or session, samples, args.output_dir, batch_size=args.batch_size,
                        image_num=args.image_num, workers=args.workers, strict=args.strict,
                        save_images=args.save_images, class_names=class_names,
-                       progress=not args.no_progress and sys.stderr.isatty(), **extra)
+                       progress=not args.no_progress and sys.stderr.isatty(),
+                       **({"decode": args.decode} if args.decode != "exact" else {}), **extra)
     for line in summary_lines(result):
         say(line)
     below = ((getattr(session, "meta", None) and session.meta.fidelity) or {}).get("below_budget")
@@ -153,8 +165,10 @@ def summary_lines(r) -> list[str]:
             lines.append(f"note: {r.untrained}")
     else:
         lines.append("no labels given: predictions only (see results.jsonl)")
-    lines.append(f"speed: {r.images_per_s:.1f} images/s end to end (decode included), "
-                 f"{r.engine_images_per_s:.1f} images/s engine only "
-                 f"({r.engine_seconds:.2f} s of {r.seconds:.2f} s in the engine)")
+    decode = getattr(r, "decode", "exact")
+    lines.append(f"speed: {r.images_per_s:.1f} images/s end to end ({decode} decode included), "
+                 f"{r.engine_images_per_s:.1f} images/s in the engine calls "
+                 f"({r.engine_seconds:.2f} s of {r.seconds:.2f} s; timed while the decode "
+                 "threads share the cores, so below 'mnv3 bench's engine-alone figure)")
     lines.append(f"results in {r.output_dir}")
     return lines

@@ -8,7 +8,8 @@ CenterCrop -> ToTensor -> Normalize, with the sizes, mean and std of the model's
 It is made fast only in ways that keep every pixel (a DataLoader-style pool of threads in
 ``mnv3.data.loader`` does the rest): the resize skips the columns or rows the crop throws away
 (``_resize_cropped``) and normalization is a table lookup (``normalize``). Lossy speed-ups (JPEG
-draft decoding, box-filtered or OpenCV resizing) are deliberately absent: they move top-1.
+draft decoding, one resize straight to the crop) live apart, opt-in, in ``mnv3.data.fast_decode``
+(``--decode fast``), whose cost to top-1 is measured.
 
 Two deliberate departures from ``convert("RGB")``, for images the reference mishandles:
 transparent images are composited over white (convert would expose whatever colour hides under
@@ -39,7 +40,17 @@ _RESAMPLE = {
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file to RGB; DataError naming the file when it cannot be decoded.
+    """Decode an image file to RGB; DataError naming the file when it cannot be decoded."""
+    return decode_image(path)[0]
+
+
+def decode_image(path: str | os.PathLike, draft_for: PreprocessCfg | None = None
+                 ) -> tuple[Image.Image, tuple[int, int], int]:
+    """(RGB image, the source image's size, the scale it was decoded at: 1, 2, 4 or 8).
+
+    ``draft_for``: let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale (DCT-domain downscaling,
+    Pillow's ``Image.draft``) while it stays at least as large as ``draft_for`` resizes it to:
+    the fast path of ``mnv3.data.fast_decode``, which moves pixels. Without it the scale is 1.
 
     Any exception while *decoding* is the file's fault (Pillow's plugins raise struct.error,
     IndexError, EOFError ... on malformed files), so all of them become DataError: a corrupt
@@ -50,11 +61,15 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     ``x.jpg`` is refused, never read, so no decode can block forever; issue 19).
     """
     path = Path(path)
+    scale = 1
     with open_regular(path, "image") as f:  # DataError itself: missing, a FIFO, too large
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(f) as img:
+                    size = img.size
+                    if draft_for is not None:
+                        scale = _draft(img, draft_for)
                     img.load()
         except MemoryError:
             raise
@@ -71,7 +86,18 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         except Exception as e:  # noqa: BLE001
             raise DataError(f"cannot decode image {shown(path)}: {type(e).__name__}: {clip(e)}; "
                             "replace or remove the file") from None
-    return to_rgb(img)
+    return to_rgb(img), size, scale
+
+
+def _draft(img: Image.Image, cfg: PreprocessCfg) -> int:
+    """Ask libjpeg for the smallest scale still >= the resize target; returns the scale."""
+    try:
+        new_w, new_h, _ = _geometry(*img.size, cfg)
+    except DataError:  # a strip too thin: resize_and_crop says so once decoded
+        return 1
+    width = img.size[0]
+    drafted = img.draft("RGB", (new_w, new_h))  # None: not a JPEG (or one it cannot scale)
+    return round(width / drafted[1][2]) if drafted else 1  # its box: the source's extent
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -105,6 +131,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def resize_and_crop(img: Image.Image, cfg: PreprocessCfg) -> Image.Image:
     """torchvision's Resize(cfg.resize) then CenterCrop(cfg.crop): same arithmetic, same pixels."""
     w, h = img.size
+    new_w, new_h, crop = _geometry(w, h, cfg)
+    resample = _RESAMPLE[cfg.interpolation]
+    if (new_w, new_h) == (w, h):
+        return img.crop(crop)
+    if resample == Image.Resampling.NEAREST or not _split_resize_is_exact():
+        return img.resize((new_w, new_h), resample).crop(crop)
+    return _resize_cropped(img, new_w, new_h, crop, resample)
+
+
+def _geometry(w: int, h: int, cfg: PreprocessCfg) -> tuple[int, int, tuple[int, int, int, int]]:
+    """(resized width, resized height, crop box in the resized image), torchvision's arithmetic."""
     short, long = (w, h) if w <= h else (h, w)
     if long > MAX_ASPECT * short:  # resizing would allocate gigabytes for one thin strip
         raise DataError(f"image is {w}x{h}, more than {MAX_ASPECT} times longer than wide; "
@@ -113,13 +150,7 @@ def resize_and_crop(img: Image.Image, cfg: PreprocessCfg) -> Image.Image:
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     top = int(round((new_h - cfg.crop) / 2.0))
     left = int(round((new_w - cfg.crop) / 2.0))
-    crop = (left, top, left + cfg.crop, top + cfg.crop)
-    resample = _RESAMPLE[cfg.interpolation]
-    if (new_w, new_h) == (w, h):
-        return img.crop(crop)
-    if resample == Image.Resampling.NEAREST or not _split_resize_is_exact():
-        return img.resize((new_w, new_h), resample).crop(crop)
-    return _resize_cropped(img, new_w, new_h, crop, resample)
+    return new_w, new_h, (left, top, left + cfg.crop, top + cfg.crop)
 
 
 def _resize_cropped(img: Image.Image, new_w: int, new_h: int, crop, resample) -> Image.Image:
