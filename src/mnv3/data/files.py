@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 from typing import BinaryIO
 
 from mnv3.errors import DataError, Mnv3Error
