@@ -64,9 +64,10 @@ def check_builds(name: str, mode) -> None:
     if not others:
         raise UsageError(f"no installed backend builds quant mode {mode}; the {name} backend "
                          f"builds {', '.join(capabilities(name).modes)}")
-    raise UsageError(f"quant mode {mode} is built only by the {', '.join(others)} backend, not "
-                     f"{name}; add --backend {others[0]} or choose one of "
-                     f"{', '.join(capabilities(name).modes)}")
+    who = (f"the {others[0]} backend" if len(others) == 1
+           else f"the {', '.join(others[:-1])} and {others[-1]} backends")
+    raise UsageError(f"quant mode {mode} is built only by {who}, not {name}; add --backend "
+                     f"{others[0]} or choose one of {', '.join(capabilities(name).modes)}")
 
 
 def get_backend(name: str):
