@@ -151,6 +151,8 @@ def run(args) -> int:
 def summary_lines(r) -> list[str]:
     workers = (f"{r.workers} model actors on Ray" if getattr(r, "engine", None) == "ray"
                else f"{r.workers} decode threads")
+    if getattr(r, "decode", "exact") != "exact":  # its accuracy is not the exact pipeline's
+        workers += f", --decode {r.decode}: approximate pixels, see README for its agreement"
     lines = [f"images: {r.processed} predicted, {r.skipped} skipped "
              f"(of {r.images}; batch {r.batch_size}, {workers})"]
     if r.skipped:
