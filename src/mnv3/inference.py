@@ -40,7 +40,7 @@ from typing import Sequence
 
 from mnv3.data.datasets import Sample, demo_dir, load_class_names
 from mnv3.data.files import escape_name, shown
-from mnv3.data.fast_decode import check_decode
+from mnv3.data.fast_decode import check_decode, tuned_decode
 from mnv3.data.loader import iter_batches
 from mnv3.errors import DataError, UsageError
 from mnv3.provenance import untrained_note
@@ -82,7 +82,7 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
           workers: int | None = None, strict: bool = False, save_images: bool = False,
           class_names: list[str] | None = None, progress: bool = True,
           engine: str = "python", address: str | None = None,
-          threads_per_worker: int | None = None, decode: str = "exact") -> InferResult:
+          threads_per_worker: int | None = None, decode: str | None = None) -> InferResult:
     """Predict every sample with ``model`` (a Session from ``mnv3.load`` or a model folder).
 
     ``image_num`` keeps the first N samples; ``strict`` makes an undecodable image an error
@@ -91,9 +91,10 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
     default, starts one on this machine; "auto" or host:port joins one): ``model`` must then be
     a model folder, ``workers`` is the number of model actors and ``threads_per_worker`` their
     engine threads (``mnv3.ray_engine``). ``decode="fast"`` decodes by
-    ``mnv3.data.fast_decode`` (python engine only; recorded in infer.json).
+    ``mnv3.data.fast_decode`` (python engine only; recorded in infer.json); the default is
+    what ``mnv3 tune`` chose for the model (``fast_decode.tuned_decode``), else ``exact``.
     """
-    if check_decode(decode) != "exact" and engine != "python":
+    if decode is not None and check_decode(decode) != "exact" and engine != "python":
         raise UsageError(f"decode {decode!r} is for the python engine; the {engine} engine "
                          "decodes the exact way")
     if engine == "ray":
@@ -111,6 +112,7 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
         samples = _select(samples, image_num)
         _check_labels(samples, meta.num_classes)
         bs = int(batch_size or meta.default_batch)
+        decode = decode or tuned_decode(meta)
         loader = iter_batches(samples, meta.preprocess, bs, workers=workers, strict=strict,
                               decode=decode)
         label = meta.name if not isinstance(model, (str, os.PathLike)) else str(model)

@@ -15,7 +15,9 @@ top-1 class and probability drawn on them into images/ (moved in only when the r
 Images are decoded on --workers threads while the model runs, so end-to-end images/s is printed
 beside the images/s inside the engine calls (timed while the decode threads compete for the
 cores: lower than 'mnv3 bench', which runs the engine alone). --decode fast trades exact pixels
-for speed (mnv3.data.fast_decode; its measured top-1 agreement is in the README).
+for speed (mnv3.data.fast_decode; its measured top-1 agreement is in the README); a model for
+which 'mnv3 tune' measured it (>= 99.5% top-1 agreement with the exact path, and faster) uses it
+by default, and says so; --decode exact overrides.
 --engine cpp runs an OpenVINO model through the native program mnv3-infer-cpp instead (build
 it once with 'mnv3 build-cpp'): same flags, same result files.
 --engine ray runs on a Ray cluster (pip install "mnv3[ray]"): Ray Data decodes in map tasks and
@@ -73,8 +75,9 @@ def add_parser(sub):
                      help="local (default: start a cluster here), auto, or host:port")
     ray.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
                      help="engine threads of each model actor (default 1)")
-    p.add_argument("--decode", choices=("exact", "fast"), default="exact",
-                   help="exact (default): the reference pipeline, bit for bit; fast: JPEGs "
+    p.add_argument("--decode", choices=("exact", "fast"), default=None,
+                   help="exact (default, unless 'mnv3 tune' chose fast for this model after "
+                   "measuring it): the reference pipeline, bit for bit; fast: JPEGs "
                    "decoded at 1/2-1/8 scale where at least twice the resize target and one "
                    "resize to the crop (other pixels; its top-1 agreement is in the README); "
                    "recorded in infer.json")
@@ -98,7 +101,7 @@ def run(args) -> int:
         raise UsageError("--dataset brings its own labels.txt; drop --label-file")
     if args.label_file and not args.image_dir:
         raise UsageError("--label-file needs --image-dir (the folder its file names are in)")
-    if args.decode != "exact" and args.engine != "python":
+    if args.decode == "fast" and args.engine != "python":
         raise UsageError(f"--decode {args.decode} is for --engine python; the {args.engine} "
                          "engine decodes the exact way")
     if args.dataset:
@@ -123,6 +126,8 @@ def run(args) -> int:
         if session.in_flight > 1:
             say(f"using the settings 'mnv3 tune' chose: {session.meta.tuned['threads']} "
                 f"thread(s) x {session.in_flight} batches in flight; pass --threads to override")
+        if args.decode is None:
+            args.decode = _tuned_decode(session.meta, say)
     with session:
         synsets = args.synsets
         if args.image_dir:
@@ -137,7 +142,7 @@ def run(args) -> int:
                        image_num=args.image_num, workers=args.workers, strict=args.strict,
                        save_images=args.save_images, class_names=class_names,
                        progress=not args.no_progress and sys.stderr.isatty(),
-                       **({"decode": args.decode} if args.decode != "exact" else {}), **extra)
+                       **({"decode": args.decode} if args.engine == "python" else {}), **extra)
     for line in summary_lines(result):
         say(line)
     below = ((getattr(session, "meta", None) and session.meta.fidelity) or {}).get("below_budget")
@@ -146,6 +151,19 @@ def run(args) -> int:
             "its meta.json fidelity")
     write_json(args.json, result.to_dict())
     return 0
+
+
+def _tuned_decode(meta, say) -> str:
+    """The decode 'mnv3 tune' chose for this model (said when it is the fast path)."""
+    from mnv3.data.fast_decode import tuned_decode
+
+    decode = tuned_decode(meta)
+    if decode == "fast":
+        from mnv3.tune_decode import describe
+
+        say(f"using --decode fast, which 'mnv3 tune' chose for this model ({describe(meta.tuned)}"
+            "); pass --decode exact for the exact pixels")
+    return decode
 
 
 def summary_lines(r) -> list[str]:

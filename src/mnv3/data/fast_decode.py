@@ -30,6 +30,13 @@ def check_decode(decode: str) -> str:
     return decode
 
 
+def tuned_decode(meta) -> str:
+    """The decode ``mnv3 tune`` chose for this model (``mnv3.tune_decode``: ``fast`` only
+    where it measured the fast path's agreement and speed), else ``exact``."""
+    decode = (getattr(meta, "tuned", None) or {}).get("decode")
+    return decode if decode in DECODES else "exact"
+
+
 def preprocess_fast(path: str | os.PathLike, cfg: PreprocessCfg,
                     out: np.ndarray | None = None) -> np.ndarray:
     """One image file -> float32 [3, crop, crop] by the fast path (``out``: as preprocess_image)."""
