@@ -8,6 +8,7 @@ and what was skipped is said, and ``mnv3 bench`` runs a tuned model with its set
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -52,7 +53,7 @@ def strict(tiny, work):
 # ----------------------------------------------------------------------------- the plan
 def test_plan_covers_backends_modes_and_batches_float32_first():
     cands = t.plan(["onnxruntime", "openvino"], [1, 8],
-                   ["force_float32", "qint8_mixed_float32", "force_bfloat16"])
+                   ["force_float32", "qint8_mixed_float32", "force_bfloat16"], ("fixed",))
     names = [(c.backend, c.quant_mode, c.batch) for c in cands]
     assert ("onnxruntime", "force_bfloat16", 1) not in names  # an OpenVINO-only mode
     assert ("openvino", "force_bfloat16", 8) in names
@@ -60,6 +61,17 @@ def test_plan_covers_backends_modes_and_batches_float32_first():
     for b in (1, 8):
         modes = [c.quant_mode for c in cands if c.batch == b]
         assert modes[:2] == ["force_float32", "force_float32"]
+
+
+def test_plan_adds_one_mutable_candidate_per_batch_after_the_fixed_ones():
+    cands = t.plan(["onnxruntime"], [1, 8], ["force_float32", "qint8_mixed_float32"])
+    fixed = [c for c in cands if not c.mutable]
+    mutable = [c for c in cands if c.mutable]
+    assert len(fixed) == len(mutable) == 4 and cands[:4] == fixed  # fixed first
+    assert {(c.quant_mode, c.batch) for c in mutable} == {(c.quant_mode, c.batch) for c in fixed}
+    assert mutable[0].quant_mode == "force_float32" and mutable[0].batch == 1
+    assert mutable[0].name == "onnxruntime/force_float32_true_1" and mutable[0].shape == "mutable"
+    assert all(not c.mutable for c in t.plan(["onnxruntime"], [1], shapes=("fixed",)))
 
 
 def test_bf16_only_where_the_cpu_has_it():
@@ -76,7 +88,8 @@ def test_runtime_settings_per_objective():
 
 
 @pytest.mark.parametrize("kwargs", [{"objective": "fastest"}, {"batch_sizes": ()},
-                                    {"time_budget_s": 0}, {"min_agreement": 150}])
+                                    {"time_budget_s": 0}, {"min_agreement": 150},
+                                    {"shapes": ("dynamic",)}, {"shapes": ()}])
 def test_bad_arguments_fail_before_any_work(tiny, tmp_path, kwargs):
     with pytest.raises(UsageError):
         t.tune(tiny.onnx, out=tmp_path / "o", **{**FAST, **kwargs})
@@ -117,7 +130,9 @@ def test_tuned_model_records_its_runtime_settings(loose):
     assert tuned["objective"] == "throughput" and tuned["batch"] == 1
     assert (tuned["threads"], tuned["streams"]) == (w["threads"], w["streams"])
     assert tuned["isa"] == loose.isa and tuned["images_per_s"] == w["images_per_s"]
-    assert meta.batch_size == 1 and meta.shape_mutable is False
+    assert meta.batch_size == 1 and meta.default_batch == 1
+    assert meta.shape_mutable is (tuned["shape"] == "mutable")
+    assert w["candidate"].endswith(f"_{str(meta.shape_mutable).lower()}_1")
 
 
 def test_reports_list_every_candidate_with_the_isa(loose, work):
@@ -144,11 +159,13 @@ def test_pareto_front_keeps_what_nothing_beats_on_both_axes():
 
 
 def test_a_refused_candidate_is_listed_with_its_reason(strict, work):
-    (int8,) = [c for c in strict.candidates if c.quant_mode == "qint8_mixed_float32"]
-    assert int8.status == "refused" and "accuracy budget" in int8.why
-    assert int8.model_dir is None and not int8.settings
+    int8s = [c for c in strict.candidates if c.quant_mode == "qint8_mixed_float32"]
+    assert [c.shape for c in int8s] == ["fixed", "mutable"]
+    for int8 in int8s:
+        assert int8.status == "refused" and "accuracy budget" in int8.why
+        assert int8.model_dir is None and not int8.settings
     w = strict.winners["latency_b1"]
-    assert w["candidate"].endswith("force_float32_false_1") and w["streams"] == 1
+    assert "/force_float32_" in w["candidate"] and w["streams"] == 1
     md = (work / "strict" / "tune.md").read_text()
     assert "refused" in md and "accuracy budget" in md
 
@@ -259,3 +276,174 @@ def test_load_and_infer_use_the_tuned_settings(loose, tiny, tmp_path):
     assert "eval_result_1.txt" in files  # infer.json differs in its timings only
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+# ----------------------------------------------------------------------------- mutable batch
+def test_one_mutable_build_serves_every_batch(loose):
+    """The shape-mutable candidates of one (backend, mode) run one build, made once."""
+    for mode in ("force_float32", "qint8_mixed_float32"):
+        mut = [c for c in loose.candidates if c.mutable and c.quant_mode == mode]
+        assert [c.batch for c in mut] == [1, 2] and all(c.status == "built" for c in mut)
+        first, second = mut
+        assert first.shares is None and second.shares == first.name
+        assert second.model_dir == first.model_dir and second.build_s == 0.0
+        assert read_meta(first.model_dir).shape_mutable is True
+        assert all(s.rounds_ips for c in mut for s in c.settings)  # measured at each batch
+    models = Path(loose.candidates[0].model_dir).parent
+    built = sorted(p.name for p in models.iterdir() if "_true_" in p.name)
+    assert built == ["force_float32_true_1", "qint8_mixed_float32_true_1"]
+
+
+def test_mutable_candidates_are_measured_at_their_batch(tiny, tmp_path, monkeypatch):
+    import mnv3.bench as bench
+
+    seen, real = [], bench.benchmark
+
+    def spy(session, **kw):
+        seen.append((session.meta.shape_mutable, kw.get("batch")))
+        return real(session, **kw)
+
+    monkeypatch.setattr(bench, "benchmark", spy)
+    report = t.tune(tiny.onnx, batch_sizes=(1, 3), quant_modes=["force_float32"],
+                    objective="latency", calib_dir=tiny.images, preprocess=CFG,
+                    out=tmp_path / "o", time_budget_s=120, decode_check=False,
+                    **{**FAST, "rounds": 1})
+    assert {(True, 1), (True, 3), (False, 1), (False, 3)} <= set(seen)
+    assert {k for k in report.winners} == {"latency_b1", "latency_b3"}
+    md = (tmp_path / "o" / "tune.md").read_text()
+    assert "| 3 | onnxruntime | force_float32 | mutable |" in md
+    assert "force_float32_true_3 runs the build of onnxruntime/force_float32_true_1" in md
+
+
+def test_a_faster_mutable_candidate_is_chosen_and_runs_at_its_batch(loose, tmp_path):
+    """choose() on measured figures where the mutable build is faster at batch 2: its copy
+    serves batch 2 by default (meta batch_size), and mnv3 bench runs it so."""
+    from mnv3.tune_choose import choose
+
+    def cand(mutable, ips):
+        (src,) = [c for c in loose.candidates if c.batch == 2 and c.mutable is mutable
+                  and c.quant_mode == "force_float32"]
+        return t.Candidate(src.backend, src.quant_mode, 2, mutable=mutable,
+                           model_dir=src.model_dir, status="built",
+                           settings=[t.Setting(1, 1, ips, [1.0] * 3)])
+
+    fixed, mutable = cand(False, [100.0, 101.0, 99.0]), cand(True, [120.0, 118.0, 125.0])
+    report = t.TuneReport("throughput", [2], {}, 60.0, {}, loose.isa)
+    report.candidates = [fixed, mutable]
+    choose([fixed, mutable], "throughput", 2, tmp_path, report, False)
+    w = report.winners["throughput_b2"]
+    assert w["candidate"].endswith("force_float32_true_2") and w["shape"] == "mutable"
+    assert fixed.why.startswith("slower than") and w["runner_up"]["ratio"] == 120 / 100
+    meta = read_meta(w["model_dir"])
+    assert meta.shape_mutable and meta.batch_size == meta.default_batch == 2
+    assert read_meta(mutable.model_dir).batch_size == 1  # the shared build is left as built
+    out = tmp_path / "b.json"
+    assert cli(["bench", "--model", w["model_dir"], "--iterations", "3", "--warmup", "1",
+                "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["batch"] == 2
+
+
+# ----------------------------------------------------------------------------- the budget
+@pytest.mark.slow
+def test_tune_on_the_defaults_finishes_within_its_time_budget(tiny, tmp_path, capsys):
+    """`mnv3 tune` with its default rounds, slices, batch sizes, shapes, backends and decode
+    check, given a small budget: it returns within it and says what it skipped to fit."""
+    import time
+
+    budget, out = 30, tmp_path / "d"
+    t0 = time.perf_counter()
+    rc = cli(["tune", "--onnx", str(tiny.onnx), "--image-size", str(SIZE), "--calib-dir",
+              str(tiny.images), "--time-budget", f"{budget}s", "--out", str(out),
+              "--no-progress"])
+    wall = time.perf_counter() - t0
+    assert rc == 0
+    data = t.load_report(out / "tune.json")
+    assert wall <= budget and data["elapsed_s"] <= budget, (wall, data["elapsed_s"])
+    assert data["skipped"]  # 7 rounds of 0.5 s slices of every pair cannot fit 30 s
+    assert any("round" in s for s in data["skipped"])
+    printed = capsys.readouterr().out
+    assert all(s in (out / "tune.md").read_text() for s in data["skipped"])
+    assert "skipped" in printed and data["winners"]
+
+
+def test_a_build_like_a_slow_one_is_not_started_late():
+    from mnv3.tune_build import _wont_fit
+
+    class Clock:
+        budget = 100.0
+
+        def elapsed(self):
+            return 40.0
+
+    done = t.Candidate("onnxruntime", "qint8_mixed_float32", 1, status="built", build_s=30.0)
+    nxt = t.Candidate("onnxruntime", "qint8_mixed_float32", 8)
+    other = t.Candidate("onnxruntime", "force_float32", 8)
+    report = t.TuneReport("latency", [1, 8], {}, 100.0, {}, "avx2", candidates=[done, nxt])
+    assert "took 30 s" in _wont_fit(nxt, Clock(), report)  # 40 + 30 > 60% of 100
+    assert _wont_fit(other, Clock(), report) is None  # nothing like it measured yet
+    # an engine's first int8 build, guessed from its float32 build (4 x 6 s > 60 - 40 s left)
+    f32 = t.Candidate("openvino", "force_float32", 1, status="built", build_s=6.0)
+    ov8 = t.Candidate("openvino", "qint8_mixed_float32", 1)
+    report.candidates = [f32, ov8]
+    assert "estimated at 4x" in _wont_fit(ov8, Clock(), report)
+    f32.build_s = 4.0  # 4 x 4 s fits
+    assert _wont_fit(ov8, Clock(), report) is None
+
+
+# ----------------------------------------------------------------------------- decoding
+def test_the_decode_rule_needs_agreement_and_speed():
+    from mnv3.tune_decode import decide
+
+    assert decide({"agreement": 1.0, "speed_ratio": 1.08}) == "fast"
+    assert decide({"agreement": 0.995, "speed_ratio": 1.01}) == "fast"
+    assert decide({"agreement": 0.994, "speed_ratio": 1.5}) == "exact"  # below the bar
+    assert decide({"agreement": 1.0, "speed_ratio": 0.97}) == "exact"  # not faster
+    assert decide({"checked": False}) == "exact"
+
+
+def test_tune_records_the_measured_decode_choice(loose):
+    from mnv3.tune_decode import decide
+    from mnv3.tune_report import format_md
+
+    md = format_md(loose)  # tune.md as written (a later test reruns tune into the same folder)
+
+    for key, w in loose.winners.items():
+        tuned = read_meta(w["model_dir"]).tuned
+        check = tuned["decode_check"]
+        assert check["checked"] and check["images"] == 16  # the 24 images less 8 calibration
+        assert 0 <= check["agreement"] <= 1 and check["exact_ips"] > 0 and check["fast_ips"] > 0
+        assert check["pairs"] >= 1 and (check["threads"], check["streams"]) == (
+            tuned["threads"], tuned["streams"])
+        assert tuned["decode"] == decide(check) == w["decode"]
+        assert f"{key}: decode {tuned['decode']}: the fast path's top-1 agreement" in md
+
+
+def test_infer_uses_the_tuned_decode_and_exact_overrides(loose, tiny, tmp_path, capsys):
+    import shutil
+
+    from mnv3 import infer, load
+    from mnv3.data.datasets import load_dataset
+    from mnv3.meta import write_meta
+
+    model = tmp_path / "m"
+    shutil.copytree(loose.winners["throughput_b1"]["model_dir"], model)
+    meta = read_meta(model)
+    check = {"checked": True, "images": 400, "agreement": 1.0, "images_of": "400 of 400 x",
+             "speed_ratio": 1.1, "ratio_range": [1.0, 1.2], "pairs": 3, "exact_ips": 10.0,
+             "fast_ips": 11.0}
+    meta.extra["tuned"] = {**meta.extra["tuned"], "decode": "fast", "decode_check": check}
+    write_meta(meta, model)
+    args = ["infer", "--model", str(model), "--image-dir", str(tiny.images), "--no-progress"]
+    assert cli([*args, "--output-dir", str(tmp_path / "a")]) == 0
+    said = capsys.readouterr().out
+    assert "using --decode fast, which 'mnv3 tune' chose" in said and "100.0%" in said
+    assert "--decode fast: approximate pixels" in said  # the summary says it too
+    assert json.loads((tmp_path / "a" / "infer.json").read_text())["decode"] == "fast"
+    assert cli([*args, "--output-dir", str(tmp_path / "b"), "--decode", "exact"]) == 0
+    assert "--decode fast" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "infer.json").read_text())["decode"] == "exact"
+    with load(model) as session:  # the Python API follows the model too
+        samples = load_dataset(tiny.images)
+        assert infer(session, samples, tmp_path / "c", progress=False).decode == "fast"
+        assert infer(session, samples, tmp_path / "d", progress=False,
+                     decode="exact").decode == "exact"

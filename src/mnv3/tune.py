@@ -5,7 +5,9 @@ from CPU to CPU (MobileNetV3-Small batch 1 on an AVX2 EPYC: ONNX Runtime fp32 be
 int8; at batch 8 OpenVINO int8 won), so nothing is assumed; every choice is measured here:
 
 1. candidates: backend (onnxruntime; openvino when installed) x quant mode (force_float32, an
-   int8 mode, force_bfloat16 only on OpenVINO where the CPU computes bf16) x fixed batch;
+   int8 mode, force_bfloat16 only on OpenVINO where the CPU computes bf16) x batch shape: one
+   fixed-batch build per batch size, and one shape-mutable build per (backend, mode) that
+   serves every batch size (built once, measured at each batch as a candidate of its own);
 2. each is built with ``mnv3.build``, whose accuracy budget (``mnv3.gate``) decides: a refused
    build is a candidate that lost, with the build's reason. The build's own int8-vs-float
    speed check is off (``speed_check=False``): tune measures int8 against float32 itself,
@@ -21,110 +23,37 @@ int8; at batch 8 OpenVINO int8 won), so nothing is assumed; every choice is meas
 5. the winner per (objective, batch) is the measured pair with the highest median images/s
    among builds within budget; its model directory is copied to ``out/tuned/<objective>_b<B>``
    with ``meta.json extra["tuned"]`` = its runtime settings, which ``mnv3 bench`` uses when
-   given no --threads / --streams. ``out/tune.md`` and ``out/tune.json`` list every candidate.
+   given no --threads / --streams. ``out/tune.md`` and ``out/tune.json`` list every candidate;
+6. per winner, ``mnv3.tune_decode`` measures the fast decode path against the exact one (top-1
+   agreement and end-to-end speed on the held-out images) and records ``decode`` in the tuned
+   settings, which ``mnv3 infer`` uses by default.
 
-``time_budget_s`` bounds the whole run: builds stop at ``tune_build.BUILD_SHARE`` of it, the
-rounds fit the rest (fewer rounds, then shorter slices), and the report says what was skipped
-to fit.
+``time_budget_s`` bounds the whole run: builds stop at ``tune_build.BUILD_SHARE`` of it (a
+build is not started when one like it took longer than what is left), the decode check keeps
+``tune_decode.SHARE``, the rounds fit the rest (fewer rounds, then shorter slices; another
+round only when one as long still fits), ``REPORT_RESERVE_S`` is kept for the reports, and
+the report says what was skipped to fit.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mnv3.defaults import (CALIB_NUM, TUNE_BATCH_SIZES, TUNE_ROUNDS, TUNE_SLICE_S,
                            TUNE_TIME_BUDGET_S)
 from mnv3.errors import UsageError
-from mnv3.meta import PreprocessCfg, model_dir_name
+from mnv3.meta import PreprocessCfg
 from mnv3.quant_mode import QuantMode
 from mnv3.tune_report import say
+from mnv3.tune_types import SCHEMA, Candidate, Setting, TuneReport  # noqa: F401 (the API)
 
-SCHEMA = "mnv3.tune/1"
 OBJECTIVES = ("latency", "throughput")
+SHAPES = ("fixed", "mutable")  # fixed-batch builds, shape-mutable builds
+REPORT_RESERVE_S = 6.0  # kept from the time budget for choosing and writing the reports
 INT8_MODE = QuantMode.INT8_FLOAT32  # float16 parts compute in float32 on ORT's CPU provider
-
-
-@dataclass
-class Setting:
-    """One runtime setting of a candidate and what it measured (images/s per round)."""
-
-    threads: int
-    streams: int
-    rounds_ips: list[float] = field(default_factory=list)
-    rounds_p50_ms: list[float] = field(default_factory=list)
-    status: str = "pending"  # measured | pruned | winner | not measured
-    why: str = ""
-
-    @property
-    def label(self) -> str:
-        return f"{self.streams} x {self.threads} thr" if self.streams > 1 else f"{self.threads} thr"
-
-    def median(self) -> float | None:
-        return statistics.median(self.rounds_ips) if self.rounds_ips else None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        r = self.rounds_ips
-        d.update(median_ips=self.median(), min_ips=min(r) if r else None,
-                 max_ips=max(r) if r else None,
-                 p50_ms=statistics.median(self.rounds_p50_ms) if self.rounds_p50_ms else None)
-        return d
-
-
-@dataclass
-class Candidate:
-    """A build (backend x quant mode x batch) and its runtime settings."""
-
-    backend: str
-    quant_mode: QuantMode
-    batch: int
-    model_dir: str | None = None
-    status: str = "pending"  # built | refused | failed | skipped
-    why: str = ""  # why it lost, was refused or skipped ("" for the winners)
-    fidelity: dict[str, Any] | None = None  # top1_agreement, cosine_mean, within_budget
-    build_s: float | None = None
-    reused: bool = False  # built by an earlier tune with the same settings and budget
-    settings: list[Setting] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return f"{self.backend}/{model_dir_name(self.quant_mode, False, self.batch)}"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["settings"] = [s.to_dict() for s in self.settings]
-        return d
-
-
-@dataclass
-class TuneReport:
-    """What ``tune`` measured and chose; ``to_dict`` is tune.json."""
-
-    objective: str
-    batch_sizes: list[int]
-    budget: dict[str, Any]
-    time_budget_s: float
-    system: dict[str, Any]
-    isa: str  # the CPU's int8 ISA, printed beside every figure
-    candidates: list[Candidate] = field(default_factory=list)
-    winners: dict[str, dict[str, Any]] = field(default_factory=dict)  # "<objective>_b<B>"
-    skipped: list[str] = field(default_factory=list)  # what was left out to fit the budget
-    rounds: dict[str, int] = field(default_factory=dict)  # batch -> rounds measured
-    slice_s: float = TUNE_SLICE_S
-    elapsed_s: float = 0.0
-    source: str = ""
-    untrained: bool = False  # random weights: the budget is measured and marked, not held
-    schema: str = SCHEMA
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["candidates"] = [c.to_dict() for c in self.candidates]
-        return d
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -150,9 +79,11 @@ def runtime_settings(objective: str, cores: int) -> list[Setting]:
     return out
 
 
-def plan(backends, batch_sizes, quant_modes=None) -> list[Candidate]:
-    """Every candidate, the float32 builds of every batch first: when builds must stop to fit
-    the time budget, each batch still has its reference to measure."""
+def plan(backends, batch_sizes, quant_modes=None, shapes=SHAPES) -> list[Candidate]:
+    """Every candidate, the fixed float32 builds of every batch first (when builds must stop
+    to fit the time budget, each batch still has its reference to measure), then the other
+    fixed builds, then the shape-mutable ones (one build per backend and mode, which the
+    candidates of every batch share)."""
     from mnv3.backends import capabilities
 
     out = []
@@ -160,12 +91,15 @@ def plan(backends, batch_sizes, quant_modes=None) -> list[Candidate]:
         for be in backends:
             modes = [QuantMode.parse(m) for m in quant_modes] if quant_modes \
                 else default_modes(be)
-            out += [Candidate(be, m, int(b)) for m in modes if capabilities(be).builds(m)]
-    out.sort(key=lambda c: (not c.quant_mode.is_reference, c.batch))
+            out += [Candidate(be, m, int(b), mutable=shape == "mutable") for shape in shapes
+                    for m in modes if capabilities(be).builds(m)]
+    out.sort(key=lambda c: (c.mutable, not c.quant_mode.is_reference, c.batch))
     return out
 
 
-def _check(objective, batch_sizes, time_budget_s, backends) -> None:
+def _check(objective, batch_sizes, time_budget_s, backends, shapes=SHAPES) -> None:
+    if not shapes or any(s not in SHAPES for s in shapes):
+        raise UsageError(f"batch shapes must be among {', '.join(SHAPES)}, got {list(shapes)}")
     if objective not in OBJECTIVES:
         raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
@@ -178,14 +112,19 @@ def _check(objective, batch_sizes, time_budget_s, backends) -> None:
 
 
 class _Clock:
+    """The time budget. ``left`` is what builds and rounds may still plan for: the budget less
+    a reserve for choosing and writing the reports (the plot imports matplotlib)."""
+
     def __init__(self, budget_s: float):
         self.t0, self.budget = time.perf_counter(), float(budget_s)
+        self.reserve = min(REPORT_RESERVE_S, 0.15 * self.budget)
+        self.held = 0.0  # kept for a later stage (the decode check) while rounds are fitted
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
     def left(self) -> float:
-        return self.budget - self.elapsed()
+        return self.budget - self.reserve - self.held - self.elapsed()
 
 
 # ----------------------------------------------------------------------------- the entry point
@@ -195,7 +134,8 @@ def tune(onnx=None, *, weights=None, batch_sizes=TUNE_BATCH_SIZES, backends=None
          preprocess: PreprocessCfg | None = None, out="data/tune",
          time_budget_s: float = TUNE_TIME_BUDGET_S, rounds: int = TUNE_ROUNDS,
          slice_s: float = TUNE_SLICE_S, build_options: dict | None = None,
-         progress: bool = True, seed: int = 0) -> TuneReport:
+         shapes=SHAPES, decode_check: bool = True, progress: bool = True,
+         seed: int = 0) -> TuneReport:
     """Build, measure and choose the fastest deployment within the accuracy budget.
 
     Give ``onnx`` (a float32 ONNX classifier) or ``weights`` (a checkpoint, exported on the
@@ -203,6 +143,9 @@ def tune(onnx=None, *, weights=None, batch_sizes=TUNE_BATCH_SIZES, backends=None
     (points), with ``min_cosine``, is every reduced-precision build's budget (``mnv3.gate``;
     default 99% and 0.99).
     ``objective``: ``latency`` (one request in flight) or ``throughput`` (also several).
+    ``shapes``: the batch shapes to build, ``fixed`` and/or ``mutable`` (default both).
+    ``decode_check``: also decide, per winner, whether ``mnv3 infer`` decodes its images by the
+    fast path by default (``mnv3.tune_decode``: measured agreement and end-to-end speed).
     Writes ``out/models/...``, ``out/tuned/<objective>_b<B>`` (the winners, runtime settings
     in meta.json extra["tuned"]), ``out/tune.md``, ``out/tune.json`` and ``out/tune.png``;
     returns the report. ``build_options`` go to every ``mnv3.build`` (e.g. ``fidelity_num``).
@@ -210,34 +153,42 @@ def tune(onnx=None, *, weights=None, batch_sizes=TUNE_BATCH_SIZES, backends=None
     from mnv3.backends import list_backends
     from mnv3.gate import Budget
     from mnv3.sysinfo import int8_isa, system_info
-    from mnv3.tune_build import build_candidate
+    from mnv3.tune_build import build_all
     from mnv3.tune_choose import choose
+    from mnv3.tune_decode import SHARE as DECODE_SHARE
     from mnv3.tune_measure import measure_batch
 
     backends = list(backends or list_backends(available_only=True))
-    _check(objective, batch_sizes, time_budget_s, backends)
+    _check(objective, batch_sizes, time_budget_s, backends, shapes)
     budget = Budget.from_options({"min_agreement": min_agreement, "max_drop": max_drop,
                                   **({} if min_cosine is None else {"min_cosine": min_cosine})})
     clock, out = _Clock(time_budget_s), Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    from mnv3.tune_plot import preload
+
+    preload()  # the plot's import, off the end of the run
     onnx, preprocess, untrained = _source(onnx, weights, preprocess, out, progress)
     report = TuneReport(objective, [int(b) for b in batch_sizes], budget.to_dict(),
                         float(time_budget_s), system_info(), int8_isa(), source=str(onnx),
                         slice_s=slice_s, untrained=untrained)
-    report.candidates = plan(backends, report.batch_sizes, quant_modes)
+    report.candidates = plan(backends, report.batch_sizes, quant_modes, shapes)
     options = {"progress": False, "speed_check": False, **(build_options or {}),
                "min_agreement": budget.min_agreement, "min_cosine": budget.min_cosine}
-    for c in report.candidates:
-        build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options, untrained,
-                        clock, report, progress)
+    build_all(report.candidates, onnx, out, preprocess, calib_dir, calib_num, options,
+              untrained, clock, report, progress)
     cores = int(report.system.get("cores", {}).get("usable") or 1)
-    for b in report.batch_sizes:
-        field_ = [c for c in report.candidates if c.batch == b and c.status == "built"]
+    fields = {b: [c for c in report.candidates if c.batch == b and c.status == "built"]
+              for b in report.batch_sizes}
+    clock.held = DECODE_SHARE * clock.budget if decode_check else 0.0
+    for b, field_ in fields.items():
         measure_batch(field_, objective, lambda: runtime_settings(objective, cores), rounds,
                       slice_s, clock, report, progress, seed)
-        choose(field_, objective, b, out, report, progress)
+    clock.held = 0.0  # now the decode check's
+    check = _decode_check(decode_check, calib_dir, calib_num, clock, fields, report, progress)
+    for b, field_ in fields.items():
+        choose(field_, objective, b, out, report, progress, check)
     report.elapsed_s = clock.elapsed()
-    if clock.left() < 0:  # a build or a round in progress is not cut short
+    if report.elapsed_s > clock.budget:  # a build or a round in progress is not cut short
         report.skipped.append(f"the run took {report.elapsed_s:.0f} s, over its "
                               f"{clock.budget:.0f} s budget: a build or a round that had "
                               "started was finished")
@@ -245,6 +196,17 @@ def tune(onnx=None, *, weights=None, batch_sizes=TUNE_BATCH_SIZES, backends=None
 
     write_reports(report, out)
     return report
+
+
+def _decode_check(enabled, calib_dir, calib_num, clock, fields, report, progress):
+    """The decode check ``choose`` runs on each winner (None: not asked for)."""
+    if not enabled:
+        return None
+    from mnv3.tune_decode import DecodeCheck, held_out
+
+    files, where = held_out(calib_dir, calib_num)
+    winners = sum(1 for f in fields.values() if any(c.settings for c in f))
+    return DecodeCheck(files, where, clock, winners, report, progress)
 
 
 def _source(onnx, weights, preprocess, out: Path, progress: bool):

@@ -1,7 +1,8 @@
 """``mnv3 tune``'s choice: per (objective, batch), the measured pair with the highest median
 images/s, copied to ``out/tuned/<objective>_b<B>`` with its runtime settings in meta.json
 (``extra["tuned"]``, read back by ``ModelMeta.tuned``), beside the runner-up and
-whether the two are told apart on this machine.
+whether the two are told apart on this machine. A shape-mutable winner's copy records the batch
+it won at as its ``batch_size`` (``ModelMeta.default_batch``: what infer and bench then run).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from mnv3.meta import read_meta, write_meta
 from mnv3.tune_report import say
 
 
-def choose(field_, objective, batch, out: Path, report, progress) -> None:
-    """The fastest measured pair of this batch, copied out with its settings in meta.json."""
+def choose(field_, objective, batch, out: Path, report, progress, decode_check=None) -> None:
+    """The fastest measured pair of this batch, copied out with its settings in meta.json;
+    ``decode_check(candidate, setting, batch)`` adds the decode choice (``mnv3.tune_decode``)."""
     from mnv3.sysinfo import isa_label
 
     pairs = [(c, s) for c in field_ for s in c.settings if s.rounds_ips
@@ -37,15 +39,22 @@ def choose(field_, objective, batch, out: Path, report, progress) -> None:
             c.why = c.why or f"slower than {win_c.name} ({win_s.label})"
     runner_up = _runner_up(pairs, win_s)
     tuned = {"objective": objective, "threads": win_s.threads, "streams": win_s.streams,
-             "batch": batch, "images_per_s": win_s.median(), "min_ips": min(win_s.rounds_ips),
+             "batch": batch, "shape": win_c.shape, "images_per_s": win_s.median(),
+             "min_ips": min(win_s.rounds_ips),
              "max_ips": max(win_s.rounds_ips), "rounds": len(win_s.rounds_ips),
              "isa": report.isa, "from": win_c.model_dir, "tune_report": str(out / "tune.json")}
+    if decode_check is not None:
+        tuned.update(decode_check(win_c, win_s, batch))
     dest = out / "tuned" / key
     _publish_tuned(Path(win_c.model_dir), dest, tuned)
     report.winners[key] = {"candidate": win_c.name, "model_dir": str(dest), **tuned,
                            "runner_up": runner_up}
     say(progress, f"{key}: {win_c.name} with {win_s.label}, {win_s.median():.1f} images/s "
                    f"(median, {isa_label(report.isa)}) -> {dest}")
+    if "decode" in tuned:
+        from mnv3.tune_decode import describe
+
+        say(progress, f"{key}: {describe(tuned)}")
 
 
 def _runner_up(pairs, win_s) -> dict[str, Any] | None:
@@ -67,6 +76,8 @@ def _publish_tuned(src: Path, dest: Path, tuned: dict) -> None:
     try:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
         meta = read_meta(tmp)
+        if meta.shape_mutable:  # serves any batch: its default is the batch it was tuned for
+            meta.batch_size = int(tuned["batch"])
         meta.extra = {**meta.extra, "tuned": tuned}
         meta.notes.append(f"tuned ({tuned['objective']}): run with {tuned['threads']} threads "
                           f"x {tuned['streams']} requests in flight")

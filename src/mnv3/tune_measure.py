@@ -24,29 +24,34 @@ def measure_batch(field_, objective, make_settings, rounds, slice_s, clock, repo
 
     if not field_:
         return
+    batch = field_[0].batch
     pairs = [(c, s) for c in field_ for s in make_settings()]
     for c in field_:
         c.settings = [s for cc, s in pairs if cc is c]
-    n_rounds, slice_s = _fit(len(pairs), rounds, slice_s, clock, report, field_[0].batch)
     sessions: dict[int, Any] = {}
     try:
-        _open_warm(pairs, sessions)
+        _open_warm(pairs, sessions)  # before fitting the rounds: loading takes time too
+        left = _share_left(clock, report, batch)
+        deadline = clock.elapsed() + left
+        n_rounds, slice_s = _fit(len(pairs), rounds, slice_s, left, report, batch)
         rng = random.Random(seed)
         for r in range(n_rounds):
+            t0 = clock.elapsed()
             live = [(c, s) for c, s in pairs if s.status != "pruned"]
             rng.shuffle(live)
             for c, s in live:
-                res = benchmark(sessions[id(s)], streams=s.streams, duration=slice_s,
-                                iterations=10**9, warmup=1, first_run=False)
+                res = benchmark(sessions[id(s)], batch=c.batch, streams=s.streams,
+                                duration=slice_s, iterations=10**9, warmup=1, first_run=False)
                 s.rounds_ips.append(res.throughput_ips)
                 s.rounds_p50_ms.append(res.latency_ms.p50)
             if r + 1 >= PRUNE_AFTER:
                 prune([s for _, s in pairs], objective)
-            say(progress, f"batch {field_[0].batch}: round {r + 1}/{n_rounds} measured "
+            say(progress, f"batch {batch}: round {r + 1}/{n_rounds} measured "
                            f"({clock.elapsed():.0f} s of {clock.budget:.0f} s)")
-            if clock.left() < 0 and r + 1 < n_rounds:
-                report.skipped.append(f"batch {field_[0].batch}: stopped after {r + 1} of "
-                                      f"{n_rounds} rounds, the time budget was spent")
+            # one round is always measured; another only if one as long as this still fits
+            if r + 1 < n_rounds and clock.elapsed() + (clock.elapsed() - t0) > deadline:
+                report.skipped.append(f"batch {batch}: stopped after {r + 1} of {n_rounds} "
+                                      "rounds, another would not fit the time budget")
                 break
     finally:
         for sess in sessions.values():
@@ -64,13 +69,18 @@ def _open_warm(pairs, sessions: dict) -> None:
 
     for c, s in pairs:
         sessions[id(s)] = load(c.model_dir, threads=s.threads, streams=s.streams)
-        benchmark(sessions[id(s)], streams=s.streams, iterations=max(3, s.streams), warmup=2,
-                  first_run=False)
+        benchmark(sessions[id(s)], batch=c.batch, streams=s.streams,
+                  iterations=max(3, s.streams), warmup=2, first_run=False)
 
 
-def _fit(n_pairs, rounds, slice_s, clock, report, batch) -> tuple[int, float]:
-    """Rounds and slice length that fit what is left of the time budget for this batch."""
-    left = clock.left() / max(1, len(report.batch_sizes) - report.batch_sizes.index(batch))
+def _share_left(clock, report, batch) -> float:
+    """This batch's share of what is left of the time budget (the batches still to measure
+    share it evenly)."""
+    return clock.left() / max(1, len(report.batch_sizes) - report.batch_sizes.index(batch))
+
+
+def _fit(n_pairs, rounds, slice_s, left, report, batch) -> tuple[int, float]:
+    """Rounds and slice length that fit ``left`` seconds for this batch."""
     per_round = n_pairs * (slice_s + 0.05)  # + the warm-up query per slice, roughly
     fit = int(left // per_round) if per_round > 0 else rounds
     if fit >= rounds:

@@ -26,7 +26,8 @@ def points(report, batch: int) -> list[dict]:
             if c.batch == batch and s.rounds_ips and agree is not None:
                 out.append({"x": 100 * agree, "y": s.median(), "lo": min(s.rounds_ips),
                             "hi": max(s.rounds_ips), "backend": c.backend,
-                            "mode": c.quant_mode, "label": s.label,
+                            "mode": c.quant_mode,
+                            "label": ("mutable " if c.mutable else "") + s.label,
                             "winner": s.status == "winner"})
     return out
 
@@ -36,6 +37,20 @@ def pareto(pts: list[dict]) -> list[dict]:
     front = [p for p in pts if not any(q["x"] >= p["x"] and q["y"] >= p["y"] and
                                        (q["x"], q["y"]) != (p["x"], p["y"]) for q in pts)]
     return sorted(front, key=lambda p: p["x"])
+
+
+def preload() -> None:
+    """Import matplotlib on a background thread while tune builds: on a loaded 2-vCPU machine
+    the import alone took 3-4 s, which at the end would overrun a small time budget."""
+    import threading
+
+    def _import() -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+
+    threading.Thread(target=_import, name="mnv3-tune-plot-import", daemon=True).start()
 
 
 def plot_tune(report, path: Path) -> None:

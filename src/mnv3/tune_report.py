@@ -53,8 +53,8 @@ def candidate_rows(report) -> list[str]:
     for c in report.candidates:
         agree, cos = _fid(c)
         if not c.settings:
-            rows.append(f"| {c.batch} | {c.backend} | {c.quant_mode} | | | | {agree} | {cos} "
-                        f"| {isa} | {c.status} | {c.why} |")
+            rows.append(f"| {c.batch} | {c.backend} | {c.quant_mode} | {c.shape} | | | | "
+                        f"{agree} | {cos} | {isa} | {c.status} | {c.why} |")
             continue
         for s in c.settings:
             d = s.to_dict()
@@ -62,8 +62,8 @@ def candidate_rows(report) -> list[str]:
             spread = "" if d["median_ips"] is None else \
                 f"{d['min_ips']:.1f}-{d['max_ips']:.1f} ({len(s.rounds_ips)})"
             why = s.why or c.why
-            rows.append(f"| {c.batch} | {c.backend} | {c.quant_mode} | {s.label} | {speed} | "
-                        f"{spread} | {agree} | {cos} | {isa} | {s.status} | {why} |")
+            rows.append(f"| {c.batch} | {c.backend} | {c.quant_mode} | {c.shape} | {s.label} "
+                        f"| {speed} | {spread} | {agree} | {cos} | {isa} | {s.status} | {why} |")
     return rows
 
 
@@ -97,16 +97,30 @@ def format_md(report) -> str:
                          f"{r['candidate']} ({r['setting']}, {r['images_per_s']:.1f} images/s)"
                          + ("; their round ranges overlap, so a rerun may swap them"
                             if r["ranges_overlap"] else "") + ".")
+    lines += _decode_lines(report, "\n")
     if not report.winners:
         lines.append("| (none: nothing was built and measured within budget) | | | | | | | |")
     lines += ["", "## Every candidate", "",
-              "| batch | backend | quant mode | setting | images/s | range (rounds) | "
-              "top-1 agreement | cosine | ISA | status | why it lost |",
-              "|---|---|---|---|---|---|---|---|---|---|---|", *candidate_rows(report)]
+              "| batch | backend | quant mode | batch shape | setting | images/s | "
+              "range (rounds) | top-1 agreement | cosine | ISA | status | why it lost |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|", *candidate_rows(report)]
+    shared = [c for c in report.candidates if c.shares]
+    if shared:
+        lines += ["", "Batch shape `mutable`: one shape-mutable build per backend and mode, "
+                  "measured at every batch (" + "; ".join(
+                      f"{c.name} runs the build of {c.shares}" for c in shared) + ")."]
     if report.skipped:
         lines += ["", "## Skipped to fit the time budget", ""]
         lines += [f"- {s}" for s in report.skipped]
     return "\n".join(lines) + "\n"
+
+
+def _decode_lines(report, prefix: str) -> list[str]:
+    """Per winner, the decode ``mnv3 infer`` will use and the evidence (``mnv3.tune_decode``)."""
+    from mnv3.tune_decode import describe
+
+    return [f"{prefix}{key}: {describe(w)}." for key, w in report.winners.items()
+            if "decode" in w]
 
 
 def format_summary(report) -> str:
@@ -123,6 +137,7 @@ def format_summary(report) -> str:
         if r:
             out.append(f"  {r['ratio']:.2f}x the runner-up {r['candidate']} ({r['setting']})"
                        + (", ranges overlap" if r["ranges_overlap"] else ""))
+    out += _decode_lines(report, "  ")
     lost = [c for c in report.candidates if c.status in ("refused", "failed", "skipped")]
     for c in lost:
         out.append(f"{c.name}: {c.status}: {c.why}")

@@ -1,20 +1,29 @@
 """Find the fastest deployment of a network on this CPU within an accuracy budget.
 
-Builds every candidate (backend x quant mode x fixed batch: onnxruntime and, when installed,
+Builds every candidate (backend x quant mode x batch shape: onnxruntime and, when installed,
 openvino; force_float32, qint8_mixed_float32, and force_bfloat16 on OpenVINO where the CPU has
-bf16). Every non-float32 build is held to the accuracy budget (--min-agreement / --max-drop,
-default 99% top-1 agreement with float32 on held-out calibration images): a refused build is a
-candidate that lost, and the report says why. Each build is then measured over runtime
-settings: intra-op threads (1 and all cores) and, for --objective throughput, several requests
-in flight (streams x 1 thread). All settings of one batch are measured interleaved, in short
-slices, in a fresh random order each round; figures are medians with the slowest-fastest
-round; a setting whose best round is slower than the leader's worst is pruned early.
+bf16; one fixed-batch build per batch size and one shape-mutable build, measured at every batch
+size, per backend and mode). Every non-float32 build is held to the accuracy budget
+(--min-agreement / --max-drop, default 99% top-1 agreement with float32 on held-out calibration
+images): a refused build is a candidate that lost, and the report says why. Each build is then
+measured over runtime settings: intra-op threads (1 and all cores) and, for --objective
+throughput, several requests in flight (streams x 1 thread). All settings of one batch are
+measured interleaved, in short slices, in a fresh random order each round; figures are medians
+with the slowest-fastest round; a setting whose best round is slower than the leader's worst
+is pruned early.
 
 Writes, under --out: models/ (every build), tuned/<objective>_b<B> (the winner per batch, its
 threads and streams in meta.json extra["tuned"], which 'mnv3 bench' uses when given no
 --threads / --streams), tune.md and tune.json (every candidate's speed, fidelity and why it
 lost; the CPU's int8 ISA beside every figure). --time-budget bounds the whole run (builds stop
-at 60% of it; rounds, then slices, shrink to fit); what was skipped to fit is listed.
+at 60% of it, and a build is not started when one like it took longer than what is left;
+rounds, then slices, shrink to fit); what was skipped to fit is listed.
+
+Decoding: per winner, tune runs 'mnv3 infer' over its held-out images with both decode paths
+(exact and --decode fast) and records decode: fast in the tuned settings only when the fast
+path's top-1 agreement with the exact path is >= 99.5% and its end-to-end speed is higher;
+'mnv3 infer' then uses it by default for that model and says so (--decode exact overrides).
+This check gets 15% of the time budget.
 
 examples:
   mnv3 tune --onnx model.onnx --batch-sizes 1,8 --time-budget 10m
@@ -44,6 +53,9 @@ def add_parser(sub):
     p.add_argument("--batch-sizes", type=int_list, default=d.TUNE_BATCH_SIZES, metavar="B1,B2",
                    help="fixed batches to tune, one winner each "
                    f"(default {','.join(map(str, d.TUNE_BATCH_SIZES))})")
+    p.add_argument("--shapes", type=str_list, default=None, metavar="S1,S2",
+                   help="batch shapes to build: fixed (one build per batch size) and/or "
+                   "mutable (one build serving every batch size) (default both)")
     p.add_argument("--backends", type=str_list, default=None, metavar="B1,B2",
                    help="default: every installed engine")
     p.add_argument("--quant-modes", type=str_list, default=None, metavar="M1,M2",
@@ -75,6 +87,9 @@ def add_parser(sub):
     p.add_argument("--slice", dest="slice_s", type=float, default=d.TUNE_SLICE_S,
                    metavar="SECONDS",
                    help=f"one setting's measurement per round (default {d.TUNE_SLICE_S})")
+    p.add_argument("--no-decode-check", dest="decode_check", action="store_false",
+                   help="do not measure the fast decode path for the winners ('mnv3 infer' "
+                   "then decodes them the exact way by default)")
     p.add_argument("--out", default="data/tune", metavar="DIR", help="default data/tune")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress lines on stderr")
@@ -105,7 +120,8 @@ def run(args) -> int:
                   max_drop=args.max_drop, calib_dir=args.calib_dir, calib_num=args.calib_num,
                   preprocess=preprocess, out=args.out, time_budget_s=args.time_budget,
                   rounds=args.rounds, slice_s=args.slice_s, min_cosine=args.min_cosine,
-                  progress=args.progress)
+                  progress=args.progress, decode_check=args.decode_check,
+                  **({"shapes": args.shapes} if args.shapes else {}))
     say = human_print(args.json)
     say(format_summary(report))
     say(f"report: {args.out}/tune.md, {args.out}/tune.json")
