@@ -388,6 +388,33 @@ def test_a_build_like_a_slow_one_is_not_started_late():
     assert "estimated at 4x" in _wont_fit(ov8, Clock(), report)
     f32.build_s = 4.0  # 4 x 4 s fits
     assert _wont_fit(ov8, Clock(), report) is None
+    ort32 = t.Candidate("onnxruntime", "force_float32", 1, status="built", build_s=11.0)
+    report.candidates = [ort32, nxt]  # ONNX Runtime's int8 builds took ~1x: guessed at 2x
+    assert "estimated at 2x" in _wont_fit(nxt, Clock(), report)
+    ort32.build_s = 9.0  # 40 + 2 x 9 < 60
+    assert _wont_fit(nxt, Clock(), report) is None
+
+
+def test_an_engine_whose_float32_build_failed_is_not_tried_again(tmp_path, monkeypatch):
+    from mnv3 import tune_build
+    from mnv3.tune_build import build_all
+
+    tried = []
+
+    def fake_build(c, *args):
+        tried.append(c.name)
+        c.status, c.why = ("failed", "build failed: no") if c.backend == "torch" else \
+            ("built", "")
+
+    monkeypatch.setattr(tune_build, "build_candidate", fake_build)
+    cands = t.plan(["onnxruntime", "torch"], [1, 8], ["force_float32"])
+    report = t.TuneReport("latency", [1, 8], {}, 100.0, {}, "avx2", candidates=cands)
+    build_all(cands, None, tmp_path, None, None, 8, {}, False, None, report, False)
+    assert [n for n in tried if n.startswith("torch")] == ["torch/force_float32_false_1"]
+    torch = [c for c in cands if c.backend == "torch"]
+    assert all(c.status == "failed" for c in torch)
+    assert all(c.why == "not built: torch/force_float32_false_1 failed" for c in torch[1:]
+               if not c.shares)
 
 
 # ----------------------------------------------------------------------------- decoding
