@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -192,6 +193,25 @@ def test_a_cpu_only_backend_refuses_cuda_naming_the_one_that_builds_it():
                                          "torch"):
         BuildRequest(quant_mode="force_float32", shape_mutable=False, batch_size=1,
                      options={"device": "cuda"})
+
+
+def test_the_device_is_part_of_what_defines_a_model():
+    """A package compiled for a GPU is not the CPU's: reuse (mnv3 run, tune) and the replace
+    check compare the device too; engines that record none ran on the CPU."""
+    from mnv3.model_settings import differences, recorded
+
+    def request(device):
+        return BuildRequest(quant_mode="force_float32", shape_mutable=False, batch_size=1,
+                            backend="torch", options={"device": device}).settings("0" * 64)
+
+    assert request(None) == request("cpu") and request("cuda") == request("cuda:0")
+    assert differences(request(None), request("cuda")) == ["device cpu -> cuda:0"]
+    meta = SimpleNamespace(backend="torch", quant_mode="force_float32", shape_mutable=False,
+                           batch_size=1, source={"sha256": "0" * 64},
+                           preprocess=request(None)["preprocess"], calibration=None, extra={})
+    assert recorded(meta) == request("cpu")
+    meta.extra = {"device": "cuda:0"}
+    assert recorded(meta) == request("cuda")
 
 
 @pytest.mark.slow

@@ -91,7 +91,8 @@ class BuildRequest:
         from mnv3.model_settings import settings
 
         return settings(self.backend, self.quant_mode, self.shape_mutable, self.batch_size,
-                        source_sha256, self.preprocess, calibration if self.int8 else None)
+                        source_sha256, self.preprocess, calibration if self.int8 else None,
+                        self.options.get("device"))
 
 
 def check_device(device, backend: str) -> None:

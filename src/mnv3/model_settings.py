@@ -26,18 +26,28 @@ def model_subdir(backend: str, name: str) -> str:
 
 
 def settings(backend: str, quant_mode, shape_mutable: bool, batch_size: int,
-             source_sha256: str, preprocess: PreprocessCfg, calib: dict | None) -> dict[str, Any]:
+             source_sha256: str, preprocess: PreprocessCfg, calib: dict | None,
+             device: str | None = None) -> dict[str, Any]:
     """What defines a built model, comparable between a request (``BuildRequest.settings``) and
-    a model directory (``recorded``); ``calib``: meta.json's calibration (int8 only)."""
-    return {"backend": backend, "quant_mode": QuantMode.parse(quant_mode), "shape_mutable": bool(shape_mutable),
-            "batch_size": int(batch_size), "source sha256": source_sha256,
-            "preprocess": preprocess, "calibration": _calib_key(calib)}
+    a model directory (``recorded``); ``calib``: meta.json's calibration (int8 only);
+    ``device``: where it runs (a package compiled for a GPU is not the CPU's)."""
+    return {"backend": backend, "quant_mode": QuantMode.parse(quant_mode),
+            "shape_mutable": bool(shape_mutable), "batch_size": int(batch_size),
+            "source sha256": source_sha256, "preprocess": preprocess,
+            "calibration": _calib_key(calib), "device": device_key(device)}
 
 
 def recorded(meta: ModelMeta) -> dict[str, Any]:
-    """The same settings, as meta.json records them."""
+    """The same settings, as meta.json records them (engines that record no device: cpu)."""
     return settings(meta.backend, meta.quant_mode, meta.shape_mutable, meta.batch_size,
-                     meta.source.get("sha256", ""), meta.preprocess, meta.calibration)
+                    meta.source.get("sha256", ""), meta.preprocess, meta.calibration,
+                    (meta.extra or {}).get("device"))
+
+
+def device_key(device: str | None) -> str:
+    """``cpu``, ``cuda:N``: one spelling per device (``cuda`` is GPU 0, as torch reads it)."""
+    text = str(device or "cpu").strip().lower()
+    return "cuda:0" if text == "cuda" else text
 
 
 def _calib_key(calib: dict | None):

@@ -14,7 +14,7 @@ import pytest
 
 from tiny_onnx import write_images
 
-from .helpers import assert_user_error
+from .helpers import CFG, assert_user_error
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
@@ -152,3 +152,40 @@ def test_worker_threads_and_strict(cluster, tiny, images, tmp_path):
               progress=False)
     assert not (tmp_path / "b").exists()
 
+
+
+def _tree(out: Path) -> dict[str, bytes]:
+    """Every file under ``out`` (annotated copies included) but the timings in infer.json."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "infer.json"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_real_images_give_the_local_files_on_both_engines(cluster, tiny_model, backend,
+                                                           tmp_path):
+    """Issue 18 item 5: the shared ImageNet sample (the bundled demo images where ../shared is
+    absent) with its labels, an ONNX Runtime and an OpenVINO model, annotated copies too: the
+    Ray run writes what the local run writes, byte for byte."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    import mnv3
+    from conftest import IMAGENET_SAMPLE
+
+    folder = IMAGENET_SAMPLE if (IMAGENET_SAMPLE / "labels.txt").is_file() else \
+        Path(mnv3.__file__).parent / "data" / "demo"
+    image_dir = folder / "images" if (folder / "images").is_dir() else folder
+    src = tiny_model(dynamic=True, images=6, classes=1000)
+    model = tmp_path / "model"
+    mnv3.build(src.onnx, model, quant_mode="force_float32", shape_mutable=False, batch_size=4,
+               preprocess=CFG, calib_dir=src.images, backend=backend,
+               options={"progress": False})
+    samples = load_dataset(image_dir, folder / "labels.txt", None, num_classes=1000)
+    local = infer(model, samples, tmp_path / "local", save_images=True, progress=False)
+    res = infer(model, samples, tmp_path / "ray", engine="ray", workers=2, save_images=True,
+                progress=False)
+    assert res.processed == local.processed == len(samples) and res.skipped == 0
+    assert (res.top1, res.top5) == (local.top1, local.top5)
+    ray_files = _tree(tmp_path / "ray")
+    assert ray_files == _tree(tmp_path / "local")
+    assert sum(name.startswith("images/") for name in ray_files) == len(samples)
