@@ -49,17 +49,17 @@ def serve(model: str | os.PathLike, *, engine: str = "local", host: str = DEFAUL
     meta = read_meta(model)
     batch = int(max_batch_size or meta.default_batch)
     run = settings(meta, threads)
+    if engine == "ray" and run["threads"] is None:  # replicas share the cores: 1 thread each
+        run.update(threads=1, settings="1 thread per replica (default)")
     describe = {"engine": engine, "max_batch_size": batch, "batch_wait_ms": batch_wait_ms,
                 "max_body": max_body, **run}
     if engine == "ray":
         from mnv3.serve_ray import start_ray
 
-        run["threads"] = run["threads"] or 1  # per replica: replicas share the cores
         return start_ray(Path(model), host=host, port=port, replicas=replicas,
                          max_batch=batch, wait_s=batch_wait_ms / 1000, max_body=max_body,
                          threads=run["threads"], in_flight=run["in_flight"], address=address,
-                         describe={**describe, **run, "replicas": replicas},
-                         class_names=class_names)
+                         describe={**describe, "replicas": replicas}, class_names=class_names)
     from mnv3.serve_local import LocalService
     from mnv3.serve_protocol import Classifier
 
@@ -100,10 +100,10 @@ def is_loopback(host: str) -> bool:
 def startup_line(service) -> str:
     """The one line ``mnv3 serve`` prints when it listens."""
     m = service.metadata
-    threads = m.get("threads") or "engine default"
+    threads = f"{m['threads']} thread(s)" if m.get("threads") else "the engine's threads"
     where = (f"{m['replicas']} replica(s) on Ray Serve" if m["engine"] == "ray"
              else "this process")
     return (f"mnv3 serve: {m['model']} ({m['backend']}, {m['quant_mode']}) at {service.url} "
             f"(POST /predict, GET /healthz, GET /metadata); {where}, batches of up to "
-            f"{m['max_batch_size']} within {m['batch_wait_ms']:g} ms, {threads} thread(s) x "
+            f"{m['max_batch_size']} within {m['batch_wait_ms']:g} ms, {threads} x "
             f"{m['in_flight']} batch(es) in flight ({m['settings']}); Ctrl-C stops")
