@@ -104,7 +104,8 @@ def main() -> None:
                     return {"ips": engine_ips(model, args.batch, args.bench_s)}
                 r = load_test(services[name][1], images, concurrency=args.concurrency,
                               duration=args.duration)
-                return {"ips": r.requests_per_s, "errors": r.errors, "p50": r.latency_ms["p50"],
+                return {"ips": r.requests_per_s, "errors": r.errors, "kinds": r.error_kinds,
+                        "p50": r.latency_ms["p50"],
                         "p95": r.latency_ms["p95"], "p99": r.latency_ms["p99"],
                         "requests": r.requests}
 
@@ -132,7 +133,7 @@ def report(res, args, folder: Path) -> None:
         verdict = "meets" if ratio >= 0.7 else "MISSES"
         print(f"serve {name:<6}: {median(ips):.1f} requests/s with {args.concurrency} clients x "
               f"{args.duration:g} s, {ratio:.2f}x engine-only ({verdict} the 0.70 target); "
-              f"errors {sum(r['errors'] for r in rows)}; requests "
+              f"errors {sum(r['errors'] for r in rows)} {[r['kinds'] for r in rows]}; requests "
               f"{sum(r['requests'] for r in rows)}; latency ms p50/p95/p99 (median of rounds) "
               f"{median([r['p50'] for r in rows]):.0f}/{median([r['p95'] for r in rows]):.0f}/"
               f"{median([r['p99'] for r in rows]):.0f}")

@@ -179,8 +179,9 @@ class LocalService:
         self.classifier, self.max_body = classifier, max_body
         self.batcher = Batcher(classifier, max_batch, wait_s, in_flight)
         handler = type("Handler", (_Handler,), {"app": self})
+        # a listen backlog for many clients connecting at once (socketserver's default is 5)
         server_cls = type("Server", (ThreadingHTTPServer,), {
-            "daemon_threads": True, "address_family": _family(host)})
+            "daemon_threads": True, "address_family": _family(host), "request_queue_size": 128})
         try:
             self.httpd = server_cls((host, port), handler)
         except OSError as e:

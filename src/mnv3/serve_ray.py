@@ -105,6 +105,7 @@ def start_ray(model_dir: Path, *, host: str, port: int, replicas: int, max_batch
     from mnv3.serve_protocol import metadata
 
     serve = _import_serve()
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines: noise here
     with load(model_dir, threads=1) as session:  # the driver's check: a clear error, early
         meta = session.meta
     port = port or _free_port(host)
