@@ -231,3 +231,34 @@ def test_load_generator_and_service_refuse_what_they_should(model, capsys):
     assert code == 2 and "--max-batch-size must be at least 1" in err
     code, out, _ = _cli(capsys, "serve", "--help")
     assert code == 0 and "examples:" in out and "curl" in out
+
+
+def test_request_parsing_refuses_any_garbage_with_a_4xx_only():
+    """Fuzzed bodies and Content-Types: image_bytes returns bytes or raises a 4xx HttpError,
+    never anything else (so no request can reach a 500 through parsing); a well-formed
+    multipart body gives back its file's exact bytes, whatever they hold."""
+    hypothesis = pytest.importorskip("hypothesis")  # the dev extra installs it
+    from hypothesis import given, settings, strategies as st
+
+    from mnv3.serve_protocol import HttpError, image_bytes
+
+    kinds = st.sampled_from(["multipart/form-data; boundary=", "multipart/form-data",
+                             "image/png", "text/plain", "", "multipart/form-data; boundary=\""])
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(kind=kinds, boundary=st.text(max_size=20), body=st.binary(max_size=600))
+    def garbage(kind, boundary, body):
+        try:
+            assert isinstance(image_bytes(kind + boundary, body), bytes)
+        except HttpError as e:
+            assert 400 <= e.status < 500 and e.detail
+
+    @settings(max_examples=200, deadline=None, derandomize=True)
+    @given(data=st.binary(min_size=1, max_size=600))
+    def round_trip(data):
+        body = multipart([("file", "x.png", data)], boundary="zz-7f3a9c")
+        assert image_bytes("multipart/form-data; boundary=zz-7f3a9c", body) == data
+
+    assert hypothesis
+    garbage()
+    round_trip()
