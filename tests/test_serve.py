@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -139,6 +140,35 @@ def test_chunked_body_is_refused_and_keep_alive_survives_a_refusal(service, mode
         resp = conn.getresponse()
         assert (resp.status, bool(resp.read())) == (code, True)
     conn.close()
+
+
+def test_connections_beyond_the_cap_get_503_and_the_service_goes_on(model):
+    """Idle connections hold their threads; one more than max_connections is refused at once
+    with a JSON 503, and once they close the service answers again."""
+    import socket
+
+    from mnv3.serve_local import LocalService
+    from mnv3.serve_protocol import Classifier
+
+    session = mnv3.load(model["dir"], threads=1)
+    s = LocalService(Classifier(session), host="127.0.0.1", port=0, max_batch=2, wait_s=0.0,
+                     in_flight=1, max_body=MAX_BODY, max_connections=2)
+    try:
+        idle = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(2)]
+        status, answer = call(s.url, "GET", "/healthz")
+        assert status == 503 and answer["error"] == "too many connections"
+        for sock in idle:
+            sock.close()
+        for _ in range(50):  # the idle connections' threads see the close and end
+            try:
+                if call(s.url, "GET", "/healthz")[0] == 200:
+                    break
+            except ConnectionError:
+                pass
+            time.sleep(0.05)
+        assert post_image(s.url, model["files"][0])[0] == 200
+    finally:
+        s.stop()
 
 
 def test_healthz_and_metadata(service, model):

@@ -171,17 +171,49 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at once: one more is answered 503
+    and closed (a flood of connections must not exhaust the threads or the memory)."""
+
+    daemon_threads = True
+    request_queue_size = 128  # listen backlog: many clients connect at once (default 5)
+    max_connections = 256
+
+    def __init__(self, *args, **kwargs):
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            body = json.dumps({"error": "too many connections", "detail": f"this service "
+                               f"serves {self.max_connections} at once; retry"}).encode()
+            head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+            try:
+                request.sendall(head + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class LocalService:
     """A running local service: ``url``, ``metadata``, ``stop()`` (closes the session too)."""
 
     def __init__(self, classifier, *, host: str, port: int, max_batch: int, wait_s: float,
-                 in_flight: int, max_body: int):
+                 in_flight: int, max_body: int, max_connections: int = 256):
         self.classifier, self.max_body = classifier, max_body
         self.batcher = Batcher(classifier, max_batch, wait_s, in_flight)
         handler = type("Handler", (_Handler,), {"app": self})
-        # a listen backlog for many clients connecting at once (socketserver's default is 5)
-        server_cls = type("Server", (ThreadingHTTPServer,), {
-            "daemon_threads": True, "address_family": _family(host), "request_queue_size": 128})
+        server_cls = type("Server", (_Server,), {"address_family": _family(host),
+                                                 "max_connections": max_connections})
         try:
             self.httpd = server_cls((host, port), handler)
         except OSError as e:
