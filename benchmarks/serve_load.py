@@ -17,7 +17,7 @@ Measured, interleaved round after round (DESIGN.md: 2-vCPU speed is bimodal):
            its start-up printed apart), with --engines local,ray.
 
     python benchmarks/serve_load.py [--duration 60] [--concurrency 20] [--rounds 2] \\
-        [--engines local,ray] [--arch mobilenetv3-large] [--batch 8]
+        [--engines local,ray] [--arch mobilenetv3-large] [--batch 8] [--batch-wait-ms 10]
 
 Images: ../shared/datasets/imagenet-sample-500 (else the bundled demo photos); the load
 generator cycles the first 64.
@@ -44,11 +44,11 @@ from mnv3.sysinfo import cpu_model, isa_label  # noqa: E402
 SHARED = Path(__file__).resolve().parents[1].parent / "shared/datasets/imagenet-sample-500"
 
 
-def start_service(model: Path, engine: str, batch: int, threads: int | None):
+def start_service(model: Path, engine: str, batch: int, threads: int | None, wait_ms: float):
     """``mnv3 serve`` in a subprocess; (process, URL) once it prints its startup line."""
     argv = [sys.executable, "-m", "mnv3.cli.main", "serve", "--model", str(model), "--port",
             "0" if engine == "local" else str(_free_port()), "--engine", engine,
-            "--max-batch-size", str(batch)]
+            "--max-batch-size", str(batch), "--batch-wait-ms", str(wait_ms)]
     if threads:
         argv += ["--threads", str(threads)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--ray-threads", type=int, default=2, help="engine threads of the replica")
     ap.add_argument("--arch", default="mobilenetv3-large")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch-wait-ms", type=float, default=10.0, help="the services' batch wait")
     args = ap.parse_args()
     folder = SHARED / "images" if SHARED.is_dir() else demo_dir() / "images"
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
@@ -95,7 +96,8 @@ def main() -> None:
             for engine in args.engines.split(","):
                 t0 = time.perf_counter()
                 services[engine] = start_service(model, engine, args.batch,
-                                                 args.ray_threads if engine == "ray" else None)
+                                                 args.ray_threads if engine == "ray" else None,
+                                                 args.batch_wait_ms)
                 print(f"{engine} service up in {time.perf_counter() - t0:.1f} s: "
                       f"{services[engine][1]}", file=sys.stderr)
 
@@ -120,7 +122,8 @@ def main() -> None:
 
 def report(res, args, folder: Path) -> None:
     print(f"CPU: {cpu_model()} ({os.cpu_count()} cores, {isa_label()}); {args.arch} random "
-          f"weights, force_float32, fixed batch {args.batch}; images from {folder}; "
+          f"weights, force_float32, fixed batch {args.batch}, batch wait "
+          f"{args.batch_wait_ms:g} ms; images from {folder}; "
           f"load average {os.getloadavg()[0]:.1f}")
     engine = [r["ips"] for r in res["engine"]]
     print(f"engine only : {median(engine):.1f} images/s (median of {args.rounds}; rounds "
