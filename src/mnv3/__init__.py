@@ -22,6 +22,7 @@ _LAZY = {
     "evaluate": "mnv3.evaluation:evaluate_files",
     "benchmark": "mnv3.bench:benchmark",
     "run_all": "mnv3.pipeline:run_all",
+    "serve": "mnv3.serving:serve",
     "ModelMeta": "mnv3.meta:ModelMeta",
     "PreprocessCfg": "mnv3.meta:PreprocessCfg",
 }

@@ -20,3 +20,8 @@ TUNE_BATCH_SIZES = (1, 8)
 TUNE_TIME_BUDGET_S = 600.0  # the whole `mnv3 tune` run, builds included
 TUNE_ROUNDS = 7  # interleaved rounds per batch at most
 TUNE_SLICE_S = 0.5  # one setting's measurement per round
+
+SERVE_ENGINES = ("local", "ray")  # mnv3 serve --engine; local needs no extra packages
+SERVE_HOST, SERVE_PORT = "127.0.0.1", 8000  # this machine only: the service has no auth
+SERVE_WAIT_MS = 10.0  # a batch's wait for more requests (Ray Serve's default, 0.01 s)
+SERVE_MAX_BODY = 20 << 20  # bytes of one request body; a 20 MiB photo is already huge

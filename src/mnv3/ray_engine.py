@@ -247,17 +247,7 @@ class ModelActor:
     loaded once through ``mnv3.load`` (sha256 checked against meta.json)."""
 
     def __init__(self, files, threads: int):
-        import tempfile
-
-        import ray
-
-        from mnv3.backends import load
-
-        files = ray.get(files[0])  # the ObjectRef, in a list (see RayPredictions.dataset)
-        self._dir = tempfile.TemporaryDirectory(prefix="mnv3-ray-model-")
-        for name, data in files.items():
-            Path(self._dir.name, name).write_bytes(data)
-        self.session = load(self._dir.name, threads=threads, spin=False)
+        self._dir, self.session = load_shipped(files, threads=threads, spin=False)
 
     def __call__(self, batch: dict) -> dict:
         images, errors = batch["image"], batch["error"]
@@ -269,3 +259,21 @@ class ModelActor:
             logits[ok] = self.session.predict(np.ascontiguousarray(images[ok]))
             seconds[0] = time.perf_counter() - t0
         return {"i": batch["i"], "logits": logits, "error": errors, "engine_s": seconds}
+
+
+def load_shipped(files, **options):
+    """(temporary folder, Session): a model folder shipped as ``[ObjectRef of {name: bytes}]``
+    (``_pack_model``; in a list, see ``RayPredictions.dataset``) written to a private
+    temporary folder and loaded through ``mnv3.load`` (sha256 checked against meta.json).
+    Keep the folder as long as the session: it is removed with it."""
+    import tempfile
+
+    import ray
+
+    from mnv3.backends import load
+
+    files = ray.get(files[0])
+    folder = tempfile.TemporaryDirectory(prefix="mnv3-ray-model-")
+    for name, data in files.items():
+        Path(folder.name, name).write_bytes(data)
+    return folder, load(folder.name, **options)

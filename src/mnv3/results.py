@@ -60,7 +60,7 @@ class ResultWriter:
         """Write the lines of one batch; returns each image's (name, top-1 index, probability)."""
         logits = np.asarray(logits, dtype=np.float64)
         top = topk_indices(logits, 5)
-        probs = _softmax(logits)
+        probs = softmax(logits)
         labels, top1, top5, jsonl, firsts = [], [], [], [], []
         for i, s in enumerate(samples):
             name, idx = self.names[s.path], [int(v) for v in top[i]]
@@ -134,7 +134,8 @@ def _write_error(out: Path, e: OSError) -> UsageError:
                       "free space or choose another --output-dir")
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (float64): the probabilities results.jsonl and mnv3 serve report."""
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
 

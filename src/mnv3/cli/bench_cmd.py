@@ -17,10 +17,16 @@ loaded session (as fast as S sessions with ONNX Runtime here, and it loads once)
 chosen by 'mnv3 tune' runs with its tuned threads and streams (meta.json extra["tuned"]) when
 neither flag is given; the output and the JSON's notes say which settings ran.
 
+--serve URL load-tests a running 'mnv3 serve' instead, end to end over HTTP: --concurrency C
+clients (default 20), each with one keep-alive connection, POST the --images (default: the
+bundled demo photos) back to back for --duration seconds (default 10); it reports requests/s,
+latency p50/p95/p99 and errors by kind. Loopback only, unless --allow-remote.
+
 examples:
   mnv3 bench --model data/models/force_float32_false_8
   mnv3 bench --model data/models/force_float32_true_1 --batch-size 4 --threads 1 --duration 10
   mnv3 bench --model data/models/qint8_mixed_float16_false_1 --streams 2 --json bench.json
+  mnv3 bench --serve http://127.0.0.1:8000 --concurrency 20 --duration 60
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from mnv3.cli.common import add_parser as _add, human_print, write_json
 
 def add_parser(sub):
     p = _add(sub, "bench", __doc__, run)
-    p.add_argument("--model", required=True, metavar="DIR", help="a built model directory")
+    p.add_argument("--model", metavar="DIR", help="a built model directory (or --serve URL)")
     p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=None, metavar="N",
                    help="images per query (default: the batch the model was built for); --batch "
                    "is accepted too")
@@ -50,6 +56,14 @@ def add_parser(sub):
                    help=f"unmeasured runs per stream after the cold run (default {d.BENCH_WARMUP})")
     p.add_argument("--json", default=None, metavar="F", help="also write the result as JSON "
                    "('-' = stdout)")
+    serve = p.add_argument_group("--serve: load-test a running 'mnv3 serve'")
+    serve.add_argument("--serve", metavar="URL", help="the service, e.g. http://127.0.0.1:8000")
+    serve.add_argument("--concurrency", type=int, default=20, metavar="C",
+                       help="clients sending at once (default 20)")
+    serve.add_argument("--images", metavar="DIR", help="images to send, cycled (default: the "
+                       "bundled demo photos)")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="allow a service that is not on this machine's loopback")
     return p
 
 
@@ -59,6 +73,10 @@ def run(args) -> int:
     from mnv3.errors import UsageError
     from mnv3.report import format_bench
 
+    if args.serve is not None:
+        return _load_test(args)
+    if args.model is None:
+        raise UsageError("give --model DIR (the engine alone) or --serve URL (a service)")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     say = human_print(args.json)
@@ -97,3 +115,25 @@ def _use_tuned(args, say) -> dict | None:
     elif args.streams is None:
         args.streams = 1
     return tuned
+
+
+def _load_test(args) -> int:
+    """``--serve URL``: mnv3.serve_load against a running service."""
+    from pathlib import Path
+
+    from mnv3.data.datasets import demo_dir, is_image_file
+    from mnv3.errors import UsageError
+    from mnv3.serve_load import format_load, load_test
+
+    if args.model is not None or args.iterations is not None:
+        raise UsageError("--serve measures a running service: drop --model and --iterations "
+                         "(it runs for --duration seconds)")
+    folder = Path(args.images) if args.images else demo_dir() / "images"
+    if not folder.is_dir():
+        raise UsageError(f"--images {folder} is not a folder of images")
+    images = [p for p in folder.iterdir() if is_image_file(p) and p.is_file()]
+    result = load_test(args.serve, images, concurrency=args.concurrency,
+                       duration=args.duration or 10.0, allow_remote=args.allow_remote)
+    human_print(args.json)(format_load(result))
+    write_json(args.json, result.to_dict())
+    return 0

@@ -19,6 +19,7 @@ transparent pixels, often black), and 16-bit greyscale is scaled to 8 bits (not 
 from __future__ import annotations
 
 import functools
+import io
 import os
 import warnings
 from pathlib import Path
@@ -61,31 +62,43 @@ def decode_image(path: str | os.PathLike, draft_for: PreprocessCfg | None = None
     ``x.jpg`` is refused, never read, so no decode can block forever; issue 19).
     """
     path = Path(path)
-    scale = 1
     with open_regular(path, "image") as f:  # DataError itself: missing, a FIFO, too large
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(f) as img:
-                    size = img.size
-                    if draft_for is not None:
-                        scale = _draft(img, draft_for)
-                    img.load()
-        except MemoryError:
-            raise
-        except (UnidentifiedImageError, Image.DecompressionBombError,
-                Image.DecompressionBombWarning) as e:
-            # Pillow names the file object it was given, whose repr holds an fd number that
-            # changes from run to run: name the problem itself, so skipped.txt is reproducible.
-            why = ("cannot identify image file (not a format Pillow reads)"
-                   if isinstance(e, UnidentifiedImageError) else clip(e))
-            raise DataError(f"cannot decode image {shown(path)}: {why}; replace or remove "
-                            "the file") from None
-        # Broad on purpose: only Pillow runs here, and on damaged files (fuzzed, Pillow 13)
-        # its plugins raised SyntaxError, NotImplementedError and TypeError besides OSError.
-        except Exception as e:  # noqa: BLE001
-            raise DataError(f"cannot decode image {shown(path)}: {type(e).__name__}: {clip(e)}; "
-                            "replace or remove the file") from None
+        return _decode(f, shown(path), draft_for)
+
+
+def decode_bytes(data: bytes, what: str = "image") -> Image.Image:
+    """Decode an image held in memory (an HTTP request body, ``mnv3 serve``) to RGB, with the
+    same checks and messages as a file; ``what`` names it in them."""
+    return _decode(io.BytesIO(data), what, None)[0]
+
+
+def _decode(f, name: str, draft_for: PreprocessCfg | None
+            ) -> tuple[Image.Image, tuple[int, int], int]:
+    """``decode_image`` on an open binary file ``f``, named ``name`` in its errors."""
+    scale = 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(f) as img:
+                size = img.size
+                if draft_for is not None:
+                    scale = _draft(img, draft_for)
+                img.load()
+    except MemoryError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        # Pillow names the file object it was given, whose repr holds an fd number that
+        # changes from run to run: name the problem itself, so skipped.txt is reproducible.
+        why = ("cannot identify image file (not a format Pillow reads)"
+               if isinstance(e, UnidentifiedImageError) else clip(e))
+        raise DataError(f"cannot decode image {name}: {why}; replace or remove "
+                        "the file") from None
+    # Broad on purpose: only Pillow runs here, and on damaged files (fuzzed, Pillow 13)
+    # its plugins raised SyntaxError, NotImplementedError and TypeError besides OSError.
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"cannot decode image {name}: {type(e).__name__}: {clip(e)}; "
+                        "replace or remove the file") from None
     return to_rgb(img), size, scale
 
 
