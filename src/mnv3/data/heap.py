@@ -7,8 +7,8 @@ reader threads', the engine's threads'), and raises its mmap threshold to the la
 freed so far, so the decoded images and batches (hundreds of KB to MB each) are carved out of
 those arenas instead of being mmapped and unmapped. A freed block stays in its arena, resident,
 for the next allocation of that thread, and the mix of image sizes fragments them: over 10,000
-images the arenas grew from 80 to 94 MB of which the free part, kept resident, grew from 30
-to 52 MB (``malloc_info``), while the memory in use stayed flat.
+images the arenas grew from 80 to 94 MB, of which the part free in their bins grew from 30 to
+52 MB (``malloc_info``), while the part in use stayed flat (50 -> 42 MB).
 
 The fix, in ``mnv3.data.loader``: ``malloc_trim(0)`` every ``TRIM_EVERY`` images hands the free
 pages of every arena back to the system (a few ms each time, from the consuming thread).
