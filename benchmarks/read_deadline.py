@@ -41,10 +41,10 @@ from mnv3.data.datasets import Sample
 from mnv3.data.loader import iter_batches
 from mnv3.meta import PreprocessCfg
 files = sorted(Path(sys.argv[1]).iterdir())[:int(sys.argv[2])]
-t = time.perf_counter()
+t, cpu = time.perf_counter(), time.process_time()
 n = sum(len(b.samples) for b in iter_batches([Sample(f) for f in files],
         PreprocessCfg(resize=256, crop=224), 8, workers=int(sys.argv[3])))
-print(n / (time.perf_counter() - t))
+print(n / (time.perf_counter() - t), 1e3 * (time.process_time() - cpu) / n)
 """
 
 
@@ -75,11 +75,13 @@ def decode_only(data, cfg, workers: int) -> int:
     return sum(len(b.samples) for b in iter_batches(data, cfg, 8, workers=workers))
 
 
-def child_decode(src: str, images: Path, n: int, workers: int) -> float:
+def child_decode(label: str, src: str, images: Path, n: int, workers: int) -> float:
     env = dict(os.environ, PYTHONPATH=src)
     out = subprocess.run([sys.executable, "-c", CHILD, str(images), str(n), str(workers)],
                          env=env, capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    ips, cpu_ms = map(float, out.stdout.strip().splitlines()[-1].split())
+    CPU_MS.setdefault(label, []).append(cpu_ms)
+    return ips
 
 
 def report(title: str, res: dict[str, list[float]], base: str) -> None:
@@ -135,10 +137,11 @@ def main() -> None:
             srcs = {"this tree": str(Path(mnv3.__file__).resolve().parents[1]),
                     "baseline": str(Path(args.baseline_src).resolve())}
             images = data[0].path.parent
-            res = interleave(srcs, args.rounds, lambda _, src: child_decode(
-                src, images, args.images, args.workers))
+            res = interleave(srcs, args.rounds, lambda k, src: child_decode(
+                f"child {k}", src, images, args.images, args.workers))
             report(f"decode only, fresh processes, this tree vs {args.baseline_src}:", res,
                    "baseline")
+            report("  CPU ms per image:", {k: CPU_MS[f"child {k}"] for k in srcs}, "baseline")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
