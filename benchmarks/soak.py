@@ -9,6 +9,7 @@
    per-minute p50 / p90 / p99 latency and resident memory at the end of each minute.
 
     python benchmarks/soak.py [--images 20000] [--duration 600] [--window 60] [--batch 8]
+                              [--no-trim]   # infer also without the loader's malloc_trim
 
 The model is a seeded random MobileNetV3-Small (speed does not depend on the weights), built
 force_float32 with a fixed batch. Percentiles: numpy's linear interpolation over the calls of
@@ -59,9 +60,16 @@ def link_images(dest: Path, n: int) -> None:
             target.write_bytes(s.read_bytes())
 
 
-def soak_infer(model: Path, images: Path, out: Path) -> None:
-    cmd = [sys.executable, "-m", "mnv3.cli.main", "infer", "--model", str(model), "--image-dir",
-           str(images), "--output-dir", str(out), "--no-progress"]
+# --no-trim: the CLI with the loader's periodic malloc_trim switched off (mnv3.data.heap), to
+# compare resident memory with and without it under the same conditions.
+NO_TRIM = ("import sys; import mnv3.data.loader as l; l.TRIM_EVERY = 0; "
+           "from mnv3.cli.main import main; sys.exit(main(sys.argv[1:]))")
+
+
+def soak_infer(model: Path, images: Path, out: Path, trim: bool = True) -> None:
+    cmd = [sys.executable, *(["-m", "mnv3.cli.main"] if trim else ["-c", NO_TRIM]), "infer",
+           "--model", str(model), "--image-dir", str(images), "--output-dir", str(out),
+           "--no-progress"]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     samples = []
@@ -76,7 +84,8 @@ def soak_infer(model: Path, images: Path, out: Path) -> None:
     total = time.monotonic() - t0
     at = lambda frac: next((r for t, r in samples if t >= frac * total), samples[-1][1])  # noqa: E731
     n = len(list(images.iterdir()))
-    print(f"infer: {n} images in {total:.0f} s ({n / total:.0f} img/s); resident memory "
+    print(f"infer{'' if trim else ' (--no-trim)'}: {n} images in {total:.0f} s "
+          f"({n / total:.0f} img/s); resident memory "
           f"{at(0.1):.0f} MB at 10%, {at(0.5):.0f} MB at 50%, {at(0.9):.0f} MB at 90%, "
           f"peak {max(r for _, r in samples):.0f} MB")
     # Growth per image: least-squares slope of resident memory over the second half of the
@@ -120,6 +129,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=600)
     ap.add_argument("--window", type=float, default=60)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--no-trim", action="store_true",
+                    help="also run infer with the loader's malloc_trim off, then with it on")
     args = ap.parse_args()
     import mnv3
 
@@ -130,8 +141,11 @@ def main() -> None:
         mnv3.build(onnx_path, model, quant_mode="force_float32", shape_mutable=False,
                    batch_size=args.batch, options={"progress": False})
         link_images(tmp / "images", args.images)
+        if args.no_trim:
+            soak_infer(model, tmp / "images", tmp / "out-no-trim", trim=False)
         soak_infer(model, tmp / "images", tmp / "out")
-        soak_engine(model, args.duration, args.window, args.batch)
+        if args.duration > 0:
+            soak_engine(model, args.duration, args.window, args.batch)
 
 
 if __name__ == "__main__":

@@ -111,3 +111,61 @@ def test_missing_file_is_skipped(demo, tmp_path):
     loader = iter_batches(samples, CFG, 4)
     assert sum(len(b.samples) for b in loader) == 1
     assert "does not exist" in loader.skipped[0][1]
+
+
+# ------------------------------------------------ malloc arenas of the decode threads (issue 19)
+def test_loader_trims_malloc_every_trim_every_images(demo, monkeypatch):
+    """The loader hands the decode threads' freed memory back every TRIM_EVERY images
+    (mnv3.data.heap); counted, not timed: the figures are benchmarks/decode_memory.py's."""
+    from mnv3.data import heap
+
+    calls = []
+    monkeypatch.setattr(loader_mod, "TRIM_EVERY", 3)
+    monkeypatch.setattr(heap, "malloc_trim", lambda: calls.append(1) or True)
+    monkeypatch.setattr(heap, "glibc", lambda: object())
+    assert sum(len(b.samples) for b in iter_batches(demo, CFG, 4, workers=2)) == 10
+    assert len(calls) == 3  # after images 3, 6 and 9
+    monkeypatch.setattr(loader_mod, "TRIM_EVERY", 0)
+    list(iter_batches(demo, CFG, 4, workers=2))
+    assert len(calls) == 3
+
+
+def test_infer_trims_through_the_loader(demo, tmp_path, monkeypatch):
+    """mnv3 infer decodes through the loader, so every infer run trims."""
+    from conftest import FakeSession, fake_meta
+    from mnv3.data import heap
+    from mnv3.inference import infer
+
+    calls = []
+    monkeypatch.setattr(loader_mod, "TRIM_EVERY", 4)
+    monkeypatch.setattr(heap, "malloc_trim", lambda: calls.append(1) or True)
+    monkeypatch.setattr(heap, "glibc", lambda: object())
+    result = infer(FakeSession(fake_meta(batch=4)), demo, tmp_path, progress=False)
+    assert result.processed == 10 and len(calls) == 2
+
+
+def test_heap_guard_off_glibc(monkeypatch):
+    """Where the C library is not glibc (musl, macOS), the malloc calls do nothing."""
+    import platform
+
+    from mnv3.data import heap
+
+    heap.glibc.cache_clear()
+    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("musl", "1.2"))
+    try:
+        assert heap.glibc() is None
+        assert heap.malloc_trim() is False
+        assert heap.mallopt(heap.M_ARENA_MAX, 2) is False
+    finally:
+        heap.glibc.cache_clear()
+
+
+def test_heap_on_glibc():
+    import platform
+
+    from mnv3.data import heap
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert heap.glibc() is not None
+    heap.malloc_trim()  # runs; whether it freed anything depends on the heap

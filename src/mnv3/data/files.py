@@ -31,6 +31,7 @@ import os
 import stat
 from typing import BinaryIO
 
+from mnv3.data import deadline
 from mnv3.errors import DataError, Mnv3Error
 
 QUOTE_CHARS = 120
@@ -158,10 +159,27 @@ def _remedy(what: str) -> str:
 def read_bytes(path: str | os.PathLike, what: str, error: type[Mnv3Error] = DataError,
                max_bytes: int | None = None) -> bytes:
     """The whole content of a regular file (``open_regular``'s checks; the cap also bounds a
-    file that grows while it is read)."""
+    file that grows while it is read).
+
+    Opened and read with a deadline (``mnv3.data.deadline``, ``MNV3_READ_TIMEOUT``): a file on a
+    network mount that stopped answering raises ``error`` saying so instead of blocking forever.
+    """
     cap = MAX_BYTES.get(what, 1 << 30) if max_bytes is None else max_bytes
+    try:
+        return deadline.call(_read_file, path, what, error, cap)
+    except deadline.ReadStalled as e:
+        raise error(f"reading {what} {shown(path)} {e}: its file system stopped answering (a "
+                    "network mount, NFS, SMB or FUSE, that stalled?); check the mount and run "
+                    f"again, or set {deadline.ENV}=SECONDS to wait longer") from None
+
+
+def _read_file(path, what: str, error: type[Mnv3Error], cap: int) -> bytes:
+    """``read_bytes`` without the deadline (runs on a reader thread; tests replace it)."""
     with open_regular(path, what, error, cap) as f:
-        data = f.read(cap + 1)
+        size = os.fstat(f.fileno()).st_size  # one read of the right size, no 256 MB buffer
+        data = f.read(size + 1)
+        if len(data) > size:  # it grew since: read on, up to the cap
+            data += f.read(cap + 1 - len(data))
     if len(data) > cap:
         raise error(f"{what} {shown(path)} grew beyond {_size(cap)} while being read")
     return data

@@ -24,11 +24,17 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from mnv3.data import heap
 from mnv3.data.datasets import Sample
 from mnv3.data.fast_decode import check_decode, preprocess_fast
 from mnv3.data.preprocess import preprocess_image
 from mnv3.errors import DataError, UsageError
 from mnv3.meta import PreprocessCfg
+
+
+# Hand the decode threads' freed memory back to the system every TRIM_EVERY images (glibc only;
+# mnv3.data.heap says why; 0: never, as benchmarks/decode_memory.py measures without it).
+TRIM_EVERY = 1000
 
 
 class Batch(NamedTuple):
@@ -78,6 +84,7 @@ class BatchLoader:
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mnv3-decode")
         pending: deque[tuple[Sample, Future]] = deque()
         todo = iter(self.samples)
+        trim_at = TRIM_EVERY if TRIM_EVERY > 0 and heap.glibc() else None
         try:
             images: list[np.ndarray] = []
             done: list[Sample] = []
@@ -100,6 +107,11 @@ class BatchLoader:
                 if len(images) == self.batch_size:
                     yield Batch(np.stack(images), done)
                     images, done = [], []
+                if trim_at is not None:
+                    trim_at -= 1
+                    if trim_at == 0:  # between images: the threads' freed pages go back
+                        heap.malloc_trim()
+                        trim_at = TRIM_EVERY
             if images:
                 yield Batch(np.stack(images), done)
         finally:

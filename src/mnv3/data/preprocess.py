@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mnv3.data.files import clip, open_regular, shown
+from mnv3.data.files import clip, read_bytes, shown
 from mnv3.errors import DataError
 from mnv3.meta import PreprocessCfg
 
@@ -58,12 +58,13 @@ def decode_image(path: str | os.PathLike, draft_for: PreprocessCfg | None = None
     image must never kill a run half-way through. Converting the decoded pixels is our code and
     stays outside that net.
 
-    Only a regular file under the image size cap is opened (``open_regular``: a FIFO named
-    ``x.jpg`` is refused, never read, so no decode can block forever; issue 19).
+    Only a regular file under the image size cap is read (``read_bytes``: a FIFO named
+    ``x.jpg`` is refused, never read, and a read that stalls on a network mount ends at its
+    deadline, so no decode can block forever; issue 19), whole, then decoded from memory.
     """
     path = Path(path)
-    with open_regular(path, "image") as f:  # DataError itself: missing, a FIFO, too large
-        return _decode(f, shown(path), draft_for)
+    data = read_bytes(path, "image")  # DataError itself: missing, a FIFO, too large, stalled
+    return _decode(io.BytesIO(data), shown(path), draft_for)
 
 
 def decode_bytes(data: bytes, what: str = "image") -> Image.Image:
