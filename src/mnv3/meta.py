@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnv3.data.files import QUOTE_CHARS, clip, open_regular, quote, read_text
+from mnv3.data.files import (QUOTE_CHARS, clip, open_regular, quote, read_text, shown,
+                             with_deadline)
 from mnv3.errors import ModelError, UsageError
 from mnv3.quant_mode import QuantMode
 
@@ -231,10 +232,12 @@ def _file_for_dir(path: Path) -> str:
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20, what: str = "compiled model",
                 error=ModelError) -> str:
-    """sha256 of a regular file (``open_regular``: never a FIFO or device, which could block)."""
+    """sha256 of a regular file (``open_regular``: never a FIFO or device, which could block),
+    each open and read with the read deadline (a stalled network mount is an error)."""
     h = hashlib.sha256()
-    with open_regular(path, what, error) as f:
-        while block := f.read(chunk):
+    doing = f"reading {what} {shown(path)}"
+    with with_deadline(doing, error, open_regular, path, what, error) as f:
+        while block := with_deadline(doing, error, f.read, chunk):
             h.update(block)
     return h.hexdigest()
 

@@ -277,3 +277,67 @@ def test_real_stalled_file_is_skipped_and_the_run_ends(tiny, tmp_path, stalled_m
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_stalled_checkpoint_is_an_error_not_a_hang(tmp_path, stall):
+    """A checkpoint is read once, whole, with the deadline; torch parses those bytes."""
+    from mnv3.errors import CheckpointError
+    from mnv3.models.checkpoints import load_checkpoint
+
+    ckpt = tmp_path / "stuck.pth"
+    ckpt.write_bytes(b"PK\x03\x04 never read")
+    with pytest.raises(CheckpointError, match=rf"reading checkpoint \S+stuck\.pth {STALL}"):
+        load_checkpoint(ckpt)
+
+
+def test_stalled_folder_listing_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    """Listing a folder on a stalled mount blocks in the kernel too: each folder of the walk is
+    listed with the deadline."""
+    from mnv3.data import datasets
+    from mnv3.errors import DataError
+
+    never, real = threading.Event(), datasets._scan_folder
+
+    def scan(folder):
+        if folder.name.startswith("stuck"):
+            never.wait()
+        return real(folder)
+
+    monkeypatch.setattr(datasets, "_scan_folder", scan)
+    monkeypatch.setenv("MNV3_READ_TIMEOUT", "0.3")
+    root = tmp_path / "imgs"
+    write_images(root / "ok", 2)
+    write_images(root / "stuck_class", 2)
+    try:
+        with pytest.raises(DataError, match=rf"listing folder \S+stuck_class {STALL}.*{REMEDY}"):
+            datasets.walk_images(root)
+    finally:
+        never.set()
+    assert [str(p) for p in datasets.walk_images(root)] == [
+        "ok/img_000.png", "ok/img_001.png", "stuck_class/img_000.png",
+        "stuck_class/img_001.png"]
+
+
+def test_stalled_hash_of_a_model_file_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    """sha256 of a compiled model (checked at every load) opens and reads with the deadline."""
+    from mnv3 import meta
+    from mnv3.errors import ModelError
+
+    never, real = threading.Event(), meta.open_regular
+
+    def open_regular(path, *args):
+        if Path(path).name.startswith("stuck"):
+            never.wait()
+        return real(path, *args)
+
+    monkeypatch.setattr(meta, "open_regular", open_regular)
+    monkeypatch.setenv("MNV3_READ_TIMEOUT", "0.3")
+    (tmp_path / "stuck.onnx").write_bytes(b"x" * 10)
+    (tmp_path / "fine.onnx").write_bytes(b"x" * 10)
+    try:
+        with pytest.raises(ModelError, match=rf"reading compiled model \S+stuck\.onnx {STALL}"):
+            meta.sha256_file(tmp_path / "stuck.onnx")
+    finally:
+        never.set()
+    assert meta.sha256_file(tmp_path / "fine.onnx") == __import__("hashlib").sha256(
+        b"x" * 10).hexdigest()

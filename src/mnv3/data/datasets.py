@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from mnv3.data.files import QUOTE_CHARS, clip, escape_name, quote, shown
+from mnv3.data.files import QUOTE_CHARS, clip, escape_name, quote, shown, with_deadline
 from mnv3.data.labels import (  # noqa: F401 - load_class_names: read from here by callers
     check_range, load_class_names, load_synsets, parse_label, read_lines, safe_name)
 from mnv3.errors import DataError, Mnv3Warning
@@ -124,20 +124,42 @@ def walk_images(root: Path) -> list[PurePosixPath]:
     (``mnv3.data.files.open_regular``)."""
     found = []
     seen: set[tuple[int, int]] = set()  # (device, inode) of folders walked: no symlink loops
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen:
-            dirnames[:] = []
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        st, dirnames, filenames = with_deadline(f"listing folder {shown(folder)}", DataError,
+                                                _scan_folder, folder)
+        if st is None or (st.st_dev, st.st_ino) in seen:  # gone or unreadable; walked
             continue
         seen.add((st.st_dev, st.st_ino))
         # a folder named like an image (x.jpg/) is an entry for decoding to skip, not a class
         named_like_images = [d for d in dirnames if is_image_file(Path(d))]
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and d not in named_like_images)
-        filenames = filenames + named_like_images
-        base = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
-        found.extend(base / f for f in filenames if is_image_file(Path(f)))
+        folders.extend(folder / d for d in dirnames
+                       if not d.startswith(".") and d not in named_like_images)
+        base = PurePosixPath(folder.relative_to(root).as_posix())
+        found.extend(base / f for f in filenames + named_like_images
+                     if is_image_file(Path(f)))
     return sorted(found)
+
+
+def _scan_folder(folder: Path) -> tuple[os.stat_result | None, list[str], list[str]]:
+    """One folder's (stat, sub-folder names, other names), symlinks followed as os.walk's
+    followlinks does; a folder that cannot be read gives (None, [], []) (os.walk skips it
+    too). Runs with the read deadline: listing a stalled network mount blocks in the kernel."""
+    dirs: list[str] = []
+    others: list[str] = []
+    try:
+        st = os.stat(folder)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                (dirs if is_dir else others).append(entry.name)
+    except OSError:
+        return None, [], []
+    return st, dirs, others
 
 
 def _from_label_file(root: Path, images: list[PurePosixPath], label_file: Path,

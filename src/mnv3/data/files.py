@@ -165,12 +165,19 @@ def read_bytes(path: str | os.PathLike, what: str, error: type[Mnv3Error] = Data
     network mount that stopped answering raises ``error`` saying so instead of blocking forever.
     """
     cap = MAX_BYTES.get(what, 1 << 30) if max_bytes is None else max_bytes
+    return with_deadline(f"reading {what} {shown(path)}", error, _read_file, path, what, error,
+                         cap)
+
+
+def with_deadline(doing: str, error: type[Mnv3Error], fn, *args):
+    """``fn(*args)`` on a reader thread with the read deadline (``mnv3.data.deadline``); a call
+    that stalls raises ``error`` naming what it was ``doing`` and what to do."""
     try:
-        return deadline.call(_read_file, path, what, error, cap)
+        return deadline.call(fn, *args)
     except deadline.ReadStalled as e:
-        raise error(f"reading {what} {shown(path)} {e}: its file system stopped answering (a "
-                    "network mount, NFS, SMB or FUSE, that stalled?); check the mount and run "
-                    f"again, or set {deadline.ENV}=SECONDS to wait longer") from None
+        raise error(f"{doing} {e}: its file system stopped answering (a network mount, NFS, "
+                    "SMB or FUSE, that stalled?); check the mount and run again, or set "
+                    f"{deadline.ENV}=SECONDS to wait longer") from None
 
 
 def _read_file(path, what: str, error: type[Mnv3Error], cap: int) -> bytes:

@@ -18,6 +18,8 @@ arguments to pass.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
 import warnings
 import zipfile
@@ -27,9 +29,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mnv3.data.files import clip, open_regular, shown
+from mnv3.data.files import clip, read_bytes, shown
 from mnv3.errors import CheckpointError
-from mnv3.meta import PreprocessCfg, sha256_file
+from mnv3.meta import PreprocessCfg
 from mnv3.models.matching import fill_batch_counters, match_network, state_dict_from
 from mnv3.models.registry import DEFAULT_PRESET, build_module, count_params, describe, preprocess_preset
 
@@ -73,16 +75,18 @@ def load_checkpoint(path, arch: str = "auto", layout: str = "auto", width_mult: 
     if not path.exists():
         raise CheckpointError(f"checkpoint {shown(path)} does not exist (expected a .pth, "
                               ".pth.tar or .pt file)")
-    open_regular(path, "checkpoint", CheckpointError).close()  # not a FIFO, device, folder
+    # Read once, whole, with the read deadline (not a FIFO, device or folder; a stalled network
+    # mount is an error, not a hang: issue 19); everything below works on these bytes.
+    data = read_bytes(path, "checkpoint", CheckpointError)
     if isinstance(preprocess, str):
         preprocess = preprocess_preset(preprocess)
     preprocess = preprocess or preprocess_preset(DEFAULT_PRESET)
-    digest = sha256_file(path, what="checkpoint", error=CheckpointError)
-    if is_torchscript(path):
-        module = _load_torchscript(path)
+    digest = hashlib.sha256(data).hexdigest()
+    if is_torchscript(data):
+        module = _load_torchscript(data, path)
         return LoadedModel(module, TORCHSCRIPT, TORCHSCRIPT, None, _probe_classes(module, path),
                            preprocess, str(path), digest)
-    state = state_dict_from(read_pickle(path), path)
+    state = state_dict_from(read_pickle(data, path), path)
     found = match_network(state, path, arch, layout, width_mult, num_classes)
     lay, ar, wm, nc = found
     module = build_module(ar, lay, wm, nc)
@@ -92,19 +96,19 @@ def load_checkpoint(path, arch: str = "auto", layout: str = "auto", width_mult: 
 
 
 # ------------------------------------------------------------------------------------ reading
-def is_torchscript(path: Path) -> bool:
+def is_torchscript(data: bytes) -> bool:
     """TorchScript archives are zips with a ``code/`` folder; state-dict zips have only ``data``."""
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(io.BytesIO(data)):
         return False
-    with zipfile.ZipFile(path) as z:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
         return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
 
 
-def _load_torchscript(path: Path) -> nn.Module:
+def _load_torchscript(data: bytes, path: Path) -> nn.Module:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # still supported in torch 2.13
-            return torch.jit.load(str(path), map_location="cpu").eval()
+            return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
     # Broad on purpose: only torch's parser runs here, on a file from anywhere; on damaged
     # archives it raised RuntimeError, torch.jit.Error, UnicodeDecodeError and IndexError.
     except Exception as e:  # noqa: BLE001
@@ -124,19 +128,20 @@ def _probe_classes(module: nn.Module, path: Path) -> int:
     return int(out.shape[1])
 
 
-def read_pickle(path: Path):
-    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, never code."""
+def read_pickle(data: bytes, path: Path):
+    """``torch.load`` of a checkpoint's bytes (``path`` names it in errors) with
+    ``weights_only=True``: tensors and plain containers only, never code."""
     try:
         with warnings.catch_warnings():
             # torch warns that a pickle of protocol > 2 may not load: if it loads, that is
             # noise; if not, our error names the protocol. Either way not for the user's stderr
             warnings.filterwarnings("ignore", r"Detected pickle protocol", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's first line advises weights_only=False; the GLOBAL line names the object refused
         first = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), None)
         if first is None:  # bad opcodes: garbage or another format (ONNX, text), not objects
-            raise CheckpointError(_unreadable(path, e)) from None
+            raise CheckpointError(_unreadable(data, path, e)) from None
         raise CheckpointError(
             f"refused to load {path}: it pickles objects other than tensors, and mnv3 loads "
             f"checkpoints with weights_only=True so that a file can never run code ({clip(first)}). "
@@ -145,7 +150,7 @@ def read_pickle(path: Path):
     # Broad on purpose: only torch's unpickler runs here, and a damaged file fails anywhere in
     # it (struct.error, KeyError, EOFError ...); no mnv3 code is inside to hide a bug of ours.
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(_unreadable(path, e)) from None
+        raise CheckpointError(_unreadable(data, path, e)) from None
 
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -154,19 +159,18 @@ WHAT_TO_PASS = ("pass a state dict saved with torch.save (a .pth, .pth.tar or .p
                 "TorchScript file saved with torch.jit.save")
 
 
-def _unreadable(path: Path, error: Exception) -> str:
+def _unreadable(data: bytes, path: Path, error: Exception) -> str:
     """Why torch.load failed, told from the file's first bytes rather than torch's advice."""
-    with open(path, "rb") as f:
-        head = f.read(16)
+    head = data[:16]
     if not head:
         return f"{path} is not a PyTorch checkpoint: the file is empty (0 bytes); {WHAT_TO_PASS}"
     if not head.startswith((ZIP_MAGIC, PICKLE_PROTO)):  # a text file, an ONNX model, ...
-        if is_onnx_file(path):
+        if _is_onnx(data):
             return (f"{path} is an ONNX model, not a PyTorch checkpoint; it needs no export: "
                     f"build it with 'mnv3 build --onnx {path} ...'")
         return (f"{path} is not a PyTorch checkpoint: it is neither a torch zip archive nor a "
                 f"pickle written by torch.save (it starts with {head!r}); {WHAT_TO_PASS}")
-    protocol = _pickle_protocol(path, head)
+    protocol = _pickle_protocol(data, head)
     if protocol and protocol > 2 and "Unsupported operand" in str(error):
         kind = "a torch zip archive pickled with" if head.startswith(ZIP_MAGIC) else "a pickle of"
         return (f"{path} is {kind} protocol {protocol}, which torch.load(weights_only=True) "
@@ -185,6 +189,19 @@ def is_onnx_file(path: Path) -> bool:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except onnx_errors():  # DecodeError on non-ONNX bytes
+        return False
+    return len(model.graph.node) > 0
+
+
+def _is_onnx(data: bytes) -> bool:
+    """``is_onnx_file`` for a file already read."""
+    import onnx
+
+    from mnv3.engine_errors import onnx_errors
+
+    try:
+        model = onnx.load_model_from_string(data)
+    except onnx_errors():
         return False
     return len(model.graph.node) > 0
 
@@ -209,11 +226,11 @@ def _torch_reason(error: Exception) -> str:
     return lines[0].split(". ")[0] if lines else ""
 
 
-def _pickle_protocol(path: Path, head: bytes) -> int | None:
+def _pickle_protocol(data: bytes, head: bytes) -> int | None:
     """The pickle protocol of a raw pickle, or of the ``data.pkl`` inside a torch zip archive."""
     if head.startswith(ZIP_MAGIC):
         try:
-            with zipfile.ZipFile(path) as z:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
                 name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
                 if name is None:
                     return None
