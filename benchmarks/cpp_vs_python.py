@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -88,27 +89,33 @@ def data_args() -> list[str]:
             "--synsets", str(SAMPLE / "synsets.txt")]
 
 
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_py(model: Path, out: Path, threads: int) -> dict:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), children_cpu()
     proc = subprocess.run(["mnv3", "infer", "--model", str(model), *data_args(), "--output-dir",
                            str(out), "--threads", str(threads), "--json", "-", "--no-progress"],
                           check=True, capture_output=True, text=True)
     d = json.loads(proc.stdout)
-    return {"wall": 500 / (time.perf_counter() - t0), "ips": d["images_per_s"]}
+    return {"wall": 500 / (time.perf_counter() - t0), "ips": d["images_per_s"],
+            "cpu_ms": 1e3 * (children_cpu() - c0) / 500}
 
 
 def run_cpp(binary: Path, model: Path, out: Path, threads: int, streams: int | None = None,
             image_dir: str | None = None, extra=()) -> dict:
     args = data_args() if image_dir is None else ["--image-dir", image_dir]
     split = ["--streams", str(streams)] if streams else []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), children_cpu()
     proc = subprocess.run([str(binary), "--model", str(model), *args, "--output-dir", str(out),
                            "--threads", str(threads), *split, "--json", "-", "--profile",
                            *extra], check=True, capture_output=True, text=True)
     d = json.loads(proc.stdout)
     return {"wall": d["processed"] / (time.perf_counter() - t0), "ips": d["images_per_s"],
             "rss_mb": d["peak_rss_kb"] / 1024, "processed": d["processed"],
-            "profile": d["profile"]}
+            "profile": d["profile"], "cpu_ms": 1e3 * (children_cpu() - c0) / d["processed"]}
 
 
 def run_bench(model: Path, threads: int, streams: int, seconds: float) -> dict:
@@ -124,8 +131,9 @@ def run_cpp_bench(binary: Path, model: Path, threads: int, seconds: float) -> di
                            "--bench", f"{seconds:g}", "--json", "-"], check=True,
                           capture_output=True, text=True)
     d = json.loads(proc.stdout)
-    ips = len(d["latencies_s"]) * d["batch_size"] / d["wall_s"]
-    return {"wall": ips, "ips": ips}
+    images = len(d["latencies_s"]) * d["batch_size"]
+    return {"wall": images / d["wall_s"], "ips": images / d["wall_s"],
+            "cpu_ms": 1e3 * d["cpu_s"] / images}
 
 
 def print_profile(runs: list[dict]) -> None:
@@ -233,12 +241,24 @@ def main() -> int:
         print("  config           in-run  whole command   x Python in-run          x Python wall")
         for cfg in configs:
             print("  " + row(cfg, res))
+        cpu = {c: [r["cpu_ms"] for r in res[c]] for c in ("python", "cpp", "cpp_1stream")}
+        print("  whole-command CPU ms per image (start-up and load included; the speed ratio "
+              "where the CPU is the limit, as on this shared machine): " + ", ".join(
+                  f"{c} {median(v):.2f}" for c, v in cpu.items()) + "; Python / C++ "
+              f"{median([p / c for p, c in zip(cpu['python'], cpu['cpp'])]):.2f}x")
         for a, b in (("cpp", "bench_split"), ("cpp", "bench_1stream"), ("cpp_1stream",
                                                                          "bench_1stream")):
             ratios = [x["ips"] / y["ips"] for x, y in zip(res[a], res[b])]
             print(f"  {a} end to end / {b} engine-only: {median(ratios):.2f} "
                   f"[{min(ratios):.2f}-{max(ratios):.2f}]")
         print_profile(res["cpp"])
+        engine = median([r["cpu_ms"] for r in res["cpp_bench"]])
+        total = median([r["profile"]["cpu_ms_per_image"]["process_total"] for r in res["cpp"]])
+        decode = median([r["profile"]["cpu_ms_per_image"]["decode_threads_total"]
+                         for r in res["cpp"]])
+        print(f"  CPU ms per image: engine alone (cpp --bench) {engine:.2f}, end to end "
+              f"{total:.2f} (decode threads {decode:.2f}); where the CPU is the limit, end to "
+              f"end can reach at most {engine / (engine + decode):.2f} of engine-only")
         print(f"load average after {name}: {os.getloadavg()}")
     if "lite0" in models and not args.skip_memory:
         memory(binary, models["lite0"], work, args.threads)

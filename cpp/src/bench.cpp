@@ -6,6 +6,8 @@
 #include <cstring>
 #include <thread>
 
+#include <sys/resource.h>
+
 #include "output.hpp"
 
 namespace mnv3 {
@@ -20,6 +22,12 @@ void prefill(ov::Tensor t) {
         x = x * 1664525u + 1013904223u;
         p[i] = static_cast<float>(x >> 8) / static_cast<float>(1u << 23) - 1.0f;
     }
+}
+
+double cpu_seconds() {
+    rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 // numpy.percentile's default (linear between closest ranks), as mnv3.bench.percentile.
@@ -44,6 +52,7 @@ BenchRun bench_engine(ov::CompiledModel& compiled, int streams, int warmup, doub
     for (auto& q : reqs)
         for (int i = 0; i < warmup; ++i) q.infer();
     std::vector<std::vector<double>> lat(streams);
+    const double cpu0 = cpu_seconds();
     const auto start = Clock::now();
     const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
                                       std::chrono::duration<double>(seconds));
@@ -59,6 +68,7 @@ BenchRun bench_engine(ov::CompiledModel& compiled, int streams, int warmup, doub
         });
     for (auto& t : threads) t.join();
     r.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
+    r.cpu_s = cpu_seconds() - cpu0;
     for (auto& l : lat) r.latencies_s.insert(r.latencies_s.end(), l.begin(), l.end());
     return r;
 }
@@ -70,15 +80,15 @@ std::string bench_text(const BenchRun& r, int batch, int threads, int streams, d
     double sum = 0;
     for (double v : ms) sum += v;
     const double n = static_cast<double>(ms.size());
-    char buf[600];
+    char buf[700];
     std::snprintf(buf, sizeof buf,
                   "mnv3-infer-cpp --bench: batch %d, %d thread(s) in %d stream(s), %zu queries "
                   "in %.2f s\n  throughput: %.1f images/s (%.1f queries/s)\n"
                   "  latency (ms): min %.3f avg %.3f p50 %.3f p90 %.3f p95 %.3f p99 %.3f max %.3f\n"
-                  "  load %.1f ms, first run %.2f ms\n",
+                  "  load %.1f ms, first run %.2f ms; %.2f CPU ms per image\n",
                   batch, threads, streams, ms.size(), r.wall_s, n * batch / r.wall_s, n / r.wall_s,
                   ms.front(), sum / n, percentile(ms, 50), percentile(ms, 90), percentile(ms, 95),
-                  percentile(ms, 99), ms.back(), load_ms, r.first_run_ms);
+                  percentile(ms, 99), ms.back(), load_ms, r.first_run_ms, 1e3 * r.cpu_s / (n * batch));
     return buf;
 }
 
@@ -88,7 +98,8 @@ std::string bench_json(const BenchRun& r, int batch, int threads, int streams, i
                     ", \"threads\": " + std::to_string(threads) + ", \"streams\": " + std::to_string(streams) +
                     ", \"warmup\": " + std::to_string(warmup) + ", \"duration\": " + python_float(seconds) +
                     ", \"load_ms\": " + python_float(load_ms) + ", \"first_run_ms\": " + python_float(r.first_run_ms) +
-                    ", \"wall_s\": " + python_float(r.wall_s) + ", \"latencies_s\": [";
+                    ", \"wall_s\": " + python_float(r.wall_s) + ", \"cpu_s\": " + python_float(r.cpu_s) +
+                    ", \"latencies_s\": [";
     for (size_t i = 0; i < r.latencies_s.size(); ++i) j += (i ? ", " : "") + python_float(r.latencies_s[i]);
     return j + "]}";
 }

@@ -11,6 +11,7 @@ namespace mnv3 {
 
 struct BenchRun {
     double first_run_ms = 0, wall_s = 0;
+    double cpu_s = 0;  // the process's CPU time in the measured phase (all threads)
     std::vector<double> latencies_s;  // one per query, all streams
 };
 
