@@ -6,9 +6,9 @@
 #include <cstring>
 #include <thread>
 
-#include <sys/resource.h>
 
 #include "output.hpp"
+#include "profile.hpp"
 
 namespace mnv3 {
 namespace {
@@ -22,12 +22,6 @@ void prefill(ov::Tensor t) {
         x = x * 1664525u + 1013904223u;
         p[i] = static_cast<float>(x >> 8) / static_cast<float>(1u << 23) - 1.0f;
     }
-}
-
-double cpu_seconds() {
-    rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 // numpy.percentile's default (linear between closest ranks), as mnv3.bench.percentile.
@@ -52,7 +46,7 @@ BenchRun bench_engine(ov::CompiledModel& compiled, int streams, int warmup, doub
     for (auto& q : reqs)
         for (int i = 0; i < warmup; ++i) q.infer();
     std::vector<std::vector<double>> lat(streams);
-    const double cpu0 = cpu_seconds();
+    const double cpu0 = process_cpu_seconds();
     const auto start = Clock::now();
     const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
                                       std::chrono::duration<double>(seconds));
@@ -68,7 +62,7 @@ BenchRun bench_engine(ov::CompiledModel& compiled, int streams, int warmup, doub
         });
     for (auto& t : threads) t.join();
     r.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
-    r.cpu_s = cpu_seconds() - cpu0;
+    r.cpu_s = process_cpu_seconds() - cpu0;
     for (auto& l : lat) r.latencies_s.insert(r.latencies_s.end(), l.begin(), l.end());
     return r;
 }

@@ -8,8 +8,6 @@
 // takes results in order, writes their lines, and hands the request back. Memory is R batches
 // plus the decoders' reused buffers, whatever the number of images. --threads T engine threads
 // are split into streams (one per thread by default); --profile says where the time went.
-#include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,6 +29,7 @@
 #include "image.hpp"
 #include "model.hpp"
 #include "output.hpp"
+#include "profile.hpp"
 
 namespace fs = std::filesystem;
 using namespace mnv3;
@@ -177,44 +176,6 @@ void top5_probs(const float* logits, int n, int top[5], double probs[5]) {
         top[j] = j < k ? idx[j] : idx[k - 1];
         probs[j] = std::exp(double(logits[top[j]]) - mx) / sum;
     }
-}
-
-// --profile: CPU time per stage of the decode threads (CLOCK_THREAD_CPUTIME_ID, so time the
-// thread spent descheduled is not counted), and wall time spent waiting.
-struct StageTimes {
-    double read = 0, decode = 0, resize = 0, normalize = 0, wait = 0;
-    long images = 0;
-    void add(const StageTimes& o) {
-        read += o.read; decode += o.decode; resize += o.resize; normalize += o.normalize;
-        wait += o.wait; images += o.images;
-    }
-};
-
-class StageClock {
-public:
-    explicit StageClock(bool on) : on_(on) {}
-    void mark() { if (on_) t_ = now(); }
-    void lap(double* acc) {
-        if (!on_) return;
-        double n = now();
-        *acc += n - t_;
-        t_ = n;
-    }
-    static double now() {
-        timespec ts;
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-        return ts.tv_sec + 1e-9 * ts.tv_nsec;
-    }
-
-private:
-    bool on_;
-    double t_ = 0;
-};
-
-double process_cpu_seconds() {
-    rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 struct Request {
