@@ -157,7 +157,9 @@ def runs_in_cpp(backend: str) -> bool:
 class CppModel:
     """A model directory for the native program: meta.json read, backend checked, binary found.
 
-    The program itself re-checks the sha256 of model.xml / model.bin when it runs.
+    The program itself re-checks the sha256 of model.xml / model.bin when it runs. ``threads``:
+    engine threads in all, as ``mnv3 infer --threads`` (None: one per CPU); ``streams``: how
+    many streams share them (None: the program's default, one per thread).
     """
 
     def __init__(self, model_dir, threads: int | None = None, streams: int | None = None,
