@@ -10,15 +10,19 @@ own images/s figure (decode included, load excluded) is quoted too.
    benchmarks/reference_lite0.py builds it): how many preprocessed tensors are bit-identical to
    preprocess_image's (the program's --dump-tensors), the share of images whose top-1 is the
    same as Python's, both top-1 / top-5 accuracies, and whether the result files are identical.
-2. Speed: `mnv3 infer --threads T` vs `mnv3-infer-cpp --threads T` (1 stream, 2 requests), and
-   `mnv3-infer-cpp --streams 2 --threads 1` (what its async requests allow; Python infer has one
-   stream), beside `mnv3 bench`'s engine-only figure for the same model and threads. For Lite0
-   (engine-bound: decoding is a few ms of a ~50 ms image) and for a seeded MobileNetV3-Small
-   (decode-bound) built the same way.
+2. Speed: `mnv3 infer --threads T` vs `mnv3-infer-cpp --threads T` (T engine threads in all,
+   the program's default split: T streams of one thread) and `mnv3-infer-cpp --threads T
+   --streams 1` (Python's split: one stream of T threads), beside the engine-only figures for
+   the same model and threads: `mnv3 bench --threads T` (1 stream), `mnv3 bench --threads 1
+   --streams T` (the program's split) and `mnv3-infer-cpp --bench` (the program measuring its
+   own engine calls). For Lite0 (engine-bound) and for a seeded MobileNetV3-Small
+   (decode-bound) built the same way. The program's --profile (CPU ms per image per decode
+   stage) is printed for the default configuration.
 3. Memory: the program's peak resident memory (VmHWM) on the 500 images and on the same images
    listed 4 times (2000 files, symlinks): streaming means it does not grow.
 
     python benchmarks/cpp_vs_python.py [--rounds 3] [--threads 2] [--models lite0,small]
+        [--skip-fidelity] [--skip-memory] [--bench-seconds 3]
 
 Prints the CPU's ISA (AVX2 / AVX-512 / VNNI / AMX): a speed figure holds for the ISA it was
 measured on.
@@ -29,7 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,21 +43,25 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import export_fp32, interleave, median, median_ratio  # noqa: E402
+from _common import export_fp32, interleave, median  # noqa: E402
 
 from mnv3.cpp_engine import build_cpp  # noqa: E402
 from mnv3.meta import read_meta  # noqa: E402
+from mnv3.sysinfo import cpu_model, isa_label  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenet-sample-500"
 LITE0_NORM = ["--mean", "0.498,0.498,0.498", "--std", "0.502,0.502,0.502"]
 
 
 def isa() -> str:
-    flags = set(re.findall(r"\w+", Path("/proc/cpuinfo").read_text().split("flags", 2)[1]
-                           .split("\n")[0]))
-    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
-    model = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
-    return f"{model.strip()}, {os.cpu_count()} vCPU, ISA: {' '.join(found) or 'no AVX2'}"
+    return (f"{cpu_model()}, {os.cpu_count()} vCPU, int8 ISA: {isa_label()}, "
+            f"OpenVINO {openvino_version()}")
+
+
+def openvino_version() -> str:
+    import openvino
+
+    return openvino.get_version().split("-")[0]
 
 
 def build_models(work: Path, names: list[str]) -> dict[str, Path]:
@@ -81,34 +89,63 @@ def data_args() -> list[str]:
             "--synsets", str(SAMPLE / "synsets.txt")]
 
 
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_py(model: Path, out: Path, threads: int) -> dict:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), children_cpu()
     proc = subprocess.run(["mnv3", "infer", "--model", str(model), *data_args(), "--output-dir",
                            str(out), "--threads", str(threads), "--json", "-", "--no-progress"],
                           check=True, capture_output=True, text=True)
     d = json.loads(proc.stdout)
-    return {"wall": 500 / (time.perf_counter() - t0), "ips": d["images_per_s"]}
+    return {"wall": 500 / (time.perf_counter() - t0), "ips": d["images_per_s"],
+            "cpu_ms": 1e3 * (children_cpu() - c0) / 500}
 
 
-def run_cpp(binary: Path, model: Path, out: Path, threads: int, streams: int = 1,
+def run_cpp(binary: Path, model: Path, out: Path, threads: int, streams: int | None = None,
             image_dir: str | None = None, extra=()) -> dict:
     args = data_args() if image_dir is None else ["--image-dir", image_dir]
-    t0 = time.perf_counter()
+    split = ["--streams", str(streams)] if streams else []
+    t0, c0 = time.perf_counter(), children_cpu()
     proc = subprocess.run([str(binary), "--model", str(model), *args, "--output-dir", str(out),
-                           "--threads", str(threads), "--streams", str(streams), "--json", "-",
+                           "--threads", str(threads), *split, "--json", "-", "--profile",
                            *extra], check=True, capture_output=True, text=True)
     d = json.loads(proc.stdout)
     return {"wall": d["processed"] / (time.perf_counter() - t0), "ips": d["images_per_s"],
-            "rss_mb": d["peak_rss_kb"] / 1024, "processed": d["processed"]}
+            "rss_mb": d["peak_rss_kb"] / 1024, "processed": d["processed"],
+            "profile": d["profile"], "cpu_ms": 1e3 * (children_cpu() - c0) / d["processed"]}
 
 
-def run_bench(model: Path, threads: int) -> dict:
+def run_bench(model: Path, threads: int, streams: int, seconds: float) -> dict:
     proc = subprocess.run(["mnv3", "bench", "--model", str(model), "--threads", str(threads),
-                           "--duration", "5", "--json", "-"], check=True, capture_output=True,
-                          text=True)
-    d = json.loads(proc.stdout)
-    ips = d["throughput_ips"]
+                           "--streams", str(streams), "--duration", f"{seconds:g}", "--json",
+                           "-"], check=True, capture_output=True, text=True)
+    ips = json.loads(proc.stdout)["throughput_ips"]
     return {"wall": ips, "ips": ips}
+
+
+def run_cpp_bench(binary: Path, model: Path, threads: int, seconds: float) -> dict:
+    proc = subprocess.run([str(binary), "--model", str(model), "--threads", str(threads),
+                           "--bench", f"{seconds:g}", "--json", "-"], check=True,
+                          capture_output=True, text=True)
+    d = json.loads(proc.stdout)
+    images = len(d["latencies_s"]) * d["batch_size"]
+    return {"wall": images / d["wall_s"], "ips": images / d["wall_s"],
+            "cpu_ms": 1e3 * d["cpu_s"] / images}
+
+
+def print_profile(runs: list[dict]) -> None:
+    """The median over rounds of each --profile figure of the default C++ configuration."""
+    cpu = {k: median([r["profile"]["cpu_ms_per_image"][k] for r in runs])
+           for k in runs[0]["profile"]["cpu_ms_per_image"]}
+    waits = {k: median([r["profile"][k] for r in runs]) for k in
+             ("wall_s", "engine_busy_s", "decode_threads_waiting_for_a_request_s",
+              "main_waiting_for_results_s")}
+    print("  mnv3-infer-cpp --profile (median of rounds): CPU ms per image: " +
+          ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    print("    seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in waits.items()))
 
 
 def fidelity(binary: Path, model: Path, work: Path, threads: int) -> None:
@@ -155,12 +192,25 @@ def memory(binary: Path, model: Path, work: Path, threads: int) -> None:
           f"(x{big['rss_mb'] / small['rss_mb']:.2f})")
 
 
+def row(cfg: str, res: dict) -> str:
+    """One config's medians and its per-round ratios to Python's, with their spread."""
+    out = f"{cfg:15s} {median([r['ips'] for r in res[cfg]]):7.1f} "
+    out += f"{median([r['wall'] for r in res[cfg]]):13.1f}"
+    for key in ("ips", "wall"):
+        ratios = [x[key] / y[key] for x, y in zip(res[cfg], res["python"])]
+        out += f"   {median(ratios):5.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="lite0,small")
     ap.add_argument("--work", default=None, help="keep models and results here (reused)")
+    ap.add_argument("--bench-seconds", type=float, default=3.0)
+    ap.add_argument("--skip-fidelity", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
     if not (SAMPLE / "labels.txt").is_file():
         print(f"needs the ImageNet sample at {SAMPLE}", file=sys.stderr)
@@ -171,30 +221,46 @@ def main() -> int:
     print(f"load average at start: {os.getloadavg()}")
     binary = build_cpp()
     models = build_models(work, args.models.split(","))
-    if "lite0" in models:
+    if "lite0" in models and not args.skip_fidelity:
         fidelity(binary, models["lite0"], work, args.threads)
-    T = args.threads
+    T, secs = args.threads, args.bench_seconds
     for name, model in models.items():
         configs = {
             "python": lambda: run_py(model, work / "py", T),
             "cpp": lambda: run_cpp(binary, model, work / "cpp", T),
-            "cpp_2streams": lambda: run_cpp(binary, model, work / "cpp2", 1, streams=2),
-            "bench": lambda: run_bench(model, T),
+            "cpp_1stream": lambda: run_cpp(binary, model, work / "cpp1", T, streams=1),
+            "bench_1stream": lambda: run_bench(model, T, 1, secs),
+            "bench_split": lambda: run_bench(model, 1, T, secs),
+            "cpp_bench": lambda: run_cpp_bench(binary, model, T, secs),
         }
+        print(f"load average before {name}: {os.getloadavg()}")
         res = interleave(configs, args.rounds, lambda n, f: f())
-        print(f"\nspeed ({name}, batch 8, {T} threads, 500 images, median of {args.rounds} "
-              "interleaved rounds; images/s):")
-        print("  config                          in-run  whole command   x Python (in-run / wall)")
+        print(f"\nspeed ({name}, {isa_label()}, batch 8, {T} engine threads in all, 500 "
+              f"images, median of {args.rounds} interleaved rounds; images/s; x Python: median "
+              "of per-round ratios [min-max]):")
+        print("  config           in-run  whole command   x Python in-run          x Python wall")
         for cfg in configs:
-            ips = [r["ips"] for r in res[cfg]]
-            wall = [r["wall"] for r in res[cfg]]
-            ratio = median_ratio(ips, [r["ips"] for r in res["python"]])
-            rwall = median_ratio(wall, [r["wall"] for r in res["python"]])
-            print(f"  {cfg:30s} {median(ips):7.1f} {median(wall):13.1f}   {ratio:.2f}x / "
-                  f"{rwall:.2f}x")
-        cpp_vs_bench = median_ratio([r["ips"] for r in res["cpp"]], [r["ips"] for r in res["bench"]])
-        print(f"  mnv3-infer-cpp end to end / mnv3 bench engine-only: {cpp_vs_bench:.2f}")
-    if "lite0" in models:
+            print("  " + row(cfg, res))
+        cpu = {c: [r["cpu_ms"] for r in res[c]] for c in ("python", "cpp", "cpp_1stream")}
+        print("  whole-command CPU ms per image (start-up and load included; the speed ratio "
+              "where the CPU is the limit, as on this shared machine): " + ", ".join(
+                  f"{c} {median(v):.2f}" for c, v in cpu.items()) + "; Python / C++ "
+              f"{median([p / c for p, c in zip(cpu['python'], cpu['cpp'])]):.2f}x")
+        for a, b in (("cpp", "bench_split"), ("cpp", "bench_1stream"), ("cpp_1stream",
+                                                                         "bench_1stream")):
+            ratios = [x["ips"] / y["ips"] for x, y in zip(res[a], res[b])]
+            print(f"  {a} end to end / {b} engine-only: {median(ratios):.2f} "
+                  f"[{min(ratios):.2f}-{max(ratios):.2f}]")
+        print_profile(res["cpp"])
+        engine = median([r["cpu_ms"] for r in res["cpp_bench"]])
+        total = median([r["profile"]["cpu_ms_per_image"]["process_total"] for r in res["cpp"]])
+        decode = median([r["profile"]["cpu_ms_per_image"]["decode_threads_total"]
+                         for r in res["cpp"]])
+        print(f"  CPU ms per image: engine alone (cpp --bench) {engine:.2f}, end to end "
+              f"{total:.2f} (decode threads {decode:.2f}); where the CPU is the limit, end to "
+              f"end can reach at most {engine / (engine + decode):.2f} of engine-only")
+        print(f"load average after {name}: {os.getloadavg()}")
+    if "lite0" in models and not args.skip_memory:
         memory(binary, models["lite0"], work, args.threads)
     print(f"load average at end: {os.getloadavg()}")
     return 0

@@ -100,13 +100,22 @@ def _images(folder: Path) -> list[Path]:
     items.append(("pal_trns.png", Image.fromarray(smooth(60, 45)).convert("P")))
     items.append(("pal.png", Image.fromarray(smooth(45, 60)).convert("P")))
     items.append(("bits1.png", Image.fromarray(smooth(50, 40, 1), "L").convert("1")))
+    # Large JPEGs, so that decoding only the iMCU columns / rows the crop needs is exercised:
+    # every chroma subsampling (4:2:0, 4:2:2, 4:4:4), progressive, grey, CMYK, both orientations
+    for name, (w, h), c in (("big_420.jpg", (500, 375), 3), ("big_422.jpg", (375, 500), 3),
+                            ("big_444.jpg", (411, 307), 3), ("big_prog.jpeg", (307, 411), 3),
+                            ("big_grey.jpg", (330, 250), 1), ("big_cmyk.jpg", (250, 330), 4)):
+        mode = {1: "L", 3: "RGB", 4: "CMYK"}[c]
+        items.append((name, Image.fromarray(smooth(w, h, c), mode)))
     g16 = (smooth(44, 52, 1).astype(np.uint16) * 257 + rng.integers(0, 257, (52, 44))).astype(np.uint16)
     items.append(("grey16.png", Image.fromarray(g16)))
     paths = []
     for name, img in items:
         p = folder / name
-        if name == "jpeg_prog.jpeg":
+        if name in ("jpeg_prog.jpeg", "big_prog.jpeg"):
             img.save(p, quality=85, progressive=True)
+        elif name in ("big_422.jpg", "big_444.jpg"):
+            img.save(p, quality=90, subsampling=1 if "422" in name else 0)
         elif name.endswith(".jpg"):
             img.save(p, quality=90)
         elif name == "pal_trns.png":
@@ -171,9 +180,12 @@ def test_mutable_model_and_image_num_and_plain_folder(binary, models, tmp_path):
     write_images(tmp_path / "img", 7)
     _run(binary, "--model", models["mutable"], "--image-dir", tmp_path / "img", "--output-dir",
          tmp_path / "out", "--batch-size", 3, "--image-num", 5, "--json", tmp_path / "s.json",
-         "--quiet")
+         "--quiet", "--profile")
     s = json.loads((tmp_path / "s.json").read_text())
     assert (s["images"], s["processed"], s["labeled"], s["top1"]) == (5, 5, 0, None)
+    prof = s["profile"]  # --profile: where the time went, per stage
+    assert prof["images"] == 5 and prof["cpu_ms_per_image"]["decode"] > 0
+    assert set(prof["cpu_ms_per_image"]) >= {"read", "decode", "resize_crop", "normalize"}
     assert len((tmp_path / "out" / "eval_result_5.txt").read_text().splitlines()) == 25
     assert not (tmp_path / "out" / "eval_result.txt").exists()  # no labels: no accuracy
 
@@ -203,6 +215,33 @@ def test_bad_images_are_skipped_and_listed_or_fatal_with_strict(binary, models, 
     assert strict.returncode == 3 and "--strict" in strict.stderr
     assert len(strict.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "new").exists()  # the folders it created are gone
+
+
+@pytest.mark.slow
+def test_jpeg_truncated_below_the_crop_is_skipped_as_python_skips_it(binary, models, tmp_path):
+    """The program decodes only the rows the crop reads, but still entropy-decodes the rest:
+    a JPEG cut off in rows the crop never reads is refused, as Pillow refuses it."""
+    from mnv3.data.preprocess import preprocess_image
+    from mnv3.errors import DataError
+    from mnv3.meta import read_meta
+
+    src = next(p for p in _images(tmp_path / "src") if p.name == "big_420.jpg")
+    data = src.read_bytes()
+    (tmp_path / "img").mkdir()
+    for keep in (0.97, 0.9, 0.6):
+        (tmp_path / "img" / f"cut_{keep}.jpg").write_bytes(data[:int(len(data) * keep)])
+    shutil.copy(src, tmp_path / "img" / "whole.jpg")
+    cfg = read_meta(models["mutable"]).preprocess
+    for p in (tmp_path / "img").glob("cut_*"):
+        with pytest.raises(DataError):
+            preprocess_image(p, cfg)
+    _run(binary, "--model", models["mutable"], "--image-dir", tmp_path / "img", "--output-dir",
+         tmp_path / "out", "--quiet")
+    skipped = sorted(ln.split("\t")[0] for ln in
+                     (tmp_path / "out" / "skipped.txt").read_text().splitlines())
+    assert skipped == ["cut_0.6.jpg", "cut_0.9.jpg", "cut_0.97.jpg"]
+    assert all("truncated" in ln for ln in (tmp_path / "out" / "skipped.txt").read_text()
+               .splitlines())
 
 
 @pytest.mark.slow
@@ -268,12 +307,27 @@ def test_wrong_or_tampered_model_is_one_line_and_exit_7(binary, models, tmp_path
     (["--batch-size", "3"], "fixed batch of 4"),
     (["--frobnicate", "1"], "unknown flag"),
     (["--threads", "two"], "whole number"),
+    (["--threads", "1", "--streams", "2"], "at least as many --threads"),
+    (["--bench", "0"], "positive number of seconds"),
 ])
 def test_bad_flags_are_usage_errors(binary, models, tmp_path, args, needle):
     proc = _run(binary, "--model", models["fixed4"], "--image-dir", tmp_path, "--output-dir",
                 tmp_path / "out", *args, check=False)
     assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_bench_mode_measures_the_engine_alone(binary, models, tmp_path):
+    """--bench: no images needed; every query's latency, the split of threads into streams."""
+    proc = _run(binary, "--model", models["fixed4"], "--bench", "0.2", "--warmup", "1",
+                "--threads", "2", "--json", "-")
+    d = json.loads(proc.stdout)
+    assert (d["batch_size"], d["threads"], d["streams"], d["warmup"]) == (4, 2, 2, 1)
+    assert d["latencies_s"] and all(v > 0 for v in d["latencies_s"])
+    assert d["wall_s"] >= 0.2 and d["first_run_ms"] > 0 and d["load_ms"] > 0
+    text = _run(binary, "--model", models["fixed4"], "--bench", "0.1", "--streams", "1").stdout
+    assert "images/s" in text and "p99" in text
 
 
 @pytest.mark.slow
@@ -347,7 +401,7 @@ def test_hostile_folder_fifo_and_undecodable_names_as_python(binary, models, tmp
 @pytest.mark.slow
 def test_mnv3_run_cpp_adds_an_openvino_cpp_row(binary, tmp_path, monkeypatch):
     from mnv3.pipeline import run_all
-    from mnv3.report import accuracy_table
+    from mnv3.report import accuracy_table, performance_table
 
     monkeypatch.setenv("MNV3_INFER_CPP", str(binary))
     rep = run_all(width_mult=0.35, image_num=4, quant_modes=("force_float32",), batch_sizes=(2,),
@@ -357,8 +411,15 @@ def test_mnv3_run_cpp_adds_an_openvino_cpp_row(binary, tmp_path, monkeypatch):
     assert (ov_row.backend, cpp_row.backend) == ("openvino", "openvino C++")
     assert cpp_row.accuracy["top1"] == ov_row.accuracy["top1"]
     assert cpp_row.accuracy["agreement"] == ov_row.accuracy["agreement"]
-    assert cpp_row.bench is None and cpp_row.accuracy["end_to_end_images_per_s"] > 0
+    assert cpp_row.accuracy["end_to_end_images_per_s"] > 0
+    # the performance cells: the program's own --bench, statistics as mnv3 bench computes them
+    b = cpp_row.bench
+    assert b is not None and b.throughput_ips > 0 and len(b.rounds_ips) == 1
+    assert b.latency_ms.min <= b.latency_ms.p50 <= b.latency_ms.p99 <= b.latency_ms.max
+    assert (b.batch, b.threads * b.streams) == (2, 1)
     assert "| openvino C++ |" in accuracy_table(rep)
+    perf = [ln for ln in performance_table(rep).splitlines() if "openvino C++" in ln]
+    assert perf and "n/a" not in perf[0]
     assert (tmp_path / "results" / "cpp" / cpp_row.name / "eval_result_1.txt").is_file()
 
 

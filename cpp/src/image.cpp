@@ -1,9 +1,9 @@
-// See image.hpp. Every choice here mirrors a line of src/mnv3/data/preprocess.py or of Pillow's
-// C code it calls (libImaging/Resample.c, AlphaComposite.c, Convert.c), so that the tensor the
-// engine sees is the one Python builds; tests/test_cpp.py measures that it is.
+// Decoding and the encoders of image.hpp (the resize is resize.cpp). Every choice here mirrors
+// a line of src/mnv3/data/preprocess.py or of Pillow's C code it calls (JpegDecode.c,
+// AlphaComposite.c, Convert.c), so that the tensor the engine sees is the one Python builds;
+// tests/test_cpp.py measures that it is.
 #include "image.hpp"
 
-#include <cstdio>
 #include <jpeglib.h>
 #include <jerror.h>
 #include <png.h>
@@ -26,7 +26,6 @@ namespace {
 
 // Pillow's Image.MAX_IMAGE_PIXELS; Python turns its DecompressionBombWarning into an error.
 constexpr long long MAX_PIXELS = 89478485;
-constexpr int MAX_ASPECT = 64;  // preprocess.MAX_ASPECT
 
 void check_size(long long w, long long h) {
     if (w <= 0 || h <= 0) throw ImageError("image has no pixels");
@@ -60,9 +59,40 @@ void jpeg_on_message(j_common_ptr cinfo, int level) {
 inline uint8_t clip8(int v) { return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v); }
 inline int muldiv255(int a, int b) { int t = a * b + 128; return ((t >> 8) + t) >> 8; }
 
+// The part of a w x h JPEG to decode for `need`: the pixels its resize reads, widened by one
+// iMCU each side but the bottom. Fancy upsampling replicates chroma at a cropped edge, so the
+// edge columns of a cropped decode differ from the full decode's, and the rows just after a
+// skip are where the skip's context bookkeeping would show; the margins are decoded and
+// discarded by the resize, so the pixels it reads are the full decode's (tests/test_cpp.py and
+// benchmarks/cpp_vs_python.py compare every tensor with Python's).
+Rect jpeg_region(const Preprocessor* need, int w, int h, int imcu_w, int imcu_h) {
+    Rect r{0, 0, w, h};
+    if (!need || !need->needed(w, h, &r)) return Rect{0, 0, w, h};
+    r.x0 = std::max(0, r.x0 - imcu_w);
+    r.x1 = std::min(w, r.x1 + imcu_w);
+    r.y0 = std::max(0, r.y0 - imcu_h);
+    return r;
+}
+
+// Past the last row needed: decode the rest of the entropy data without the IDCTs, so that a
+// file cut short there is still reported as Pillow reports it. jpeg_skip_scanlines to the very
+// end would decode nothing (it just marks the end reached), so skip to the last row and read
+// it; and start the skip at a row-group boundary (a skip from inside one mis-tracks the
+// upsampler, libjpeg-turbo issue 915).
+void drain_jpeg(jpeg_decompress_struct* cinfo, uint8_t* scratch_row) {
+    JSAMPROW rows[1] = {scratch_row};
+    const JDIMENSION group = static_cast<JDIMENSION>(cinfo->max_v_samp_factor);
+    while (cinfo->output_scanline < cinfo->output_height && cinfo->output_scanline % group != 0)
+        jpeg_read_scanlines(cinfo, rows, 1);
+    const JDIMENSION left = cinfo->output_height - cinfo->output_scanline;
+    if (left > 1) jpeg_skip_scanlines(cinfo, left - 1);
+    while (cinfo->output_scanline < cinfo->output_height) jpeg_read_scanlines(cinfo, rows, 1);
+}
+
 // Returns an empty string on success, else the reason. No C++ object with a destructor is
 // created between setjmp and the end of the function, so longjmp skips nothing.
-std::string decode_jpeg(const std::vector<uint8_t>& data, Rgb* out, std::vector<uint8_t>* row) {
+std::string decode_jpeg(const std::vector<uint8_t>& data, Rgb* out, std::vector<uint8_t>* row,
+                        const Preprocessor* need) {
     jpeg_decompress_struct cinfo;
     JpegErr err;
     err.truncated = false;
@@ -89,12 +119,26 @@ std::string decode_jpeg(const std::vector<uint8_t>& data, Rgb* out, std::vector<
     cinfo.dct_method = JDCT_ISLOW;
     cinfo.do_fancy_upsampling = TRUE;
     jpeg_start_decompress(&cinfo);
+    const int full_w = static_cast<int>(cinfo.output_width), full_h = static_cast<int>(cinfo.output_height);
+    const Rect r = jpeg_region(need, full_w, full_h, cinfo.max_h_samp_factor * DCTSIZE,
+                               cinfo.max_v_samp_factor * DCTSIZE);
+    JDIMENSION xoff = 0, width = cinfo.output_width;
+    if (r.x0 > 0 || r.x1 < full_w) {
+        xoff = static_cast<JDIMENSION>(r.x0);  // rounded down to an iMCU boundary by libjpeg
+        width = static_cast<JDIMENSION>(r.x1 - r.x0);
+        jpeg_crop_scanline(&cinfo, &xoff, &width);
+    }
+    if (r.y0 > 0) jpeg_skip_scanlines(&cinfo, static_cast<JDIMENSION>(r.y0));
+    out->full_w = full_w;
+    out->full_h = full_h;
+    out->x0 = static_cast<int>(xoff);
+    out->y0 = static_cast<int>(cinfo.output_scanline);
     out->w = static_cast<int>(cinfo.output_width);
-    out->h = static_cast<int>(cinfo.output_height);
+    out->h = r.y1 - out->y0;
     out->px.resize(static_cast<size_t>(out->w) * out->h * 3);
-    if (cmyk) row->resize(static_cast<size_t>(out->w) * 4);
-    while (cinfo.output_scanline < cinfo.output_height) {
-        uint8_t* dst = out->px.data() + static_cast<size_t>(cinfo.output_scanline) * out->w * 3;
+    row->resize(static_cast<size_t>(out->w) * 4);  // CMYK rows, and rows read to be dropped
+    while (cinfo.output_scanline < static_cast<JDIMENSION>(r.y1)) {
+        uint8_t* dst = out->px.data() + static_cast<size_t>(cinfo.output_scanline - out->y0) * out->w * 3;
         JSAMPROW rows[1] = {cmyk ? row->data() : dst};
         jpeg_read_scanlines(&cinfo, rows, 1);
         if (cmyk) {
@@ -109,6 +153,7 @@ std::string decode_jpeg(const std::vector<uint8_t>& data, Rgb* out, std::vector<
             }
         }
     }
+    drain_jpeg(&cinfo, row->data());
     if (err.truncated) {
         jpeg_destroy_decompress(&cinfo);
         return "image file is truncated";
@@ -226,138 +271,21 @@ std::string decode_png(const std::vector<uint8_t>& data, Rgb* out, std::vector<u
     return "";
 }
 
-// --------------------------------------------------------------------------------- resize
-// Pillow's libImaging/Resample.c for 8-bit images: coefficients in double, normalised to
-// 22-bit fixed point, accumulated from 1 << 21 and clipped to 0..255 after each pass.
-constexpr int PRECISION_BITS = 32 - 8 - 2;
-
-double bilinear(double x) { x = std::fabs(x); return x < 1.0 ? 1.0 - x : 0.0; }
-double bicubic(double x) {
-    const double a = -0.5;
-    x = std::fabs(x);
-    if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
-    if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
-    return 0.0;
-}
-
-struct Coeffs {
-    int ksize = 0;
-    std::vector<int> bounds;  // per output pixel: first input pixel, tap count
-    std::vector<int32_t> k;
-};
-
-Coeffs precompute(int in_size, int out_size, bool cubic) {
-    double (*filter)(double) = cubic ? bicubic : bilinear;
-    const double base_support = cubic ? 2.0 : 1.0;
-    const float in0 = 0.0f, in1 = static_cast<float>(in_size);
-    double scale = static_cast<double>(in1 - in0) / out_size;
-    double filterscale = scale < 1.0 ? 1.0 : scale;
-    double support = base_support * filterscale;
-    Coeffs c;
-    c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
-    c.bounds.resize(static_cast<size_t>(out_size) * 2);
-    c.k.assign(static_cast<size_t>(out_size) * c.ksize, 0);
-    std::vector<double> kk(c.ksize);
-    for (int xx = 0; xx < out_size; ++xx) {
-        double center = in0 + (xx + 0.5) * scale;
-        double ww = 0.0, ss = 1.0 / filterscale;
-        int xmin = static_cast<int>(center - support + 0.5);
-        if (xmin < 0) xmin = 0;
-        int xmax = static_cast<int>(center + support + 0.5);
-        if (xmax > in_size) xmax = in_size;
-        xmax -= xmin;
-        for (int x = 0; x < xmax; ++x) {
-            double w = filter((x + xmin - center + 0.5) * ss);
-            kk[x] = w;
-            ww += w;
-        }
-        for (int x = 0; x < xmax; ++x) {
-            if (ww != 0.0) kk[x] /= ww;
-            double v = kk[x];
-            c.k[static_cast<size_t>(xx) * c.ksize + x] = static_cast<int32_t>(
-                v < 0 ? (-0.5 + v * (1 << PRECISION_BITS)) : (0.5 + v * (1 << PRECISION_BITS)));
-        }
-        c.bounds[2 * xx] = xmin;
-        c.bounds[2 * xx + 1] = xmax;
-    }
-    return c;
-}
-
-inline uint8_t clip_acc(int32_t v) {
-    v >>= PRECISION_BITS;
-    return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
-}
-
-// Horizontal pass over rows [0, rows) of src (sw pixels wide): output columns [x0, x1).
-void hpass(const uint8_t* src, int sw, int rows, const Coeffs& c, int x0, int x1, uint8_t* out) {
-    const int ow = x1 - x0;
-    for (int y = 0; y < rows; ++y) {
-        const uint8_t* s = src + static_cast<size_t>(y) * sw * 3;
-        uint8_t* d = out + static_cast<size_t>(y) * ow * 3;
-        for (int xx = x0; xx < x1; ++xx, d += 3) {
-            const int xmin = c.bounds[2 * xx], n = c.bounds[2 * xx + 1];
-            const int32_t* k = &c.k[static_cast<size_t>(xx) * c.ksize];
-            int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
-            const uint8_t* p = s + static_cast<size_t>(xmin) * 3;
-            for (int x = 0; x < n; ++x, p += 3) {
-                s0 += p[0] * k[x];
-                s1 += p[1] * k[x];
-                s2 += p[2] * k[x];
-            }
-            d[0] = clip_acc(s0); d[1] = clip_acc(s1); d[2] = clip_acc(s2);
-        }
-    }
-}
-
-// Vertical pass: output rows [y0, y1); src holds input rows from src_row0 on, sw pixels wide.
-void vpass(const uint8_t* src, int sw, int src_row0, const Coeffs& c, int y0, int y1, uint8_t* out) {
-    const size_t n3 = static_cast<size_t>(sw) * 3;
-    std::vector<int32_t> acc(n3);
-    for (int yy = y0; yy < y1; ++yy) {
-        const int ymin = c.bounds[2 * yy], n = c.bounds[2 * yy + 1];
-        const int32_t* k = &c.k[static_cast<size_t>(yy) * c.ksize];
-        std::fill(acc.begin(), acc.end(), 1 << (PRECISION_BITS - 1));
-        for (int y = 0; y < n; ++y) {  // same order as Pillow: the integer sums are identical
-            const uint8_t* s = src + static_cast<size_t>(ymin + y - src_row0) * n3;
-            const int32_t ky = k[y];
-            for (size_t i = 0; i < n3; ++i) acc[i] += s[i] * ky;
-        }
-        uint8_t* d = out + static_cast<size_t>(yy - y0) * n3;
-        for (size_t i = 0; i < n3; ++i) d[i] = clip_acc(acc[i]);
-    }
-}
-
-Rgb crop(const Rgb& img, int left, int top, int right, int bottom) {
-    Rgb out;
-    out.w = right - left;
-    out.h = bottom - top;
-    out.px.resize(static_cast<size_t>(out.w) * out.h * 3);
-    for (int y = 0; y < out.h; ++y)
-        std::memcpy(&out.px[static_cast<size_t>(y) * out.w * 3],
-                    &img.px[(static_cast<size_t>(top + y) * img.w + left) * 3], static_cast<size_t>(out.w) * 3);
-    return out;
-}
-
-// Python's round() on a multiple of 0.5: halves go to the even neighbour.
-int round_half_even_div2(int d) {
-    if (d % 2 == 0) return d / 2;
-    int lo = d / 2, hi = lo + 1;  // d >= 0 here
-    return lo % 2 == 0 ? lo : hi;
-}
-
 }  // namespace
 
 // ------------------------------------------------------------------------------ public API
-Rgb decode_memory(const std::vector<uint8_t>& data) {
-    Rgb out;
+void decode_memory(const std::vector<uint8_t>& data, Rgb* out, const Preprocessor* need) {
     std::string err;
+    out->x0 = out->y0 = 0;
     if (data.size() >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) {
-        std::vector<uint8_t> row;
-        err = decode_jpeg(data, &out, &row);
+        thread_local std::vector<uint8_t> row;
+        err = decode_jpeg(data, out, &row, need);
     } else if (data.size() >= 8 && std::memcmp(data.data(), "\x89PNG\r\n\x1a\n", 8) == 0) {
-        std::vector<uint8_t> buf;
-        std::vector<png_bytep> rows;
-        err = decode_png(data, &out, &buf, &rows);
+        thread_local std::vector<uint8_t> buf;
+        thread_local std::vector<png_bytep> rows;
+        err = decode_png(data, out, &buf, &rows);
+        out->full_w = out->w;
+        out->full_h = out->h;
     } else if (data.empty()) {
         err = "the file is empty";
     } else {
@@ -365,8 +293,7 @@ Rgb decode_memory(const std::vector<uint8_t>& data) {
               "or run it with the Python engine)";
     }
     if (!err.empty()) throw ImageError(err);
-    check_size(out.w, out.h);
-    return out;
+    check_size(out->full_w, out->full_h);
 }
 
 namespace {
@@ -393,110 +320,37 @@ std::string problem(const struct stat& st) {
 // Only a regular file under the cap is read (mnv3.data.files.open_regular): a FIFO named
 // fifo.jpg would otherwise block the program forever. O_NONBLOCK until the descriptor itself is
 // checked, so a file swapped for a FIFO after the stat is still caught.
-Rgb decode_file(const std::string& path) {
+void read_file(const std::string& path, std::vector<uint8_t>* data) {
     struct stat st;
     if (::stat(path.c_str(), &st) != 0) throw ImageError(std::string("cannot read the file: ") + std::strerror(errno));
     std::string why = problem(st);
     if (!why.empty()) throw FileProblem(why);
     int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0) throw ImageError(std::string("cannot open the file: ") + std::strerror(errno));
-    std::vector<uint8_t> data;
     if (::fstat(fd, &st) != 0 || !(why = problem(st)).empty()) {
         ::close(fd);
         if (why.empty()) throw ImageError("cannot read the file");
         throw FileProblem(why);
     }
     ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    data.resize(static_cast<size_t>(st.st_size));
+    data->resize(static_cast<size_t>(st.st_size));
     size_t got = 0;
-    while (got < data.size()) {
-        ssize_t n = ::read(fd, data.data() + got, data.size() - got);
+    while (got < data->size()) {
+        ssize_t n = ::read(fd, data->data() + got, data->size() - got);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) break;
         got += static_cast<size_t>(n);
     }
     ::close(fd);
-    data.resize(got);
-    return decode_memory(data);
+    data->resize(got);
 }
 
-Preprocessor::Preprocessor(const PreprocessCfg& cfg) : cfg_(cfg) {
-    if (cfg.interpolation != "bilinear" && cfg.interpolation != "bicubic")
-        throw std::invalid_argument("interpolation '" + cfg.interpolation +
-                                    "' is not supported by mnv3-infer-cpp (bilinear, bicubic)");
-    // preprocess._lookup_table: (float32(v) / 255 - mean) / std, all in float32.
-    for (int c = 0; c < 3; ++c)
-        for (int v = 0; v < 256; ++v) {
-            volatile float x = static_cast<float>(v) / 255.0f;
-            volatile float y = x - cfg.mean[c];
-            table_[c][v] = y / cfg.std[c];
-        }
-}
-
-Rgb Preprocessor::resize_and_crop(const Rgb& img) const {
-    // preprocess.resize_and_crop + _resize_cropped, including Pillow's pass order.
-    const int w = img.w, h = img.h;
-    const int s = std::min(w, h), l = std::max(w, h);
-    if (l > MAX_ASPECT * s)
-        throw ImageError("image is " + std::to_string(w) + "x" + std::to_string(h) + ", more than " +
-                         std::to_string(MAX_ASPECT) + " times longer than wide; crop it to the subject first");
-    const int new_short = cfg_.resize;
-    const int new_long = static_cast<int>(static_cast<double>(static_cast<long long>(cfg_.resize) * l) / s);
-    const int new_w = w <= h ? new_short : new_long, new_h = w <= h ? new_long : new_short;
-    const int top = round_half_even_div2(new_h - cfg_.crop), left = round_half_even_div2(new_w - cfg_.crop);
-    const int right = left + cfg_.crop, bottom = top + cfg_.crop;
-    if (new_w == w && new_h == h) return crop(img, left, top, right, bottom);
-    const bool cubic = cfg_.interpolation == "bicubic";
+Rgb decode_file(const std::string& path) {
+    std::vector<uint8_t> data;
+    read_file(path, &data);
     Rgb out;
-    out.w = out.h = cfg_.crop;
-    out.px.resize(static_cast<size_t>(cfg_.crop) * cfg_.crop * 3);
-    if ((h - new_h) > 0 && (h - new_h) > 2 * (w - new_w)) {
-        // vertical first (only the kept rows), then horizontal (only the kept columns)
-        Coeffs cv = precompute(h, new_h, cubic);
-        std::vector<uint8_t> tmp(static_cast<size_t>(w) * (bottom - top) * 3);
-        vpass(img.px.data(), w, 0, cv, top, bottom, tmp.data());
-        if (new_w != w) {
-            Coeffs ch = precompute(w, new_w, cubic);
-            hpass(tmp.data(), w, bottom - top, ch, left, right, out.px.data());
-        } else {
-            Rgb t{w, bottom - top, std::move(tmp)};
-            return crop(t, left, 0, right, bottom - top);
-        }
-        return out;
-    }
-    // horizontal first (only the kept columns, only the rows the vertical pass reads)
-    if (new_h == h) {
-        Coeffs ch = precompute(w, new_w, cubic);
-        Rgb rows = crop(img, 0, top, w, bottom);
-        hpass(rows.px.data(), w, rows.h, ch, left, right, out.px.data());
-        return out;
-    }
-    Coeffs cv = precompute(h, new_h, cubic);
-    const int r0 = cv.bounds[2 * top];
-    const int r1 = cv.bounds[2 * (bottom - 1)] + cv.bounds[2 * (bottom - 1) + 1];
-    const int cw = right - left;
-    std::vector<uint8_t> tmp(static_cast<size_t>(cw) * (r1 - r0) * 3);
-    if (new_w != w) {
-        Coeffs ch = precompute(w, new_w, cubic);
-        hpass(img.px.data() + static_cast<size_t>(r0) * w * 3, w, r1 - r0, ch, left, right, tmp.data());
-    } else {
-        Rgb part = crop(img, left, r0, right, r1);
-        tmp = std::move(part.px);
-    }
-    vpass(tmp.data(), cw, r0, cv, top, bottom, out.px.data());
+    decode_memory(data, &out);
     return out;
-}
-
-void Preprocessor::run(const Rgb& img, float* out) const {
-    Rgb c = resize_and_crop(img);
-    const size_t plane = static_cast<size_t>(cfg_.crop) * cfg_.crop;
-    for (int ch = 0; ch < 3; ++ch) {
-        const int src = cfg_.bgr ? 2 - ch : ch;
-        const float* t = table_[ch];
-        float* o = out + ch * plane;
-        const uint8_t* p = c.px.data() + src;
-        for (size_t i = 0; i < plane; ++i, p += 3) o[i] = t[*p];
-    }
 }
 
 // ------------------------------------------------------------------------------- encoders

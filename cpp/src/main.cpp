@@ -1,11 +1,13 @@
 // mnv3-infer-cpp: run a model built by 'mnv3 build --backend openvino' over an image folder and
 // write the result files of 'mnv3 infer' (the seed's infer_cpp, on OpenVINO's C++ API).
 //
-// Pipeline: W decode threads preprocess images straight into the input tensors of R infer
-// requests (R = streams + 1), so the next batch is decoded while the engine runs the previous
-// one; a full batch is started with start_async by the thread that completes it; the main
-// thread takes results in order, writes their lines, and hands the request back. Memory is R
-// batches plus the decoders' scratch, whatever the number of images.
+// Pipeline: W decode threads decode, resize and crop an image, then wait for the infer request
+// its batch goes to and normalise it straight into that request's input tensor (R requests,
+// R = streams + 1), so the next batch is decoded while the engine runs the previous ones; a
+// full batch is started with start_async by the thread that completes it; the main thread
+// takes results in order, writes their lines, and hands the request back. Memory is R batches
+// plus the decoders' reused buffers, whatever the number of images. --threads T engine threads
+// are split into streams (one per thread by default); --profile says where the time went.
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,11 +23,13 @@
 #include <sstream>
 #include <thread>
 
+#include "bench.hpp"
 #include "common.hpp"
 #include "dataset.hpp"
 #include "image.hpp"
 #include "model.hpp"
 #include "output.hpp"
+#include "profile.hpp"
 
 namespace fs = std::filesystem;
 using namespace mnv3;
@@ -56,8 +60,10 @@ options:
   --output-dir O      where the result files go (created; replaced only on success)
   --batch-size N      images per engine call (default: the model's batch; a fixed-batch
                       model runs only its own)
-  --threads T         engine threads per stream (default: OpenVINO's choice)
-  --streams S         concurrent engine streams (default 1); S+1 infer requests
+  --threads T         engine threads in all, as 'mnv3 infer --threads' (default: one per CPU)
+  --streams S         concurrent engine streams sharing those threads (default: one per
+                      thread, the fastest split measured, benchmarks/cpp_vs_python.py);
+                      S+1 infer requests
   --workers W         decode threads (default: one per CPU)
   --device NAME       OpenVINO device (default CPU; e.g. GPU)
   --save-images       also write copies with the top-1 class drawn on them to O/images/
@@ -65,6 +71,12 @@ options:
   --json F            write the run's summary as JSON to F ('-' = stdout, no other output)
   --quiet             no summary on stdout
   --dump-tensors D    diagnostics: write each preprocessed image as raw float32 D/<index>.f32
+  --profile           print where the time went (CPU ms per image per decode stage, waits,
+                      engine busy time) on stderr, and add it to --json
+engine only (no images; --image-dir and --output-dir not needed):
+  --bench SECONDS     run the engine on one pre-filled input for SECONDS with S concurrent
+                      requests after --warmup N runs each (default 10), as 'mnv3 bench' does;
+                      prints throughput and latency (--json: every latency)
   --version, --help
 Seed spellings with underscores (--image_dir, --batch_size, ...) are accepted.
 exit codes: 0 ok, 2 usage, 3 data, 7 model, 8 device unavailable, 130 interrupted.
@@ -72,8 +84,9 @@ exit codes: 0 ok, 2 usage, 3 data, 7 model, 8 device unavailable, 130 interrupte
 
 struct Args {
     std::string model, image_dir, label_file, synsets, output_dir, device = "CPU", json, dump_dir;
-    int batch = 0, image_num = 0, threads = 0, streams = 1, workers = 0;
-    bool save_images = false, strict = false, quiet = false, only_listed = false;
+    int batch = 0, image_num = 0, threads = 0, streams = 0, workers = 0, warmup = 10;
+    double bench = 0;  // seconds of --bench; 0: infer over the images
+    bool save_images = false, strict = false, quiet = false, only_listed = false, profile = false;
 };
 
 int parse_int(const std::string& flag, const std::string& v) {
@@ -82,6 +95,14 @@ int parse_int(const std::string& flag, const std::string& v) {
     if (v.empty() || *end != 0) throw usage_error(flag + " needs a whole number, got '" + v + "'");
     if (x < 1 || x > 1000000) throw usage_error(flag + " must be at least 1, got " + v);
     return static_cast<int>(x);
+}
+
+double parse_seconds(const std::string& flag, const std::string& v) {
+    char* end = nullptr;
+    double x = std::strtod(v.c_str(), &end);
+    if (v.empty() || *end != 0 || !(x > 0) || x > 86400)
+        throw usage_error(flag + " needs a positive number of seconds, got '" + v + "'");
+    return x;
 }
 
 Args parse_args(int argc, char** argv) {
@@ -99,6 +120,7 @@ Args parse_args(int argc, char** argv) {
         if (flag == "--strict") { a.strict = true; continue; }
         if (flag == "--quiet") { a.quiet = true; continue; }
         if (flag == "--only-listed") { a.only_listed = true; continue; }
+        if (flag == "--profile") { a.profile = true; continue; }
         if (!has_value) {
             if (i + 1 >= argc) throw usage_error(flag + " needs a value (see --help)");
             value = argv[++i];
@@ -116,12 +138,17 @@ Args parse_args(int argc, char** argv) {
         else if (flag == "--threads") a.threads = parse_int(flag, value);
         else if (flag == "--streams") a.streams = parse_int(flag, value);
         else if (flag == "--workers") a.workers = parse_int(flag, value);
+        else if (flag == "--warmup") a.warmup = parse_int(flag, value);
+        else if (flag == "--bench") a.bench = parse_seconds(flag, value);
         else throw usage_error("unknown flag " + flag + " (see --help)");
     }
     if (a.model.empty()) throw usage_error("--model is required: a directory built with 'mnv3 build --backend openvino'");
+    if (a.threads && a.streams > a.threads)
+        throw usage_error("--streams " + std::to_string(a.streams) + " needs at least as many --threads (each stream runs on its own threads), got --threads " + std::to_string(a.threads));
+    if (a.json == "-") a.quiet = true;
+    if (a.bench > 0) return a;
     if (a.image_dir.empty()) throw usage_error("--image-dir is required: the folder that holds your images");
     if (a.output_dir.empty()) throw usage_error("--output-dir is required: where the result files go");
-    if (a.json == "-") a.quiet = true;
     return a;
 }
 
@@ -194,6 +221,8 @@ public:
     ~Pipeline() { stop(); }
 
     double engine_seconds() const { return engine_s_; }
+    const StageTimes& stages() const { return stages_; }
+    double results_wait() const { return results_wait_; }
     int workers() const { return workers_; }
 
     void run() {
@@ -202,6 +231,7 @@ public:
         if (!writer_.staging().empty()) saver = std::make_unique<ImageSaver>(writer_.staging());
         for (long b = 0; b < nbatches_; ++b) {
             Request& q = *reqs_[b % reqs_.size()];
+            auto w0 = Clock::now();
             {
                 std::unique_lock<std::mutex> lk(m_);
                 while (!(q.batch == b && q.done) && !abort_) {
@@ -210,6 +240,7 @@ public:
                 }
                 if (abort_) break;
             }
+            results_wait_ += std::chrono::duration<double>(Clock::now() - w0).count();
             if (q.error) {
                 try { std::rethrow_exception(q.error); }
                 catch (const std::exception& e) { fail(Failure(1, std::string("OpenVINO inference failed: ") + e.what())); }
@@ -264,6 +295,8 @@ private:
     int active_ = 0;
     Clock::time_point active_since_;
     double engine_s_ = 0.0;
+    StageTimes stages_;
+    double results_wait_ = 0.0;  // main thread: waiting for the engine's next batch
 
     void assign(Request& q, long b) {  // under m_ (or before the threads start)
         q.batch = b;
@@ -283,43 +316,39 @@ private:
     }
 
     void decode_loop() {
+        StageClock prof(args_.profile);
+        StageTimes st;
+        std::vector<uint8_t> data, scratch;  // reused from image to image
+        Rgb img, cropped;
         try {
             for (;;) {
                 long i = next_++;
-                if (i >= static_cast<long>(samples_.size())) return;
+                if (i >= static_cast<long>(samples_.size()) || g_interrupted) break;
                 long b = i / batch_;
                 int slot = static_cast<int>(i % batch_);
                 Request* q = reqs_[b % reqs_.size()].get();
+                // Decode before waiting for the request: the next image is decoded while the
+                // engine still holds the request it goes to.
+                std::string reason = decode_one(i, &data, &img, &cropped, &scratch, prof, &st);
+                const bool ok = reason.empty();
+                if (!ok && args_.strict) {
+                    fail(data_error(reason + " (--strict: stopping at the first bad image; drop --strict to skip bad images)"));
+                    return;
+                }
+                auto w0 = Clock::now();
                 {
                     std::unique_lock<std::mutex> lk(m_);
                     cv_.wait(lk, [&] { return q->batch == b || abort_; });
                     if (abort_) return;
                 }
+                st.wait += std::chrono::duration<double>(Clock::now() - w0).count();
                 float* dst = q->input + slot * plane_;
-                bool ok = true;
-                std::string reason;
-                try {
-                    if (g_interrupted) return;
-                    Rgb img = decode_file(samples_[i].path);
-                    pre_.run(img, dst);
-                    if (!args_.dump_dir.empty()) dump(i, dst);
-                } catch (const FileProblem& e) {
-                    ok = false;
-                    reason = "image " + samples_[i].path + " " + e.what() + "; replace or remove the file";
-                    std::memset(dst, 0, plane_ * sizeof(float));
-                } catch (const ImageError& e) {
-                    ok = false;
-                    reason = "cannot decode image " + samples_[i].path + ": " + e.what() + "; replace or remove the file";
-                    std::memset(dst, 0, plane_ * sizeof(float));
-                } catch (const std::bad_alloc&) {
-                    ok = false;
-                    reason = "cannot decode image " + samples_[i].path + ": out of memory; replace or remove the file";
-                    std::memset(dst, 0, plane_ * sizeof(float));
-                }
-                if (!ok && args_.strict) {
-                    fail(data_error(reason + " (--strict: stopping at the first bad image; drop --strict to skip bad images)"));
-                    return;
-                }
+                prof.mark();
+                if (ok) pre_.normalize(cropped, dst);
+                else std::memset(dst, 0, plane_ * sizeof(float));
+                prof.lap(&st.normalize);
+                ++st.images;
+                if (ok && !args_.dump_dir.empty()) dump(i, dst);
                 bool start = false;
                 {
                     std::lock_guard<std::mutex> lk(m_);
@@ -337,6 +366,30 @@ private:
             fail(f);
         } catch (const std::exception& e) {
             fail(Failure(1, std::string("internal error in a decode thread: ") + e.what()));
+        }
+        std::lock_guard<std::mutex> lk(m_);
+        stages_.add(st);
+    }
+
+    // Read, decode, resize and crop image i into cropped; "" or why it was skipped.
+    std::string decode_one(long i, std::vector<uint8_t>* data, Rgb* img, Rgb* cropped,
+                           std::vector<uint8_t>* scratch, StageClock& prof, StageTimes* st) {
+        const std::string& path = samples_[i].path;
+        try {
+            prof.mark();
+            read_file(path, data);
+            prof.lap(&st->read);
+            decode_memory(*data, img, &pre_);
+            prof.lap(&st->decode);
+            pre_.resize_and_crop(*img, cropped, scratch);
+            prof.lap(&st->resize);
+            return "";
+        } catch (const FileProblem& e) {
+            return "image " + path + " " + e.what() + "; replace or remove the file";
+        } catch (const ImageError& e) {
+            return "cannot decode image " + path + ": " + e.what() + "; replace or remove the file";
+        } catch (const std::bad_alloc&) {
+            return "cannot decode image " + path + ": out of memory; replace or remove the file";
         }
     }
 
@@ -408,6 +461,34 @@ std::string summary_json(const Args& a, const Summary& s, long images, int batch
     return j;
 }
 
+void write_json(const std::string& where, const std::string& j) {
+    if (where == "-") {
+        std::cout << j << "\n";
+        return;
+    }
+    std::ofstream f(where);
+    f << j << "\n";
+    if (!f) throw usage_error("cannot write --json file " + where);
+}
+
+// --profile as JSON: decode threads' CPU ms per image by stage, their waits for a free request,
+// the main thread's wait for results, the engine's busy time, the process's CPU time in all.
+std::string profile_json(const Pipeline& p, double seconds, double cpu_s) {
+    const StageTimes& t = p.stages();
+    const double n = t.images ? static_cast<double>(t.images) : 1.0;
+    auto ms = [&](double v) { return python_float(round6(v * 1e3 / n)); };
+    const double decode_cpu = t.read + t.decode + t.resize + t.normalize;
+    return "{\"images\": " + std::to_string(t.images) + ", \"cpu_ms_per_image\": {\"read\": " + ms(t.read) +
+           ", \"decode\": " + ms(t.decode) + ", \"resize_crop\": " + ms(t.resize) +
+           ", \"normalize\": " + ms(t.normalize) + ", \"decode_threads_total\": " + ms(decode_cpu) +
+           ", \"process_total\": " + ms(cpu_s) + ", \"rest_engine_and_main\": " + ms(cpu_s - decode_cpu) +
+           "}, \"wall_s\": " + python_float(round6(seconds)) +
+           ", \"engine_busy_s\": " + python_float(round6(p.engine_seconds())) +
+           ", \"decode_threads_waiting_for_a_request_s\": " + python_float(round6(t.wait)) +
+           ", \"main_waiting_for_results_s\": " + python_float(round6(p.results_wait())) +
+           ", \"workers\": " + std::to_string(p.workers()) + "}";
+}
+
 long peak_rss_kb() {
     std::ifstream f("/proc/self/status");
     std::string line;
@@ -416,13 +497,44 @@ long peak_rss_kb() {
     return 0;
 }
 
+// Engine threads in all and the streams sharing them: --threads T as 'mnv3 infer --threads'
+// (one stream of T threads there); here S streams of T/S threads, one per thread by default:
+// on the 2-vCPU machine a stream per core beat one 2-thread stream end to end (README).
+void resolve_threads(Args* a) {
+    if (a->device != "CPU") {
+        a->streams = a->streams ? a->streams : 1;
+        return;
+    }
+    if (!a->threads) a->threads = std::max(default_workers(), a->streams);
+    if (!a->streams) a->streams = a->threads;
+}
+
+int run_bench(const Args& a, ov::CompiledModel& compiled, int batch, double load_ms) {
+    BenchRun r = bench_engine(compiled, a.streams, a.warmup, a.bench);
+    if (!a.quiet) std::cout << bench_text(r, batch, a.threads, a.streams, load_ms);
+    if (!a.json.empty()) write_json(a.json, bench_json(r, batch, a.threads, a.streams, a.warmup, a.bench, load_ms));
+    return 0;
+}
+
 int run(int argc, char** argv) {
     Args a = parse_args(argc, argv);
+    resolve_threads(&a);
+    auto load0 = Clock::now();
     ModelInfo info = read_model_dir(a.model);
     int batch = a.batch ? a.batch : info.batch;
     if (!info.shape_mutable && batch != info.batch)
         throw usage_error("this model has a fixed batch of " + std::to_string(info.batch) + "; drop --batch-size or pass " +
                           std::to_string(info.batch) + " (or build a --shape-mutable true model)");
+    ov::Core core;
+    CompileOptions opt;
+    opt.device = a.device;
+    opt.batch = batch;
+    opt.threads = a.threads;
+    opt.streams = a.streams;
+    if (a.bench > 0) {
+        ov::CompiledModel compiled = compile(core, info, opt);
+        return run_bench(a, compiled, batch, std::chrono::duration<double, std::milli>(Clock::now() - load0).count());
+    }
     Synsets syn;
     if (!a.synsets.empty()) syn = load_synsets(a.synsets);
     std::vector<Sample> samples = load_samples(a.image_dir, a.label_file, a.synsets.empty() ? nullptr : &syn, info.num_classes,
@@ -433,25 +545,22 @@ int run(int argc, char** argv) {
         std::error_code ec;
         fs::create_directories(a.dump_dir, ec);
     }
-    ov::Core core;
-    CompileOptions opt;
-    opt.device = a.device;
-    opt.batch = batch;
-    opt.threads = a.threads;
-    opt.streams = a.streams;
     ov::CompiledModel compiled = compile(core, info, opt);
 
     ResultWriter writer(a.output_dir, a.save_images);
     std::vector<std::pair<std::string, std::string>> skipped;
     double seconds = 0, engine = 0;
     int workers = 0;
+    std::string profile;
     try {
         Pipeline p(a, info, compiled, samples, batch, writer, class_names);
         workers = p.workers();
         auto t0 = Clock::now();
+        const double cpu0 = process_cpu_seconds();
         p.run();
         seconds = std::chrono::duration<double>(Clock::now() - t0).count();
         engine = p.engine_seconds();
+        if (a.profile) profile = profile_json(p, seconds, process_cpu_seconds() - cpu0);
     } catch (...) {
         writer.abort();
         throw;
@@ -471,15 +580,13 @@ int run(int argc, char** argv) {
         }
     }
     if (!a.quiet) print_summary(a, s, static_cast<long>(samples.size()), batch, workers, seconds, engine, skipped);
+    if (a.profile) std::cerr << "profile: " << profile << "\n";
     if (!a.json.empty()) {
         std::string j = summary_json(a, s, static_cast<long>(samples.size()), batch, workers, seconds, engine, peak_rss_kb(), skipped);
-        if (a.json == "-") {
-            std::cout << j << "\n";
-        } else {
-            std::ofstream f(a.json);
-            f << j << "\n";
-            if (!f) throw usage_error("cannot write --json file " + a.json);
-        }
+        j.pop_back();  // the closing brace: add the settings (and the profile)
+        j += ", \"threads\": " + std::to_string(a.threads) + ", \"streams\": " + std::to_string(a.streams);
+        j += (profile.empty() ? "" : ", \"profile\": " + profile) + "}";
+        write_json(a.json, j);
     }
     return 0;
 }

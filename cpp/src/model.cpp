@@ -152,7 +152,7 @@ ov::CompiledModel compile(ov::Core& core, const ModelInfo& info, const CompileOp
             opt.batch == 1 ? ov::hint::PerformanceMode::LATENCY : ov::hint::PerformanceMode::THROUGHPUT;
         config[ov::hint::inference_precision.name()] = et;
         config[ov::num_streams.name()] = ov::streams::Num(opt.streams);
-        if (opt.threads > 0) config[ov::inference_num_threads.name()] = opt.threads * opt.streams;
+        if (opt.threads > 0) config[ov::inference_num_threads.name()] = opt.threads;  // in all
     }
     try {
         return core.compile_model(model, opt.device, config);

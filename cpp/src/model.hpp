@@ -25,7 +25,7 @@ ModelInfo read_model_dir(const std::string& dir);
 struct CompileOptions {
     std::string device = "CPU";
     int batch = 0;    // engine batch (mutable models are reshaped to it)
-    int threads = 0;  // per stream; 0 = OpenVINO's choice
+    int threads = 0;  // engine threads in all, shared by the streams; 0 = OpenVINO's choice
     int streams = 1;
 };
 

@@ -157,7 +157,9 @@ def runs_in_cpp(backend: str) -> bool:
 class CppModel:
     """A model directory for the native program: meta.json read, backend checked, binary found.
 
-    The program itself re-checks the sha256 of model.xml / model.bin when it runs.
+    The program itself re-checks the sha256 of model.xml / model.bin when it runs. ``threads``:
+    engine threads in all, as ``mnv3 infer --threads`` (None: one per CPU); ``streams``: how
+    many streams share them (None: the program's default, one per thread).
     """
 
     def __init__(self, model_dir, threads: int | None = None, streams: int | None = None,
@@ -260,29 +262,3 @@ def describe() -> str:
 if __name__ == "__main__":  # pragma: no cover
     print(build_cpp(verbose="-v" in sys.argv))
 
-
-CPP_ROW_BACKEND = "openvino C++"
-
-
-def cpp_rows(rows, samples, results_dir: Path, ref: dict[str, int], threads: int, bar, timings):
-    """``mnv3 run --cpp``: one "openvino C++" row per openvino build, from mnv3-infer-cpp.
-
-    Accuracy and end-to-end / engine-only images/s come from the program's own run over the
-    same samples (results in ``results/cpp/<name>``); the performance table's engine-only
-    columns stay empty for these rows: it is the same OpenVINO engine as the openvino row.
-    """
-    from mnv3.pipeline_steps import accuracy_of
-    from mnv3.report import ModelRow
-
-    out = []
-    for row in (r for r in rows if runs_in_cpp(r.backend)):
-        where = results_dir / "cpp" / row.name
-        with bar.step(f"infer + eval {row.name} with mnv3-infer-cpp", timings, "infer"):
-            res = infer_cpp(CppModel(row.model_dir, threads=threads), samples, where,
-                            batch_size=row.batch)
-        acc = accuracy_of(res, where, ref)
-        out.append(ModelRow(name=row.name, quant_mode=row.quant_mode,
-                            shape_mutable=row.shape_mutable, batch=row.batch,
-                            model_dir=row.model_dir, reused=True, accuracy=acc,
-                            backend=CPP_ROW_BACKEND))
-    return out

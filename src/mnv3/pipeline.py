@@ -96,7 +96,8 @@ def run_all(*, weights=None, arch: str = "auto", layout: str = "auto",
         raise UsageError(f"calibration folder {calib_dir} does not exist; pass --calib-dir with "
                          "a folder of images (or leave it out to use the evaluation images)")
     steps = 2 + 2 * len(plan["models"]) + len(plan["batches"]) + 1
-    steps += sum(capabilities(r.backend).cpp for r in plan["models"]) if cpp else 0
+    # the C++ rows: infer + eval, then --bench
+    steps += 2 * sum(capabilities(r.backend).cpp for r in plan["models"]) if cpp else 0
     steps += 1 + len(plan["batches"]) if tune_budget_s else 0  # tune, then one row per batch
     with Progress(steps, enabled=progress) as bar:
         rep = _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_mutable,
@@ -156,9 +157,11 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_muta
                                      batch, plan["threads"], bench_iterations, bench_duration,
                                      plan["rounds"], bench_warmup)
     if cpp:
-        from mnv3.cpp_engine import cpp_rows
+        from mnv3.cpp_run import cpp_rows
 
-        rows += cpp_rows(rows, samples, out / "results", ref, plan["threads"], bar, timings)
+        rows += cpp_rows(rows, samples, out / "results", ref, plan["threads"], bar, timings,
+                         bench={"duration": bench_duration, "rounds": plan["rounds"],
+                                "warmup": bench_warmup})
     rep = RunReport(
         model=src.label, untrained=src.untrained, device=device_label(), rows=rows,
         baselines=baselines, weights=str(weights) if weights else None, dataset=dataset,
