@@ -16,7 +16,6 @@ import pickle
 import shutil
 import signal
 import tempfile
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import HERE, PRE_FLAGS, TESTS, CliResult, assert_user_error, build_argv, tree
+from .helpers import TESTS, CliResult, assert_user_error, build_argv, tree
 from tiny_onnx import write_images
 
 TIMEOUT = 60  # seconds; a run over a few 32x32 images takes ~5 s here, a hang takes forever
