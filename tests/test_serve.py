@@ -207,6 +207,24 @@ def test_a_tuned_model_serves_with_its_tuned_settings(model, tmp_path):
         s.stop()
 
 
+def test_a_model_below_its_budget_or_untrained_says_so(model, tmp_path):
+    """Answers from such a model are not what a user would assume: /metadata names it (the CLI
+    prints the same notes at start-up), as infer does beside its accuracy."""
+    below = tmp_path / "below"
+    shutil.copytree(model["dir"], below)
+    meta = read_meta(below)
+    meta.fidelity = {**(meta.fidelity or {}), "below_budget": ["top-1 agreement 97.0% < 99.0%"]}
+    meta.source = {**meta.source, "random_seed": 0}
+    write_meta(meta, below)
+    s = mnv3.serve(below, port=0)
+    try:
+        notes = call(s.url, "GET", "/metadata")[1]["notes"]
+    finally:
+        s.stop()
+    assert len(notes) == 2 and notes[0].startswith("UNTRAINED model")
+    assert "BELOW its accuracy budget (top-1 agreement 97.0% < 99.0%)" in notes[1]
+
+
 def test_cli_starts_prints_its_url_and_stops_on_ctrl_c(model):
     src = Path(mnv3.__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(

@@ -64,6 +64,21 @@ def source_fields(onnx_path: str | os.PathLike) -> dict[str, Any]:
     return {"random_seed": None if seed == NO_SEED else int(seed), "untrained": True}
 
 
+def below_budget_note(meta) -> str | None:
+    """One line for a model shipped below its accuracy budget (--allow-below-budget), else
+    None: every answer it gives carries that."""
+    below = (getattr(meta, "fidelity", None) or {}).get("below_budget")
+    if not below:
+        return None
+    return (f"this model was built BELOW its accuracy budget ({'; '.join(below)}); see its "
+            "meta.json fidelity")
+
+
+def quality_notes(meta) -> list[str]:
+    """What a user of the model's answers must know: untrained, below its accuracy budget."""
+    return [n for n in (untrained_note(meta), below_budget_note(meta)) if n]
+
+
 def untrained_note(meta) -> str | None:
     """One line for a model whose network has random weights (else None): its accuracy is
     meaningless, its speed and its agreement with float32 are real."""

@@ -30,6 +30,7 @@ import numpy as np
 from mnv3.data.files import clip, quote
 from mnv3.defaults import SERVE_MAX_BODY as MAX_BODY  # noqa: F401  (--max-body)
 from mnv3.errors import DataError
+from mnv3.provenance import quality_notes
 
 ROUTES = {"/predict": "POST", "/healthz": "GET", "/metadata": "GET"}
 RAW_TYPES = ("application/octet-stream",)  # beside image/*
@@ -182,7 +183,7 @@ def metadata(meta, **describe: Any) -> dict[str, Any]:
         "quant_mode": meta.quant_mode.value, "compiled_sha256": meta.compiled_sha256,
         "batch_size": int(meta.batch_size), "shape_mutable": bool(meta.shape_mutable),
         "input_shape": list(meta.input_shape), "num_classes": int(meta.num_classes),
-        "tuned": meta.tuned, **describe,
+        "tuned": meta.tuned, "notes": quality_notes(meta), **describe,
     }
 
 

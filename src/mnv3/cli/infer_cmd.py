@@ -39,6 +39,7 @@ from __future__ import annotations
 import sys
 
 from mnv3.cli.common import add_parser as _add, dataset_dir, human_print, write_json
+from mnv3.provenance import below_budget_note
 
 
 def add_parser(sub):
@@ -145,10 +146,9 @@ def run(args) -> int:
                        **({"decode": args.decode} if args.engine == "python" else {}), **extra)
     for line in summary_lines(result):
         say(line)
-    below = ((getattr(session, "meta", None) and session.meta.fidelity) or {}).get("below_budget")
+    below = below_budget_note(getattr(session, "meta", None))
     if below:  # shipped with --allow-below-budget: every accuracy it prints carries that
-        say(f"note: this model was built BELOW its accuracy budget ({'; '.join(below)}); see "
-            "its meta.json fidelity")
+        say(f"note: {below}")
     write_json(args.json, result.to_dict())
     return 0
 

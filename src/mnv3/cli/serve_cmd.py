@@ -76,6 +76,8 @@ def run(args) -> int:
             print(f"mnv3 serve: warning: listening on {args.host}, reachable from other "
                   "machines, with no authentication", file=sys.stderr)
         print(startup_line(service), flush=True)
+        for note in service.metadata.get("notes", []):  # untrained, below its budget
+            print(f"mnv3 serve: note: {note}", file=sys.stderr, flush=True)
         _wait_for_signal()
     except KeyboardInterrupt:
         pass
