@@ -36,7 +36,8 @@ from mnv3 import calibration as cal  # noqa: E402
 from mnv3.cli.main import main as cli  # noqa: E402
 from mnv3.data.datasets import load_dataset  # noqa: E402
 from mnv3.data.preprocess import preprocess_image  # noqa: E402
-from mnv3.meta import QUANT_MODES, read_meta  # noqa: E402
+from mnv3.meta import read_meta  # noqa: E402
+from mnv3.quant_mode import QuantMode  # noqa: E402
 
 DATA = HERE.parent.parent / "shared" / "datasets" / "imagenet-sample-500"
 CFG = lite0.PREPROCESS
@@ -152,7 +153,8 @@ def print_table(res: dict[str, dict], n: int, metas: dict | None = None) -> None
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("data/bench/lite0"))
-    ap.add_argument("--modes", default=",".join(QUANT_MODES))
+    ap.add_argument("--modes", default=",".join(m.value for m in QuantMode
+                                                   if m is not QuantMode.BFLOAT16))
     ap.add_argument("--calib-num", type=int, default=100)
     ap.add_argument("--variants", action="store_true", help="also measure int8 recipe variants")
     ap.add_argument("--json", type=Path)
