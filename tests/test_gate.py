@@ -66,13 +66,15 @@ def test_system_info_and_device_label_carry_the_isa():
     assert sysinfo.isa_label(info["int8_isa"]) in sysinfo.device_label(info)
 
 
-@pytest.mark.parametrize("isa,reduce_range", [("avx2", True), ("avx512", True),
-                                              ("avx512_vnni", False), ("amx", False),
-                                              ("non_x86", False)])
-def test_ort_recipe_uses_7_bit_weights_only_where_int8_saturates(isa, reduce_range):
+@pytest.mark.parametrize("isa,scales", [("avx2", "pair_safe"), ("avx512", "pair_safe"),
+                                        ("avx512_vnni", "max"), ("amx", "max"),
+                                        ("non_x86", "max")])
+def test_ort_recipe_uses_pair_safe_scales_only_where_int8_saturates(isa, scales):
     recipe = q.default_recipe(isa)
-    assert recipe["reduce_range"] is reduce_range and recipe["isa"] == isa
-    assert q.weight_qrange("int8", reduce_range) == ((-64, 64) if reduce_range else (-127, 127))
+    assert recipe["weight_scales"] == scales and recipe["isa"] == isa
+    assert recipe["reduce_range"] is False  # 7-bit weights only when asked for
+    assert q.weight_qrange("int8", True) == (-64, 64)
+    assert q.weight_qrange("int8", False) == (-127, 127)
 
 
 @pytest.mark.parametrize("isa,fix", [("avx2", "enable"), ("avx512", "enable"),
@@ -117,6 +119,26 @@ def test_shortfalls_name_each_missed_figure():
     short = b.shortfalls({"top1_agreement": 0.98, "top1_agreement_expected": 0.97,
                           "cosine_mean": 0.9})
     assert len(short) == 3 and "98.00% < 99.00%" in short[0] and "cosine" in short[2]
+
+
+def test_a_count_below_budget_fails_only_when_the_budget_makes_it_unlikely():
+    """On 200 images at a 99% budget, 2 disagreements are expected: 5 are consistent with it
+    (p = 0.053), 6 are not (p = 0.017); the expected agreement must meet the budget itself."""
+    b = gate.Budget(0.99, 0.99)
+
+    def fidelity(differ, expected=0.992, n=200):
+        return {"top1_agreement": 1 - differ / n, "top1_agreement_expected": expected,
+                "count": n, "cosine_mean": 0.999}
+
+    assert gate.disagreement_p_value(200, 5, 0.01) == pytest.approx(0.0517, abs=2e-3)
+    assert b.shortfalls(fidelity(3)) == [] and b.shortfalls(fidelity(5)) == []
+    short = b.shortfalls(fidelity(6))
+    assert len(short) == 1 and "6 of 200 images differ" in short[0]
+    assert len(b.shortfalls(fidelity(0, expected=0.985))) == 1  # the margin model decides too
+    assert b.shortfalls(fidelity(60, n=2000)) != []  # 3% of 2000 is no coin toss
+    assert gate.Budget(1.0, 0.99).shortfalls(fidelity(1, expected=1.0)) != []  # 100% is 100%
+    no_model = {"top1_agreement": 0.985, "count": 200, "cosine_mean": 0.999}
+    assert gate.Budget(0.99, 0.99).shortfalls(no_model) != []  # no margins: the count decides
 
 
 def test_expected_agreement_counts_near_ties():

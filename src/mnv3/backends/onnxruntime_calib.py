@@ -71,17 +71,21 @@ def input_channel_means(model: onnx.ModelProto, batches: Iterable[np.ndarray],
 
 
 def fake_quant_weight(w: np.ndarray, qrange: tuple[int, int] | int,
-                      per_channel: bool) -> np.ndarray:
+                      per_channel: bool, scale: np.ndarray | None = None) -> np.ndarray:
     """What ORT's symmetric weight quantization to ``qrange`` = (qmin, qmax) turns ``w`` into.
 
     ORT: scale = 2 max|w| / (qmax - qmin), zero point = round((qmax + qmin) / 2), values
     rounded half to even and clipped; e.g. int8 (-127, 127), reduce_range int8 (-64, 64),
-    uint8 (0, 255) with zero point 128. A bare int q means (-q, q).
+    uint8 (0, 255) with zero point 128. A bare int q means (-q, q). ``scale``: the scales
+    given to ORT instead (per channel along axis 0, e.g. ``onnxruntime_quant.pair_safe_scales``).
     """
     qmin, qmax = (-qrange, qrange) if isinstance(qrange, int) else qrange
     axes = tuple(range(1, w.ndim)) if per_channel else None
-    amax = np.abs(w).max(axis=axes, keepdims=per_channel)
-    scale = np.where(amax > 0, 2 * amax / (qmax - qmin), 1.0)
+    if scale is not None:
+        scale = np.asarray(scale, np.float64).reshape((-1,) + (1,) * (w.ndim - 1))
+    else:
+        amax = np.abs(w).max(axis=axes, keepdims=per_channel)
+        scale = np.where(amax > 0, 2 * amax / (qmax - qmin), 1.0)
     zero = np.rint((qmax + qmin) / 2.0)
     return (np.clip(np.rint(w / scale) + zero, qmin, qmax) - zero) * scale
 
@@ -101,16 +105,18 @@ def conv_input_means(model: onnx.ModelProto, batches: Iterable[np.ndarray]) -> d
 
 def bias_correct(model: onnx.ModelProto, batches: Iterable[np.ndarray] | None, *,
                  qrange: tuple[int, int] | int = 127, per_channel: bool = True,
-                 skip: Sequence[str] = (), means: dict | None = None
-                 ) -> tuple[onnx.ModelProto, int]:
+                 skip: Sequence[str] = (), means: dict | None = None,
+                 scales: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, int]:
     """Fold the expected output error of int8 weights into the float biases (Nagel et al. 2019).
 
     For a conv y = W * x + b, quantized weights Wq shift the mean output of channel c by
     sum_{i,kh,kw} (Wq - W)[c, i, kh, kw] * E[x_i]; subtracting it from b removes that bias.
     E[x_i] comes from the calibration images (borders and padding are ignored), or from
     ``means`` (``conv_input_means``) when already measured. Layers named in ``skip`` stay
-    float and are left alone. Returns the corrected model and the layer count.
+    float and are left alone. ``scales``: per weight initializer, the per-output-channel
+    scales ORT is given instead of its own. Returns the corrected model and the layer count.
     """
+    scales = scales or {}
     inits = {i.name: i for i in model.graph.initializer}
     nodes = [n for n in _correctable(model) if n.name not in set(skip)]
     if means is None:
@@ -122,10 +128,11 @@ def bias_correct(model: onnx.ModelProto, batches: Iterable[np.ndarray] | None, *
             if attrs.get("transA", 0):
                 continue  # not a classifier head; leave it alone
             w = w if attrs.get("transB", 0) else w.T  # -> [out, in]
-            err = (fake_quant_weight(w, qrange, per_channel) - w) @ means[n.input[0]]
+            wq = fake_quant_weight(w, qrange, per_channel, scales.get(n.input[1]))
+            err = (wq - w) @ means[n.input[0]]
         else:
             groups = int(attrs.get("group", 1))
-            dw = (fake_quant_weight(w, qrange, per_channel) - w).reshape(
+            dw = (fake_quant_weight(w, qrange, per_channel, scales.get(n.input[1])) - w).reshape(
                 w.shape[0], w.shape[1], -1)
             mu = means[n.input[0]].reshape(groups, w.shape[1])  # inputs seen by each group
             group_of = np.arange(w.shape[0]) // (w.shape[0] // groups)

@@ -207,13 +207,16 @@ def summary(meta, out: Path) -> str:
                          + "; ".join(c["skipped"][:5]))
     f = meta.fidelity or {}
     if f:
+        expected = f.get("top1_agreement_expected")
         lines.append(f"fidelity vs float32 on {f['inputs']}: top-1 agreement "
-                     f"{100 * f['top1_agreement']:.2f}%, cosine mean {f['cosine_mean']:.6f}, "
-                     f"max |diff| {f['max_abs_diff']:.4g}")
+                     f"{100 * f['top1_agreement']:.2f}%"
+                     + (f" (expected {100 * expected:.2f}%)" if expected is not None else "")
+                     + f", cosine mean {f['cosine_mean']:.6f}, max |diff| "
+                     f"{f['max_abs_diff']:.4g}")
         if "budget" in f:
             b = f["budget"]
-            lines.append(f"accuracy budget (agreement >= {b['min_agreement']:.2%}, cosine >= "
-                         f"{b['min_cosine']:.4f}): "
+            lines.append(f"accuracy budget (expected agreement >= {b['min_agreement']:.2%}, "
+                         f"count consistent with it, cosine >= {b['min_cosine']:.4f}): "
                          + ("met" if f.get("within_budget") else "MISSED, shipped anyway"))
     from mnv3.sysinfo import isa_label
     lines.append(f"built and validated on: {isa_label(meta.extra.get('isa'))}")
