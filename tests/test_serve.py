@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import mnv3
+from mnv3.errors import UsageError
 from mnv3.meta import PreprocessCfg, read_meta, write_meta
 from tiny_onnx import SIZE
 
@@ -205,6 +206,38 @@ def test_a_tuned_model_serves_with_its_tuned_settings(model, tmp_path):
         assert (s.metadata["in_flight"], s.metadata["settings"]) == (1, "--threads")
     finally:
         s.stop()
+
+
+def test_a_tuned_fast_decode_serves_what_infer_computes_that_way(model, tmp_path):
+    """Where 'mnv3 tune' recorded decode fast, the service decodes request bodies the fast way:
+    its answers are infer's with --decode fast; decode="exact" serves infer's exact answers."""
+    from mnv3.data.datasets import load_dataset
+    from mnv3.serving import startup_line
+
+    tuned = tmp_path / "tuned"
+    shutil.copytree(model["dir"], tuned)
+    meta = read_meta(tuned)
+    meta.extra["tuned"] = {"threads": 1, "streams": 1, "objective": "latency", "decode": "fast"}
+    write_meta(meta, tuned)
+    samples = load_dataset(model["images"])
+    expected = {}
+    for decode in ("fast", "exact"):
+        mnv3.infer(tuned, samples, tmp_path / decode, progress=False, decode=decode)
+        lines = (tmp_path / decode / "results.jsonl").read_text().splitlines()
+        expected[decode] = {x["file"]: x["probs"] for x in map(json.loads, lines)}
+    assert expected["fast"] != expected["exact"]  # the two paths make other pixels here
+    for decode, s in (("fast", mnv3.serve(tuned, port=0)),
+                      ("exact", mnv3.serve(tuned, port=0, decode="exact"))):
+        try:
+            assert s.metadata["decode"] == decode
+            assert ("decode fast" in startup_line(s)) is (decode == "fast")
+            for path in model["files"]:
+                status, answer = post_image(s.url, path)
+                assert status == 200 and answer["probs"] == expected[decode][path.name]
+        finally:
+            s.stop()
+    with pytest.raises(UsageError, match="decode must be one of"):
+        mnv3.serve(tuned, port=0, decode="draft")
 
 
 def test_a_model_below_its_budget_or_untrained_says_so(model, tmp_path):

@@ -10,7 +10,8 @@ batcher (``mnv3.serve_local``); ``engine="ray"`` deploys the same on Ray Serve, 
 copies of the model, each batching with ``serve.batch`` (``mnv3.serve_ray``; pip install
 "mnv3[ray]"). Both load the model folder through ``mnv3.load`` (its sha256 check), and a model
 that 'mnv3 tune' tuned runs with its recorded threads and requests in flight unless
-``threads`` is given; /metadata and the startup line say which settings run.
+``threads`` is given, and decodes the way tune chose (``--decode fast`` only where tune measured
+its agreement) unless ``decode`` is given; /metadata and the startup line say which settings run.
 
 It listens on 127.0.0.1 unless told otherwise: the service has no authentication.
 """
@@ -32,12 +33,15 @@ from mnv3.serve_protocol import settings
 def serve(model: str | os.PathLike, *, engine: str = "local", host: str = DEFAULT_HOST,
           port: int = DEFAULT_PORT, replicas: int = 1, max_batch_size: int | None = None,
           batch_wait_ms: float = DEFAULT_WAIT_MS, threads: int | None = None,
-          max_body: int = MAX_BODY, address: str | None = None, class_names=None):
+          max_body: int = MAX_BODY, address: str | None = None, class_names=None,
+          decode: str | None = None):
     """Start the service and return its handle (``.url``, ``.metadata``, ``.stop()``).
 
     ``max_batch_size`` defaults to the model's batch; ``port=0`` takes a free port; ``address``
-    (Ray only) joins a running cluster ("auto", host:port) instead of starting one here."""
+    (Ray only) joins a running cluster ("auto", host:port) instead of starting one here;
+    ``decode`` "exact" or "fast" (default: what 'mnv3 tune' chose for the model, else exact)."""
     from mnv3.backends import load
+    from mnv3.data.fast_decode import check_decode, tuned_decode
     from mnv3.meta import read_meta
 
     if engine not in ENGINES:
@@ -51,8 +55,9 @@ def serve(model: str | os.PathLike, *, engine: str = "local", host: str = DEFAUL
     run = settings(meta, threads)
     if engine == "ray" and run["threads"] is None:  # replicas share the cores: 1 thread each
         run.update(threads=1, settings="1 thread per replica (default)")
+    decode = check_decode(decode) if decode is not None else tuned_decode(meta)
     describe = {"engine": engine, "max_batch_size": batch, "batch_wait_ms": batch_wait_ms,
-                "max_body": max_body, **run}
+                "max_body": max_body, "decode": decode, **run}
     if engine == "ray":
         from mnv3.serve_ray import start_ray
 
@@ -106,4 +111,6 @@ def startup_line(service) -> str:
     return (f"mnv3 serve: {m['model']} ({m['backend']}, {m['quant_mode']}) at {service.url} "
             f"(POST /predict, GET /healthz, GET /metadata); {where}, batches of up to "
             f"{m['max_batch_size']} within {m['batch_wait_ms']:g} ms, {threads} x "
-            f"{m['in_flight']} batch(es) in flight ({m['settings']}); Ctrl-C stops")
+            f"{m['in_flight']} batch(es) in flight ({m['settings']})"
+            + ("; decode fast (chosen by 'mnv3 tune'; --decode exact overrides)"
+               if m.get("decode") == "fast" else "") + "; Ctrl-C stops")

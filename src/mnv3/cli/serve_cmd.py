@@ -10,7 +10,8 @@ service runs it. A bad request gets a 4xx JSON {"error", "detail"} and never sto
 
 Requests are batched dynamically: an engine call takes up to --max-batch-size waiting images
 (default: the model's batch), waiting at most --batch-wait-ms after the first. A model chosen
-by 'mnv3 tune' runs with its tuned threads and batches in flight unless --threads is given.
+by 'mnv3 tune' runs with its tuned threads and batches in flight unless --threads is given,
+and decodes the fast way where tune measured that it keeps top-1 (--decode exact overrides).
 --engine local (the default; nothing more to install) serves from this process; --engine ray
 deploys on Ray Serve (pip install "mnv3[ray]"): --replicas N copies of the model on a cluster
 started here (--address local) or joined (auto, host:port). It listens on 127.0.0.1 only
@@ -56,6 +57,9 @@ def add_parser(sub):
                    "setting, else the engine's choice locally and 1 per Ray replica)")
     p.add_argument("--max-body", type=int, default=MAX_BODY, metavar="BYTES",
                    help=f"largest request body accepted (default {MAX_BODY}, 20 MiB)")
+    p.add_argument("--decode", choices=("exact", "fast"), default=None,
+                   help="how request images are decoded (default: what 'mnv3 tune' chose for "
+                        "the model, else exact; fast: fewer CPU ms, other pixels)")
     ray = p.add_argument_group("--engine ray")
     ray.add_argument("--replicas", type=int, default=1, metavar="N",
                      help="copies of the model serving at once (default 1)")
@@ -70,7 +74,7 @@ def run(args) -> int:
     service = serve(args.model, engine=args.engine, host=args.host, port=args.port,
                     replicas=args.replicas, max_batch_size=args.max_batch_size,
                     batch_wait_ms=args.batch_wait_ms, threads=args.threads,
-                    max_body=args.max_body, address=args.address)
+                    max_body=args.max_body, address=args.address, decode=args.decode)
     try:
         if not is_loopback(args.host):
             print(f"mnv3 serve: warning: listening on {args.host}, reachable from other "

@@ -12,12 +12,13 @@ top-1 is measured, not assumed: ``benchmarks/fast_decode.py`` (README, "infer / 
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 from PIL import Image
 
-from mnv3.data.preprocess import _RESAMPLE, _geometry, decode_image, normalize
+from mnv3.data.preprocess import _RESAMPLE, _decode, _geometry, decode_image, normalize
 from mnv3.errors import UsageError
 from mnv3.meta import PreprocessCfg
 
@@ -42,6 +43,13 @@ def preprocess_fast(path: str | os.PathLike, cfg: PreprocessCfg,
     """One image file -> float32 [3, crop, crop] by the fast path (``out``: as preprocess_image)."""
     img, size, scale = decode_image(path, draft_for=cfg)
     return normalize(resize_crop_scaled(img, size, scale, cfg), cfg, out=out)
+
+
+def preprocess_fast_bytes(data: bytes, cfg: PreprocessCfg, what: str = "image") -> np.ndarray:
+    """An image held in memory (``mnv3 serve``'s request body) by the fast path; ``what`` names
+    it in errors, as ``preprocess.decode_bytes`` does."""
+    img, size, scale = _decode(io.BytesIO(data), what, cfg)
+    return normalize(resize_crop_scaled(img, size, scale, cfg), cfg)
 
 
 def resize_crop_scaled(img: Image.Image, size: tuple[int, int], scale: int,
