@@ -235,6 +235,13 @@ def test_a_rerun_reuses_the_builds(loose, tiny, work):
                    out=work / "loose", time_budget_s=120, **FAST)
     assert all(c.reused for c in again.candidates)
     assert "latency_b1" in again.winners
+    # another batch list: its shape-mutable candidates run the builds made for batch 1
+    other = t.tune(tiny.onnx, batch_sizes=(2,), objective="latency", min_agreement=50,
+                   min_cosine=0.5, calib_dir=tiny.images, preprocess=CFG,
+                   out=work / "loose", time_budget_s=120, **FAST)
+    mutable = [c for c in other.candidates if c.mutable]
+    assert mutable and all(c.reused and c.model_dir.endswith("_true_1") for c in mutable)
+    assert all(c.reused for c in other.candidates)
 
 
 def test_weights_are_exported_on_the_way(tmp_path):

@@ -100,7 +100,7 @@ def build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
                            calib_num=calib_num, options=opts)
     target = out / "models" / c.backend / request.name
     t0 = time.perf_counter()
-    meta = _reusable(target, request, onnx)
+    target, meta = _reusable_build(target, request, onnx)
     if meta is not None:
         say(progress, f"reusing {c.name}: built before with these settings and budget")
         c.status, c.model_dir, c.fidelity = "built", str(target), _fidelity(meta)
@@ -125,6 +125,22 @@ def build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
     c.build_s = time.perf_counter() - t0
     if c.status != "built":
         say(progress, f"{c.name}: {c.why}")
+
+
+def _reusable_build(target: Path, request, onnx):
+    """(where the build is, its ModelMeta or None). A shape-mutable build serves every batch,
+    so one made for another batch (a rerun with another --batch-sizes) is reused too."""
+    meta = _reusable(target, request, onnx)
+    if meta is not None or not request.shape_mutable:
+        return target, meta
+    prefix = target.name[:target.name.rindex("_") + 1]  # <quant_mode>_true_
+    for sibling in sorted(target.parent.glob(prefix + "*")):
+        batch = sibling.name[len(prefix):]
+        if sibling != target and batch.isdigit():
+            meta = _reusable(sibling, request.replace(batch_size=int(batch)), onnx)
+            if meta is not None:
+                return sibling, meta
+    return target, None
 
 
 def _reusable(target: Path, request, onnx):
