@@ -8,6 +8,7 @@ uses (``split_calibration``, seeded); the other 400 images are evaluated.
 
     python benchmarks/openvino_fidelity.py                  # fp32, both int8 modes, --max-drop 0.2
     python benchmarks/openvino_fidelity.py --sweep          # the NNCF settings behind DEFAULTS
+    python benchmarks/openvino_fidelity.py --recipes        # weight scales / float ends (no budget)
     python benchmarks/openvino_fidelity.py --threads 1      # be gentle on a shared machine
 """
 
@@ -88,6 +89,9 @@ def main() -> None:
     ap.add_argument("--max-drop", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--sweep", action="store_true", help="compare NNCF settings (int8 f32)")
+    ap.add_argument("--recipes", action="store_true",
+                    help="int8 weight recipes as they are (no budget): overflow fix, pair-safe "
+                         "scales, float ends")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="mnv3-ovfid-"))
@@ -103,7 +107,19 @@ def main() -> None:
                            args.calib_num)
     ref = fp32["pred"]
     rows = [("force_float32", fp32)]
-    if args.sweep:
+    if args.recipes:
+        as_is = {"min_agreement": 0, "min_cosine": -1, "speed_check": False}
+        ends = {"float_first": 3, "float_last": 1}
+        for name, opts in (("overflow fix enable", {"overflow_fix": "enable"}),
+                           ("overflow fix disable", {"overflow_fix": "disable"}),
+                           ("pair-safe", {"weight_scales": "pair_safe"}),
+                           ("overflow fix enable + float ends", {"overflow_fix": "enable", **ends}),
+                           ("pair-safe + float ends", {"weight_scales": "pair_safe", **ends})):
+            rows.append((f"int8 {name}", build_and_score(
+                onnx, work / "recipes", "qint8_mixed_float32", {**opts, **as_is}, x, y, ref,
+                args.threads, args.calib_num)))
+            _print_row(*rows[-1], fp32["top1"])
+    elif args.sweep:
         grid = itertools.product(("performance", "mixed"), (True, False), ("disable", "enable"),
                                  ("minmax", "percentile"))
         for preset, fast, overflow, method in grid:

@@ -45,6 +45,7 @@ import numpy as np
 import onnx
 
 from mnv3.backends import onnxruntime_calib as oc
+from mnv3.backends.int8_pairs import conv_rows, pair_safe_scale
 from mnv3.calibration import decode_batches
 from mnv3.engine_errors import ort_quantization_errors
 from mnv3.errors import BuildError, Mnv3Error
@@ -73,13 +74,7 @@ ISA_RECIPES = {
     "exact": {"weight_type": "int8", "reduce_range": False, "weight_scales": "max"},
     "saturating": {"weight_type": "int8", "reduce_range": False, "weight_scales": "pair_safe"},
 }
-# On saturating CPUs ORT's u8 x s8 GEMM (MLAS, AVX2) multiplies weights k and k+1 of an output
-# channel with two activations and sums the pair in int16 (vpmaddubsw), k running over
-# (kernel row, kernel column, input channel) with the input channel fastest; its depthwise
-# kernel accumulates in int32. Probed on ONNX Runtime 1.32 (tests/test_quantize.py asserts it
-# on the installed one): a pair of weights summing to 128 or less never saturates
-# (255 x 128 = 32640 <= 32767), one summing to 129 can.
-PAIR_LIMIT = 127  # + 1 from rounding two weights = 128
+# pair_safe: see mnv3.backends.int8_pairs (which pairs the kernels sum in int16, and why).
 
 
 
@@ -99,10 +94,9 @@ def default_recipe(isa: str | None = None) -> dict:
 def pair_safe_scales(model: onnx.ModelProto,
                      names: Sequence[str] | None = None) -> dict[str, tuple]:
     """Per-output-channel int8 weight scales for the Conv/Gemm/MatMul nodes ``names`` that
-    never let the saturating u8 x s8 kernels overflow (see PAIR_LIMIT), with as many of the 8
-    bits as each channel allows: scale = max over pairs of (|w_k| + |w_k+1|) / 127, never
-    coarser than 7-bit weights (max |w| / 63.5) and full 8-bit where one weight of every pair
-    is small. Depthwise convolutions (int32 accumulation) get max |w| / 127.
+    never let the saturating u8 x s8 kernels overflow (``int8_pairs.pair_safe_scale``: max over
+    pairs of (|w_k| + |w_k+1|) / 127). Depthwise convolutions (int32 accumulation) get
+    max |w| / 127.
 
     Returns {weight initializer: (channel axis, float32 scales)}; ``names`` None: every one.
     """
@@ -116,14 +110,10 @@ def pair_safe_scales(model: onnx.ModelProto,
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         axis, rows = _weight_rows(n.op_type, w, attrs)
         if rows is None:  # depthwise: no pairs summed in int16
-            amax = np.abs(w).reshape(w.shape[0], -1).max(1)
-            scale = amax / 127.0
+            amax = np.abs(w).reshape(w.shape[0], -1).max(1) / 127.0
+            scale = np.where(amax > 0, amax, 1.0).astype(np.float32)
         else:
-            a = np.abs(rows)
-            if a.shape[1] % 2:
-                a = np.pad(a, ((0, 0), (0, 1)))
-            scale = (a[:, 0::2] + a[:, 1::2]).max(1) / PAIR_LIMIT
-        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+            scale = pair_safe_scale(rows)
         out[n.input[1]] = (axis, scale)
     return out
 
@@ -135,7 +125,7 @@ def _weight_rows(op: str, w: np.ndarray, attrs: dict) -> tuple[int, np.ndarray |
         group = int(attrs.get("group", 1))
         if group > 1 and w.shape[1] == 1 and w.shape[0] == group:
             return 0, None
-        return 0, w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)  # (kh, kw, cin) order
+        return 0, conv_rows(w)
     if op == "Gemm" and attrs.get("transB", 0):
         return 0, w.reshape(w.shape[0], -1)  # [N, K]
     return 1, w.reshape(w.shape[0], -1).T  # Gemm without transB / MatMul: [K, N]
