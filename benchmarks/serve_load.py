@@ -17,7 +17,11 @@ Measured, interleaved round after round (DESIGN.md: 2-vCPU speed is bimodal):
            its start-up printed apart), with --engines local,ray.
 
     python benchmarks/serve_load.py [--duration 60] [--concurrency 20] [--rounds 2] \\
-        [--engines local,ray] [--arch mobilenetv3-large] [--batch 8] [--batch-wait-ms 10]
+        [--engines local,ray] [--arch mobilenetv3-large] [--batch 8] [--batch-wait-ms 10] \\
+        [--decodes exact,fast]
+
+``--decodes exact,fast`` serves each engine both ways (``mnv3 serve --decode``; fast is what a
+model gets where ``mnv3 tune`` measured that it keeps top-1), interleaved in the same rounds.
 
 Images: ../shared/datasets/imagenet-sample-500 (else the bundled demo photos); the load
 generator cycles the first 64.
@@ -44,11 +48,12 @@ from mnv3.sysinfo import cpu_model, isa_label  # noqa: E402
 SHARED = Path(__file__).resolve().parents[1].parent / "shared/datasets/imagenet-sample-500"
 
 
-def start_service(model: Path, engine: str, batch: int, threads: int | None, wait_ms: float):
+def start_service(model: Path, engine: str, batch: int, threads: int | None, wait_ms: float,
+                  decode: str = "exact"):
     """``mnv3 serve`` in a subprocess; (process, URL) once it prints its startup line."""
     argv = [sys.executable, "-m", "mnv3.cli.main", "serve", "--model", str(model), "--port",
             "0" if engine == "local" else str(_free_port()), "--engine", engine,
-            "--max-batch-size", str(batch), "--batch-wait-ms", str(wait_ms)]
+            "--max-batch-size", str(batch), "--batch-wait-ms", str(wait_ms), "--decode", decode]
     if threads:
         argv += ["--threads", str(threads)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -83,6 +88,7 @@ def main() -> None:
     ap.add_argument("--arch", default="mobilenetv3-large")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--batch-wait-ms", type=float, default=10.0, help="the services' batch wait")
+    ap.add_argument("--decodes", default="exact", help="exact and/or fast, comma-separated")
     args = ap.parse_args()
     folder = SHARED / "images" if SHARED.is_dir() else demo_dir() / "images"
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
@@ -93,13 +99,16 @@ def main() -> None:
                    batch_size=args.batch, options={"progress": False})
         services = {}
         try:
+            decodes = args.decodes.split(",")
             for engine in args.engines.split(","):
-                t0 = time.perf_counter()
-                services[engine] = start_service(model, engine, args.batch,
-                                                 args.ray_threads if engine == "ray" else None,
-                                                 args.batch_wait_ms)
-                print(f"{engine} service up in {time.perf_counter() - t0:.1f} s: "
-                      f"{services[engine][1]}", file=sys.stderr)
+                for decode in decodes:
+                    name = engine if len(decodes) == 1 else f"{engine}/{decode}"
+                    t0 = time.perf_counter()
+                    services[name] = start_service(
+                        model, engine, args.batch, args.ray_threads if engine == "ray" else None,
+                        args.batch_wait_ms, decode)
+                    print(f"{name} service up in {time.perf_counter() - t0:.1f} s: "
+                          f"{services[name][1]}", file=sys.stderr)
 
             def measure(name, _):
                 if name == "engine":
@@ -123,7 +132,7 @@ def main() -> None:
 def report(res, args, folder: Path) -> None:
     print(f"CPU: {cpu_model()} ({os.cpu_count()} cores, {isa_label()}); {args.arch} random "
           f"weights, force_float32, fixed batch {args.batch}, batch wait "
-          f"{args.batch_wait_ms:g} ms; images from {folder}; "
+          f"{args.batch_wait_ms:g} ms; decode {args.decodes}; images from {folder}; "
           f"load average {os.getloadavg()[0]:.1f}")
     engine = [r["ips"] for r in res["engine"]]
     print(f"engine only : {median(engine):.1f} images/s (median of {args.rounds}; rounds "
@@ -134,7 +143,7 @@ def report(res, args, folder: Path) -> None:
         ips = [r["ips"] for r in rows]
         ratio = median_ratio(ips, engine)
         verdict = "meets" if ratio >= 0.7 else "MISSES"
-        print(f"serve {name:<6}: {median(ips):.1f} requests/s with {args.concurrency} clients x "
+        print(f"serve {name:<11}: {median(ips):.1f} requests/s with {args.concurrency} clients x "
               f"{args.duration:g} s, {ratio:.2f}x engine-only ({verdict} the 0.70 target); "
               f"errors {sum(r['errors'] for r in rows)} {[r['kinds'] for r in rows]}; requests "
               f"{sum(r['requests'] for r in rows)}; latency ms p50/p95/p99 (median of rounds) "
