@@ -262,9 +262,12 @@ def test_cli_starts_prints_its_url_and_stops_on_ctrl_c(model):
     src = Path(mnv3.__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(src), os.environ.get("PYTHONPATH", "")) if p), OMP_NUM_THREADS="1")
+    # Ctrl-C as from a terminal, even when the suite itself runs as a background job (a shell
+    # starts those with SIGINT ignored, and a child keeps it ignored)
     proc = subprocess.Popen([sys.executable, "-m", "mnv3.cli.main", "serve", "--model",
                              str(model["dir"]), "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stdout.readline()
         assert line.startswith("mnv3 serve: ") and "Ctrl-C stops" in line, proc.stderr.read()

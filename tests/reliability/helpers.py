@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -78,5 +79,8 @@ def spawn(args: list) -> subprocess.Popen:
     paths = [str(src), str(HERE), str(TESTS), os.environ.get("PYTHONPATH", "")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p),
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # SIGINT as a terminal's Ctrl-C, even when the suite runs as a background job (a shell
+    # starts those with SIGINT ignored, and a child would keep it ignored)
     return subprocess.Popen([sys.executable, *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
