@@ -150,6 +150,20 @@ def test_a_count_below_budget_fails_only_when_the_budget_makes_it_unlikely():
     assert gate.Budget(0.99, 0.99).shortfalls(no_model) != []  # no margins: the count decides
 
 
+def test_expected_agreement_weighs_the_noise_on_the_largest_logits():
+    """int8 error grows with a logit's size: noise on the top classes only must count fully,
+    not diluted by the hundreds of small logits that never decide a top-1."""
+    from mnv3.fidelity import flip_probability, top_logit_noise
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1, 1000)) * 0.1
+    a[0, :10] = 10.0 - np.arange(10) * 0.1  # top two 0.1 apart
+    noise = np.zeros_like(a)
+    noise[0, :10] = rng.standard_normal(10) * 0.2
+    assert top_logit_noise(a, a + noise)[0] == pytest.approx(noise[0, :10].std())
+    assert flip_probability(a, a + noise)[0] > 0.25  # a 0.1 margin under ~0.2 noise
+
+
 def test_expected_agreement_counts_near_ties():
     from mnv3.fidelity import flip_probability
 

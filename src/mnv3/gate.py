@@ -257,7 +257,8 @@ def _fall_back(engine, src, tmp, cfg, make_meta, measure, budget, meta, fidelity
     meta.extra["fallback"] = {
         "why": "below the accuracy budget with every eligible layer int8",
         "ranking": "groups of neighbouring int8 layers, each returned to float in turn and "
-                   f"scored by mean logit cosine to float32 on {len(images)} calibration images",
+                   f"scored by the noise on the top logits vs float32 on {len(images)} "
+                   "calibration images",
         "float_layers": list(cfg.float_layers), "int8_layers": len(ranking),
         "rounds": rounds}
     if not short:
