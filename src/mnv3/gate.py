@@ -135,8 +135,10 @@ def _fraction(value, name: str, default: float) -> float:
 def below_budget_error(mode, fidelity: dict[str, Any], budget: Budget,
                        shortfalls: list[str], tried: str) -> str:
     """The one-line message of a build that cannot meet its budget."""
+    calibrate = ("calibrate another way (--calib-method percentile or entropy; more "
+                 "--calib-num), " if QuantMode.parse(mode).int8 else "")
     return (f"the {mode} build misses its accuracy budget on {fidelity['inputs']}: "
-            f"{'; '.join(shortfalls)} ({tried}). Nothing was written. Options: build "
+            f"{'; '.join(shortfalls)} ({tried}). Nothing was written. Options: {calibrate}build "
             "qint8 on the other backend or a float mode, lower the budget (--min-agreement "
             "PCT / --min-cosine X), or ship it anyway with --allow-below-budget")
 
