@@ -85,19 +85,10 @@ def test_nncf_overflow_fix_is_chosen_by_isa(isa, fix):
 
     assert openvino_quant.overflow_fix_for(isa) == fix
     cfg = BuildConfig("qint8_mixed_float32", False, 1, options={"isa": isa})
-    s = openvino_quant.settings(cfg)
-    saturating = fix == "enable"
-    # where int8 saturates: NNCF's 8-bit weights re-scaled pair-safe, float ends
-    assert (s["overflow_fix"], s["weight_scales"]) == (
-        ("disable", "pair_safe") if saturating else ("disable", "nncf"))
-    for options in ({"max_drop": 1.0}, {"ignored_types": []}):  # NNCF's fix takes their place
-        cfg = BuildConfig("qint8_mixed_float32", False, 1, options={"isa": isa, **options})
-        s = openvino_quant.settings(cfg)
-        assert (s["overflow_fix"], s["weight_scales"]) == (fix, "nncf")
+    assert openvino_quant.settings(cfg)["overflow_fix"] == fix
     cfg = BuildConfig("qint8_mixed_float32", False, 1,
                       options={"isa": isa, "overflow_fix": "first_layer_only"})
     assert openvino_quant.settings(cfg)["overflow_fix"] == "first_layer_only"  # user's choice
-    assert openvino_quant.settings(cfg)["weight_scales"] == "nncf"
 
 
 def test_int8_build_records_the_isa_it_was_quantized_for(tiny, tmp_path):

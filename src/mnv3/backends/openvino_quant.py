@@ -35,12 +35,10 @@ from mnv3.errors import BackendUnavailable, BuildError, UsageError
 DEFAULTS: dict[str, Any] = {
     "preset": None,  # NNCF: "performance" (symmetric activations) for CNNs; "mixed" measured worse
     "fast_bias_correction": True,  # full BiasCorrection measured no better here, 2-3x slower
-    # None = by the CPU's int8 ISA class (``recipe_for``): where u8 x s8 saturates, NNCF's 8-bit
-    # weights re-scaled pair-safe (``mnv3.backends.int8_pairs``); elsewhere NNCF's 8-bit weights.
+    # None = by the CPU's int8 ISA class (``overflow_fix_for``).
     "overflow_fix": None,
-    "weight_scales": None,  # "pair_safe" / "nncf"
-    # The first / last N convolutions kept float (measured below: more accurate, but slower:
-    # 3 + 1 cost MobileNetV3-Small 11% and -Large 1-3% of OpenVINO int8's batch-1 speed).
+    # The first / last N convolutions kept float: more accurate (measured below) but slower,
+    # the stem at the highest resolution then running in float; options, not the default.
     "float_first": 0,
     "float_last": 0,
     # The classifier's Linear layers stay float (~1% of MobileNetV3-Large's MACs): with the two
@@ -68,31 +66,13 @@ def _nncf():
 
 
 # Measured on EfficientNet-Lite0 real weights, AVX2 (Zen 3), calibrated on 100 images, 400
-# held-out images, no accuracy control (top-1 agreement / mean logit cosine vs OpenVINO f32;
-# benchmarks/openvino_fidelity.py --recipes): overflow fix "enable" 95.75% / 0.98338;
-# "disable" (saturating) 86.25% / 0.89692; pair-safe (the recipe) 96.25% / 0.98648; with the
-# first 3 and last convolution float: "enable" 96.25% / 0.98997, pair-safe 98.25% / 0.99354
-# (preset "mixed" then 98.0% / 0.99341). NNCF's fast bias correction ran on its own 8-bit
-# weights, before the re-scaling. On a VNNI CPU the recipe stays as measured there before
-# (overflow fix "disable": 98.25% agreement, +0.25 point); pair-safe is not used there.
-
-
-def recipe_for(isa: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The int8 settings for a CPU of int8 ISA class ``isa``; ``options`` the user's, which win.
-
-    Pair-safe scales need NNCF's plain 8-bit weights to re-scale (overflow fix "disable") and
-    cover convolutions only: with a MatMul quantized, or under NNCF's accuracy control (which
-    judges the models it makes before any re-scaling), the overflow fix takes their place."""
-    from mnv3.sysinfo import int8_saturates
-
-    saturating = int8_saturates(isa)
-    ignored = options.get("ignored_types", DEFAULTS["ignored_types"])
-    pair_safe = (saturating and options.get("overflow_fix") is None and "MatMul" in ignored
-                 and options.get("max_drop") is None)
-    scales = options.get("weight_scales") or ("pair_safe" if pair_safe else "nncf")
-    fix = options.get("overflow_fix") or ("disable" if scales == "pair_safe"
-                                          else overflow_fix_for(isa))
-    return {"overflow_fix": fix, "weight_scales": scales}
+# held-out images, no budget (top-1 agreement / mean logit cosine vs OpenVINO f32;
+# ``python benchmarks/openvino_fidelity.py --recipes``): overflow fix "enable" 96.25% / 0.98735;
+# "disable" (saturating) 86.75% / 0.89741; "enable" with the first 3 and the last convolution
+# float 98.75% / 0.99344. NNCF's 8-bit weights re-scaled pair-safe afterwards
+# (``mnv3.backends.int8_pairs``; the same command at b1ca07c, which offered it) measured worse,
+# 96.25% / 0.98499 (97.50% / 0.99265 with the float ends): NNCF's bias correction had run on
+# the saturating model. So it is not offered; it would need its own bias correction.
 
 
 def overflow_fix_for(isa: str) -> str:
@@ -150,9 +130,8 @@ def settings(cfg: BuildConfig) -> dict[str, Any]:
 
     s = {k: cfg.options.get(k, v) for k, v in DEFAULTS.items()}
     s["isa"] = cfg.options.get("isa") or int8_isa()
-    s.update(recipe_for(s["isa"], cfg.options))
-    if s["weight_scales"] not in ("pair_safe", "nncf"):
-        raise UsageError(f"weight_scales must be pair_safe or nncf, got {s['weight_scales']!r}")
+    if s["overflow_fix"] is None:
+        s["overflow_fix"] = overflow_fix_for(s["isa"])
     s["range_estimator"] = cfg.options.get("range_estimator", _RANGE[cfg.calib_method])
     s["ignored_layers"] = list(cfg.options.get("ignored_layers", []))
     if cfg.options.get("max_drop") is not None:  # validated by BuildRequest
@@ -178,8 +157,6 @@ def quantize(model: ov.Model, cfg: BuildConfig) -> tuple[ov.Model, dict[str, Any
             s["accuracy_control"] = control
         else:
             quantized = nncf.quantize(model, calib, **kwargs)
-            if s["weight_scales"] == "pair_safe":
-                s["pair_safe_layers"] = _rescale_pair_safe(quantized, _conv_weights(model))
     except (BuildError, UsageError, BackendUnavailable):
         raise
     except nncf_errors() as e:
@@ -220,53 +197,6 @@ def _end_convolutions(model: ov.Model, first: int, last: int) -> list[str]:
              if op.get_type_name() in _CONVS]
     chosen = convs[:max(first, 0)] + (convs[-last:] if last > 0 else [])
     return list(dict.fromkeys(chosen))
-
-
-def _conv_weights(model: ov.Model) -> dict[str, np.ndarray]:
-    """The float weights of every (non-grouped) Convolution, by its name."""
-    out = {}
-    for op in model.get_ops():
-        if op.get_type_name() == "Convolution":
-            src = op.input_value(1).get_node()
-            if src.get_type_name() == "Constant":
-                out[op.get_friendly_name()] = src.get_data().astype(np.float64)
-    return out
-
-
-def _rescale_pair_safe(quantized: ov.Model, float_weights: dict[str, np.ndarray]) -> int:
-    """Re-scale NNCF's int8 convolution weights pair-safe (``mnv3.backends.int8_pairs``), from
-    the float weights; returns how many. NNCF writes a quantized convolution's weights as
-    Constant(int8) -> Convert -> Multiply(per-channel scale). Grouped (depthwise) convolutions
-    keep NNCF's: they accumulate in int32. Any other layout of int8 weights is an error: it
-    would run saturating."""
-    import openvino.opset13 as ops
-
-    from mnv3.backends.int8_pairs import conv_rows, pair_safe_scale, quantize_rows
-
-    done = 0
-    for op in quantized.get_ops():
-        if op.get_type_name() != "Convolution":
-            continue
-        mul = op.input_value(1).get_node()
-        if mul.get_type_name() != "Multiply":
-            continue  # kept float: a Constant (or its f16 -> f32 Convert)
-        parts = [mul.input_value(i).get_node() for i in range(mul.get_input_size())]
-        convert, scale = parts[0], parts[-1]
-        weights = float_weights.get(op.get_friendly_name())
-        if (convert.get_type_name() != "Convert" or scale.get_type_name() != "Constant"
-                or convert.input_value(0).get_node().get_type_name() != "Constant"
-                or convert.get_input_element_type(0) != ov.Type.i8 or weights is None):
-            raise BuildError(
-                f"NNCF wrote the int8 weights of {op.get_friendly_name()} in a layout mnv3 "
-                "cannot re-scale pair-safe; build with the options overflow_fix='enable' "
-                "(NNCF's 7-bit weights) or weight_scales='nncf'")
-        new_scale = pair_safe_scale(conv_rows(weights))
-        convert.input(0).replace_source_output(
-            ops.constant(quantize_rows(weights, new_scale)).output(0))
-        mul.input(1).replace_source_output(
-            ops.constant(new_scale.reshape(scale.get_data().shape)).output(0))
-        done += 1
-    return done
 
 
 def _with_accuracy_control(nncf, model, calib, cfg: BuildConfig, s, kwargs):
