@@ -14,6 +14,11 @@ force_float32 == eager on every image.
     python benchmarks/fidelity_lite0.py --variants           # + int8 recipe variants
     python benchmarks/fidelity_lite0.py --json lite0.json    # machine-readable figures
     python benchmarks/fidelity_lite0.py --min-agreement 98.5 # the builds' budget (default 99)
+    python benchmarks/fidelity_lite0.py --calib-method percentile   # the modes' calibration
+
+Per build it also prints the flips counted on the held-out images against the flips the
+budget's margin model expects (``mnv3.fidelity.flip_probability``), and how large the noise on
+the top two logits' difference is against what the average logit noise predicts.
 
 A build the budget refuses is reported as refused (its message) and left out of the table.
 
@@ -39,6 +44,7 @@ from mnv3 import calibration as cal  # noqa: E402
 from mnv3.cli.main import main as cli  # noqa: E402
 from mnv3.data.datasets import load_dataset  # noqa: E402
 from mnv3.data.preprocess import preprocess_image  # noqa: E402
+from mnv3.fidelity import flip_probability  # noqa: E402
 from mnv3.meta import read_meta  # noqa: E402
 from mnv3.quant_mode import QuantMode  # noqa: E402
 
@@ -57,7 +63,7 @@ VARIANTS = {
 
 
 def build_modes(onnx_path: Path, out: Path, modes, calib_num: int,
-                budget: list[str]) -> dict[str, Path]:
+                budget: list[str], calib_method: str = "minmax") -> dict[str, Path]:
     """Every mode through the CLI, exactly as a user would (fixed batch 8); ``budget``: more
     flags (--min-agreement). A mode the budget refuses is left out (the CLI said why)."""
     dirs = {}
@@ -67,6 +73,7 @@ def build_modes(onnx_path: Path, out: Path, modes, calib_num: int,
                 "false", "--batch-size", "8", "--calib-dir", str(DATA / "images"),
                 "--calib-num", str(calib_num), "--mean", "0.498,0.498,0.498",
                 "--std", "0.502,0.502,0.502", "--output", str(d), "--no-progress",
+                "--calib-method", calib_method,
                 *(budget if mode != "force_float32" else [])]
         t = time.perf_counter()
         rc = cli(argv)
@@ -119,7 +126,14 @@ def figures(logits: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, dict
     for k, y in logits.items():
         cos = (y * ref).sum(1) / (np.linalg.norm(y, axis=1) * np.linalg.norm(ref, axis=1))
         acc = float((y.argmax(1) == labels).mean())
-        out[k] = {"top1": acc, "agreement_vs_fp32": float((y.argmax(1) == ref.argmax(1)).mean()),
+        top2 = np.argsort(-ref, axis=1)[:, :2]
+        rows = np.arange(len(ref))
+        d = y - ref
+        top2_noise = (d[rows, top2[:, 0]] - d[rows, top2[:, 1]]).std()
+        out[k] = {"flips": int((y.argmax(1) != ref.argmax(1)).sum()),
+                  "expected_flips": float(flip_probability(ref, y).sum()),
+                  "top2_noise_vs_mean": float(top2_noise / (np.sqrt(2) * d.std(1).mean() + 1e-30)),
+                  "top1": acc, "agreement_vs_fp32": float((y.argmax(1) == ref.argmax(1)).mean()),
                   "drop_points": 100 * (acc_ref - acc), "cosine_mean": float(cos.mean()),
                   "max_abs_diff_vs_fp32": float(np.abs(y - ref).max())}
     out["force_float32"]["top1_differs_from_eager"] = int(
@@ -157,6 +171,11 @@ def print_table(res: dict[str, dict], n: int, metas: dict | None = None) -> None
                  if fb and "float_layers" in fb else "")
               + (f"; int8 {speed['ratio']:.2f}x float32, shipped {speed['shipped']}"
                  if speed else ""))
+    for k, f in res.items():
+        if k not in ("force_float32", "eager"):
+            print(f"{k}: {f['flips']} flips counted, {f['expected_flips']:.1f} expected "
+                  f"(margin model); top-two noise {f['top2_noise_vs_mean']:.2f}x the mean logit "
+                  "noise's prediction")
     print(f"force_float32 vs PyTorch eager: top-1 differs on "
           f"{res['force_float32']['top1_differs_from_eager']} of {n} images")
 
@@ -169,6 +188,7 @@ def main() -> int:
     ap.add_argument("--calib-num", type=int, default=100)
     ap.add_argument("--variants", action="store_true", help="also measure int8 recipe variants")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--calib-method", default="minmax", choices=("minmax", "percentile", "entropy"))
     ap.add_argument("--min-agreement", type=float, default=None,
                     help="the reduced builds' accuracy budget, percent (default: mnv3's 99)")
     args = ap.parse_args()
@@ -188,7 +208,7 @@ def main() -> int:
     modes = [m for m in args.modes.split(",") if m]
     modes = modes if "force_float32" in modes else ["force_float32", *modes]  # the reference
     budget = [] if args.min_agreement is None else ["--min-agreement", str(args.min_agreement)]
-    dirs = build_modes(onnx_path, args.out, modes, args.calib_num, budget)
+    dirs = build_modes(onnx_path, args.out, modes, args.calib_num, budget, args.calib_method)
     for d in dirs.values():  # the build calibrated on exactly the subset we hold out from
         c = read_meta(d).calibration
         assert c is None or c["files_sha256"] == cal.files_sha256(calib), "calibration set differs"

@@ -65,9 +65,11 @@ def flip_probability(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     99.0% on one 200 and 97.5% on the next); this uses every image's margin instead: a flip
     needs the noise difference of the top two logits (std ~ sqrt(2) x the image's logit
     noise std) to exceed their margin. The noise std is taken over the ``NOISE_TOP_K`` largest
-    logits of ``a``: measured on Lite0 int8 (AVX2, 400 images), the top two's noise difference
-    had a std 1.56x what all 1000 logits' noise predicts, which then expected 4.7 flips where 8
-    were counted; the top 10 expect 6.0 (the top 5, 20, 50: 5.5, 6.1, 5.8).
+    logits of ``a``: measured on Lite0 int8 (AVX2, 400 images; ``python
+    benchmarks/fidelity_lite0.py --modes force_float32,qint8_mixed_float32 --min-agreement
+    98.5``), the top two's noise difference had a std 1.56x what all 1000 logits' noise
+    predicts, and the top 10 expect 6.0 flips where 8 were counted (all 1000 logits, the
+    estimator before: 4.7; the top 5, 20, 50: 5.5, 6.1, 5.8).
     """
     top = np.argsort(-a, axis=1)[:, :2]
     rows = np.arange(len(a))

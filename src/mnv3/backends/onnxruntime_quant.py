@@ -34,7 +34,7 @@ minmax stays the default; they are options (``--calib-method``). On AVX2 with pa
 (400 images, no fallback): minmax 98.0% / 0.99857 (expected agreement on the build's 200:
 98.73%), percentile 98.25% / 0.99876 (98.84%), entropy 98.25% / 0.99867 (98.60%): within a
 few images again, but percentile then met the default budget with 17 of 45 layers float
-(98.5% and 0.00 point on the 400, 1.18x float32) where minmax is refused.
+(98.5% and 0.00 point on the 400, 1.18-1.22x float32) where minmax is refused.
 """
 
 from __future__ import annotations
