@@ -59,6 +59,10 @@ VARIANTS = {
     "per-tensor weights": ("minmax", {"per_channel": False}),
     "percentile calibration": ("percentile", {}),
     "entropy calibration": ("entropy", {}),
+    # weights on CPUs whose u8 x s8 saturates (the default there: pair-safe 8-bit scales)
+    "7-bit weights (reduce_range)": ("minmax", {"reduce_range": True}),
+    "8-bit weights, ORT's own scales": ("minmax", {"weight_scales": "max"}),
+    "uint8 weights (exact, U8U8)": ("minmax", {"weight_type": "uint8"}),
 }
 
 

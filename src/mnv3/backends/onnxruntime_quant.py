@@ -12,10 +12,11 @@ line says what removing that one choice gives:
 - on x86 CPUs without VNNI, where U8S8 can saturate, **pair-safe 8-bit weight scales**
   (``pair_safe_scales``) instead of ORT's ``reduce_range`` (7-bit weights): per output channel
   the scale keeps every pair of weights the kernel multiplies together within what int16
-  holds. On AVX2 (Zen 3), no fallback, 400 held-out images: 7-bit 98.25% / 0.99764; plain
-  8-bit (saturating) 98.25% / 0.99375; uint8 weights (exact, U8U8) 98.0% / 0.99867 but 0.36x
-  the 7-bit speed; pair-safe 98.0% / 0.99857 and 0.00 point top-1 change at the 7-bit speed
-  (1.58x float32, batch 8, 1 thread). On VNNI CPUs weights are plain 8-bit;
+  holds. On AVX2 (Zen 3), no fallback, 400 held-out images (``--variants``): 7-bit 98.25% /
+  0.99764; plain 8-bit (saturating) 98.25% / 0.99375; uint8 weights (exact, U8U8) 98.0% /
+  0.99867 but slow (``int8_speed.py``: 0.81x float32 on MobileNetV3-Large); pair-safe 98.0% /
+  0.99857 and 0.00 point top-1 change, 1.55-1.58x float32 (the build's speed check, batch 8).
+  On VNNI CPUs weights are plain 8-bit;
 - Conv / Gemm / MatMul are quantized with explicit QuantizeLinear/DequantizeLinear (the same
   file serves TensorRT-style engines), and ReLU/ReLU6 with them, so ORT fuses them and the
   conv output's scale spans [0, 6] instead of the wide pre-activation range (conv-only:
