@@ -400,13 +400,24 @@ def test_hostile_folder_fifo_and_undecodable_names_as_python(binary, models, tmp
 
 @pytest.mark.slow
 def test_mnv3_run_cpp_adds_an_openvino_cpp_row(binary, tmp_path, monkeypatch):
+    import mnv3.bench
+    import mnv3.cpp_run
     from mnv3.pipeline import run_all
-    from mnv3.report import accuracy_table, performance_table
+    from mnv3.report import BASELINE_ORT, BASELINE_TORCH, accuracy_table, performance_table
 
     monkeypatch.setenv("MNV3_INFER_CPP", str(binary))
+    ran = []  # which row each bench round measured, in order
+    for module, name, label in ((mnv3.bench, "benchmark", lambda kw: kw["label"]),
+                                (mnv3.cpp_run, "bench_cpp", lambda kw: "C++")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _label=label, **kw:
+                            ran.append(_label(kw)) or _real(*a, **kw))
     rep = run_all(width_mult=0.35, image_num=4, quant_modes=("force_float32",), batch_sizes=(2,),
-                  threads=1, bench_duration=0.05, bench_rounds=1, bench_warmup=1,
+                  threads=1, bench_duration=0.05, bench_rounds=2, bench_warmup=1,
                   progress=False, backends=("openvino",), cpp=True, out=tmp_path)
+    # the C++ row's rounds take turns with the others' (drift falls on every row alike)
+    ov, torch_, ort = "openvino/force_float32_false_2", BASELINE_TORCH, BASELINE_ORT
+    assert ran[-8:] == [ov, "C++", torch_, ort, "C++", torch_, ort, ov]
     ov_row, cpp_row = rep.rows
     assert (ov_row.backend, cpp_row.backend) == ("openvino", "openvino C++")
     assert cpp_row.accuracy["top1"] == ov_row.accuracy["top1"]
@@ -414,7 +425,8 @@ def test_mnv3_run_cpp_adds_an_openvino_cpp_row(binary, tmp_path, monkeypatch):
     assert cpp_row.accuracy["end_to_end_images_per_s"] > 0
     # the performance cells: the program's own --bench, statistics as mnv3 bench computes them
     b = cpp_row.bench
-    assert b is not None and b.throughput_ips > 0 and len(b.rounds_ips) == 1
+    assert b is not None and b.throughput_ips > 0 and len(b.rounds_ips) == 2
+    assert "interleaved" in cpp_row.notes[0]
     assert b.latency_ms.min <= b.latency_ms.p50 <= b.latency_ms.p99 <= b.latency_ms.max
     assert (b.batch, b.threads * b.streams) == (2, 1)
     assert "| openvino C++ |" in accuracy_table(rep)

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnv3.bench import BenchResult, LatencyStats, merge_results
+from mnv3.bench import BenchResult, LatencyStats
 from mnv3.cpp_engine import CppModel, _run, infer_cpp, runs_in_cpp
 from mnv3.sysinfo import cpu_busy_seconds, others_cores, system_info
 
@@ -66,24 +66,16 @@ def _result(model: CppModel, d: dict, label, others) -> BenchResult:
         samples=samples)
 
 
-def bench_cpp_rounds(model: CppModel, *, duration: float, rounds: int, warmup: int = 10,
-                     label: str | None = None) -> BenchResult:
-    """``rounds`` separate runs merged as ``mnv3 run`` merges its interleaved rounds."""
-    return merge_results([bench_cpp(model, duration=duration, warmup=warmup, label=label)
-                          for _ in range(max(1, rounds))])
-
-
 CPP_ROW_BACKEND = "openvino C++"
 
 
-def cpp_rows(rows, samples, results_dir: Path, ref: dict[str, int], threads: int, bar, timings,
-             bench: dict | None = None):
-    """One "openvino C++" row per openvino build, from mnv3-infer-cpp.
+def cpp_rows(rows, samples, results_dir: Path, ref: dict[str, int], threads: int, bar, timings):
+    """One "openvino C++" row per openvino build, from mnv3-infer-cpp, each with its program.
 
     Accuracy and end-to-end / engine-only images/s come from the program's own run over the
-    same samples (results in ``results/cpp/<name>``); the performance table's cells from
-    ``--bench`` runs (``bench``: duration, rounds, warmup), after the Python rows' interleaved
-    rounds rather than among them.
+    same samples (results in ``results/cpp/<name>``). Returns (row, CppModel) pairs: the
+    performance table's cells come later, from ``--bench`` runs that ``bench_batch`` takes
+    in turn with the Python rows' and the baselines' rounds (``bench_round``).
     """
     from mnv3.pipeline_steps import accuracy_of
     from mnv3.report import ModelRow
@@ -94,26 +86,26 @@ def cpp_rows(rows, samples, results_dir: Path, ref: dict[str, int], threads: int
         model = CppModel(row.model_dir, threads=threads)
         with bar.step(f"infer + eval {row.name} with mnv3-infer-cpp", timings, "infer"):
             res = infer_cpp(model, samples, where, batch_size=row.batch)
-        acc = accuracy_of(res, where, ref)
         new = ModelRow(name=row.name, quant_mode=row.quant_mode,
                        shape_mutable=row.shape_mutable, batch=row.batch,
-                       model_dir=row.model_dir, reused=True, accuracy=acc,
-                       backend=CPP_ROW_BACKEND)
-        if bench is not None:
-            with bar.step(f"bench {row.name} with mnv3-infer-cpp --bench", timings, "bench"):
-                duration = bench.get("duration") or _round_seconds(row)
-                new.bench = bench_cpp_rounds(model, duration=duration, rounds=bench["rounds"],
-                                             warmup=bench["warmup"], label=row.name)
-            b = new.bench
-            new.notes = [f"speed cells by mnv3-infer-cpp --bench: {b.threads * b.streams} "
-                         f"engine thread(s) in {b.streams} stream(s) (the program's own split), "
-                         "in rounds after the interleaved ones, so its ratios to the baselines "
-                         "pair rounds taken at different times"]
-        out.append(new)
+                       model_dir=row.model_dir, reused=True,
+                       accuracy=accuracy_of(res, where, ref), backend=CPP_ROW_BACKEND)
+        out.append((new, model))
     return out
 
 
-def _round_seconds(row) -> float:
-    """A round as long as the Python row's (its rounds stopped after a number of queries)."""
-    b = row.bench
-    return max(0.05, b.duration_s / max(1, len(b.rounds_ips))) if b else 1.0
+def bench_round(model: CppModel, python_rounds: list[BenchResult], *, duration: float | None,
+                warmup: int, label: str) -> BenchResult:
+    """One interleaved round of the C++ row: as long as ``duration``, or else as long as the
+    latest round of the Python row that runs the same build (its rounds stop after a number of
+    queries, which the program's ``--bench`` does not take)."""
+    if duration is None:
+        last = python_rounds[-1] if python_rounds else None
+        duration = max(0.05, last.duration_s) if last else 1.0
+    return bench_cpp(model, duration=duration, warmup=warmup, label=label)
+
+
+def cpp_notes(bench: BenchResult) -> list[str]:
+    return [f"speed cells by mnv3-infer-cpp --bench: {bench.threads * bench.streams} engine "
+            f"thread(s) in {bench.streams} stream(s) (the program's own split), one run per "
+            "round, interleaved with the Python rows' and the baselines' rounds"]

@@ -149,19 +149,20 @@ def _run_steps(bar, plan, src, samples, dataset, calib, out, weights, shape_muta
         with bar.step(f"infer + eval {where}", timings, "infer"):
             row.accuracy, row.notes = infer_and_score(row, samples, out / "results" / where,
                                                       ref, plan["threads"])
+    native = []  # (row, program): the "openvino C++" rows, benched among the others
+    if cpp:
+        from mnv3.cpp_run import cpp_rows
+
+        native = cpp_rows(rows, samples, out / "results", ref, plan["threads"], bar, timings)
     baselines = []
     for batch in plan["batches"]:
         with bar.step(f"bench batch {batch} ({plan['rounds']} interleaved rounds)", timings,
                       "bench"):
             baselines += bench_batch([r for r in rows if r.batch == batch], src, onnx_path,
                                      batch, plan["threads"], bench_iterations, bench_duration,
-                                     plan["rounds"], bench_warmup)
-    if cpp:
-        from mnv3.cpp_run import cpp_rows
-
-        rows += cpp_rows(rows, samples, out / "results", ref, plan["threads"], bar, timings,
-                         bench={"duration": bench_duration, "rounds": plan["rounds"],
-                                "warmup": bench_warmup})
+                                     plan["rounds"], bench_warmup,
+                                     native=[n for n in native if n[0].batch == batch])
+    rows += [row for row, _ in native]
     rep = RunReport(
         model=src.label, untrained=src.untrained, device=device_label(), rows=rows,
         baselines=baselines, weights=str(weights) if weights else None, dataset=dataset,

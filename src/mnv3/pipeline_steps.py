@@ -172,11 +172,17 @@ def accuracy_of(res, out_dir: Path, ref: dict[str, int]) -> dict:
 
 
 def bench_batch(rows, src: Source, onnx_path: Path, batch: int, threads: int, iterations,
-                duration, rounds: int, warmup: int):
-    """Bench every model of this batch and both baselines, interleaved round by round."""
+                duration, rounds: int, warmup: int, native=()):
+    """Bench every model of this batch and both baselines, interleaved round by round.
+
+    ``native``: (row, CppModel) pairs of ``mnv3 run --cpp``'s C++ rows; each of their rounds is
+    one ``mnv3-infer-cpp --bench`` run, taken in turn with the others so that drift of a
+    shared machine falls on every row alike.
+    """
     from mnv3.backends import load
     from mnv3.baselines import PlainOrtSession, TorchEagerSession
     from mnv3.bench import benchmark, merge_results
+    from mnv3.cpp_run import cpp_notes
     from mnv3.report import BASELINE_ORT, BASELINE_TORCH, BaselineRow
 
     sessions, load_s = {}, {}
@@ -189,14 +195,19 @@ def bench_batch(rows, src: Source, onnx_path: Path, batch: int, threads: int, it
         t0 = time.perf_counter()
         sessions[key] = opener()
         load_s[key] = time.perf_counter() - t0
-    runs: dict[str, list] = {k: [] for k in sessions}
+    programs = {row.key: (row, model) for row, model in native}
+    runs: dict[str, list] = {k: [] for k in [*sessions, *programs]}
     order = list(sessions.items())
+    order[len(rows):len(rows)] = [(key, None) for key in programs]  # after the Python rows
     try:
         for r in range(rounds):
             # each round starts one further along (A B C, B C A, ...): no configuration always
             # runs first after the previous batch's sessions, or last before the next
             shift = r % len(order)
             for key, sess in order[shift:] + order[:shift]:
+                if key in programs:
+                    runs[key].append(_native_round(programs[key], runs, duration, warmup))
+                    continue
                 run_as = settings.get(key, {"threads": threads, "streams": 1})
                 runs[key].append(benchmark(
                     sess, batch=batch, iterations=iterations, duration=duration, warmup=warmup,
@@ -204,9 +215,20 @@ def bench_batch(rows, src: Source, onnx_path: Path, batch: int, threads: int, it
     finally:
         for sess in sessions.values():
             sess.close()
-    for row in rows:
+    for row in [*rows, *(row for row, _ in native)]:
         row.bench = merge_results(runs[row.key])
+    for row, _ in native:
+        row.notes = cpp_notes(row.bench)
     return [BaselineRow(k, batch, merge_results(runs[k])) for k in (BASELINE_TORCH, BASELINE_ORT)]
+
+
+def _native_round(program, runs: dict, duration, warmup: int):
+    """One round of a C++ row, as long as its Python twin's latest round when no duration."""
+    from mnv3.cpp_run import bench_round
+
+    row, model = program
+    twin = runs.get(f"{model.meta.backend}/{row.name}", [])
+    return bench_round(model, twin, duration=duration, warmup=warmup, label=row.name)
 
 
 def _run_settings(row, threads: int) -> dict:
