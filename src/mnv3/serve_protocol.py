@@ -3,7 +3,8 @@
     POST /predict   an image: the raw bytes with an image/* (or application/octet-stream)
                     Content-Type, or multipart/form-data with one file part
                     -> 200 {"model", "top5", "names", "probs"}
-    GET  /healthz   -> 200 {"status": "ok", "model"} once the model is loaded
+    GET  /healthz   -> 200 {"status": "ok", "model"} once the model is loaded (on Ray Serve,
+                       also "replica": the id of the replica that answered)
     GET  /metadata  -> 200 the model (name, backend, quant mode, sha256 of the compiled file,
                     batch, shape) and how the service runs it (engine, batching, threads)
 

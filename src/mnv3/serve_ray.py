@@ -41,6 +41,8 @@ class ServeReplica:
                                           spin=False)
         self.classifier = Classifier(session, class_names, **describe)
         self.max_body = max_body
+        # named in /healthz: which replica answered (load spread, restarts) is visible
+        self.replica = serve.get_replica_context().replica_id.unique_id
         # serve.batch around the bound method: the batch size and wait are run-time values
         self._batched = serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=wait_s,
                                     max_concurrent_batches=in_flight)(self._predict_many)
@@ -55,7 +57,8 @@ class ServeReplica:
         try:
             path = route(request.method, request.url.path)
             if path == "/healthz":
-                return JSONResponse({"status": "ok", "model": self.classifier.meta.name})
+                return JSONResponse({"status": "ok", "model": self.classifier.meta.name,
+                                     "replica": self.replica})
             if path == "/metadata":
                 return JSONResponse(self.classifier.metadata)
             body = await self._body(request)

@@ -1,12 +1,18 @@
 """``mnv3 serve --engine ray`` (issue 18): a Ray Serve deployment on a local Ray cluster started
 here, on loopback, answers as the local engine does and refuses bad requests with the same
-4xx JSON. Skipped without Ray Serve (pip install -e ".[ray]"); one cluster for the module."""
+4xx JSON; two replicas share the requests and outlive one's death. Skipped without Ray Serve
+(pip install -e ".[ray]"); each test starts its own cluster."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
+import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +65,65 @@ def test_ray_serve_answers_as_local_and_refuses_bad_requests(tiny):
                      {"Content-Type": "image/png"}) == want[0]
     finally:
         service.stop()
+
+
+@pytest.mark.slow
+def test_two_replicas_share_the_requests_and_a_killed_one_is_replaced(tiny):
+    """--replicas 2: concurrent requests reach both replicas and get the local engine's
+    answers; SIGKILL one replica's process and Ray Serve starts another while the survivor
+    goes on answering."""
+    files = sorted(tiny["images"].glob("*.png"))[:4]
+    local = mnv3.serve(tiny["model"], port=0)
+    try:
+        want = {p.name: _call(local.url, "POST", "/predict", p.read_bytes(),
+                              {"Content-Type": "image/png"}) for p in files}
+    finally:
+        local.stop()
+    service = mnv3.serve(tiny["model"], engine="ray", port=0, replicas=2, max_batch_size=2,
+                         batch_wait_ms=5)
+    try:
+        assert _call(service.url, "GET", "/metadata")[1]["replicas"] == 2
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda p: (p.name, _call(service.url, "POST", "/predict",
+                                                         p.read_bytes(),
+                                                         {"Content-Type": "image/png"})),
+                                files * 6))
+            assert all(answer == want[name] for name, answer in got)
+            before = _replicas(pool, service.url, 40)
+        assert len(before) == 2, before
+
+        assert _kill_one_replica() is not None, "no replica process found to kill"
+        deadline, now = time.monotonic() + 120, set()
+        while time.monotonic() < deadline and not (len(now) == 2 and now - before):
+            time.sleep(1)
+            with ThreadPoolExecutor(8) as pool:
+                now = _replicas(pool, service.url, 16)
+        assert len(now) == 2 and len(now - before) == 1, (before, now)  # one new, one survivor
+        for p in files:  # and the new replica answers as the others did
+            assert _call(service.url, "POST", "/predict", p.read_bytes(),
+                         {"Content-Type": "image/png"}) == want[p.name]
+    finally:
+        service.stop()
+
+
+def _replicas(pool, url: str, n: int) -> set[str]:
+    """The replicas that answered ``n`` concurrent /healthz calls (failed calls left out)."""
+    def one(_):
+        try:
+            status, body = _call(url, "GET", "/healthz")
+        except (OSError, ValueError):
+            return None
+        return body.get("replica") if status == 200 else None
+    return {r for r in pool.map(one, range(n)) if r}
+
+
+def _kill_one_replica() -> int | None:
+    for pid in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if pid.isdigit() and b"ServeReplica:" in cmdline:
+            os.kill(int(pid), signal.SIGKILL)
+            return int(pid)
+    return None
