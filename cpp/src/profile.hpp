@@ -1,4 +1,4 @@
-// --profile's counters (main.cpp) and the process CPU clock --bench reads (bench.cpp).
+// --profile's counters (pipeline.cpp) and the process CPU clock --bench reads (bench.cpp).
 #pragma once
 #include <sys/resource.h>
 #include <time.h>
