@@ -106,7 +106,7 @@ def _plain_irs(onnx: Path, out: Path, calib_dir: str, calib_num: int) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     fp32, int8 = out / "fp32.xml", out / "int8.xml"
     if not fp32.is_file():
-        subprocess.run(["ovc", str(onnx), "--output_model", str(fp32)], check=True,
+        subprocess.run([_tool("ovc"), str(onnx), "--output_model", str(fp32)], check=True,
                        stdout=subprocess.DEVNULL)
     if not int8.is_file():
         import nncf
@@ -138,13 +138,18 @@ def _tune(onnx: Path, out: Path, objective: str, args) -> dict[int, Path]:
 
 
 def _cell(arch, batch, objective, tuned_dir: Path, irs) -> dict:
+    meta = json.loads((tuned_dir / "meta.json").read_text())
+    # benchmark_app also runs mnv3's own IR where tune chose OpenVINO: with both, a gap splits
+    # into the IR's share (plain int8 IR vs mnv3's, same tool) and the runtime's (same IR)
+    own = tuned_dir / meta["compiled_file"] if meta["backend"] == "openvino" else None
     return {"arch": arch, "batch": batch, "objective": objective, "tuned": tuned_dir,
-            "irs": irs}
+            "irs": irs, "own_ir": own}
 
 
 def _measure(cells, args) -> dict:
     """Rounds: every side of every cell once, in a fresh random order each round."""
-    jobs = [(i, side) for i, c in enumerate(cells) for side in ("mnv3", *c["irs"])]
+    jobs = [(i, side) for i, c in enumerate(cells)
+            for side in ("mnv3", *c["irs"], *(["mnv3_ir"] if c["own_ir"] else []))]
     out: dict = {"load": [os.getloadavg()[0]]}
     rng = random.Random(0)
     for r in range(args.rounds):
@@ -161,18 +166,24 @@ def _measure(cells, args) -> dict:
 def _run_side(cell, side: str, seconds: float) -> float:
     if side == "mnv3":  # no --threads/--streams: the tuned settings
         return _mnv3_bench(cell["tuned"], seconds)
-    return _benchmark_app(cell["irs"][side], cell["batch"], cell["objective"], seconds)
+    xml = cell["own_ir"] if side == "mnv3_ir" else cell["irs"][side]
+    return _benchmark_app(xml, cell["batch"], cell["objective"], seconds)
 
 
 def _mnv3_bench(model: Path, seconds: float) -> float:
-    mnv3 = str(Path(sys.executable).parent / "mnv3")  # this environment's console script
-    proc = subprocess.run([mnv3, "bench", "--model", str(model), "--duration", f"{seconds:g}",
+    proc = subprocess.run([_tool("mnv3"), "bench", "--model", str(model), "--duration", f"{seconds:g}",
                            "--json", "-"], check=True, capture_output=True, text=True)
     return float(json.loads(proc.stdout)["throughput_ips"])
 
 
+def _tool(name: str) -> str:
+    """This environment's console script (found without an activated venv), else PATH's."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.is_file() else name
+
+
 def _benchmark_app(xml: Path, batch: int, objective: str, seconds: float) -> float:
-    proc = subprocess.run(["benchmark_app", "-m", str(xml), "-d", "CPU", "-hint", objective,
+    proc = subprocess.run([_tool("benchmark_app"), "-m", str(xml), "-d", "CPU", "-hint", objective,
                            "-shape", f"[{batch},3,224,224]", "-t", f"{seconds:g}"],
                           check=True, capture_output=True, text=True)
     fps = re.search(r"Throughput:\s+([\d.]+) FPS", proc.stdout)
@@ -188,7 +199,13 @@ def _row(i, cell, rounds) -> dict:
     ratios = [a / b for a, b in zip(mnv3, ba[best])]
     meta = json.loads((cell["tuned"] / "meta.json").read_text())
     t = meta["extra"]["tuned"]
+    own = rounds.get((i, "mnv3_ir"))
     return {"cell": _name(cell), "mnv3": statistics.median(mnv3),
+            # benchmark_app on mnv3's IR: vs the best plain IR, the IR's share of the gap;
+            # mnv3 against it, the runtime's share
+            "benchmark_app_mnv3_ir": statistics.median(own) if own else None,
+            "ir_ratio": statistics.median([a / b for a, b in zip(own, ba[best])]) if own else None,
+            "runtime_ratio": statistics.median([a / b for a, b in zip(mnv3, own)]) if own else None,
             "mnv3_choice": f"{meta['backend']} {meta['quant_mode']} {t['threads']} thr x "
                            f"{t['streams']} req",
             "benchmark_app": {ir: statistics.median(v) for ir, v in ba.items()},
@@ -203,13 +220,16 @@ def _name(cell) -> str:
 
 def _table(rows) -> str:
     lines = ["| cell | mnv3 tuned choice | mnv3 images/s | benchmark_app fp32 | benchmark_app "
-             "int8 | mnv3 / best (median, per-round range) |", "|---|---|---|---|---|---|"]
+             "int8 | mnv3 / best (median, per-round range) | benchmark_app on mnv3's IR: "
+             "images/s, vs best (IR) / mnv3 vs it (runtime) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         ba = r["benchmark_app"]
         lo, hi = r["ratio_range"]
+        own = (f"{r['benchmark_app_mnv3_ir']:.1f}, {r['ir_ratio']:.2f}x / "
+               f"{r['runtime_ratio']:.2f}x" if r["benchmark_app_mnv3_ir"] else "n/a (not OpenVINO)")
         lines.append(f"| {r['cell']} | {r['mnv3_choice']} | {r['mnv3']:.1f} | {ba['fp32']:.1f} "
                      f"| {ba['int8']:.1f} | **{r['ratio']:.2f}x** ({lo:.2f}-{hi:.2f}) vs "
-                     f"{r['best_ir']} |")
+                     f"{r['best_ir']} | {own} |")
     return "\n".join(lines)
 
 

@@ -72,6 +72,10 @@ class InferResult:
     untrained: str | None = None
     engine: str = "python"  # or "cpp", "ray" (there workers counts model actors, not threads)
     decode: str = "exact"  # or "fast" (mnv3.data.fast_decode: other pixels, measured top-1)
+    # --shard K/N: which slice of which image list this run took (mnv3.shards.take_shard)
+    shard: dict | None = None
+    # mnv3 merge: the shards merged (their folders, slices and speeds); seconds above are summed
+    shards: list | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +86,8 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
           workers: int | None = None, strict: bool = False, save_images: bool = False,
           class_names: list[str] | None = None, progress: bool = True,
           engine: str = "python", address: str | None = None,
-          threads_per_worker: int | None = None, decode: str | None = None) -> InferResult:
+          threads_per_worker: int | None = None, decode: str | None = None,
+          shard=None) -> InferResult:
     """Predict every sample with ``model`` (a Session from ``mnv3.load`` or a model folder).
 
     ``image_num`` keeps the first N samples; ``strict`` makes an undecodable image an error
@@ -93,6 +98,8 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
     engine threads (``mnv3.ray_engine``). ``decode="fast"`` decodes by
     ``mnv3.data.fast_decode`` (python engine only; recorded in infer.json); the default is
     what ``mnv3 tune`` chose for the model (``fast_decode.tuned_decode``), else ``exact``.
+    ``shard="K/N"`` runs only the K-th of N contiguous slices of the images, named as in the
+    whole run, for ``mnv3.shards.merge`` to join with the others (``mnv3.shards``).
     """
     if decode is not None and check_decode(decode) != "exact" and engine != "python":
         raise UsageError(f"decode {decode!r} is for the python engine; the {engine} engine "
@@ -103,14 +110,13 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
         return infer_ray(model, samples, output_dir, batch_size=batch_size, image_num=image_num,
                          workers=workers, strict=strict, save_images=save_images,
                          class_names=class_names, progress=progress, address=address,
-                         threads_per_worker=threads_per_worker)
+                         threads_per_worker=threads_per_worker, shard=shard)
     if engine != "python":
         raise UsageError(f"engine must be 'python' or 'ray', got {shown(engine)}")
     session, owned = _open(model)
     try:
         meta = session.meta
-        samples = _select(samples, image_num)
-        _check_labels(samples, meta.num_classes)
+        samples, names, record = select_samples(samples, image_num, meta, shard)
         bs = int(batch_size or meta.default_batch)
         decode = decode or tuned_decode(meta)
         loader = iter_batches(samples, meta.preprocess, bs, workers=workers, strict=strict,
@@ -119,7 +125,7 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
         return write_predictions(_LocalPredictions(session, loader), samples, meta, output_dir,
                                  class_names=class_names, batch_size=bs,
                                  save_images=save_images, progress=progress, label=label,
-                                 decode=decode)
+                                 decode=decode, names=names, shard=record)
     finally:
         if owned:
             session.close()
@@ -175,14 +181,29 @@ class _LocalPredictions:
                     self._busy += time.perf_counter() - self._since
 
 
+def select_samples(samples: Sequence[Sample], image_num: int | None, meta, shard
+                   ) -> tuple[list[Sample], dict, dict | None]:
+    """(the samples to run, every sample's display name, the shard record or None): the first
+    ``image_num``, labels checked, then the shard's slice, named as the whole list names them."""
+    from mnv3.shards import take_shard
+
+    samples = _select(samples, image_num)
+    _check_labels(samples, meta.num_classes)
+    names = _display_names(samples)
+    samples, record = take_shard(samples, names, shard, meta.compiled_sha256)
+    return samples, names, record
+
+
 def write_predictions(predictions, samples: list[Sample], meta, output_dir, *,
                       class_names: list[str] | None, batch_size: int, save_images: bool,
                       progress: bool, label: str, engine: str = "python",
-                      decode: str = "exact") -> InferResult:
+                      decode: str = "exact", names: dict | None = None,
+                      shard: dict | None = None) -> InferResult:
     """Drive ``predictions`` (iterable of ``(samples, logits, engine_seconds)`` in sample order,
     with ``.skipped`` and ``.workers``) into the result files of ``output_dir``: the one driver
-    loop of every engine, so all write the same files the same way."""
-    names = _display_names(samples)
+    loop of every engine, so all write the same files the same way. ``names``: the display
+    names (default: computed from ``samples``); ``shard``: infer.json's shard record."""
+    names = names or _display_names(samples)
     class_names = class_names or meta.class_names or _imagenet_names(meta.num_classes)
     out = Path(output_dir)
     with output_folder(out):
@@ -192,7 +213,7 @@ def write_predictions(predictions, samples: list[Sample], meta, output_dir, *,
             result = _predict_all(predictions, writer, copies, len(samples), names, out,
                                   batch_size=batch_size, progress=progress, label=label)
             result.untrained, result.engine = untrained_note(meta), engine
-            result.decode = decode
+            result.decode, result.shard = decode, shard
             writer.commit(result.skipped_files, result.to_dict(), result.top1, result.top5)
             if copies is not None:
                 copies.publish()

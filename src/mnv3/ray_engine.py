@@ -45,10 +45,10 @@ def infer_ray(model, samples, output_dir, *, batch_size: int | None = None,
               image_num: int | None = None, workers: int | None = None, strict: bool = False,
               save_images: bool = False, class_names: list[str] | None = None,
               progress: bool = False, address: str | None = None,
-              threads_per_worker: int | None = None):
+              threads_per_worker: int | None = None, shard=None):
     """``mnv3.infer(..., engine="ray")``: see the module docstring. Returns an InferResult."""
     from mnv3.backends import load
-    from mnv3.inference import _check_labels, _select, write_predictions
+    from mnv3.inference import select_samples, write_predictions
 
     if not isinstance(model, (str, os.PathLike)):
         raise UsageError("engine='ray' needs the model folder (its actors load it), not a "
@@ -58,8 +58,7 @@ def infer_ray(model, samples, output_dir, *, batch_size: int | None = None,
     model_dir = Path(model)
     with load(model_dir, threads=1) as session:  # the driver's check: a clear error, early
         meta = session.meta
-    samples = _select(samples, image_num)
-    _check_labels(samples, meta.num_classes)
+    samples, names, record = select_samples(samples, image_num, meta, shard)
     bs = int(batch_size or meta.default_batch)
     with ray_cluster(address, cpus_needed=workers * threads) as ray:
         predictions = RayPredictions(ray, samples, meta, _pack_model(model_dir), batch_size=bs,
@@ -67,7 +66,8 @@ def infer_ray(model, samples, output_dir, *, batch_size: int | None = None,
         return write_predictions(predictions, samples, meta, output_dir,
                                  class_names=class_names, batch_size=bs,
                                  save_images=save_images, progress=progress,
-                                 label=str(model_dir), engine="ray")
+                                 label=str(model_dir), engine="ray", names=names,
+                                 shard=record)
 
 
 def _positive(value: int | None, flag: str, default: int) -> int:

@@ -67,6 +67,20 @@ def test_ray_writes_the_local_files_byte_for_byte(cluster, tiny, images, tmp_pat
     assert not [p for p in (tmp_path / "ray").iterdir() if p.name.startswith(".")]
 
 
+def test_a_ray_shard_and_a_local_shard_merge_into_the_local_run(cluster, tiny, images,
+                                                               tmp_path):
+    """--shard on two drivers, one of them on Ray: mnv3 merge gives the one run's files."""
+    from mnv3.shards import merge
+
+    samples = load_dataset(images, None, None, num_classes=10)
+    infer(tiny["model"], samples, tmp_path / "local", progress=False)
+    infer(tiny["model"], samples, tmp_path / "s1", engine="ray", workers=2, shard="1/2",
+          progress=False)
+    infer(tiny["model"], samples, tmp_path / "s2", shard="2/2", progress=False)
+    merge([tmp_path / "s1", tmp_path / "s2"], tmp_path / "all")
+    assert _files(tmp_path / "all") == _files(tmp_path / "local")
+
+
 def test_killed_actor_is_retried_and_results_are_complete(cluster, tiny, tmp_path,
                                                           monkeypatch):
     """SIGKILL one model actor's process at the first results: Ray restarts it and retries

@@ -23,6 +23,9 @@ it once with 'mnv3 build-cpp'): same flags, same result files.
 --engine ray runs on a Ray cluster (pip install "mnv3[ray]"): Ray Data decodes in map tasks and
 --workers actors run the model (--threads-per-worker engine threads each); --address local (the
 default) starts a cluster on this machine, auto or host:port joins one. Same result files.
+--shard K/N runs only the K-th of N contiguous slices of the images (python or ray engine), so
+N machines or clusters can share one run; 'mnv3 merge' then joins their output folders into
+the files one run writes.
 
 examples:
   mnv3 infer --model data/models/force_float32_false_8 --output-dir out/demo
@@ -32,6 +35,9 @@ examples:
       --label-file val/labels.txt --output-dir out/val --image-num 500 --json out/val.json
   mnv3 infer --model data/models/force_float32_false_8 --engine ray --workers 2 \\
       --dataset ../shared/datasets/imagenet-sample-500 --output-dir out/ray
+  mnv3 infer --model data/models/force_float32_false_8 --shard 1/2 --output-dir out/s1
+  mnv3 infer --model data/models/force_float32_false_8 --shard 2/2 --output-dir out/s2
+  mnv3 merge out/s1 out/s2 --output-dir out/all
 """
 
 from __future__ import annotations
@@ -82,6 +88,9 @@ def add_parser(sub):
                    "decoded at 1/2-1/8 scale where at least twice the resize target and one "
                    "resize to the crop (other pixels; its top-1 agreement is in the README); "
                    "recorded in infer.json")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="only the K-th of N contiguous slices of the images (after "
+                   "--image-num), for 'mnv3 merge' to join with the other shards' folders")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", default=None, metavar="F",
                    help="also write the summary as JSON ('-' = stdout)")
@@ -112,16 +121,24 @@ def run(args) -> int:
             raise UsageError(f"{flag} must be at least 1, got {value}")
     if args.engine != "ray" and (args.address or args.threads_per_worker):
         raise UsageError("--address and --threads-per-worker are options of --engine ray")
+    extra = {}
+    if args.shard is not None:
+        from mnv3.shards import Shard
+
+        if args.engine == "cpp":
+            raise UsageError("--shard runs with --engine python or ray (the cpp engine writes "
+                             "no infer.json for 'mnv3 merge' to check)")
+        extra["shard"] = Shard.parse(args.shard)
     say = human_print(args.json)
-    model, extra = None, {}
+    model = None
     if args.engine == "cpp":  # the same dataset handling; the native program runs the model
         from mnv3.cpp_engine import CppModel, infer_cpp as infer  # noqa: F811
 
         session = CppModel(args.model, threads=args.threads)
     elif args.engine == "ray":  # checked here once (its meta reads the labels); actors load it
         session, model = load(args.model, threads=1), args.model
-        extra = {"engine": "ray", "address": args.address,
-                 "threads_per_worker": args.threads_per_worker}
+        extra.update(engine="ray", address=args.address,
+                     threads_per_worker=args.threads_per_worker)
     else:
         session = load(args.model, threads=args.threads, spin=False)  # decoding needs the CPU too
         if session.in_flight > 1:
@@ -173,6 +190,11 @@ def summary_lines(r) -> list[str]:
         workers += f", --decode {r.decode}: approximate pixels, see README for its agreement"
     lines = [f"images: {r.processed} predicted, {r.skipped} skipped "
              f"(of {r.images}; batch {r.batch_size}, {workers})"]
+    shard = getattr(r, "shard", None)
+    if shard:
+        lines.append(f"shard {shard['index']}/{shard['count']}: images {shard['first'] + 1}-"
+                     f"{shard['first'] + shard['images']} of {shard['total']}; join the shards "
+                     "with 'mnv3 merge'")
     if r.skipped:
         lines.append(f"skipped (could not decode), listed in {r.output_dir}/skipped.txt:")
         lines += [f"  {name}: {reason}" for name, reason in r.skipped_files[:5]]

@@ -19,13 +19,14 @@ from mnv3.errors import Interrupted, Mnv3Error, Mnv3Warning
 
 # The pipeline, in order.
 SUBCOMMANDS = ("export", "build", "infer", "eval", "bench", "run", "tune", "compare", "verify",
-               "build-cpp", "serve")
+               "build-cpp", "serve", "merge")
 
 EPILOG = """\
 stages:  export -> build -> infer / eval -> bench;  'run' does them all.
 tuning:  tune (the fastest engine, precision and settings here, within an accuracy budget)
 checks:  compare (two builds, layer by layer), verify (a model's accuracy on this CPU)
 serving: serve (an HTTP service, local or on Ray Serve); bench --serve URL (its load test)
+scale:   infer --engine ray (a Ray cluster); infer --shard K/N on N drivers, then merge
 example: mnv3 run                      # the whole pipeline on the bundled demo images
          mnv3 <command> --help         # each command's flags, with an example
 
