@@ -69,3 +69,10 @@ def build_model(onnx_path, quant_mode: str, batch: int, out_dir, mutable: bool =
         build(onnx_path, target, quant_mode=quant_mode, shape_mutable=mutable, batch_size=batch,
               calib_dir=calib_dir, options={"progress": False, **SPEED_ONLY})
     return target
+
+
+def venv_tool(name: str) -> str:
+    """This environment's console script (mnv3, benchmark_app, ovc), found without an
+    activated venv; else the one on PATH."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.is_file() else name

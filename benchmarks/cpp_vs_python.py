@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import export_fp32, interleave, median  # noqa: E402
+from _common import export_fp32, interleave, median, venv_tool  # noqa: E402
 
 from mnv3.cpp_engine import build_cpp  # noqa: E402
 from mnv3.meta import read_meta  # noqa: E402
@@ -76,7 +76,7 @@ def build_models(work: Path, names: list[str]) -> dict[str, Path]:
             else:
                 _, onnx = export_fp32("mobilenetv3-small", out_dir=work)
                 norm = []
-            subprocess.run(["mnv3", "build", "--onnx", str(onnx), "--backend", "openvino",
+            subprocess.run([venv_tool("mnv3"), "build", "--onnx", str(onnx), "--backend", "openvino",
                             "--quant-mode", "force_float32", "--shape-mutable", "false",
                             "--batch-size", "8", "--output", str(target), "--no-progress",
                             *norm], check=True, stdout=subprocess.DEVNULL)
@@ -96,7 +96,7 @@ def children_cpu() -> float:
 
 def run_py(model: Path, out: Path, threads: int) -> dict:
     t0, c0 = time.perf_counter(), children_cpu()
-    proc = subprocess.run(["mnv3", "infer", "--model", str(model), *data_args(), "--output-dir",
+    proc = subprocess.run([venv_tool("mnv3"), "infer", "--model", str(model), *data_args(), "--output-dir",
                            str(out), "--threads", str(threads), "--json", "-", "--no-progress"],
                           check=True, capture_output=True, text=True)
     d = json.loads(proc.stdout)
@@ -119,7 +119,7 @@ def run_cpp(binary: Path, model: Path, out: Path, threads: int, streams: int | N
 
 
 def run_bench(model: Path, threads: int, streams: int, seconds: float) -> dict:
-    proc = subprocess.run(["mnv3", "bench", "--model", str(model), "--threads", str(threads),
+    proc = subprocess.run([venv_tool("mnv3"), "bench", "--model", str(model), "--threads", str(threads),
                            "--streams", str(streams), "--duration", f"{seconds:g}", "--json",
                            "-"], check=True, capture_output=True, text=True)
     ips = json.loads(proc.stdout)["throughput_ips"]

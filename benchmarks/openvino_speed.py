@@ -45,7 +45,7 @@ import mnv3
 from mnv3.bench import benchmark
 from mnv3.builder import build
 
-from _common import export_fp32
+from _common import export_fp32, venv_tool
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_IMAGES = REPO.parent / "shared" / "datasets" / "imagenet-sample-500" / "images"
@@ -122,8 +122,7 @@ def run_benchmark_app_cli(model_dir: Path, config: dict, batch: int, seconds: fl
     cfg = tmp / "ov_config.json"
     keys = ("NUM_STREAMS", "INFERENCE_NUM_THREADS", "INFERENCE_PRECISION_HINT")
     cfg.write_text(json.dumps({"CPU": {k: config[k] for k in keys}}))
-    tool = Path(sys.executable).with_name("benchmark_app")  # the one this venv's openvino ships
-    cmd = [str(tool) if tool.exists() else "benchmark_app", "-m", str(model_dir / "model.xml"),
+    cmd = [venv_tool("benchmark_app"), "-m", str(model_dir / "model.xml"),
            "-d", "CPU", "-hint", "none", "-load_config", str(cfg), "-nireq", config["NUM_STREAMS"],
            "-t", str(max(1, round(seconds)))]
     done = subprocess.run(cmd, capture_output=True, text=True)

@@ -36,6 +36,9 @@ from pathlib import Path
 
 ARCHS = ("mobilenetv3-large", "mobilenetv3-small")
 OBJECTIVES = ("latency", "throughput")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import venv_tool  # noqa: E402
+
 CALIB = Path(__file__).resolve().parents[2] / "shared/datasets/imagenet-sample-500/images"
 
 
@@ -94,7 +97,6 @@ def _csv(s: str) -> list[str]:
 
 
 def _export(arch: str, work: Path) -> Path:
-    sys.path.insert(0, str(Path(__file__).parent))
     from _common import export_fp32
 
     return export_fp32(arch, out_dir=work)[1]
@@ -106,7 +108,7 @@ def _plain_irs(onnx: Path, out: Path, calib_dir: str, calib_num: int) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     fp32, int8 = out / "fp32.xml", out / "int8.xml"
     if not fp32.is_file():
-        subprocess.run([_tool("ovc"), str(onnx), "--output_model", str(fp32)], check=True,
+        subprocess.run([venv_tool("ovc"), str(onnx), "--output_model", str(fp32)], check=True,
                        stdout=subprocess.DEVNULL)
     if not int8.is_file():
         import nncf
@@ -171,19 +173,13 @@ def _run_side(cell, side: str, seconds: float) -> float:
 
 
 def _mnv3_bench(model: Path, seconds: float) -> float:
-    proc = subprocess.run([_tool("mnv3"), "bench", "--model", str(model), "--duration", f"{seconds:g}",
+    proc = subprocess.run([venv_tool("mnv3"), "bench", "--model", str(model), "--duration", f"{seconds:g}",
                            "--json", "-"], check=True, capture_output=True, text=True)
     return float(json.loads(proc.stdout)["throughput_ips"])
 
 
-def _tool(name: str) -> str:
-    """This environment's console script (found without an activated venv), else PATH's."""
-    here = Path(sys.executable).parent / name
-    return str(here) if here.is_file() else name
-
-
 def _benchmark_app(xml: Path, batch: int, objective: str, seconds: float) -> float:
-    proc = subprocess.run([_tool("benchmark_app"), "-m", str(xml), "-d", "CPU", "-hint", objective,
+    proc = subprocess.run([venv_tool("benchmark_app"), "-m", str(xml), "-d", "CPU", "-hint", objective,
                            "-shape", f"[{batch},3,224,224]", "-t", f"{seconds:g}"],
                           check=True, capture_output=True, text=True)
     fps = re.search(r"Throughput:\s+([\d.]+) FPS", proc.stdout)

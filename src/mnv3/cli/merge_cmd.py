@@ -6,6 +6,7 @@ accuracy is recomputed over all shards into eval_result.txt. Shards of different
 image list, model or --decode), a missing or repeated shard, or a folder that is not a shard
 are refused before anything is written (exit code 3). infer.json lists the shards with their
 own speeds; its seconds are the shards' summed (driver time, not the wall time of the whole).
+Annotated copies (--save-images) stay in each shard's images/ folder.
 
 example:
   mnv3 infer --model data/models/force_float32_false_8 --shard 1/2 --output-dir out/s1
