@@ -18,12 +18,19 @@ stage (one-call resize then crop; per-pixel float arithmetic), which gives the s
 (``mnv3.data.fast_decode``: JPEGs decoded at 1/2-1/8 scale where at least twice the resize
 target, one resize to the crop; its top-1 cost: benchmarks/fast_decode_lite0.py).
 
+--splits 1x2 also measures the engine split into S streams of T threads (``mnv3.load(dir,
+threads=T, streams=S)``, what ``mnv3 tune`` records for throughput): engine only with S
+concurrent callers (``mnv3.benchmark``), end to end with S batches in flight (``mnv3.infer``
+keeps ``session.in_flight`` batches in the engine). One-thread streams do not wait for a
+thread that a decode thread has taken off its core, as a 2-thread stream does.
+
 With --no-spin the same runs are repeated on a second ORT session whose intra-op threads do not
 spin-wait (``mnv3.load(..., spin=False)``, ORT's ``session.intra_op.allow_spinning=0``):
 spinning threads burn the CPU time that the decode threads need. ``mnv3 infer`` opens its
 sessions this way; ``mnv3 bench`` keeps ORT's default (spinning), best for engine-only speed.
 
     python benchmarks/infer_speed.py [--images N] [--rounds R] [--workers 1,2] [--threads T]
+        [--decodes exact,fast] [--splits 1x2] [--no-spin]
 
 Images: ../shared/datasets/imagenet-sample-500 when present (first --images of them), else the
 bundled demo set.
@@ -58,6 +65,12 @@ def samples(n: int):
 
 
 def engine_only(session, x, n_images: int) -> float:
+    if session.in_flight > 1:  # S callers, as mnv3 bench runs S streams
+        from mnv3.bench import benchmark
+
+        return benchmark(session, batch=BATCH, streams=session.in_flight,
+                         threads=getattr(session, "threads", None),
+                         duration=max(1.0, n_images / 200)).throughput_ips
     for _ in range(2):
         session.run(x)  # warm
     calls = max(1, n_images // BATCH)
@@ -131,6 +144,8 @@ def main() -> int:
     ap.add_argument("--arch", default="mobilenetv3-large")
     ap.add_argument("--decodes", default="exact",
                     help="decode paths for decode only / end to end, e.g. exact,fast")
+    ap.add_argument("--splits", default="", metavar="TxS,...",
+                    help="also run the engine as S streams of T threads each, e.g. 1x2")
     ap.add_argument("--no-spin", action="store_true",
                     help="also measure an ORT session without spin-waiting threads")
     args = ap.parse_args()
@@ -147,6 +162,11 @@ def main() -> int:
     sessions = {"": session}
     if args.no_spin:
         sessions[" no-spin"] = mnv3.load(work / "model", threads=args.threads, spin=False)
+    for split in filter(None, args.splits.split(",")):
+        t, s_ = (int(v) for v in split.lower().split("x"))
+        for tag, spin in (("", True), *([(" no-spin", False)] if args.no_spin else [])):
+            sess = mnv3.load(work / "model", threads=t, streams=s_, spin=spin)
+            sessions[f" {t}x{s_}{tag}"] = sess
     configs = {}
     for tag, sess in sessions.items():
         configs[f"engine only{tag}"] = (sess, None)
