@@ -11,6 +11,8 @@ Target: qint8 not slower than force_float32 at batch 1 and 8 (ratio >= 1.0); aim
     python benchmarks/int8_speed.py --modes force_float32,qint8_mixed_float32,force_float16
     python benchmarks/int8_speed.py --arch mobilenetv3-small --rounds 9 --json speed.json
     python benchmarks/int8_speed.py --variant 'first3={"float_first": 3}'   # an int8 recipe
+    python benchmarks/int8_speed.py --backend openvino --arch mobilenetv3-small \
+        --variant 'matmul8={"ignored_types": []}'    # OpenVINO's classifier in int8 too
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from pathlib import Path
 import mnv3
 import mnv3.meta
 from mnv3.bench import benchmark
+from mnv3.sysinfo import isa_label
 
 DEFAULT_MODES = "force_float32,qint8_mixed_float32"
 
 
-def build_all(arch: str, out: Path, modes, batches, variants: dict) -> dict[tuple, Path]:
+def build_all(arch: str, out: Path, modes, batches, variants: dict,
+              backend: str = "onnxruntime") -> dict[tuple, Path]:
     """Builds per (label, batch); a label is a mode, or a variant name = qint8_mixed_float32
     built with that variant's options."""
     from mnv3.export import export_onnx
@@ -46,7 +50,7 @@ def build_all(arch: str, out: Path, modes, batches, variants: dict) -> dict[tupl
             d = out / f"{label}_false_{b}".replace(" ", "_")
             # calibration: the bundled demo images (ranges only; accuracy is not measured here)
             mnv3.build(onnx_path, d, quant_mode=mode, shape_mutable=False, batch_size=b,
-                       preprocess=model.preprocess,
+                       preprocess=model.preprocess, backend=backend,
                        # speed of the int8 recipe itself: no accuracy budget (seeded random
                        # weights), no float shipped in its place
                        options={"progress": False, "allow_below_budget": True,
@@ -102,6 +106,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="mobilenetv3-large")
     ap.add_argument("--modes", default=DEFAULT_MODES)
+    ap.add_argument("--backend", default="onnxruntime", help="the engine every mode is built for")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=7)
@@ -118,11 +123,11 @@ def main() -> int:
     batches = [int(b) for b in args.batches.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    dirs = build_all(args.arch, args.out, modes, batches, variants)
+    dirs = build_all(args.arch, args.out, modes, batches, variants, args.backend)
     print(f"built {len(dirs)} models in {time.perf_counter() - t:.0f} s")
     rows = []
-    print(f"\n{args.arch}, ONNX Runtime {mnv3.load(next(iter(dirs.values()))).meta.backend_version}"
-          f" CPU, fixed batch, {args.rounds} interleaved rounds of {args.seconds} s per mode; "
+    meta = mnv3.meta.read_meta(next(iter(dirs.values())))
+    print(f"\n{args.arch}, {meta.backend} {meta.backend_version} CPU ({isa_label()}), fixed batch, {args.rounds} interleaved rounds of {args.seconds} s per mode; "
           f"median images/s (ratio to {base})")
     for threads in [int(t) for t in args.threads.split(",")]:
         for b in batches:

@@ -101,6 +101,41 @@ def test_one_source_is_required(tmp_path):
         t.tune(out=tmp_path, **FAST)
 
 
+def test_an_engine_that_compiles_the_network_is_tuned_only_when_asked(tiny, tmp_path,
+                                                                       monkeypatch):
+    """torch compiles the PyTorch network (minutes a build on a small CPU), which an ONNX
+    file cannot give back: not a default candidate (and said), refused up front for --onnx,
+    and given the checkpoint as its source when asked for with --weights."""
+    from mnv3 import backends as be
+    from mnv3 import tune_build
+
+    if "torch" not in be.list_backends(available_only=True):
+        pytest.skip("the torch backend is not available here")
+    chosen, why = t._backends(None, have_network=True)
+    assert "torch" not in chosen and "onnxruntime" in chosen
+    assert why == ["torch: not tuned by default (it compiles the PyTorch network, minutes per "
+                   "build); ask for it with --backends and --weights"]
+    with pytest.raises(UsageError, match="--backends torch compiles the PyTorch network"):
+        t.tune(tiny.onnx, out=tmp_path / "o", **{**FAST, "backends": ["onnxruntime", "torch"]})
+    assert not (tmp_path / "o" / "models").exists()
+
+    from ckpt_factory import write_checkpoint
+
+    ckpt = tmp_path / "small.pth"
+    write_checkpoint(ckpt, num_classes=10)
+    sources = []
+
+    def fake_build(c, *args):
+        sources.append((c.backend, args[-1]))
+        c.status, c.why = "failed", "not built here"
+
+    monkeypatch.setattr(tune_build, "build_candidate", fake_build)
+    t.tune(weights=ckpt, batch_sizes=(1,), quant_modes=["force_float32"], out=tmp_path / "w",
+           **{**FAST, "backends": ["torch"], "decode_check": False})
+    assert sources and all(b == "torch" and s["weights_path"] == str(ckpt.resolve())
+                           for b, s in sources)
+
+
 # ----------------------------------------------------------------------------- the run
 def _measured(report, batch, objective):
     return [(c, s) for c in report.candidates if c.batch == batch for s in c.settings

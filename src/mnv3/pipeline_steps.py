@@ -37,6 +37,11 @@ class Source:
     weights: str | None = None  # the checkpoint (a torch build compiles the network from it)
 
     @property
+    def record(self) -> dict:
+        """What a build records as its source, and what the torch backend compiles."""
+        return {**self.key, **({"weights_path": self.weights} if self.weights else {})}
+
+    @property
     def tag(self) -> str:
         k = self.key
         who = f"seed{RANDOM_SEED}" if self.untrained else k["weights_sha256"][:12]
@@ -127,8 +132,7 @@ def build_or_reuse(onnx_path: Path, target: Path, request, src: Source,
             "below_budget_reason": "the network is untrained (random weights)",
             **request.options})
     t0 = time.perf_counter()
-    source = {**src.key, **({"weights_path": src.weights} if src.weights else {})}
-    build_from_request(onnx_path, request, target, source=source, force=True)
+    build_from_request(onnx_path, request, target, source=src.record, force=True)
     return target, False, time.perf_counter() - t0, replaced
 
 
@@ -249,7 +253,8 @@ def tuned_rows(onnx_path: Path, plan: dict, src: Source, calib: Path, calib_num:
                   objective="throughput", calib_dir=calib, calib_num=calib_num,
                   preprocess=src.preprocess, out=out / "tune", time_budget_s=budget_s,
                   build_options=build_options, progress=False,
-                  decode_check=False)  # run's rows time the engine: no decode choice to make
+                  decode_check=False,  # run's rows time the engine: no decode choice to make
+                  network_source=src.record)
     rows = []
     for batch in plan["batches"]:
         win = report.winners.get(f"throughput_b{batch}")

@@ -135,7 +135,7 @@ def tune(onnx=None, *, weights=None, batch_sizes=TUNE_BATCH_SIZES, backends=None
          time_budget_s: float = TUNE_TIME_BUDGET_S, rounds: int = TUNE_ROUNDS,
          slice_s: float = TUNE_SLICE_S, build_options: dict | None = None,
          shapes=SHAPES, decode_check: bool = True, progress: bool = True,
-         seed: int = 0) -> TuneReport:
+         seed: int = 0, network_source: dict | None = None) -> TuneReport:
     """Build, measure and choose the fastest deployment within the accuracy budget.
 
     Give ``onnx`` (a float32 ONNX classifier) or ``weights`` (a checkpoint, exported on the
@@ -149,8 +149,10 @@ def tune(onnx=None, *, weights=None, batch_sizes=TUNE_BATCH_SIZES, backends=None
     Writes ``out/models/...``, ``out/tuned/<objective>_b<B>`` (the winners, runtime settings
     in meta.json extra["tuned"]), ``out/tune.md``, ``out/tune.json`` and ``out/tune.png``;
     returns the report. ``build_options`` go to every ``mnv3.build`` (e.g. ``fidelity_num``).
+    ``network_source``: where ``onnx`` came from (``mnv3 run`` passes its checkpoint or seeded
+    network), for a backend that compiles the network itself (torch): such a backend is tuned
+    only when asked for in ``backends`` and given ``weights`` or this.
     """
-    from mnv3.backends import list_backends
     from mnv3.gate import Budget
     from mnv3.sysinfo import int8_isa, system_info
     from mnv3.tune_build import build_all
@@ -158,7 +160,7 @@ def tune(onnx=None, *, weights=None, batch_sizes=TUNE_BATCH_SIZES, backends=None
     from mnv3.tune_decode import SHARE as DECODE_SHARE
     from mnv3.tune_measure import measure_batch
 
-    backends = list(backends or list_backends(available_only=True))
+    backends, left_out = _backends(backends, weights is not None or network_source is not None)
     _check(objective, batch_sizes, time_budget_s, backends, shapes)
     budget = Budget.from_options({"min_agreement": min_agreement, "max_drop": max_drop,
                                   **({} if min_cosine is None else {"min_cosine": min_cosine})})
@@ -167,15 +169,17 @@ def tune(onnx=None, *, weights=None, batch_sizes=TUNE_BATCH_SIZES, backends=None
     from mnv3.tune_plot import preload
 
     preload()  # the plot's import, off the end of the run
-    onnx, preprocess, untrained = _source(onnx, weights, preprocess, out, progress)
+    onnx, preprocess, untrained, source = _source(onnx, weights, preprocess, out, progress)
+    source = source or network_source
     report = TuneReport(objective, [int(b) for b in batch_sizes], budget.to_dict(),
                         float(time_budget_s), system_info(), int8_isa(), source=str(onnx),
                         slice_s=slice_s, untrained=untrained)
+    report.skipped += left_out
     report.candidates = plan(backends, report.batch_sizes, quant_modes, shapes)
     options = {"progress": False, "speed_check": False, **(build_options or {}),
                "min_agreement": budget.min_agreement, "min_cosine": budget.min_cosine}
     build_all(report.candidates, onnx, out, preprocess, calib_dir, calib_num, options,
-              untrained, clock, report, progress)
+              untrained, clock, report, progress, source)
     cores = int(report.system.get("cores", {}).get("usable") or 1)
     fields = {b: [c for c in report.candidates if c.batch == b and c.status == "built"]
               for b in report.batch_sizes}
@@ -209,8 +213,30 @@ def _decode_check(enabled, calib_dir, calib_num, clock, fields, report, progress
     return DecodeCheck(files, where, clock, winners, report, progress)
 
 
+def _backends(asked, have_network: bool) -> tuple[list[str], list[str]]:
+    """(the backends to tune, why others were left out). By default every installed engine
+    that builds from the ONNX file; one that compiles the PyTorch network (torch: minutes per
+    build on a small CPU) only when asked for, and then it needs the checkpoint."""
+    from mnv3.backends import capabilities, list_backends
+
+    if asked:
+        needs = [b for b in asked if capabilities(b).from_network]
+        if needs and not have_network:
+            raise UsageError(f"--backends {','.join(needs)} compiles the PyTorch network, which "
+                             "an ONNX file cannot give back: tune from the checkpoint with "
+                             "--weights CKPT, or drop it from --backends")
+        return list(asked), []
+    found = list_backends(available_only=True)
+    network = [b for b in found if capabilities(b).from_network]
+    return [b for b in found if b not in network], [
+        f"{b}: not tuned by default (it compiles the PyTorch network, minutes per build); "
+        "ask for it with --backends and --weights" for b in network]
+
+
 def _source(onnx, weights, preprocess, out: Path, progress: bool):
-    """(onnx path, preprocessing, untrained?) from --onnx or --weights (exported once)."""
+    """(onnx path, preprocessing, untrained?, the source a build records) from --onnx or
+    --weights (exported once); the source names the checkpoint, which the torch backend
+    compiles (None for an ONNX file)."""
     if (onnx is None) == (weights is None):
         raise UsageError("give the network as onnx=FILE (--onnx) or weights=CKPT (--weights), "
                          "one of them")
@@ -221,13 +247,13 @@ def _source(onnx, weights, preprocess, out: Path, progress: bool):
         if not path.is_file():
             raise UsageError(f"--onnx {path}: no such file; export one with 'mnv3 export'")
         untrained = bool(provenance.source_fields(path).get("untrained"))
-        return path, preprocess or PreprocessCfg(), untrained
+        return path, preprocess or PreprocessCfg(), untrained, None
     from mnv3.pipeline_steps import export_or_reuse, open_source
 
     src = open_source(weights, "auto", "auto", None)
     say(progress, f"exporting {weights} to ONNX")
     path, _ = export_or_reuse(src, out / "onnx")
-    return path, preprocess or src.preprocess, src.untrained
+    return path, preprocess or src.preprocess, src.untrained, src.record
 
 
 def load_report(path) -> dict[str, Any]:

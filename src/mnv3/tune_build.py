@@ -26,7 +26,7 @@ UNSEEN_FACTOR_OTHERS = 2.0
 
 
 def build_all(candidates, onnx, out, preprocess, calib_dir, calib_num, options, untrained,
-              clock, report, progress) -> None:
+              clock, report, progress, source=None) -> None:
     """Build every candidate in plan order. The shape-mutable candidates of one (backend,
     mode) share one build, made for the first of them: it serves every batch size. Once an
     engine's float32 build failed (not refused), its other candidates are not tried."""
@@ -40,7 +40,7 @@ def build_all(candidates, onnx, out, preprocess, calib_dir, calib_num, options, 
             c.status, c.why = "failed", f"not built: {broken[c.backend].name} failed"
         else:
             build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options, untrained,
-                            clock, report, progress)
+                            clock, report, progress, source)
             if c.status == "failed" and QuantMode.parse(c.quant_mode).is_reference:
                 broken[c.backend] = c
 
@@ -83,9 +83,10 @@ def _wont_fit(c, clock, report) -> str | None:
 
 
 def build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
-                    untrained, clock, report, progress) -> None:
+                    untrained, clock, report, progress, source=None) -> None:
     """Build candidate ``c`` (or reuse it) into ``out/models/<backend>/<name>``; sets its
-    status (built / refused / failed / skipped) and why."""
+    status (built / refused / failed / skipped) and why. ``source``: the checkpoint the ONNX
+    file was exported from (what the torch backend compiles), as ``mnv3 run`` passes it."""
     from mnv3.build_request import BuildRequest
     from mnv3.builder import build_from_request
 
@@ -113,7 +114,7 @@ def build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
         return
     say(progress, f"building {c.name} ({clock.elapsed():.0f} s of {clock.budget:.0f} s)")
     try:
-        meta = build_from_request(onnx, request, target, force=True)
+        meta = build_from_request(onnx, request, target, force=True, source=source)
     except BuildError as e:  # the budget (or the engine) refused it: a candidate that lost
         c.status, c.why = "refused", f"build refused: {e}"
     except Mnv3Error as e:

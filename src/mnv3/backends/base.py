@@ -36,6 +36,8 @@ class Capabilities:
     cpp: bool = False
     # Where its models run: "cpu" and/or "cuda" (the kind of a build's --device)
     devices: tuple[str, ...] = ("cpu",)
+    # Compiles the PyTorch network (a checkpoint, or mnv3 run's seeded one), not the ONNX file
+    from_network: bool = False
 
     def builds(self, mode: QuantMode) -> bool:
         return mode in self.modes

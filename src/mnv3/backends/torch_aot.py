@@ -257,7 +257,8 @@ class TorchAotBackend(Backend):
     name = "torch"
     capabilities = Capabilities(
         modes=(QuantMode.FLOAT32, QuantMode.FLOAT16, QuantMode.BFLOAT16),
-        distribution="torch", install_hint="pip install torch", devices=("cpu", "cuda"))
+        distribution="torch", install_hint="pip install torch", devices=("cpu", "cuda"),
+        from_network=True)
 
     @classmethod
     def missing(cls) -> str | None:

@@ -57,7 +57,9 @@ def add_parser(sub):
                    help="batch shapes to build: fixed (one build per batch size) and/or "
                    "mutable (one build serving every batch size) (default both)")
     p.add_argument("--backends", type=str_list, default=None, metavar="B1,B2",
-                   help="default: every installed engine")
+                   help="default: every installed engine that builds from the ONNX file; "
+                   "torch (it compiles the PyTorch network, minutes a build) only when named "
+                   "here, with --weights")
     p.add_argument("--quant-modes", type=str_list, default=None, metavar="M1,M2",
                    help="default: force_float32, qint8_mixed_float32, and force_bfloat16 on "
                    "OpenVINO where the CPU has bf16")
