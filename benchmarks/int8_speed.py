@@ -33,13 +33,13 @@ DEFAULT_MODES = "force_float32,qint8_mixed_float32"
 
 
 def build_all(arch: str, out: Path, modes, batches, variants: dict,
-              backend: str = "onnxruntime") -> dict[tuple, Path]:
+              backend: str = "onnxruntime", layout: str = "torchvision") -> dict[tuple, Path]:
     """Builds per (label, batch); a label is a mode, or a variant name = qint8_mixed_float32
     built with that variant's options."""
     from mnv3.export import export_onnx
     from mnv3.models import create_model
 
-    model = create_model(arch, "torchvision", seed=0)
+    model = create_model(arch, layout, seed=0)
     onnx_path = out / f"{arch}.onnx"
     export_onnx(model, onnx_path, dynamic_batch=True)
     dirs = {}
@@ -107,6 +107,9 @@ def main() -> int:
     ap.add_argument("--arch", default="mobilenetv3-large")
     ap.add_argument("--modes", default=DEFAULT_MODES)
     ap.add_argument("--backend", default="onnxruntime", help="the engine every mode is built for")
+    ap.add_argument("--layout", default="torchvision",
+                    help="the network's layout: torchvision (SE blocks as 1x1 convolutions) or "
+                    "seed (kuan-wang's, SE blocks as Linear layers, i.e. MatMul)")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=7)
@@ -123,11 +126,11 @@ def main() -> int:
     batches = [int(b) for b in args.batches.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    dirs = build_all(args.arch, args.out, modes, batches, variants, args.backend)
+    dirs = build_all(args.arch, args.out, modes, batches, variants, args.backend, args.layout)
     print(f"built {len(dirs)} models in {time.perf_counter() - t:.0f} s")
     rows = []
     meta = mnv3.meta.read_meta(next(iter(dirs.values())))
-    print(f"\n{args.arch}, {meta.backend} {meta.backend_version} CPU ({isa_label()}), fixed batch, {args.rounds} interleaved rounds of {args.seconds} s per mode; "
+    print(f"\n{args.arch} ({args.layout} layout), {meta.backend} {meta.backend_version} CPU ({isa_label()}), fixed batch, {args.rounds} interleaved rounds of {args.seconds} s per mode; "
           f"median images/s (ratio to {base})")
     for threads in [int(t) for t in args.threads.split(",")]:
         for b in batches:
