@@ -11,8 +11,8 @@ Target: qint8 not slower than force_float32 at batch 1 and 8 (ratio >= 1.0); aim
     python benchmarks/int8_speed.py --modes force_float32,qint8_mixed_float32,force_float16
     python benchmarks/int8_speed.py --arch mobilenetv3-small --rounds 9 --json speed.json
     python benchmarks/int8_speed.py --variant 'first3={"float_first": 3}'   # an int8 recipe
-    python benchmarks/int8_speed.py --backend openvino --arch mobilenetv3-small \
-        --variant 'matmul8={"ignored_types": []}'    # OpenVINO's classifier in int8 too
+    python benchmarks/int8_speed.py --backend openvino --arch mobilenetv3-small --layout seed \
+        --variant 'matmul8={"ignored_types": []}'    # OpenVINO's MatMuls (SE, classifier) int8
 """
 
 from __future__ import annotations
