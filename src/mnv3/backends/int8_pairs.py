@@ -1,8 +1,8 @@
 """Pair-safe int8 weight scales, for CPUs whose u8 x s8 multiply-add saturates (AVX2 and AVX-512
 without VNNI: ``mnv3.sysinfo.int8_saturates``).
 
-There, ONNX Runtime's int8 kernels (MLAS; OpenVINO's convolutions pair the same way)
-multiply weights k and k+1 of an output channel with two uint8 activations and sum the pair in
+There, ONNX Runtime's int8 kernels (MLAS; OpenVINO's convolutions seemed to pair the same way
+in a scratch probe, not repeated by a test) multiply weights k and k+1 of an output channel with two uint8 activations and sum the pair in
 int16 (vpmaddubsw), k running over (kernel row, kernel column, input channel) with the input
 channel fastest; depthwise convolutions accumulate in int32. Probed on ONNX Runtime 1.32
 (tests/test_quantize.py asserts it on the installed one): a pair summing to 128 or less never saturates (255 x 128 = 32640 <= 32767),
@@ -32,9 +32,3 @@ def pair_safe_scale(rows: np.ndarray) -> np.ndarray:
         a = np.pad(a, ((0, 0), (0, 1)))
     scale = (a[:, 0::2] + a[:, 1::2]).max(1) / PAIR_LIMIT
     return np.where(scale > 0, scale, 1.0).astype(np.float32)
-
-
-def quantize_rows(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Symmetric int8 weights of ``w`` (output channels on axis 0) with per-channel ``scale``."""
-    s = np.asarray(scale, np.float64).reshape((-1,) + (1,) * (w.ndim - 1))
-    return np.clip(np.rint(np.asarray(w, np.float64) / s), -127, 127).astype(np.int8)
