@@ -133,8 +133,13 @@ def test_merge_refuses_another_model(samples, two, tmp_path):
 
 def test_merge_refuses_a_shard_with_a_missing_file(two, tmp_path):
     s1, s2 = two
+    merge([s1, s2], tmp_path / "earlier")
+    before = _files(tmp_path / "earlier")
     (s2 / "results.jsonl").unlink()
     _refused([s1, s2], tmp_path / "m", "results.jsonl is missing; run that shard again")
+    with pytest.raises(DataError, match="results.jsonl is missing"):
+        merge([s1, s2], tmp_path / "earlier")
+    assert _files(tmp_path / "earlier") == before  # an earlier merge there is left whole
 
 
 def test_cli_infer_shard_then_merge(tiny_model, tmp_path, capsys):

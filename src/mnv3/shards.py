@@ -100,6 +100,7 @@ def _list_sha256(names) -> str:
 # The per-image files, concatenated in shard order (eval_labels.txt only where labels were).
 CONCATENATED = ("eval_labels.txt", "eval_result_1.txt", "eval_result_5.txt", "results.jsonl",
                 "skipped.txt")
+REQUIRED = ("eval_result_1.txt", "eval_result_5.txt", "results.jsonl")  # every shard has them
 MUST_MATCH = ("count", "total", "list_sha256", "model_sha256")
 
 
@@ -166,7 +167,8 @@ def _read_shard(folder: Path) -> tuple[Path, dict]:
 
 
 def _check_fit(shards: list[tuple[Path, dict]]) -> None:
-    """Every shard of one run exactly once, in order: refused before anything is written."""
+    """Every shard of one run exactly once, in order, with its files: refused before anything
+    is written (an output folder holding an earlier merge keeps it whole)."""
     (d0, s0), n = shards[0], shards[0][1]["shard"]["count"]
     for d, s in shards:
         for key in MUST_MATCH:
@@ -176,6 +178,9 @@ def _check_fit(shards: list[tuple[Path, dict]]) -> None:
         if s.get("decode", "exact") != s0.get("decode", "exact"):
             raise DataError(f"{shown(d)} decoded {s.get('decode')!r} and {shown(d0)} "
                             f"{s0.get('decode')!r}; run every shard with the same --decode")
+        lost = next((d / n for n in REQUIRED if not (d / n).is_file()), None)
+        if lost is not None:
+            raise DataError(f"{shown(lost)} is missing; run that shard again")
     have = [s["shard"]["index"] for _, s in shards]
     if have != list(range(1, n + 1)):
         missing = sorted(set(range(1, n + 1)) - set(have))
@@ -197,10 +202,6 @@ def _publish(out: Path, shards, result, accuracy: str | None) -> None:
     (out / "eval_result.txt").unlink(missing_ok=True)
     for name in CONCATENATED:
         parts = [d / name for d, _ in shards if (d / name).is_file()]
-        if name in ("eval_result_1.txt", "eval_result_5.txt", "results.jsonl"):
-            lost = [d for d, _ in shards if not (d / name).is_file()]
-            if lost:
-                raise DataError(f"{shown(lost[0] / name)} is missing; run that shard again")
         if not parts:
             (out / name).unlink(missing_ok=True)
             continue
