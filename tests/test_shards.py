@@ -164,3 +164,21 @@ def test_cli_infer_shard_then_merge(tiny_model, tmp_path, capsys):
     assert main([*base, "--engine", "cpp", "--shard", "1/2",
                  "--output-dir", str(tmp_path / "c")]) == 2
     assert "--shard runs with --engine python or ray" in capsys.readouterr().err
+
+
+def test_merge_says_the_model_was_below_its_budget(samples, tmp_path, capsys):
+    """As mnv3 infer does: an accuracy from a model shipped with --allow-below-budget is never
+    printed without that note."""
+    from mnv3.cli.main import main
+
+    meta = dataclasses.replace(fake_meta(batch=4),
+                               fidelity={"below_budget": ["top-1 agreement 90.0% < 99.0%"]})
+    for k in (1, 2):
+        infer(FakeSession(meta), samples, tmp_path / f"s{k}", progress=False, shard=f"{k}/2")
+    assert main(["merge", str(tmp_path / "s1"), str(tmp_path / "s2"),
+                 "--output-dir", str(tmp_path / "all")]) == 0
+    out = capsys.readouterr().out
+    assert "note: this model was built BELOW its accuracy budget (top-1 agreement 90.0% < " \
+           "99.0%)" in out
+    summary = json.loads((tmp_path / "all" / "infer.json").read_text())
+    assert all(s["below_budget"] for s in summary["shards"])

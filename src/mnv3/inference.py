@@ -190,7 +190,7 @@ def select_samples(samples: Sequence[Sample], image_num: int | None, meta, shard
     samples = _select(samples, image_num)
     _check_labels(samples, meta.num_classes)
     names = _display_names(samples)
-    samples, record = take_shard(samples, names, shard, meta.compiled_sha256)
+    samples, record = take_shard(samples, names, shard, meta)
     return samples, names, record
 
 

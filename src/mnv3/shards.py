@@ -73,12 +73,14 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
-def take_shard(samples: list, names: dict, shard, model_sha256: str | None
-               ) -> tuple[list, dict | None]:
+def take_shard(samples: list, names: dict, shard, meta) -> tuple[list, dict | None]:
     """(this shard's samples, its record for infer.json); everything, None without a shard.
 
     ``names`` are the whole list's display names (``inference._display_names``): a shard's
-    images keep them, so its lines are the unsharded run's lines."""
+    images keep them, so its lines are the unsharded run's lines. The record carries the
+    model's below-budget note, which ``merge`` repeats beside the accuracy it prints."""
+    from mnv3.provenance import below_budget_note
+
     if shard is None:
         return samples, None
     shard = Shard.parse(shard)
@@ -86,7 +88,7 @@ def take_shard(samples: list, names: dict, shard, model_sha256: str | None
     record = {"index": shard.index, "count": shard.count, "first": start,
               "images": stop - start, "total": len(samples),
               "list_sha256": _list_sha256(names[s.path] for s in samples),
-              "model_sha256": model_sha256}
+              "model_sha256": meta.compiled_sha256, "below_budget": below_budget_note(meta)}
     return samples[start:stop], record
 
 
