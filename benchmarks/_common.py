@@ -59,7 +59,7 @@ SPEED_ONLY = {"allow_below_budget": True, "speed_check": False}
 
 
 def build_model(onnx_path, quant_mode: str, batch: int, out_dir, mutable: bool = False,
-                calib_dir=None):
+                calib_dir=None, backend: str = "onnxruntime"):
     """A built mnv3 model directory (an existing one is reused: scripts can be rerun)."""
     from mnv3.builder import build
     from mnv3.meta import model_dir_name
@@ -67,7 +67,7 @@ def build_model(onnx_path, quant_mode: str, batch: int, out_dir, mutable: bool =
     target = Path(out_dir) / model_dir_name(quant_mode, mutable, batch)
     if not (target / "meta.json").is_file():
         build(onnx_path, target, quant_mode=quant_mode, shape_mutable=mutable, batch_size=batch,
-              calib_dir=calib_dir, options={"progress": False, **SPEED_ONLY})
+              calib_dir=calib_dir, backend=backend, options={"progress": False, **SPEED_ONLY})
     return target
 
 

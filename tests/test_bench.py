@@ -121,7 +121,7 @@ def test_json_round_trip_schema():
     expected = {"model", "backend", "backend_version", "quant_mode", "shape_mutable", "batch",
                 "threads", "streams", "warmup", "iterations", "duration_s", "stop",
                 "throughput_ips", "throughput_qps", "latency_ms", "load_time_ms",
-                "first_run_ms", "other_cpu_load", "sessions", "percentile_definition",
+                "first_run_ms", "other_cpu_load", "sessions", "split", "percentile_definition",
                 "system", "notes", "schema", "rounds_ips"}
     assert set(d) == expected
     assert set(d["latency_ms"]) == {"min", "avg", "p50", "p90", "p95", "p99", "max"}

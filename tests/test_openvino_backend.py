@@ -274,3 +274,77 @@ def test_float_ends_keep_the_first_and_last_convolutions_float(tiny, tmp_path):
     # the two convolutions and the classifier's Linear run float, the rest int8
     assert len(meta.extra["float_layers"]) == 3
     assert "int8" in meta.op_precisions["Convolution"]
+
+
+@needs_openvino
+def test_split_batch_gives_the_whole_batchs_logits_in_order(tiny, tmp_path):
+    """split=S runs each call's batch as S sub-batches at once (a fixed batch compiled at
+    batch / S; a shape-mutable one split as it comes): the logits are the whole batch's."""
+    fixed = _build(tiny, tmp_path, "force_float32", batch=4)
+    mutable = _build(tiny, tmp_path, "force_float32", mutable=True, batch=4)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    with load(fixed, split=2) as session:
+        assert session.split == 2 and session.fixed_batch == 4
+        assert session.config()["NUM_STREAMS"] == "2"
+        assert session.config()["INFERENCE_NUM_THREADS"] == "2"  # 1 thread per stream
+        np.testing.assert_allclose(session.run(x), tiny.logits(x), rtol=1e-4, atol=1e-4)
+        buffer = x.copy()  # one array refilled in place: each fill gets its own answer
+        for fill in (x[::-1].copy(), x):
+            buffer[...] = fill
+            np.testing.assert_allclose(session.run(buffer), tiny.logits(fill), rtol=1e-4,
+                                       atol=1e-4)
+        y = rng.standard_normal((7, 3, 32, 32)).astype(np.float32)  # predict pads to 4s
+        np.testing.assert_allclose(session.predict(y), tiny.logits(y), rtol=1e-4, atol=1e-4)
+    with load(mutable, split=2) as session:
+        for n in (1, 3, 4):  # 1 image: one part; 3: parts of 2 and 1
+            np.testing.assert_allclose(session.run(x[:n]), tiny.logits(x[:n]), rtol=1e-4,
+                                       atol=1e-4)
+
+
+@needs_openvino
+def test_split_that_cannot_run_is_refused_with_what_to_do(tiny, tmp_path):
+    model = _build(tiny, tmp_path, "force_float32", batch=2)
+    with pytest.raises(UsageError, match="does not divide the fixed batch"):
+        load(model, split=4)
+    with pytest.raises(UsageError, match="does not combine with several requests"):
+        load(model, split=2, streams=2)
+    with pytest.raises(UsageError, match="at least 1"):
+        load(model, split=0)
+
+
+def test_split_is_refused_on_an_engine_that_runs_one_request(tiny_model, tmp_path):
+    tiny = tiny_model(dynamic=True, export_batch=2, images=2)
+    model = tmp_path / "ort"
+    build(tiny.onnx, model, quant_mode="force_float32", shape_mutable=False, batch_size=2,
+          preprocess=PP, options={"progress": False})
+    with pytest.raises(UsageError, match="onnxruntime backend runs one call as one request"):
+        load(model, split=2)
+
+
+@needs_openvino
+def test_bench_runs_a_tuned_split_and_says_so(tiny, tmp_path, capsys):
+    """A model whose tuned settings split its batch: bench, load and infer use the split."""
+    from mnv3.cli.main import main
+    from mnv3.meta import read_meta, write_meta
+
+    model = _build(tiny, tmp_path, "force_float32", batch=4)
+    meta = read_meta(model)
+    meta.extra["tuned"] = {"objective": "latency", "threads": 1, "streams": 1, "split": 2}
+    write_meta(meta, model)
+    with load(model) as session:
+        assert session.split == 2
+    with load(model, threads=2) as session:  # the caller's settings win
+        assert session.split == 1
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(model), "--iterations", "10", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["split"] == 2 and result["streams"] == 1 and result["threads"] == 1
+    assert any("split into 2" in n for n in result["notes"])
+    assert "split into 2 sub-batches run at once" in capsys.readouterr().out
+    assert main(["bench", "--model", str(model), "--iterations", "10", "--split", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "sub-batches" not in text and "not the settings 'mnv3 tune' chose" in text
+    assert main(["infer", "--model", str(model), "--image-dir", str(tiny.images),
+                 "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "each batch split in 2 at once" in capsys.readouterr().out

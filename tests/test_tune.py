@@ -7,6 +7,7 @@ and what was skipped is said, and ``mnv3 bench`` runs a tuned model with its set
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -85,6 +86,59 @@ def test_runtime_settings_per_objective():
     thr = [(s.threads, s.streams) for s in t.runtime_settings("throughput", 2)]
     assert lat == [(1, 1), (2, 1)] and thr == [(1, 1), (2, 1), (1, 2)]
     assert [(s.threads, s.streams) for s in t.runtime_settings("throughput", 1)] == [(1, 1)]
+
+
+def test_latency_splits_the_batch_where_the_engine_and_the_cores_allow():
+    from mnv3.quant_mode import QuantMode
+    from mnv3.tune_types import Candidate
+
+    def splits(*args):
+        return [(s.threads, s.streams, s.split) for s in t.runtime_settings(*args) if s.split > 1]
+
+    assert splits("latency", 2, 8, True) == [(1, 1, 2)]
+    assert t.runtime_settings("latency", 2, 8, True)[-1].label == "batch split in 2 x 1 thr"
+    # not: an engine that runs one request per call, batch 1, a batch the cores do not
+    # divide, one core, the throughput objective (requests in flight do that there)
+    for args in (("latency", 2, 8, False), ("latency", 2, 1, True), ("latency", 2, 3, True),
+                 ("latency", 1, 8, True), ("throughput", 2, 8, True)):
+        assert splits(*args) == [], args
+    per_candidate = t._settings_for("latency", 2)
+    assert any(s.split == 2 for s in per_candidate(Candidate("openvino", QuantMode.FLOAT32, 8)))
+    assert all(s.split == 1 for s in per_candidate(Candidate("onnxruntime", QuantMode.FLOAT32,
+                                                             8)))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs openvino")
+def test_a_split_winner_is_recorded_and_used_by_load(tiny, tmp_path, monkeypatch):
+    """Only the split setting offered (so it wins whatever this machine's speed): tune.md,
+    the tuned meta.json and mnv3.load all carry it."""
+    import mnv3.sysinfo as sysinfo
+    from mnv3.backends import load
+
+    real_info, real_settings = sysinfo.system_info, t.runtime_settings
+
+    def two_cores():
+        info = real_info()
+        return {**info, "cores": {**info.get("cores", {}), "usable": 2}}
+
+    monkeypatch.setattr(sysinfo, "system_info", two_cores)
+    monkeypatch.setattr(t, "runtime_settings",
+                        lambda *a: [s for s in real_settings(*a) if s.split > 1])
+    report = t.tune(tiny.onnx, batch_sizes=(2,), quant_modes=["force_float32"],
+                    objective="latency", calib_dir=tiny.images, preprocess=CFG, shapes=("fixed",),
+                    out=tmp_path / "o", time_budget_s=120, decode_check=False,
+                    **{**FAST, "backends": ["openvino"], "rounds": 1})
+    w = report.winners["latency_b2"]
+    assert (w["threads"], w["streams"], w["split"]) == (1, 1, 2)
+    assert read_meta(w["model_dir"]).tuned["split"] == 2
+    with load(w["model_dir"]) as session:
+        assert session.split == 2
+    md = (tmp_path / "o" / "tune.md").read_text()
+    assert "| latency_b2 | openvino/force_float32_false_2 | 1 | 1 | 2 |" in md
+    assert "batch split in 2 x 1 thr" in md
+    from mnv3.tune_report import format_summary
+
+    assert "each batch split in 2 at once" in format_summary(report)
 
 
 @pytest.mark.parametrize("kwargs", [{"objective": "fastest"}, {"batch_sizes": ()},

@@ -1,7 +1,9 @@
 """Stage 5: benchmark a loaded model the way trtexec, benchmark_app and mm_run do.
 
 ``benchmark(session, ...)`` feeds one pre-filled input to ``session.run`` (exactly one engine
-call per query, no splitting, no per-call copies) and returns a ``BenchResult``:
+call per query, no padding into fixed batches, no per-call copies; a session loaded with
+``split=S`` runs each query's batch as S sub-batches at once, and the result says so) and
+returns a ``BenchResult``:
 
 * load time and the first (cold) inference, reported apart from the steady state;
 * warm-up iterations (per stream), then the measured phase, which stops after N iterations or
@@ -115,6 +117,7 @@ class BenchResult:
     # cores' worth of CPU taken by other processes during the measured phase (None: unknown)
     other_cpu_load: float | None = None
     sessions: int = 1  # engine sessions serving the streams (1: all streams share one)
+    split: int = 1  # sub-batches each query ran as, at once (mnv3.load(split=S))
     percentile_definition: str = PERCENTILE_DEFINITION
     system: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -278,5 +281,5 @@ def _result(session, label, batch, threads, streams, warmup, samples, wall, stop
         throughput_qps=len(samples) / wall, latency_ms=LatencyStats.from_seconds(samples),
         load_time_ms=None if load_time_s is None else load_time_s * 1e3,
         first_run_ms=first_ms, system=info, notes=list(getattr(meta, "notes", []) or []),
-        samples=samples,
+        samples=samples, split=int(getattr(session, "split", 1) or 1),
     )

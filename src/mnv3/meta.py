@@ -117,11 +117,14 @@ class ModelMeta:
 
     @property
     def tuned(self) -> dict[str, Any] | None:
-        """The runtime settings ``mnv3 tune`` chose (threads, streams = requests in flight),
-        which ``mnv3.load``, ``mnv3 infer`` and ``mnv3 bench`` use by default; None: untuned."""
+        """The runtime settings ``mnv3 tune`` chose (threads, streams = requests in flight,
+        split = sub-batches per call, absent before it was measured), which ``mnv3.load``,
+        ``mnv3 infer`` and ``mnv3 bench`` use by default; None: untuned."""
         tuned = (self.extra or {}).get("tuned")
         if not isinstance(tuned, dict) or not all(
-                isinstance(tuned.get(k), int) and tuned[k] >= 1 for k in ("threads", "streams")):
+                isinstance(tuned.get(k, 1), int) and tuned.get(k, 1) >= 1
+                for k in ("threads", "streams", "split")) or "threads" not in tuned \
+                or "streams" not in tuned:
             return None
         return tuned
 

@@ -192,7 +192,9 @@ def format_bench(r: BenchResult) -> str:
         ("model", f"{r.model} ({r.backend} {r.backend_version}, {r.quant_mode}, "
                   f"{'shape-mutable' if r.shape_mutable else 'fixed batch'})"),
         ("configuration", f"batch {r.batch}, threads {r.threads or 'engine default'}, "
-                          f"streams {r.streams}, warm-up {r.warmup}, stop at {r.stop}"),
+                          f"streams {r.streams}, warm-up {r.warmup}, stop at {r.stop}"
+                          + (f"; each query split into {r.split} sub-batches run at once"
+                             if r.split > 1 else "")),
         ("machine", f"{r.system.get('cpu_model', '?')}, {c.get('physical')} cores "
                     f"({c.get('usable')} usable); {' '.join(r.system.get('cpu_features', []))}"
                     + (f"; int8: {isa_label(r.system['int8_isa'])}"

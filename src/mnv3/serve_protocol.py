@@ -193,12 +193,14 @@ def metadata(meta, **describe: Any) -> dict[str, Any]:
 
 
 def settings(meta, threads: int | None) -> dict[str, Any]:
-    """Threads and batches in flight the engine will use, and where they come from: the flag,
-    the settings 'mnv3 tune' recorded (``mnv3.load`` uses them by default), or the engine's."""
+    """Threads, batches in flight and sub-batches per batch (split) the engine will use, and
+    where they come from: the flag, the settings 'mnv3 tune' recorded (``mnv3.load`` uses them
+    by default), or the engine's."""
     tuned = meta.tuned
     if threads is not None:
-        return {"threads": threads, "in_flight": 1, "settings": "--threads"}
+        return {"threads": threads, "in_flight": 1, "split": 1, "settings": "--threads"}
     if tuned:
         return {"threads": int(tuned["threads"]), "in_flight": int(tuned["streams"]),
+                "split": int(tuned.get("split", 1)),
                 "settings": f"tuned ({tuned.get('objective', '?')})"}
-    return {"threads": None, "in_flight": 1, "settings": "engine default"}
+    return {"threads": None, "in_flight": 1, "split": 1, "settings": "engine default"}

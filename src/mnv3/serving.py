@@ -55,6 +55,8 @@ def serve(model: str | os.PathLike, *, engine: str = "local", host: str = DEFAUL
     run = settings(meta, threads)
     if engine == "ray" and run["threads"] is None:  # replicas share the cores: 1 thread each
         run.update(threads=1, settings="1 thread per replica (default)")
+    if engine == "ray":  # replicas already run side by side, each on its own cores
+        run["split"] = 1
     decode = check_decode(decode) if decode is not None else tuned_decode(meta)
     describe = {"engine": engine, "max_batch_size": batch, "batch_wait_ms": batch_wait_ms,
                 "max_body": max_body, "decode": decode, **run}

@@ -13,7 +13,10 @@ int8; at batch 8 OpenVINO int8 won), so nothing is assumed; every choice is meas
    speed check is off (``speed_check=False``): tune measures int8 against float32 itself,
    over more runtime settings;
 3. runtime settings per candidate: intra-op threads (1 and all cores) and, for the throughput
-   objective, requests in flight (``streams``: S requests x 1 thread);
+   objective, requests in flight (``streams``: S requests x 1 thread); for the latency
+   objective at a batch the cores divide, on an engine that can (``split_batch``), each
+   call's batch split into one sub-batch per core, run at once (``split``: one request in
+   flight still, its latency the whole batch's);
 4. all (candidate, setting) pairs of one batch are measured interleaved: each round runs every
    pair for one short slice, in a fresh seeded random order, so drift of the shared machine
    falls on all of them alike (DESIGN.md: 2-thread speed on these VMs is bimodal for minutes).
@@ -70,13 +73,27 @@ def default_modes(backend: str, bf16: bool | None = None) -> list[QuantMode]:
     return modes
 
 
-def runtime_settings(objective: str, cores: int) -> list[Setting]:
-    """(threads, streams) to try: 1 and all cores; for throughput also `cores` requests x 1."""
+def runtime_settings(objective: str, cores: int, batch: int = 1,
+                     can_split: bool = False) -> list[Setting]:
+    """(threads, streams, split) to try: 1 and all cores; for throughput also `cores` requests
+    x 1 thread; for latency, where the engine can and `cores` divides the batch, the batch
+    split in `cores` sub-batches of 1 thread each (Large / Small int8 at batch 8 on 2 AVX2
+    cores: 1.12-1.13x one 2-thread request, benchmarks/split_batch.py)."""
     threads = sorted({1, max(1, cores)})
     out = [Setting(t, 1) for t in threads]
     if objective == "throughput" and cores > 1:
         out.append(Setting(1, cores))
+    if objective == "latency" and can_split and cores > 1 and batch % cores == 0:
+        out.append(Setting(1, 1, split=cores))
     return out
+
+
+def _settings_for(objective: str, cores: int):
+    """The runtime settings of one candidate (its batch, its engine's capabilities)."""
+    from mnv3.backends import capabilities
+
+    return lambda c: runtime_settings(objective, cores, c.batch,
+                                      capabilities(c.backend).split_batch)
 
 
 def plan(backends, batch_sizes, quant_modes=None, shapes=SHAPES) -> list[Candidate]:
@@ -185,7 +202,7 @@ def tune(onnx=None, *, weights=None, batch_sizes=TUNE_BATCH_SIZES, backends=None
               for b in report.batch_sizes}
     clock.held = DECODE_SHARE * clock.budget if decode_check else 0.0
     for b, field_ in fields.items():
-        measure_batch(field_, objective, lambda: runtime_settings(objective, cores), rounds,
+        measure_batch(field_, objective, _settings_for(objective, cores), rounds,
                       slice_s, clock, report, progress, seed)
     clock.held = 0.0  # now the decode check's
     check = _decode_check(decode_check, calib_dir, calib_num, clock, fields, report, progress)

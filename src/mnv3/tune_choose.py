@@ -39,6 +39,7 @@ def choose(field_, objective, batch, out: Path, report, progress, decode_check=N
             c.why = c.why or f"slower than {win_c.name} ({win_s.label})"
     runner_up = _runner_up(pairs, win_s)
     tuned = {"objective": objective, "threads": win_s.threads, "streams": win_s.streams,
+             "split": win_s.split,
              "batch": batch, "shape": win_c.shape, "images_per_s": win_s.median(),
              "min_ips": min(win_s.rounds_ips),
              "max_ips": max(win_s.rounds_ips), "rounds": len(win_s.rounds_ips),

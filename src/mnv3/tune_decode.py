@@ -67,7 +67,8 @@ class DecodeCheck:
             self.report.skipped.append(f"{c.name} at batch {batch}: decode check on {n} of "
                                        f"{len(self.files)} {self.where}, to fit the time budget")
         say(self.progress, f"{c.name}: checking --decode fast on {n} {self.where}")
-        check = measure(c.model_dir, s.threads, s.streams, batch, self.files[:n], seconds)
+        check = measure(c.model_dir, s.threads, s.streams, batch, self.files[:n], seconds,
+                        split=s.split)
         check["images_of"] = f"{n} of {len(self.files)} {self.where}"
         return {"decode": decide(check), "decode_check": check}
 
@@ -85,8 +86,8 @@ def decide(check: dict[str, Any]) -> str:
     return "fast" if ok else "exact"
 
 
-def measure(model_dir, threads: int, streams: int, batch: int, files, seconds: float
-            ) -> dict[str, Any]:
+def measure(model_dir, threads: int, streams: int, batch: int, files, seconds: float,
+            split: int = 1) -> dict[str, Any]:
     """Alternating exact and fast ``mnv3.infer`` passes over ``files`` with these settings:
     top-1 agreement (first pair) and end-to-end images/s (every pair that fits ``seconds``)."""
     from mnv3.backends import load
@@ -98,7 +99,8 @@ def measure(model_dir, threads: int, streams: int, batch: int, files, seconds: f
     top1: dict[str, dict[str, str]] = {}
     end = time.perf_counter() + seconds
     with tempfile.TemporaryDirectory(prefix="mnv3-tune-decode-") as tmp, \
-            load(model_dir, threads=threads, streams=streams, spin=False) as session:
+            load(model_dir, threads=threads, streams=streams, split=split,
+                 spin=False) as session:
         for r in range(ROUNDS):
             t0 = time.perf_counter()
             for decode in ("exact", "fast"):
@@ -116,7 +118,7 @@ def measure(model_dir, threads: int, streams: int, batch: int, files, seconds: f
             "exact_ips": statistics.median(ips["exact"]),
             "fast_ips": statistics.median(ips["fast"]), "speed_ratio": statistics.median(ratios),
             "ratio_range": [min(ratios), max(ratios)], "pairs": len(ratios),
-            "threads": threads, "streams": streams, "batch": batch}
+            "threads": threads, "streams": streams, "split": split, "batch": batch}
 
 
 def _top1(out: Path) -> dict[str, str]:

@@ -25,7 +25,7 @@ def measure_batch(field_, objective, make_settings, rounds, slice_s, clock, repo
     if not field_:
         return
     batch = field_[0].batch
-    pairs = [(c, s) for c in field_ for s in make_settings()]
+    pairs = [(c, s) for c in field_ for s in make_settings(c)]
     for c in field_:
         c.settings = [s for cc, s in pairs if cc is c]
     sessions: dict[int, Any] = {}
@@ -68,7 +68,8 @@ def _open_warm(pairs, sessions: dict) -> None:
     from mnv3.bench import benchmark
 
     for c, s in pairs:
-        sessions[id(s)] = load(c.model_dir, threads=s.threads, streams=s.streams)
+        sessions[id(s)] = load(c.model_dir, threads=s.threads, streams=s.streams,
+                               split=s.split)
         benchmark(sessions[id(s)], batch=c.batch, streams=s.streams,
                   iterations=max(3, s.streams), warmup=2, first_run=False)
 

@@ -84,10 +84,12 @@ def format_md(report) -> str:
              f"(rounds per batch: {_rounds(report)}), with the slowest-fastest range",
              f"- time: {report.elapsed_s:.0f} s of a {report.time_budget_s:.0f} s budget", "",
              "## Chosen", "",
-             "| objective / batch | model | threads | requests in flight | images/s (median) | "
-             "range | ISA | directory |", "|---|---|---|---|---|---|---|---|"]
+             "| objective / batch | model | threads | requests in flight | batch split in | "
+             "images/s (median) | range | ISA | directory |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key, w in report.winners.items():
         lines.append(f"| {key} | {w['candidate']} | {w['threads']} | {w['streams']} | "
+                     f"{w.get('split', 1)} | "
                      f"{w['images_per_s']:.1f} | {w['min_ips']:.1f}-{w['max_ips']:.1f} | "
                      f"{isa} | {w['model_dir']} |")
     for key, w in report.winners.items():
@@ -99,7 +101,7 @@ def format_md(report) -> str:
                             if r["ranges_overlap"] else "") + ".")
     lines += _decode_lines(report, "\n")
     if not report.winners:
-        lines.append("| (none: nothing was built and measured within budget) | | | | | | | |")
+        lines.append("| (none: nothing was built and measured within budget) | | | | | | | | |")
     lines += ["", "## Every candidate", "",
               "| batch | backend | quant mode | batch shape | setting | images/s | "
               "range (rounds) | top-1 agreement | cosine | ISA | status | why it lost |",
@@ -130,8 +132,9 @@ def format_summary(report) -> str:
     isa = isa_label(report.isa)
     out = []
     for key, w in report.winners.items():
+        split = f", each batch split in {w['split']} at once" if w.get("split", 1) > 1 else ""
         out.append(f"{key}: {w['candidate']}, {w['threads']} thread(s) x {w['streams']} "
-                   f"request(s) in flight: {w['images_per_s']:.1f} images/s median "
+                   f"request(s) in flight{split}: {w['images_per_s']:.1f} images/s median "
                    f"({w['min_ips']:.1f}-{w['max_ips']:.1f}) [{isa}] -> {w['model_dir']}")
         r = w.get("runner_up")
         if r:

@@ -25,9 +25,12 @@ class Setting:
     rounds_p50_ms: list[float] = field(default_factory=list)
     status: str = "pending"  # measured | pruned | winner | not measured
     why: str = ""
+    split: int = 1  # one call's batch run as this many sub-batches at once (mnv3.load)
 
     @property
     def label(self) -> str:
+        if self.split > 1:
+            return f"batch split in {self.split} x {self.threads} thr"
         return f"{self.streams} x {self.threads} thr" if self.streams > 1 else f"{self.threads} thr"
 
     def median(self) -> float | None:

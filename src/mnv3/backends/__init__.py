@@ -84,7 +84,9 @@ def load(model_dir: str | os.PathLike, threads: int | None = None, **options):
     """Load a built model directory; returns a Session with ``predict(x) -> logits``.
 
     Checks the compiled file against the sha256 in meta.json first, so a corrupted or swapped
-    file is a clear error rather than wrong answers.
+    file is a clear error rather than wrong answers. ``threads``, ``streams`` (requests in
+    flight) and ``split`` (each call's batch run as that many sub-batches at once, on backends
+    whose capabilities have ``split_batch``) default to the settings ``mnv3 tune`` recorded.
     """
     model_dir = Path(model_dir)
     meta = read_meta(model_dir)
@@ -107,12 +109,39 @@ def load(model_dir: str | os.PathLike, threads: int | None = None, **options):
             "was replaced; rebuild the model with 'mnv3 build'"
         )
     warn_if_other_isa(model_dir, meta)
-    tuned = meta.tuned if threads is None and "streams" not in options else None
+    tuned = meta.tuned if threads is None and "streams" not in options \
+        and "split" not in options else None
     if tuned:  # what 'mnv3 tune' measured fastest here, unless the caller says otherwise
         threads, options["streams"] = tuned["threads"], tuned["streams"]
+        options["split"] = tuned.get("split", 1)
+    split = options.pop("split", None)
+    split = _check_split(meta, 1 if split is None else int(split), options.get("streams"))
+    if split > 1:
+        options["split"] = split
     session = get_backend(meta.backend).open(model_dir, meta, threads=threads, **options)
     session.in_flight = int(options.get("streams") or 1)
+    session.split = split
     return session
+
+
+def _check_split(meta, split: int, streams) -> int:
+    """``split=S``: one call's batch runs as S sub-batches at once (a batch's latency)."""
+    if split < 1:
+        raise UsageError(f"split must be at least 1, got {split}")
+    if split == 1:
+        return 1
+    if not capabilities(meta.backend).split_batch:
+        able = [n for n in _BACKENDS if capabilities(n).split_batch]
+        raise UsageError(f"split={split}: the {meta.backend} backend runs one call as one "
+                         f"request; splitting a batch needs {' or '.join(able) or 'another'}")
+    if int(streams or 1) > 1:
+        raise UsageError(f"split={split} runs each call's sub-batches on their own streams; "
+                         "it does not combine with several requests in flight (streams)")
+    if not meta.shape_mutable and int(meta.batch_size) % split:
+        raise UsageError(f"split={split} does not divide the fixed batch of {meta.name} "
+                         f"({meta.batch_size}); choose a divisor, or build with "
+                         "--shape-mutable true")
+    return split
 
 
 _WARNED: set[str] = set()

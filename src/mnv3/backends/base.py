@@ -38,6 +38,9 @@ class Capabilities:
     devices: tuple[str, ...] = ("cpu",)
     # Compiles the PyTorch network (a checkpoint, or mnv3 run's seeded one), not the ONNX file
     from_network: bool = False
+    # Runs one call's batch as S sub-batches at once, each on its own stream (``split=S``):
+    # a batch's latency where S single-thread streams beat one S-thread request
+    split_batch: bool = False
 
     def builds(self, mode: QuantMode) -> bool:
         return mode in self.modes
@@ -118,6 +121,8 @@ class Session(abc.ABC):
     # Calls a caller should keep in flight at once to get this session's speed: >1 where
     # ``mnv3 tune`` measured several requests in flight fastest (``mnv3.load`` sets it).
     in_flight: int = 1
+    # Sub-batches one call's batch runs as, at once (``mnv3.load(split=S)``, a tuned setting)
+    split: int = 1
 
     def __init__(self, meta: ModelMeta):
         self.meta = meta

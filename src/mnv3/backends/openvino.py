@@ -83,7 +83,8 @@ class OpenVinoBackend(Backend):
         # not percentile: NNCF's quantile estimators measured -20 points top-1 on Lite0
         calib_methods=("minmax", "entropy"),
         fallback="accuracy_control",  # NNCF's quantize_with_accuracy_control (--max-drop)
-        distribution="openvino", install_hint='pip install "mnv3[openvino]"', cpp=True)
+        distribution="openvino", install_hint='pip install "mnv3[openvino]"', cpp=True,
+        split_batch=True)
 
     @classmethod
     def missing(cls) -> str | None:
@@ -139,7 +140,10 @@ class OpenVinoBackend(Backend):
         choice. streams: concurrent infer streams, one per calling thread (``mnv3 bench
         --streams S``); None = 1. hint: "latency" / "throughput"; None = latency for batch 1,
         throughput otherwise.
-        options: ``cache_dir`` (a folder, or "" to disable the model cache).
+        options: ``cache_dir`` (a folder, or "" to disable the model cache); ``split`` (S > 1,
+        checked by ``mnv3.load``): each call's batch runs as S sub-batches at once, one infer
+        request per stream, S streams of ``threads`` (default 1) threads; a fixed-batch model
+        is compiled at batch / S for it.
         """
         from mnv3.backends.openvino_session import OpenVinoSession, cache_dir, compile_config
 
@@ -156,13 +160,17 @@ class OpenVinoBackend(Backend):
         cache = cache_dir(model_dir, options.get("cache_dir"))
         if cache:
             core.set_property({"CACHE_DIR": cache})
+        split = int(options.get("split") or 1)
+        if split > 1:  # S streams of one thread each unless told: measured (benchmarks/split.py)
+            streams, threads = split, threads or 1
         config = compile_config(meta, precision, threads, streams, hint)
+        xml = model_dir / meta.compiled_file
         try:
-            compiled = core.compile_model(str(model_dir / meta.compiled_file), "CPU", config)
+            compiled = core.compile_model(_at_part_batch(core, xml, meta, split), "CPU", config)
         except openvino_errors() as e:
-            raise ModelError(f"OpenVINO cannot compile {model_dir / meta.compiled_file}: {e}; "
+            raise ModelError(f"OpenVINO cannot compile {xml}: {e}; "
                              "rebuild the model with 'mnv3 build --backend openvino'") from e
-        return OpenVinoSession(meta, compiled, threads, streams, cache)
+        return OpenVinoSession(meta, compiled, threads, streams, cache, split=split)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -172,6 +180,15 @@ def _convert(onnx_path: Path) -> ov.Model:
     except openvino_errors() as e:
         raise BuildError(f"OpenVINO cannot convert {onnx_path}: {e}; is it a valid ONNX "
                          "classifier with one NCHW float input?") from e
+
+
+def _at_part_batch(core, xml: Path, meta: ModelMeta, split: int):
+    """The IR to compile: its path, or, to split a fixed batch, the model at batch / split."""
+    if split == 1 or meta.shape_mutable:
+        return str(xml)
+    model = core.read_model(str(xml))
+    _set_batch(model, int(meta.batch_size) // split)
+    return model
 
 
 def _set_batch(model: ov.Model, batch: int) -> None:

@@ -32,45 +32,61 @@ class OpenVinoSession(Session):
     per stream, ``infer()`` on the calling Python thread was 1.4-3x slower than handing the
     request to the stream's own pinned threads (``start_async(); wait()``, what benchmark_app
     does); with one thread per stream the synchronous call was as fast or faster.
+
+    ``split=S``: a call takes S requests, one per stream, starts each on its share of the
+    batch and waits for all; the logits are those of the whole batch, in order.
     """
 
-    def __init__(self, meta: ModelMeta, compiled, threads, streams, cache_dir: str | None):
+    def __init__(self, meta: ModelMeta, compiled, threads, streams, cache_dir: str | None,
+                 split: int = 1):
         super().__init__(meta)
         self.compiled = compiled
         self.threads = threads
         self.streams = streams
+        self.split = split
         self.cache_dir = cache_dir
         self.loaded_from_cache = bool(compiled.get_property("LOADED_FROM_CACHE"))
-        # idle (request, the array its input points at, or None)
+        # idle (its S requests, the array their inputs point at or None)
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         per_stream = int(compiled.get_property("INFERENCE_NUM_THREADS")) // max(
             1, int(compiled.get_property("NUM_STREAMS")))
-        self._async = per_stream > 1
-        n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._async = per_stream > 1 or split > 1
+        n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) // split
         for _ in range(max(1, n)):
-            self._free.put((compiled.create_infer_request(), None))
+            self._free.put((self._new_group(), None))
+
+    def _new_group(self) -> list:
+        return [self.compiled.create_infer_request() for _ in range(self.split)]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         try:
-            request, bound = self._free.get_nowait()
+            group, bound = self._free.get_nowait()
         except queue.Empty:
-            request, bound = self.compiled.create_infer_request(), None
+            group, bound = self._new_group(), None
+        # a shape-mutable model may get fewer images than parts: one part per image then
+        requests = group[:min(len(group), batch.shape[0])]
         try:
             if bound is not batch:
                 # A caller that refills one array (mnv3 bench, a camera loop) binds it once,
                 # as benchmark_app fills its requests once: no new tensor and re-binding per
                 # call. Holding the array keeps its address from being reused by another
-                # array; in-place writes are seen, as the tensor shares its memory.
-                request.set_input_tensor(ov.Tensor(batch, shared_memory=True))
+                # array; in-place writes are seen, as the tensors share its memory.
+                parts = np.array_split(batch, len(requests))  # views: rows are contiguous
+                for request, part in zip(requests, parts):
+                    request.set_input_tensor(ov.Tensor(part, shared_memory=True))
                 bound = batch
-            if self._async:  # the stream's own threads run it (see the class docstring)
-                request.start_async()
-                request.wait()
+            if self._async:  # the streams' own threads run them (see the class docstring)
+                for request in requests:
+                    request.start_async()
+                for request in requests:
+                    request.wait()
             else:
-                request.infer()
-            return request.get_output_tensor().data.copy()
+                requests[0].infer()
+            if len(requests) == 1:
+                return requests[0].get_output_tensor().data.copy()
+            return np.concatenate([r.get_output_tensor().data for r in requests])
         finally:
-            self._free.put((request, bound))
+            self._free.put((group, bound))
 
     def config(self) -> dict[str, str]:
         """The settings OpenVINO actually chose (hint, streams, threads, precision)."""

@@ -13,9 +13,11 @@ v[k] + f*(v[k+1]-v[k]) with k + f = (n-1)*p/100.
 
 --threads T is the engine's intra-op thread count per request (default: the engine's choice;
 1 when --streams > 1). --streams S runs S concurrent requests, each a thread calling the same
-loaded session (as fast as S sessions with ONNX Runtime here, and it loads once). A model
-chosen by 'mnv3 tune' runs with its tuned threads and streams (meta.json extra["tuned"]) when
-neither flag is given; the output and the JSON's notes say which settings ran.
+loaded session (as fast as S sessions with ONNX Runtime here, and it loads once). --split S
+(OpenVINO) runs each query's batch as S sub-batches at once, one stream of --threads (default
+1) threads each: still one query in flight, its latency is the whole batch's. A model chosen
+by 'mnv3 tune' runs with its tuned threads, streams and split (meta.json extra["tuned"]) when
+none of these flags is given; the output and the JSON's notes say which settings ran.
 
 --serve URL load-tests a running 'mnv3 serve' instead, end to end over HTTP: --concurrency C
 clients (default 20), each with one keep-alive connection, POST the --images (default: the
@@ -26,6 +28,7 @@ examples:
   mnv3 bench --model data/models/force_float32_false_8
   mnv3 bench --model data/models/force_float32_true_1 --batch-size 4 --threads 1 --duration 10
   mnv3 bench --model data/models/qint8_mixed_float16_false_1 --streams 2 --json bench.json
+  mnv3 bench --model data/models/qint8_mixed_float16_false_8 --split 2
   mnv3 bench --serve http://127.0.0.1:8000 --concurrency 20 --duration 60
 """
 
@@ -47,6 +50,9 @@ def add_parser(sub):
                    help="intra-op threads per request (default: engine's choice)")
     p.add_argument("--streams", type=int, default=None, metavar="S",
                    help="concurrent requests (default 1, or the tuned setting)")
+    p.add_argument("--split", type=int, default=None, metavar="S",
+                   help="run each query's batch as S sub-batches at once (OpenVINO; default 1, "
+                   "or the tuned setting)")
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--iterations", type=int, default=None, metavar="N",
                       help=f"measured queries (default {d.BENCH_ITERATIONS})")
@@ -81,9 +87,11 @@ def run(args) -> int:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     say = human_print(args.json)
     tuned = _use_tuned(args, say)
-    threads = args.threads if args.threads is not None else (1 if args.streams > 1 else None)
+    threads = args.threads if args.threads is not None else \
+        (1 if args.streams > 1 or args.split > 1 else None)
     t0 = time.perf_counter()
-    session = load(args.model, threads=threads, streams=args.streams)  # OpenVINO: 1 per caller
+    # OpenVINO: 1 stream per caller
+    session = load(args.model, threads=threads, streams=args.streams, split=args.split)
     load_s = time.perf_counter() - t0
     with session:
         result = benchmark(session, batch=args.batch, threads=threads, streams=args.streams,
@@ -91,9 +99,8 @@ def run(args) -> int:
                            warmup=args.warmup, load_time_s=load_s)
     if tuned is not None:  # the JSON says which settings ran, not only what tune recorded
         result.notes.append(f"ran with the settings 'mnv3 tune' chose ({tuned.get('objective')}): "
-                            f"{args.threads} thread(s) x {args.streams} request(s) in flight"
-                            if tuned else "ran with the --threads/--streams given, not the "
-                            "settings 'mnv3 tune' chose")
+                            f"{_describe(args)}" if tuned else "ran with the --threads/--streams/"
+                            "--split given, not the settings 'mnv3 tune' chose")
     say(format_bench(result))
     write_json(args.json, result.to_dict())
     return 0
@@ -105,16 +112,22 @@ def _use_tuned(args, say) -> dict | None:
     from mnv3.meta import read_meta
 
     tuned = read_meta(args.model).tuned
-    if tuned and (args.threads is not None or args.streams is not None):
+    if tuned and any(v is not None for v in (args.threads, args.streams, args.split)):
         tuned = {}
     if tuned:
         args.threads, args.streams = int(tuned["threads"]), int(tuned["streams"])
-        say(f"using the settings 'mnv3 tune' chose ({tuned['objective']}): {args.threads} "
-            f"thread(s) x {args.streams} request(s) in flight; pass --threads/--streams to "
-            "override")
-    elif args.streams is None:
-        args.streams = 1
+        args.split = int(tuned.get("split", 1))
+        say(f"using the settings 'mnv3 tune' chose ({tuned['objective']}): {_describe(args)}; "
+            "pass --threads/--streams/--split to override")
+    else:
+        args.streams = 1 if args.streams is None else args.streams
+        args.split = 1 if args.split is None else args.split
     return tuned
+
+
+def _describe(args) -> str:
+    text = f"{args.threads} thread(s) x {args.streams} request(s) in flight"
+    return text + (f", each batch split into {args.split} at once" if args.split > 1 else "")
 
 
 def _load_test(args) -> int:

@@ -141,9 +141,11 @@ def run(args) -> int:
                      threads_per_worker=args.threads_per_worker)
     else:
         session = load(args.model, threads=args.threads, spin=False)  # decoding needs the CPU too
-        if session.in_flight > 1:
+        if session.in_flight > 1 or session.split > 1:
             say(f"using the settings 'mnv3 tune' chose: {session.meta.tuned['threads']} "
-                f"thread(s) x {session.in_flight} batches in flight; pass --threads to override")
+                f"thread(s) x {session.in_flight} batches in flight"
+                + (f", each batch split in {session.split} at once" if session.split > 1
+                   else "") + "; pass --threads to override")
         if args.decode is None:
             args.decode = _tuned_decode(session.meta, say)
     with session:
