@@ -77,8 +77,9 @@ def runtime_settings(objective: str, cores: int, batch: int = 1,
                      can_split: bool = False) -> list[Setting]:
     """(threads, streams, split) to try: 1 and all cores; for throughput also `cores` requests
     x 1 thread; for latency, where the engine can and `cores` divides the batch, the batch
-    split in `cores` sub-batches of 1 thread each (Large / Small int8 at batch 8 on 2 AVX2
-    cores: 1.12-1.13x one 2-thread request, benchmarks/split_batch.py)."""
+    split in `cores` sub-batches of 1 thread each. Not always faster, so measured like the
+    rest: OpenVINO, batch 8, 2 AVX2 cores (``python benchmarks/split_batch.py``), split / one
+    2-thread request: Large int8 1.08x, fp32 0.96x; Small int8 1.11x, fp32 1.17x."""
     threads = sorted({1, max(1, cores)})
     out = [Setting(t, 1) for t in threads]
     if objective == "throughput" and cores > 1:

@@ -161,7 +161,7 @@ class OpenVinoBackend(Backend):
         if cache:
             core.set_property({"CACHE_DIR": cache})
         split = int(options.get("split") or 1)
-        if split > 1:  # S streams of one thread each unless told: measured (benchmarks/split.py)
+        if split > 1:  # S streams of 1 thread unless told (benchmarks/split_batch.py)
             streams, threads = split, threads or 1
         config = compile_config(meta, precision, threads, streams, hint)
         xml = model_dir / meta.compiled_file
