@@ -1,8 +1,9 @@
 """mnv3's tuned choice against OpenVINO's own benchmark_app, cell by cell (issue 17 item 3).
 
 Per cell (network x batch x objective) mnv3's side is what ``mnv3.tune.tune`` chose (engine,
-precision, threads, requests in flight; run by ``mnv3 bench`` with no flags, i.e. with the
-tuned settings), and benchmark_app's side is its best of two IRs made the plain OpenVINO way
+precision, threads, requests in flight, for latency at batch 8 also a batch split into
+sub-batches run at once, which benchmark_app has no option for; run by ``mnv3 bench`` with no
+flags, i.e. with the tuned settings), and benchmark_app's side is its best of two IRs made the plain OpenVINO way
 (``ovc model.onnx``, then ``nncf.quantize`` with default parameters on the same calibration
 images tune used) under the objective's hint (``-hint latency`` for latency, ``-hint
 throughput`` for throughput), reshaped to the cell's batch with ``-shape``.
@@ -203,7 +204,8 @@ def _row(i, cell, rounds) -> dict:
             "ir_ratio": statistics.median([a / b for a, b in zip(own, ba[best])]) if own else None,
             "runtime_ratio": statistics.median([a / b for a, b in zip(mnv3, own)]) if own else None,
             "mnv3_choice": f"{meta['backend']} {meta['quant_mode']} {t['threads']} thr x "
-                           f"{t['streams']} req",
+                           f"{t['streams']} req" + (f", batch split in {t['split']}"
+                                                    if t.get("split", 1) > 1 else ""),
             "benchmark_app": {ir: statistics.median(v) for ir, v in ba.items()},
             "best_ir": best, "ratio": statistics.median(ratios),
             "ratio_range": (min(ratios), max(ratios)), "rounds_mnv3": mnv3, "rounds_ba": ba}
