@@ -6,15 +6,17 @@ bf16; one fixed-batch build per batch size and one shape-mutable build, measured
 size, per backend and mode). Every non-float32 build is held to the accuracy budget
 (--min-agreement / --max-drop, default 99% top-1 agreement with float32 on held-out calibration
 images): a refused build is a candidate that lost, and the report says why. Each build is then
-measured over runtime settings: intra-op threads (1 and all cores) and, for --objective
-throughput, several requests in flight (streams x 1 thread). All settings of one batch are
+measured over runtime settings: intra-op threads (1 and all cores), for --objective
+throughput several requests in flight (streams x 1 thread), and for --objective latency at a
+batch the cores divide, on OpenVINO, each batch split into one sub-batch per core run at once
+(one request in flight still: 'mnv3 bench --split'). All settings of one batch are
 measured interleaved, in short slices, in a fresh random order each round; figures are medians
 with the slowest-fastest round; a setting whose best round is slower than the leader's worst
 is pruned early.
 
 Writes, under --out: models/ (every build), tuned/<objective>_b<B> (the winner per batch, its
-threads and streams in meta.json extra["tuned"], which 'mnv3 bench' uses when given no
---threads / --streams), tune.md and tune.json (every candidate's speed, fidelity and why it
+threads, streams and split in meta.json extra["tuned"], which 'mnv3 bench' uses when given
+no --threads / --streams / --split), tune.md and tune.json (every candidate's speed, fidelity and why it
 lost; the CPU's int8 ISA beside every figure). --time-budget bounds the whole run (builds stop
 at 60% of it, and a build is not started when one like it took longer than what is left;
 rounds, then slices, shrink to fit); what was skipped to fit is listed.
