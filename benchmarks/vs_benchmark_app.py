@@ -29,6 +29,7 @@ import json
 import os
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -137,6 +138,8 @@ def _tune(onnx: Path, out: Path, objective: str, args) -> dict[int, Path]:
     report = tune(onnx, batch_sizes=args.batches, objective=objective, out=out,
                   time_budget_s=args.tune_budget, calib_dir=args.calib_dir,
                   calib_num=args.calib_num, progress=True)
+    for name in ("tune.md", "tune.json"):  # the objectives share the builds, not the reports
+        shutil.copyfile(out / name, out / name.replace("tune.", f"tune-{objective}."))
     return {b: Path(report.winners[f"{objective}_b{b}"]["model_dir"]) for b in args.batches}
 
 
