@@ -224,6 +224,19 @@ def test_tuned_model_records_its_runtime_settings(loose):
     assert w["candidate"].endswith(f"_{str(meta.shape_mutable).lower()}_1")
 
 
+def test_a_malformed_tuned_record_is_ignored_and_an_older_one_read(loose):
+    """meta.json's tuned settings drive every load: a hand-edited count that is not a whole
+    number >= 1 leaves the model untuned; a record from before split was measured still counts."""
+    meta = read_meta(loose.winners["throughput_b1"]["model_dir"])
+    good = dict(meta.extra["tuned"])
+    assert good["split"] == 1
+    for bad in ({"split": 0}, {"split": "2"}, {"split": True}, {"threads": 1.5}):
+        meta.extra["tuned"] = {**good, **bad}
+        assert meta.tuned is None, bad
+    meta.extra["tuned"] = {k: v for k, v in good.items() if k != "split"}
+    assert meta.tuned is not None
+
+
 def test_reports_list_every_candidate_with_the_isa(loose, work):
     from mnv3.sysinfo import isa_label
 

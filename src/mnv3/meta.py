@@ -121,10 +121,10 @@ class ModelMeta:
         split = sub-batches per call, absent before it was measured), which ``mnv3.load``,
         ``mnv3 infer`` and ``mnv3 bench`` use by default; None: untuned."""
         tuned = (self.extra or {}).get("tuned")
-        if not isinstance(tuned, dict) or not all(
-                isinstance(tuned.get(k, 1), int) and tuned.get(k, 1) >= 1
-                for k in ("threads", "streams", "split")) or "threads" not in tuned \
-                or "streams" not in tuned:
+        if not isinstance(tuned, dict) or "threads" not in tuned or "streams" not in tuned:
+            return None
+        counts = (tuned["threads"], tuned["streams"], tuned.get("split", 1))
+        if not all(type(n) is int and n >= 1 for n in counts):  # not bool, float or str
             return None
         return tuned
 
