@@ -309,6 +309,9 @@ def test_load_generator_and_service_refuse_what_they_should(model, capsys):
     assert code == 2 and "not this machine" in err and "--allow-remote" in err
     code, _, err = _cli(capsys, "bench", "--serve", "http://127.0.0.1:1", "--duration", "1")
     assert code == 2 and "no mnv3 service answers" in err and "mnv3 serve" in err
+    code, _, err = _cli(capsys, "bench", "--serve", "http://127.0.0.1:1", "--split", "2",
+                        "--threads", "1")  # engine settings belong to the service
+    assert code == 2 and "decide --threads, --split: drop them" in err
     code, _, err = _cli(capsys, "serve", "--model", model["dir"], "--replicas", "2")
     assert code == 2 and "options of --engine ray" in err
     code, _, err = _cli(capsys, "serve", "--model", model["dir"], "--max-batch-size", "0")

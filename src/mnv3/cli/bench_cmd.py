@@ -141,6 +141,13 @@ def _load_test(args) -> int:
     if args.model is not None or args.iterations is not None:
         raise UsageError("--serve measures a running service: drop --model and --iterations "
                          "(it runs for --duration seconds)")
+    engine_flags = [flag for flag, value in (("--batch-size", args.batch), ("--threads",
+                    args.threads), ("--streams", args.streams), ("--split", args.split))
+                    if value is not None]
+    if engine_flags:  # the service's own settings decide these: say so, not ignore them
+        raise UsageError(f"--serve measures a running service, whose 'mnv3 serve' settings "
+                         f"decide {', '.join(engine_flags)}: drop them (load it with "
+                         "--concurrency)")
     folder = Path(args.images) if args.images else demo_dir() / "images"
     if not folder.is_dir():
         raise UsageError(f"--images {folder} is not a folder of images")
