@@ -171,6 +171,13 @@ def test_merge_says_the_model_was_below_its_budget(samples, tmp_path, capsys):
     printed without that note."""
     from mnv3.cli.main import main
 
+    for k in (1, 2):  # within its budget: the accuracy, no note, and labels were given
+        infer(FakeSession(fake_meta(batch=4)), samples, tmp_path / f"w{k}", progress=False,
+              shard=f"{k}/2")
+    assert main(["merge", str(tmp_path / "w1"), str(tmp_path / "w2"),
+                 "--output-dir", str(tmp_path / "within")]) == 0
+    out = capsys.readouterr().out
+    assert "top1 accuracy" in out and "note:" not in out and "no labels given" not in out
     meta = dataclasses.replace(fake_meta(batch=4),
                                fidelity={"below_budget": ["top-1 agreement 90.0% < 99.0%"]})
     for k in (1, 2):
@@ -179,6 +186,6 @@ def test_merge_says_the_model_was_below_its_budget(samples, tmp_path, capsys):
                  "--output-dir", str(tmp_path / "all")]) == 0
     out = capsys.readouterr().out
     assert "note: this model was built BELOW its accuracy budget (top-1 agreement 90.0% < " \
-           "99.0%)" in out
+           "99.0%)" in out and "no labels given" not in out
     summary = json.loads((tmp_path / "all" / "infer.json").read_text())
     assert all(s["below_budget"] for s in summary["shards"])

@@ -42,11 +42,11 @@ def run(args) -> int:
         say(f"top5 accuracy: {result.top5:f} ({result.top5_correct}/{result.labeled})")
         if result.untrained:
             say(f"note: {result.untrained}")
+    else:
+        say("no labels given: predictions only (see results.jsonl)")
     below = result.shards[0].get("below_budget")
     if below:  # the shards ran a model shipped with --allow-below-budget, as infer says
         say(f"note: {below}")
-    else:
-        say("no labels given: predictions only (see results.jsonl)")
     say(f"results in {result.output_dir}")
     write_json(args.json, result.to_dict())
     return 0
