@@ -1,15 +1,16 @@
 """Pair-safe int8 weight scales, for CPUs whose u8 x s8 multiply-add saturates (AVX2 and AVX-512
 without VNNI: ``mnv3.sysinfo.int8_saturates``).
 
-There, ONNX Runtime's int8 kernels (MLAS; OpenVINO's convolutions seemed to pair the same way
-in a scratch probe, not repeated by a test) multiply weights k and k+1 of an output channel
-with two uint8 activations and sum the pair in int16 (vpmaddubsw), k running over (kernel row, kernel column, input channel) with the input
-channel fastest; depthwise convolutions accumulate in int32. Probed on ONNX Runtime 1.32
-(tests/test_quantize.py asserts it on the installed one): a pair summing to 128 or less never saturates (255 x 128 = 32640 <= 32767),
-one summing to 129 can. The engines' own remedy, 7-bit weights (ORT's ``reduce_range``,
-NNCF's overflow fix), keeps *every* weight within 64; a pair-safe scale keeps every *pair*
-within 128, which leaves a channel its full 8 bits wherever one weight of each pair is small,
-and is never coarser than 7 bits (max |w| / 63.5).
+There, ONNX Runtime's int8 kernels (MLAS; OpenVINO's convolutions seemed to pair the same way in
+a scratch probe, not repeated by a test) multiply weights k and k+1 of an output channel with
+two uint8 activations and sum the pair in int16 (vpmaddubsw), k running over (kernel row, kernel
+column, input channel) with the input channel fastest; depthwise convolutions accumulate in
+int32. Probed on ONNX Runtime 1.32 (tests/test_quantize.py asserts it on the installed one): a
+pair summing to 128 or less never saturates (255 x 128 = 32640 <= 32767), one summing to 129
+can. The engines' own remedy, 7-bit weights (ORT's ``reduce_range``, NNCF's overflow fix), keeps
+*every* weight within 64; a pair-safe scale keeps every *pair* within 128, which leaves a
+channel its full 8 bits wherever one weight of each pair is small, and is never coarser than 7
+bits (max |w| / 63.5).
 """
 
 from __future__ import annotations
