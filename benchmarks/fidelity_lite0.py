@@ -15,6 +15,11 @@ force_float32 == eager on every image.
     python benchmarks/fidelity_lite0.py --json lite0.json    # machine-readable figures
     python benchmarks/fidelity_lite0.py --min-agreement 98.5 # the builds' budget (default 99)
     python benchmarks/fidelity_lite0.py --calib-method percentile   # the modes' calibration
+    python benchmarks/fidelity_lite0.py --max-float-fraction 0.9    # an experiment, see below
+
+``--max-float-fraction F`` lets the accuracy fallback return up to F of the int8 layers to float
+(mnv3's cap, ``mnv3.gate.MAX_FLOAT_FRACTION``, is 0.5: beyond it int8 has lost its point): it
+asks whether a larger share would meet issue 12's target, and what int8 would then be worth.
 
 Per build it also prints the flips counted on the held-out images against the flips the
 budget's margin model expects (``mnv3.fidelity.flip_probability``), and how large the noise on
@@ -193,6 +198,8 @@ def main() -> int:
     ap.add_argument("--variants", action="store_true", help="also measure int8 recipe variants")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--calib-method", default="minmax", choices=("minmax", "percentile", "entropy"))
+    ap.add_argument("--max-float-fraction", type=float, default=None,
+                    help="experiment: the fallback's cap on int8 layers kept float (mnv3: 0.5)")
     ap.add_argument("--min-agreement", type=float, default=None,
                     help="the reduced builds' accuracy budget, percent (default: mnv3's 99)")
     args = ap.parse_args()
@@ -212,6 +219,12 @@ def main() -> int:
     modes = [m for m in args.modes.split(",") if m]
     modes = modes if "force_float32" in modes else ["force_float32", *modes]  # the reference
     budget = [] if args.min_agreement is None else ["--min-agreement", str(args.min_agreement)]
+    if args.max_float_fraction is not None:
+        import mnv3.gate
+
+        mnv3.gate.MAX_FLOAT_FRACTION = args.max_float_fraction
+        print(f"experiment: up to {args.max_float_fraction:.0%} of the int8 layers may return "
+              "to float (mnv3's cap: 50%)")
     dirs = build_modes(onnx_path, args.out, modes, args.calib_num, budget, args.calib_method)
     for d in dirs.values():  # the build calibrated on exactly the subset we hold out from
         c = read_meta(d).calibration

