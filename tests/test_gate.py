@@ -18,7 +18,7 @@ from mnv3.backends import onnxruntime_quant as q
 from mnv3 import sysinfo
 from mnv3.backends import isa_mismatch
 from mnv3.cli.main import main as cli
-from mnv3.errors import BuildError, UsageError
+from mnv3.errors import BelowBudgetError, BuildError, UsageError
 from mnv3.meta import PreprocessCfg, read_meta
 from tiny_onnx import SIZE
 
@@ -169,6 +169,8 @@ def test_build_below_budget_fails_and_writes_nothing(tiny, tmp_path, capsys):
     with pytest.raises(BuildError, match="misses its accuracy budget") as e:
         _build(tiny, out, min_agreement=100, min_cosine=1.0, speed_check=False)
     assert "--allow-below-budget" in str(e.value) and "Nothing was written" in str(e.value)
+    # its own kind of build error (tune tells it from an engine's), the build's exit code
+    assert isinstance(e.value, BelowBudgetError) and e.value.exit_code == 6
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.tmp")]
 

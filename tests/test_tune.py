@@ -526,6 +526,43 @@ def test_an_engine_whose_float32_build_failed_is_not_tried_again(tmp_path, monke
                if not c.shares)
 
 
+def test_an_int8_build_the_budget_refused_is_not_repeated_at_other_batches(tmp_path,
+                                                                            monkeypatch):
+    """The same engine and mode at another batch or shape quantizes the same way: tune does not
+    spend its budget on a second refusal; an engine's refusal (not for accuracy) does not count."""
+    from mnv3 import tune_build
+    from mnv3.tune_build import build_all
+
+    tried = []
+
+    def fake_build(c, *args):
+        tried.append(c.name)
+        if c.quant_mode == "qint8_mixed_float32":
+            c.status, c.why = "refused", "build refused: misses its accuracy budget"
+            return c.backend == "onnxruntime"  # OpenVINO's: the engine refused, not the budget
+        c.status, c.why = "built", ""
+        return False
+
+    monkeypatch.setattr(tune_build, "build_candidate", fake_build)
+    cands = t.plan(["onnxruntime", "openvino"], [1, 8],
+                   ["force_float32", "qint8_mixed_float32"])
+    report = t.TuneReport("throughput", [1, 8], {}, 100.0, {}, "avx2", candidates=cands)
+    build_all(cands, None, tmp_path, None, None, 8, {}, False, None, report, False)
+    int8 = {c.name: c for c in cands if c.quant_mode == "qint8_mixed_float32"}
+    assert [n for n in tried if n in int8 and n.startswith("onnxruntime")] == \
+        ["onnxruntime/qint8_mixed_float32_false_1"]
+    for name, c in int8.items():
+        assert c.status == "refused"
+        if name.startswith("onnxruntime") and name != "onnxruntime/qint8_mixed_float32_false_1":
+            assert c.why.startswith("not built: onnxruntime/qint8_mixed_float32_false_1 missed "
+                                    "the accuracy budget") and c.model_dir is None
+    # OpenVINO's int8 refusals were the engine's: each of its builds is still tried
+    assert {n for n in tried if n.startswith("openvino/qint8")} == {
+        "openvino/qint8_mixed_float32_false_1", "openvino/qint8_mixed_float32_false_8",
+        "openvino/qint8_mixed_float32_true_1"}
+    assert all(c.status == "built" for c in cands if c.quant_mode == "force_float32")
+
+
 # ----------------------------------------------------------------------------- decoding
 def test_the_decode_rule_needs_agreement_and_speed():
     from mnv3.tune_decode import decide

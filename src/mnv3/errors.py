@@ -43,6 +43,11 @@ class BuildError(Mnv3Error):
     exit_code = 6
 
 
+class BelowBudgetError(BuildError):
+    """A reduced-precision build missed its accuracy budget (``mnv3.gate``); nothing written.
+    Its own class so that ``mnv3 tune`` can tell a refusal for accuracy from an engine's."""
+
+
 class ModelError(Mnv3Error):
     """A built model directory is missing, corrupt, of a newer format, or got an input it cannot take."""
 

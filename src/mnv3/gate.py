@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mnv3.errors import BuildError, UsageError
+from mnv3.errors import BelowBudgetError, UsageError
 from mnv3.quant_mode import QuantMode
 
 DEFAULT_MIN_AGREEMENT = 0.99
@@ -152,7 +152,7 @@ def gated_build(engine, src, tmp: Path, cfg, make_meta: Callable, measure: Calla
     """Compile ``cfg`` into ``tmp`` and hold it to its budget; returns the ModelMeta.
 
     ``make_meta(compiled)`` describes a compiled model in ``tmp``; ``measure(session)`` is its
-    fidelity against float32. Raises BuildError when the budget cannot be met.
+    fidelity against float32. Raises BelowBudgetError when the budget cannot be met.
     """
     budget = Budget.from_options(cfg.options)
     meta, fidelity = _compile(engine, src, tmp, cfg, make_meta, measure)
@@ -201,7 +201,8 @@ def _hold_to_budget(engine, src, tmp, cfg, make_meta, measure, budget, meta, fid
     if short:
         tried = _what_was_tried(engine, cfg, meta)
         if not budget.allow_below:
-            raise BuildError(below_budget_error(cfg.quant_mode, fidelity, budget, short, tried))
+            raise BelowBudgetError(below_budget_error(cfg.quant_mode, fidelity, budget, short,
+                                                      tried))
         fidelity["below_budget"] = short
         why = cfg.options.get("below_budget_reason", "--allow-below-budget was given")
         meta.notes.insert(0, f"BELOW ACCURACY BUDGET (shipped because {why}): "

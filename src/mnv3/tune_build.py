@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mnv3.errors import BuildError, Mnv3Error
+from mnv3.errors import BelowBudgetError, BuildError, Mnv3Error
 from mnv3.meta import read_meta
 from mnv3.quant_mode import QuantMode
 from mnv3.tune_report import say
@@ -32,17 +32,25 @@ def build_all(candidates, onnx, out, preprocess, calib_dir, calib_num, options, 
     engine's float32 build failed (not refused), its other candidates are not tried."""
     mutable: dict[tuple, Any] = {}
     broken: dict[str, Any] = {}  # backend -> its float32 build that failed
+    missed: dict[tuple, Any] = {}  # (backend, mode) -> its build the accuracy budget refused
     for c in candidates:
         first = mutable.setdefault((c.backend, c.quant_mode), c) if c.mutable else c
         if first is not c:
             _share(c, first, report)
         elif c.backend in broken:  # e.g. torch given an ONNX file: each try cost 5 s of budget
             c.status, c.why = "failed", f"not built: {broken[c.backend].name} failed"
-        else:
-            build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options, untrained,
-                            clock, report, progress, source)
-            if c.status == "failed" and QuantMode.parse(c.quant_mode).is_reference:
-                broken[c.backend] = c
+        elif (c.backend, c.quant_mode) in missed:
+            # Another batch or batch shape quantizes the same way on the same calibration and
+            # held-out images, so it would miss the budget too (Lite0 on AVX2: OpenVINO's int8
+            # build spent 224 s of tune's 600 s to be refused; a second one would again).
+            c.status, c.why = "refused", (
+                f"not built: {missed[(c.backend, c.quant_mode)].name} missed the accuracy "
+                "budget, and this build quantizes the same way")
+        elif build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
+                             untrained, clock, report, progress, source):
+            missed[(c.backend, c.quant_mode)] = c
+        elif c.status == "failed" and QuantMode.parse(c.quant_mode).is_reference:
+            broken[c.backend] = c
 
 
 def _share(c, first, report) -> None:
@@ -86,7 +94,8 @@ def build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
                     untrained, clock, report, progress, source=None) -> None:
     """Build candidate ``c`` (or reuse it) into ``out/models/<backend>/<name>``; sets its
     status (built / refused / failed / skipped) and why. ``source``: the checkpoint the ONNX
-    file was exported from (what the torch backend compiles), as ``mnv3 run`` passes it."""
+    file was exported from (what the torch backend compiles), as ``mnv3 run`` passes it.
+    Returns whether the accuracy budget refused it."""
     from mnv3.build_request import BuildRequest
     from mnv3.builder import build_from_request
 
@@ -106,26 +115,29 @@ def build_candidate(c, onnx, out, preprocess, calib_dir, calib_num, options,
         say(progress, f"reusing {c.name}: built before with these settings and budget")
         c.status, c.model_dir, c.fidelity = "built", str(target), _fidelity(meta)
         c.reused, c.build_s = True, 0.0
-        return
+        return False
     why = _wont_fit(c, clock, report)
     if why:  # checked after reuse: a rerun resumes with what was built, whatever the clock
         c.status, c.why = "skipped", why
         report.skipped.append(f"{c.name}: {c.why}")
-        return
+        return False
     say(progress, f"building {c.name} ({clock.elapsed():.0f} s of {clock.budget:.0f} s)")
+    missed = False
     try:
         meta = build_from_request(onnx, request, target, force=True, source=source)
     except BuildError as e:  # the budget (or the engine) refused it: a candidate that lost
         c.status, c.why = "refused", f"build refused: {e}"
+        missed = isinstance(e, BelowBudgetError)
     except Mnv3Error as e:
         c.status, c.why = "failed", f"build failed: {e}"
     else:
         c.status, c.model_dir, c.fidelity = "built", str(target), _fidelity(meta)
         if c.fidelity and c.fidelity.get("below_budget") and not untrained:
-            c.status, c.why = "refused", "below the accuracy budget"
+            c.status, c.why, missed = "refused", "below the accuracy budget", True
     c.build_s = time.perf_counter() - t0
     if c.status != "built":
         say(progress, f"{c.name}: {c.why}")
+    return missed
 
 
 def _reusable_build(target: Path, request, onnx):
