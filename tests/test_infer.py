@@ -296,3 +296,40 @@ def test_cli_dataset_folder_and_demo_name(built, demo, tmp_path):
         assert main(["infer", "--model", str(model_dir), "--dataset", ds, "--image-num", "4",
                      "--output-dir", str(out)]) == 0
         assert _read(out / "eval_labels.txt") == [f"{s.path.name} {s.label}" for s in demo[:4]]
+
+
+def test_a_model_folder_without_settings_runs_batches_side_by_side(built, demo, tmp_path,
+                                                                    monkeypatch):
+    """No threads given and none tuned: UNTUNED_IN_FLIGHT batches in the engine at once, on
+    the usable cores shared out; the same files as one batch at a time. Given threads, or a
+    single core, one batch at a time."""
+    import mnv3.backends
+    import mnv3.data.loader
+    from mnv3.inference import UNTUNED_IN_FLIGHT, open_for_infer
+
+    model_dir, _ = built
+    calls = []
+    real_load = mnv3.backends.load
+
+    def spy(model, threads=None, **options):
+        calls.append((threads, options.get("streams")))
+        return real_load(model, threads=threads, **options)
+
+    monkeypatch.setattr(mnv3.backends, "load", spy)
+    monkeypatch.setattr(mnv3.data.loader, "default_workers", lambda: 4)
+    with open_for_infer(model_dir) as s:
+        assert s.in_flight == UNTUNED_IN_FLIGHT == 2 and calls[-1] == (2, 2)
+    with open_for_infer(model_dir, threads=3) as s:
+        assert s.in_flight == 1 and calls[-1] == (3, None)
+    monkeypatch.setattr(mnv3.data.loader, "default_workers", lambda: 1)
+    with open_for_infer(model_dir) as s:
+        assert s.in_flight == 1 and calls[-1] == (None, None)
+
+    monkeypatch.setattr(mnv3.data.loader, "default_workers", lambda: 2)
+    a = infer(model_dir, demo, tmp_path / "a", progress=False)  # a folder: 2 x 1 thread
+    assert calls[-1] == (1, 2)
+    with real_load(model_dir, threads=1) as one:
+        b = infer(one, demo, tmp_path / "b", progress=False)
+    assert a.processed == b.processed == len(demo)
+    for name in ("eval_result_1.txt", "eval_result_5.txt", "results.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

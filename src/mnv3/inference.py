@@ -231,10 +231,32 @@ def _open(model):
     if isinstance(model, Session):
         return model, False
     if isinstance(model, (str, os.PathLike)):
-        from mnv3.backends import load
-
-        return load(model, spin=False), True  # ORT: no spin-wait, decoding needs the CPU
+        return open_for_infer(model), True
     raise UsageError(f"model must be a Session (mnv3.load) or a model folder, got {type(model).__name__}")
+
+
+# A model folder run over images with no settings given and none tuned: this many batches in
+# the engine at once, each on cores / UNTUNED_IN_FLIGHT engine threads. The decode threads
+# share the cores; one that preempts a thread of a multi-thread call stalls the whole call,
+# while single-thread streams go on (`python benchmarks/infer_speed.py --splits 1x2 --no-spin
+# --rounds 7 --images 400`, MobileNetV3-Large force_float32 batch 8, 2 cores, AVX2: end to end
+# 108.0 images/s with 2 x 1 thread against 97.2 with 1 x 2 threads; measured on 2 cores only).
+UNTUNED_IN_FLIGHT = 2
+
+
+def open_for_infer(model_dir, threads: int | None = None):
+    """Load a model folder to run over images beside the decode threads: no spin-waiting
+    engine threads (ORT), and ``threads`` if given, else what ``mnv3 tune`` recorded, else
+    ``UNTUNED_IN_FLIGHT`` batches in flight sharing the usable cores."""
+    from mnv3.backends import load
+    from mnv3.data.loader import default_workers
+    from mnv3.meta import read_meta
+
+    cores = default_workers()  # the CPUs this process may use
+    if threads is None and cores >= UNTUNED_IN_FLIGHT and not read_meta(model_dir).tuned:
+        return load(model_dir, threads=cores // UNTUNED_IN_FLIGHT, streams=UNTUNED_IN_FLIGHT,
+                    spin=False)
+    return load(model_dir, threads=threads, spin=False)
 
 
 def _predict_all(predictions, writer: ResultWriter, copies: AnnotatedCopies | None, total: int,

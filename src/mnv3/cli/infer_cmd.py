@@ -69,7 +69,9 @@ def add_parser(sub):
                    help="decode threads (default: one per CPU); with --engine ray: model actors "
                    "(default 2)")
     p.add_argument("--threads", type=int, default=None, metavar="T",
-                   help="engine intra-op threads (default: the engine's choice)")
+                   help="engine intra-op threads, one batch in the engine at a time "
+                   "(default: what 'mnv3 tune' chose, else 2 batches in flight sharing the "
+                   "cores)")
     p.add_argument("--save-images", action="store_true",
                    help="write copies with the top-1 class drawn on them to O/images/")
     p.add_argument("--strict", action="store_true",
@@ -101,7 +103,7 @@ def run(args) -> int:
     from mnv3.backends import load
     from mnv3.data.datasets import demo_dataset, demo_dir, load_class_names, load_dataset
     from mnv3.errors import UsageError
-    from mnv3.inference import infer
+    from mnv3.inference import infer, open_for_infer
 
     if args.dataset == "demo":
         args.demo, args.dataset = True, None
@@ -140,8 +142,8 @@ def run(args) -> int:
         extra.update(engine="ray", address=args.address,
                      threads_per_worker=args.threads_per_worker)
     else:
-        session = load(args.model, threads=args.threads, spin=False)  # decoding needs the CPU too
-        if session.in_flight > 1 or session.split > 1:
+        session = open_for_infer(args.model, args.threads)  # decoding needs the CPU too
+        if session.meta.tuned and (session.in_flight > 1 or session.split > 1):
             say(f"using the settings 'mnv3 tune' chose: {session.meta.tuned['threads']} "
                 f"thread(s) x {session.in_flight} batches in flight"
                 + (f", each batch split in {session.split} at once" if session.split > 1
