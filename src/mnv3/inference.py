@@ -240,7 +240,8 @@ def _open(model):
 # share the cores; one that preempts a thread of a multi-thread call stalls the whole call,
 # while single-thread streams go on (`python benchmarks/infer_speed.py --splits 1x2 --no-spin
 # --rounds 7 --images 400`, MobileNetV3-Large force_float32 batch 8, 2 cores, AVX2: end to end
-# 108.0 images/s with 2 x 1 thread against 97.2 with 1 x 2 threads; measured on 2 cores only).
+# 108.0 images/s with 2 batches of 1 thread each against 97.2 with one 2-thread batch at a time;
+# measured on 2 cores only).
 UNTUNED_IN_FLIGHT = 2
 
 

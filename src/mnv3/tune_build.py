@@ -29,7 +29,9 @@ def build_all(candidates, onnx, out, preprocess, calib_dir, calib_num, options, 
               clock, report, progress, source=None) -> None:
     """Build every candidate in plan order. The shape-mutable candidates of one (backend,
     mode) share one build, made for the first of them: it serves every batch size. Once an
-    engine's float32 build failed (not refused), its other candidates are not tried."""
+    engine's float32 build failed (not refused), its other candidates are not tried; once the
+    accuracy budget refused an engine's build of a mode, its other builds of that mode are
+    refused unbuilt."""
     mutable: dict[tuple, Any] = {}
     broken: dict[str, Any] = {}  # backend -> its float32 build that failed
     missed: dict[tuple, Any] = {}  # (backend, mode) -> its build the accuracy budget refused

@@ -14,7 +14,10 @@ model was never trained) and skipped.txt when an image could not be decoded
 top-1 class and probability drawn on them into images/ (moved in only when the run succeeds).
 Images are decoded on --workers threads while the model runs, so end-to-end images/s is printed
 beside the images/s inside the engine calls (timed while the decode threads compete for the
-cores: lower than 'mnv3 bench', which runs the engine alone). --decode fast trades exact pixels
+cores: lower than 'mnv3 bench', which runs the engine alone). The engine runs with the settings
+'mnv3 tune' recorded for the model, else 2 batches at once on half the cores each (single-thread
+streams keep going when a decode thread takes a core); --threads T runs one batch at a time on T
+threads. --decode fast trades exact pixels
 for speed (mnv3.data.fast_decode; its measured top-1 agreement is in the README); a model for
 which 'mnv3 tune' measured it (>= 99.5% top-1 agreement with the exact path, and faster) uses it
 by default, and says so; --decode exact overrides.
