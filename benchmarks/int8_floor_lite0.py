@@ -63,14 +63,9 @@ def build(onnx_path: Path, out: Path) -> dict[str, Path]:
 
 def unfused_logits(model, x: np.ndarray) -> np.ndarray:
     """Logits of an ONNX model run without graph optimizations (Q/DQ computed as written)."""
-    import onnxruntime as ort
+    from mnv3.onnx_source import cpu_session, run_batched
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    name = s.get_inputs()[0].name
-    return np.concatenate([s.run(None, {name: x[i:i + 8]})[0] for i in range(0, len(x), 8)])
+    return run_batched(cpu_session(model, optimize=False), x)
 
 
 def with_float_weights(qdq, source):

@@ -195,6 +195,7 @@ def driver_line(rows: list[dict]) -> tuple[float, float]:
 
 
 def report(res, samples, model, tmp: Path, args) -> None:
+    most = max(int(w) for w in args.workers.split(","))  # the probe ran with this many actors
     print(f"CPU: {cpu_model()} ({os.cpu_count()} cores, {isa_label()}); {args.arch} "
           f"force_float32 batch {args.batch}; {len(samples)} images; load "
           f"{os.getloadavg()[0]:.1f}")
@@ -207,7 +208,7 @@ def report(res, samples, model, tmp: Path, args) -> None:
         wall = [r["wall"] for r in rows]
         if name == "probe ray":
             print(f"{name:<13}: near-free network, {args.probe_images} images of 40x30 pixels, "
-                  f"{max(int(w) for w in args.workers.split(','))} actors")
+                  f"{most} actors")
         else:
             print(f"{name:<13}: {median(wall):.1f} images/s whole call "
                   f"({median_ratio(wall, local):.2f}x local; rounds {min(wall):.1f}-"
@@ -220,7 +221,7 @@ def report(res, samples, model, tmp: Path, args) -> None:
             same = all(filecmp.cmp(tmp / "local" / f, tmp / name / f, shallow=False)
                        for f in FILES)
             print(f"{'':<13}  result files byte-identical to local: {same}")
-    last = res[f"ray {max(int(w) for w in args.workers.split(','))}"]
+    last = res[f"ray {most}"]
     d_ms = decode_ms(samples, read_meta(model).preprocess)
     e_ms = engine_cpu_ms(model)
     print(f"per image: decode {d_ms:.2f} CPU ms, engine {e_ms:.2f} CPU ms (1 thread; the "
