@@ -5,6 +5,7 @@ and CUDA graphs for a fixed batch) and the GPU's description. Imported by
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import subprocess
 import threading
@@ -46,9 +47,13 @@ class TorchAotSession(Session):
         if threads is not None:  # process-wide in torch: the last session opened sets it
             torch.set_num_threads(int(threads))
         self.threads = threads or torch.get_num_threads()
+        cuda = self.device.type == "cuda"
         try:
             with self._on_device(), private_kernel_cache():  # it unpacks the .so there
-                self._runner = torch._inductor.aoti_load_package(str(package))
+                # On CUDA the runner's pool of model instances asks cudaEventQuery whether the
+                # last run finished, which a stream capture forbids: run it single-threaded
+                # (CudaRunner serialises its plain calls; graph replays need no runner).
+                self._runner = load_package(package, cuda, self.device.index or 0)
         except RuntimeError as e:
             raise ModelError(f"torch could not load {package}: {str(e).splitlines()[0]}; "
                              "rebuild it with this torch") from e
@@ -85,9 +90,32 @@ class TorchAotSession(Session):
         out = out[0] if isinstance(out, (list, tuple)) else out
         return out.float().numpy()
 
-    def device_report(self) -> dict[str, Any] | None:
-        """Device time per call (CUDA events) and the GPU; None on the CPU."""
-        return None if self._cuda is None else self._cuda.report()
+    def device_report(self, reset: bool = False) -> dict[str, Any] | None:
+        """Device time per call (CUDA events) and the GPU; None on the CPU. ``reset``
+        starts the device times afresh after reporting them."""
+        if self._cuda is None:
+            return None
+        report = self._cuda.report()
+        if reset:
+            self._cuda.reset_times()
+        return report
+
+
+def load_package(package: Path, cuda: bool, index: int):
+    """``aoti_load_package`` single-threaded on the GPU ``index`` where this torch has those
+    arguments (2.7 on), plainly elsewhere (the device context then picks the GPU)."""
+    import inspect
+
+    import torch
+
+    load = torch._inductor.aoti_load_package
+    known = inspect.signature(load).parameters
+    kwargs = {}
+    if cuda and "run_single_threaded" in known:
+        kwargs["run_single_threaded"] = True
+    if cuda and "device_index" in known:
+        kwargs["device_index"] = index
+    return load(str(package), **kwargs)
 
 
 class CudaRunner:
@@ -95,14 +123,25 @@ class CudaRunner:
     pinned host buffers per batch size; CUDA-event timing of the device work; for a fixed
     batch, a CUDA graph captured after ``CUDA_WARMUP`` calls and replayed per call.
 
-    Not yet run on a GPU (none was lent when this was written): benchmarks/gpu_check.py is the
-    check; a capture that fails falls back to plain calls, with a note in ``report``.
+    A capture that fails falls back to plain calls, with a note in ``report``.
     """
 
     def __init__(self, session: TorchAotSession):
+        import torch
+
         self.s, self.use_graphs = session, False
         self.local = threading.local()
-        self.device_ms: list[float] = []  # list.append is atomic: shared by the threads
+        # The runner is loaded single-threaded: one plain call at a time. A capture holds it
+        # too, from start to end: torch.cuda.graph synchronizes the device and empties the
+        # allocator's cache on entry, which would break another thread's capture.
+        self.runner_lock = threading.RLock()
+        # device ms per call, by batch size (list.append is atomic: shared by the threads)
+        self.device_ms: dict[int, list[float]] = collections.defaultdict(list)
+        if session.dtype == torch.float32:
+            # force_float32 means IEEE float32: cuDNN convolutions default to TF32 (10-bit
+            # mantissa), which is a different precision. Process-wide, as torch's flags are.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.notes: list[str] = []
         self.graphs = 0
 
@@ -121,7 +160,8 @@ class CudaRunner:
         return self.local.buffers[n]
 
     def _forward(self, dev_in):
-        out = self.s._runner(self.s._prepare(dev_in))
+        with self.runner_lock:
+            out = self.s._runner(self.s._prepare(dev_in))
         return out[0] if isinstance(out, (list, tuple)) else out
 
     def _capture(self, buf) -> None:
@@ -129,7 +169,9 @@ class CudaRunner:
 
         try:
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.local.stream):
+            # thread_local: other threads may copy, allocate and replay while this one captures
+            with self.runner_lock, torch.cuda.graph(graph, stream=self.local.stream,
+                                                    capture_error_mode="thread_local"):
                 buf["graph_out"] = self._forward(buf["dev_in"])
             buf["graph"] = graph
             self.graphs += 1
@@ -161,19 +203,34 @@ class CudaRunner:
             buf["host_out"].copy_(out.float(), non_blocking=True)
         stream.synchronize()
         buf["calls"] += 1
-        self.device_ms.append(start.elapsed_time(end))
+        self.device_ms[batch.shape[0]].append(start.elapsed_time(end))
         return buf["host_out"].numpy().copy()
 
     def report(self) -> dict[str, Any]:
-        ms = sorted(self.device_ms)
-        stats = {}
-        if ms:
-            stats = {"calls": len(ms), "avg_ms": float(np.mean(ms)),
-                     "p50_ms": float(np.percentile(ms, 50)),
-                     "p99_ms": float(np.percentile(ms, 99))}
+        """Device time over all calls and per batch size (CUDA events), graphs, the GPU."""
+        every = [ms for calls in self.device_ms.values() for ms in calls]
         return {"device": str(self.s.device), "gpu": gpu_info(self.s.device.index or 0),
-                "cuda_graphs": self.graphs > 0,
-                "device_time": stats, "notes": list(self.notes)}
+                "cuda_graphs": self.graphs > 0, "device_time": _ms_stats(every),
+                "device_time_by_batch": {n: _ms_stats(ms) for n, ms in
+                                         sorted(self.device_ms.items())},
+                "tf32": bool(torch_flags_tf32()), "notes": list(self.notes)}
+
+    def reset_times(self) -> None:
+        """Forget the device times so far (a caller measuring one setting after another)."""
+        self.device_ms.clear()
+
+
+def _ms_stats(ms: list[float]) -> dict[str, float]:
+    if not ms:
+        return {}
+    return {"calls": len(ms), "avg_ms": float(np.mean(ms)),
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def torch_flags_tf32() -> bool:
+    import torch
+
+    return torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
 
 
 def gpu_info(index: int) -> dict[str, Any]:
