@@ -2,11 +2,11 @@
 
 Issue 15 offers int8 on the torch backend only if it measures faster than the float32
 AOTInductor package on the CPU at hand. torch 2.13 no longer ships PT2E quantization
-(``torch.ao.quantization.quantize_pt2e`` is gone); it lives in torchao, which mnv3 does not
-depend on. This probe needs it installed beside torch (not in mnv3's dependencies):
+(``torch.ao.quantization.quantize_pt2e`` is gone); it lives in torchao, mnv3's torch-int8
+extra (the torch backend builds int8 with it now; this probe keeps the first measurement):
 
-    pip install --no-deps --target /tmp/ao torchao
-    PYTHONPATH=/tmp/ao python benchmarks/torch_int8_probe.py --batch 8 --rounds 7
+    pip install -e ".[torch-int8]"
+    python benchmarks/torch_int8_probe.py --batch 8 --rounds 7
 
 It compiles MobileNetV3-Small (seeded random weights, 224x224, fixed batch) twice with the
 backend's settings (torch.export, AOTInductor, freezing): float32, and int8 (default

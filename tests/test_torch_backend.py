@@ -135,10 +135,67 @@ def test_an_onnx_source_is_refused_with_the_way_to_build_it(work, tmp_path, caps
     assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.tmp-*"))
 
 
-@pytest.mark.parametrize("mode", ["qint8_mixed_float16", "qint8_mixed_float32"])
-def test_int8_is_not_offered(mode):
-    with pytest.raises(UsageError, match=f"{mode} is built only by .* not torch"):
-        BuildRequest(quant_mode=mode, shape_mutable=False, batch_size=1, backend="torch")
+needs_torchao = pytest.mark.skipif(not __import__("importlib").util.find_spec("torchao"),
+                                   reason='torchao is not installed (pip install -e ".[dev]")')
+
+
+def test_int8_is_refused_where_it_cannot_be_built(monkeypatch):
+    """int8 is torchao's PT2E on x86 CPUs: a GPU, or no torchao, is a clear refusal."""
+    from mnv3.backends import get_backend
+    from mnv3.backends import torch_aot
+    from mnv3.quant_mode import QuantMode
+
+    mode = QuantMode.INT8_FLOAT32
+    with pytest.raises(UsageError, match="runs on the CPU .* on a GPU build force_float16"):
+        torch_aot.torch_dtype(mode, torch.device("cuda"))
+    monkeypatch.setattr(torch_aot, "has_torchao", lambda: False)
+    with pytest.raises(BackendUnavailable, match=r"needs torchao .*mnv3\[torch-int8\]"):
+        torch_aot.torch_dtype(mode, torch.device("cpu"))
+    assert not get_backend("torch").runs_here(mode)
+    BuildRequest(quant_mode=mode, shape_mutable=False, batch_size=1, backend="torch")
+    with pytest.raises(UsageError, match="qint8_mixed_float16 is built only by .* not torch"):
+        BuildRequest(quant_mode="qint8_mixed_float16", shape_mutable=False, batch_size=1,
+                     backend="torch")
+
+
+def test_each_backend_calibrates_its_own_default_way():
+    """No --calib-method: the backend's first (torch: histogram search, measured better on
+    Lite0; the others min/max); a float build records none."""
+    def method(backend, mode="qint8_mixed_float32"):
+        return BuildRequest(quant_mode=mode, shape_mutable=False, batch_size=1,
+                            backend=backend).calib_method
+
+    assert method("torch") == "entropy" and method("onnxruntime") == "minmax"
+    assert method("torch", "force_float32") == "minmax"  # unused: nothing is calibrated
+    with pytest.raises(UsageError, match="percentile is not offered by the torch backend"):
+        BuildRequest(quant_mode="qint8_mixed_float32", shape_mutable=False, batch_size=1,
+                     backend="torch", calib_method="percentile")
+
+
+@pytest.mark.slow
+@needs_torchao
+def test_int8_is_pt2e_with_the_range_this_cpu_needs(work, tmp_path):
+    """qint8_mixed_float32: int8 convolutions calibrated on the build's images, reduce_range
+    where u8 x s8 saturates, held to the budget (an untrained network: measured and marked)."""
+    from mnv3 import build
+    from mnv3.sysinfo import int8_saturates
+
+    meta = build(_onnx(work), tmp_path / "m", quant_mode="qint8_mixed_float32",
+                 shape_mutable=False, batch_size=2, backend="torch",
+                 preprocess=PreprocessCfg(resize=37, crop=SIZE), calib_dir=work["dir"] / "images",
+                 source=_source(work), options={"progress": False, "speed_check": False})
+    recipe = meta.extra["int8"]
+    assert recipe["reduce_range"] == int8_saturates() and recipe["calibration_images"] > 0
+    assert "HistogramObserver" in recipe["activations"]  # torch's default --calib-method
+    assert meta.calibration["method"] == "entropy"
+    assert any("int8" in p or "uint8" in p for p in meta.op_precisions.values())
+    x = np.random.default_rng(4).standard_normal((4, 3, SIZE, SIZE), dtype=np.float32)
+    ref = _eager(work["net"], x)
+    with load(tmp_path / "m") as session:
+        got = session.predict(x)
+    cosine = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    # measured 0.99974 (AVX2, reduce_range): int8 keeps the logits' direction
+    assert cosine.min() > 0.999 and meta.fidelity["cosine_mean"] > 0.999
 
 
 @pytest.mark.slow
@@ -264,6 +321,31 @@ def test_the_planner_builds_torch_only_in_the_modes_it_runs_here():
             _plan(("force_float16",), (1,), False, 1, 1, ("torch",))
 
 
+def test_an_exported_program_source_is_checked_before_compiling(tmp_path):
+    """Any network reaches the backend as a torch.export program (gpu_check's Lite0): a
+    missing, changed or foreign file is a clear error, before any compile."""
+    from mnv3 import create_model
+    from mnv3.backends.torch_aot import source_module
+    from mnv3.errors import BuildError
+    from mnv3.meta import sha256_file
+
+    net = create_model("mobilenetv3-small", "seed", width_mult=0.35, num_classes=10, seed=0)
+    path = tmp_path / "net.pt2"
+    x = torch.zeros(2, 3, SIZE, SIZE)
+    torch.export.save(torch.export.export(net.eval(), (x,), strict=False), str(path))
+    want = sha256_file(path)
+    module = source_module({"exported_program": str(path), "exported_program_sha256": want})
+    with torch.no_grad():
+        np.testing.assert_allclose(module(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(UsageError, match="does not exist; write it with torch.export.save"):
+        source_module({"exported_program": str(tmp_path / "none.pt2")})
+    with pytest.raises(BuildError, match="changed since it was described"):
+        source_module({"exported_program": str(path), "exported_program_sha256": "0" * 64})
+    (tmp_path / "junk.pt2").write_bytes(b"not a program")
+    with pytest.raises(UsageError, match="is not a torch.export program"):
+        source_module({"exported_program": str(tmp_path / "junk.pt2")})
+
+
 # ------------------------------------------------------------------ on a GPU (skipped here)
 @needs_cuda
 def test_a_bad_gpu_index_names_the_gpus_there():
@@ -300,6 +382,35 @@ def test_cuda_builds_run_in_their_precision_with_graphs_and_device_time(work, tm
 
 @pytest.mark.slow
 @needs_cuda
+def test_cuda_streams_each_capture_their_graphs_and_agree_with_eager(work, tmp_path):
+    """Several threads (bench streams, infer's batches in flight) on one mutable CUDA model:
+    each captures its own graph per batch size, none disturbs another's results; float32 runs
+    as IEEE float32 (TF32 off) and device time is kept per batch size."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    common = [a for a in work["common"] if a not in ("false", "--shape-mutable")]
+    assert _main(["build", *common, "--shape-mutable", "true", "--backend", "torch",
+                  "--quant-mode", "force_float32", "--device", "cuda",
+                  "--output", str(tmp_path / "m")]) == 0
+    rng = np.random.default_rng(3)
+    inputs = [rng.standard_normal((n, 3, SIZE, SIZE), dtype=np.float32) for n in (1, 3, 1, 3)]
+    with load(tmp_path / "m", cuda_graphs=True) as session:
+        def calls(x):
+            return [session.predict(x) for _ in range(8)]  # past the warm-up: replays
+
+        with ThreadPoolExecutor(len(inputs)) as pool:
+            results = list(pool.map(calls, inputs))
+        report = session.device_report()
+    for x, got in zip(inputs, results):
+        for out in got:
+            np.testing.assert_allclose(out, _eager(work["net"], x), rtol=1e-3, atol=1e-4)
+    assert report["cuda_graphs"] and not report["tf32"] and not report["notes"]
+    assert set(report["device_time_by_batch"]) == {1, 3}
+    assert report["device_time"]["calls"] == 8 * len(inputs)
+
+
+@pytest.mark.slow
+@needs_cuda
 def test_bench_on_cuda_prints_device_time_and_the_gpu(work, tmp_path, capsys):
     assert _main(["build", *work["common"], "--backend", "torch", "--quant-mode",
                   "force_float32", "--device", "cuda", "--output", str(tmp_path / "m")]) == 0
@@ -320,7 +431,13 @@ def test_the_gpu_check_runs_its_code_on_the_cpu_in_a_dry_run(tmp_path, capsys, m
     out = capsys.readouterr().out
     assert "a dry run: not GPU figures" in out and "x MLU370-X4" in out
     result = json.loads((tmp_path / "g.json").read_text())
-    assert result["dry_run"] and result["gpu"] is None
-    assert [(r["mode"], r["batch"]) for r in result["rows"]] == [("force_float32", 1),
-                                                                  ("force_float32", 2)]
-    assert all(r["max_rel_err"] <= 1e-3 and r["images_per_s"] > 0 for r in result["rows"])
+    assert result["dry_run"] and result["gpu"] is None and result["errors"] == []
+    assert [(r["mode"], r["batch"], r["streams"]) for r in result["rows"]] == [
+        ("force_float32", 1, 1), ("force_float32", 2, 1), ("force_float32", 2, 2)]
+    assert all(r["images_per_s"] > 0 for r in result["rows"])
+    assert all(r["max_rel_err"] <= 1e-3 for r in result["rows"] if r["streams"] == 1)
+    # the yardstick stage: a torch.export program built by the backend, against eager
+    [ref, fp32] = result["accuracy"]
+    assert fp32["mode"] == "force_float32" and fp32["top1_agreement"] == 1.0
+    e2e = result["end_to_end"]
+    assert e2e["images"] == 2 * ref["images"] and e2e["decode_only_images_per_s"]

@@ -34,7 +34,7 @@ class BuildRequest:
     preprocess: PreprocessCfg = field(default_factory=PreprocessCfg)
     calib_dir: Path | None = None  # None: the bundled demo images
     calib_num: int = CALIB_NUM
-    calib_method: str = CALIB_METHOD
+    calib_method: str | None = None  # None: the backend's default (its first calib method)
     strict: bool = False  # an undecodable calibration image is an error, not skipped
     # Backend knobs and the accuracy budget (min_agreement, max_drop, min_cosine, ...).
     options: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -61,6 +61,8 @@ class BuildRequest:
             raise UsageError(f"--calib-num must be >= 1, got {self.calib_num!r}")
         check_builds(self.backend, self.quant_mode)  # also: an unknown backend
         methods = capabilities(self.backend).calib_methods if self.int8 else CALIB_METHODS
+        if self.calib_method is None:  # frozen: resolved here, once
+            object.__setattr__(self, "calib_method", methods[0] if methods else CALIB_METHOD)
         if self.calib_method not in methods:
             raise UsageError(f"--calib-method {self.calib_method} is not offered by the "
                              f"{self.backend} backend; use {' or '.join(methods)}")

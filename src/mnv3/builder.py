@@ -29,7 +29,7 @@ from mnv3.backends import DEFAULT_BACKEND, get_backend
 from mnv3.backends.base import BuildConfig
 from mnv3.build_request import BuildRequest
 from mnv3.data.datasets import IMAGE_EXTENSIONS
-from mnv3.defaults import CALIB_METHOD, CALIB_NUM
+from mnv3.defaults import CALIB_NUM
 from mnv3.data.files import escape_name, open_regular
 from mnv3.errors import DataError, Mnv3Warning, UsageError
 from mnv3.fidelity import measure_fidelity
@@ -47,7 +47,7 @@ FIDELITY_NUM = 200
 
 def build(onnx_path, output_dir=None, *, quant_mode: str | QuantMode, shape_mutable: bool,
           batch_size: int, preprocess: PreprocessCfg | None = None, calib_dir=None,
-          calib_num: int = CALIB_NUM, calib_method: str = CALIB_METHOD,
+          calib_num: int = CALIB_NUM, calib_method: str | None = None,
           backend: str = DEFAULT_BACKEND, class_names: Sequence[str] | None = None,
           source: dict | None = None, options: dict | None = None, strict: bool = False,
           force: bool = False) -> ModelMeta:

@@ -12,21 +12,26 @@ Devices and precisions (``--device cpu|cuda[:N]``, a build option):
 * cpu: float32 everywhere; float16 / bfloat16 only on a CPU that computes them (AVX512-FP16 /
   AMX-FP16, AVX512-BF16 / AMX-BF16; ``runs_here``), refused elsewhere, because torch would
   emulate them in float32 at a fraction of the speed.
-* cuda: float32, float16 and bfloat16 weights and activations (untested on a GPU so far: no GPU
-  was lent to the sessions that wrote this; ``benchmarks/gpu_check.py`` is the check to run).
-  A fixed-batch model is captured in a CUDA graph after warm-up and replayed per call; each
-  calling thread gets its own stream and pinned host buffers, and the device work is timed
-  with CUDA events (``device_report``, which ``mnv3 bench`` prints).
+* cuda: float32 (IEEE: TF32 off), float16 and bfloat16 weights and activations. A fixed-batch
+  model is captured in a CUDA graph after warm-up and replayed per call; each calling thread
+  gets its own stream and pinned host buffers, and the device work is timed with CUDA events
+  (``device_report``, which ``mnv3 bench`` prints). Measured on an H200 with
+  ``benchmarks/gpu_check.py`` (README, "On an NVIDIA GPU").
 
-int8 is not offered yet, and the capabilities leave it out (``--quant-mode qint8_*`` is refused
-naming the backends that build it). torch 2.13 no longer ships PT2E quantization; it is in
-torchao, which mnv3 does not depend on. Measured through torchao 0.18 (PT2E +
-X86InductorQuantizer, default config; ``benchmarks/torch_int8_probe.py``), MobileNetV3-Small
-batch 8, 1 thread, AMD EPYC AVX2 (no VNNI), 7 interleaved rounds, other jobs sharing the 2
-cores: int8 189 vs float32 95 images/s (x1.99), again 123 vs 69 (x1.62); at 2 threads under
-heavy load x0.87 (OpenMP barriers collapse there, so that figure says little). It measures
-faster, so the issue's rule says offer it: that needs torchao as an optional extra, the
-builder's calibration images and the accuracy budget, and is left to a later change.
+int8 (``qint8_mixed_float32``: X86InductorQuantizer quantizes a float32 graph) runs on the CPU
+through PT2E quantization, which torch 2.13 no longer ships: it is torchao's
+(``pip install "mnv3[torch-int8]"``), and without it int8 is refused with that line. torchao's
+X86InductorQuantizer makes convolutions and linear layers int8 (per-channel int8 weights,
+per-tensor uint8 activations, calibrated on the build's images), the rest float32; with
+``reduce_range`` where the CPU's u8 x s8 multiply-add saturates (no VNNI, as the quantizer's
+own documentation advises and issue 12 measured for ONNX Runtime). The builder holds it to the
+accuracy budget like any int8 build (no layer fallback: below budget is refused) and ships
+float32 instead where int8 is slower. Speed, measured through torchao 0.18
+(``benchmarks/torch_int8_probe.py``), MobileNetV3-Small batch 8, 1 thread, AMD EPYC AVX2 (no
+VNNI), 7 interleaved rounds, other jobs sharing the 2 cores: int8 189 vs float32 95 images/s
+(x1.99), again 123 vs 69 (x1.62); at 2 threads under heavy load x0.87 (OpenMP barriers
+collapse there, so that figure says little). On CUDA, int8 is refused (the quantizer targets
+x86 CPUs).
 
 Layout on the CPU (``benchmarks/torch_vs_engines.py --channels-last --threads 1``, Small batch
 8, AVX2, 7 interleaved rounds): contiguous NCHW 221 images/s, channels_last 206 (slower in 6 of
@@ -50,6 +55,7 @@ import resource
 import shutil
 import tempfile
 import time
+import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -63,12 +69,22 @@ from mnv3.quant_mode import QuantMode
 PACKAGE_FILE = "model.pt2"
 MAX_BATCH = 256  # the declared upper end of a mutable batch (the issue's 1..256)
 CUDA_WARMUP = 3  # calls before a CUDA graph is captured (lazy init, autotuning, allocator)
-# The memory layout per device. CPU: measured, see the module docstring. CUDA: channels_last is
-# the layout cuDNN's fp16/bf16 tensor-core convolutions want (not yet measured on a GPU).
+# The memory layout per device. CPU: measured, see the module docstring. CUDA: H200, Small
+# float16 (gpu_check.py): channels_last as fast as NCHW at batch 8, x1.41 at 64, x1.62 at 256.
 CHANNELS_LAST = {"cpu": False, "cuda": True}
 DEVICE_RE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
 _MISSING = None if importlib.util.find_spec("torch") else "No module named 'torch'"
+INT8_INSTALL = 'pip install "mnv3[torch-int8]"'  # torchao: PT2E quantization left torch in 2.13
+# --calib-method -> torchao's activation observer: the quantizer's default histogram search for
+# the range of least quantization error (the entropy family's idea; the first is the backend's
+# default), or min/max. Lite0 on AVX2, 400 held-out images (benchmarks/torch_int8_lite0.py):
+# minmax 98.75% top-1 agreement with float32, entropy: README, "PyTorch backend".
+ACTIVATION_OBSERVERS = {"entropy": "HistogramObserver", "minmax": "MinMaxObserver"}
+
+
+def has_torchao() -> bool:
+    return importlib.util.find_spec("torchao") is not None
 
 
 def parse_device(text: str | None) -> tuple[str, int | None]:
@@ -108,8 +124,16 @@ def cpu_computes(float_type: str) -> bool:
 
 
 def torch_dtype(mode: QuantMode, device) -> Any:
-    """The dtype of weights and activations for ``mode`` on ``device``; refuses an emulated one."""
+    """The dtype of weights and activations for ``mode`` on ``device``; refuses an emulated one,
+    and int8 where it cannot be built (a GPU, no torchao)."""
     import torch
+
+    if mode.int8 and device.type != "cpu":
+        raise UsageError(f"{mode} on the torch backend runs on the CPU (torchao's "
+                         "X86InductorQuantizer); on a GPU build force_float16 or force_bfloat16")
+    if mode.int8 and not has_torchao():
+        raise BackendUnavailable(f"{mode} on the torch backend needs torchao (PT2E quantization "
+                                 f"left torch in 2.13): {INT8_INSTALL}")
 
     if device.type == "cpu" and not cpu_computes(mode.float_type):
         from mnv3.sysinfo import isa_label
@@ -128,11 +152,16 @@ def source_module(source: dict):
 
     A checkpoint (``weights_path`` or ``path``, with the arch and layout it was read as) is
     loaded again and must still have the sha256 it was exported with; a seeded random network
-    (``mnv3 run`` without --weights) is re-created from its seed.
+    (``mnv3 run`` without --weights) is re-created from its seed; ``exported_program`` (a file
+    of ``torch.export.save``, with its ``exported_program_sha256``) is any other network, e.g.
+    the EfficientNet-Lite0 yardstick of ``benchmarks/gpu_check.py``.
     """
     from mnv3.models import create_model, load_checkpoint
     from mnv3.models.checkpoints import is_onnx_file
 
+    if source.get("exported_program"):
+        return exported_module(Path(source["exported_program"]),
+                               source.get("exported_program_sha256"))
     arch, layout = source.get("arch"), source.get("layout")
     width, classes = source.get("width_mult"), source.get("num_classes")
     if arch and layout and source.get("random_seed") is not None:
@@ -150,6 +179,25 @@ def source_module(source: dict):
     raise UsageError("the torch backend compiles the PyTorch network, and an ONNX file cannot "
                      "be turned back into one here: build from the checkpoint instead, e.g. "
                      "mnv3 build --backend torch --weights CKPT --quant-mode force_float32 ...")
+
+
+def exported_module(path: Path, want_sha256: str | None):
+    """The network of a ``torch.export.save`` file, unchanged since ``want_sha256``."""
+    import torch
+
+    from mnv3.meta import sha256_file
+
+    if not path.is_file():
+        raise UsageError(f"exported program {path} does not exist; write it with "
+                         "torch.export.save(torch.export.export(net, (x,)), PATH)")
+    if want_sha256 and sha256_file(path) != want_sha256:
+        raise BuildError(f"exported program {path} changed since it was described (sha256 "
+                         f"{sha256_file(path)[:12]}, expected {want_sha256[:12]}); build again")
+    try:
+        return torch.export.load(str(path)).module()
+    except (RuntimeError, ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
+        raise UsageError(f"{path} is not a torch.export program torch "
+                         f"{torch.__version__} can load: {str(e).splitlines()[0]}") from None
 
 
 def batch_range(cfg: BuildConfig) -> tuple[int, int] | None:
@@ -211,7 +259,9 @@ def compile_package(module, cfg: BuildConfig, device, dtype, path: Path) -> dict
     last = cfg.options.get("channels_last")  # a knob for measuring; None: the measured choice
     last = CHANNELS_LAST[device.type] if last is None else bool(last)
     layout = torch.channels_last if last else torch.contiguous_format
-    module = module.to(device=device, dtype=dtype, memory_format=layout).eval()
+    module = module.to(device=device, dtype=dtype, memory_format=layout)
+    if not isinstance(module, torch.fx.GraphModule):  # an exported program's is traced in
+        module = module.eval()                         # eval mode and refuses .eval()
     x = torch.randn(example_batch, 3, size, size, device=device, dtype=dtype)
     x = x.contiguous(memory_format=layout)
     dynamic = None
@@ -219,8 +269,11 @@ def compile_package(module, cfg: BuildConfig, device, dtype, path: Path) -> dict
         dynamic = ({0: torch.export.Dim("batch", min=rng[0], max=rng[1])},)
     options = inductor_options(device)
     t0, cpu0 = time.perf_counter(), cpu_seconds()
+    int8 = None
     with torch.no_grad(), private_kernel_cache():
         try:
+            if cfg.quant_mode.int8:
+                module, int8 = quantize_int8(module, x, cfg)
             program = torch.export.export(module, (x,), dynamic_shapes=dynamic, strict=False)
             torch._inductor.aoti_compile_and_package(program, package_path=str(path),
                                                      inductor_configs=dict(options))
@@ -230,7 +283,46 @@ def compile_package(module, cfg: BuildConfig, device, dtype, path: Path) -> dict
     return {"compile_s": round(time.perf_counter() - t0, 1),
             "compile_cpu_s": round(cpu_seconds() - cpu0, 1), "inductor_configs": options,
             "channels_last": layout is torch.channels_last,
-            "op_precisions": graph_precisions(program)}
+            "op_precisions": graph_precisions(program), "int8": int8}
+
+
+def quantize_int8(module, x, cfg: BuildConfig):
+    """PT2E int8 of ``module`` calibrated on the build's images: (converted module, recipe).
+
+    ``reduce_range`` (7-bit activations) where u8 x s8 saturates (``int8_saturates``)."""
+    import dataclasses
+
+    import torch
+    from torchao.quantization.pt2e import observer
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    from mnv3.calibration import decode_batches
+    from mnv3.sysinfo import int8_isa, int8_saturates
+
+    reduce = int8_saturates()
+    config = xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce)
+    name = ACTIVATION_OBSERVERS[cfg.calib_method]
+    act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=getattr(
+        observer, name).with_args(eps=2 ** -12))
+    config = dataclasses.replace(config, input_activation=act,
+                                 output_activation=act if config.output_activation else None)
+    quantizer = xiq.X86InductorQuantizer().set_global(config)
+    # captured with a free batch, so calibration runs in batches of its own size whatever the
+    # package's batch; the caller exports the converted module again with the package's shapes
+    free = ({0: torch.export.Dim("calibration_batch", min=1, max=MAX_BATCH)},)
+    captured = torch.export.export(module, (x,), dynamic_shapes=free, strict=False).module()
+    prepared = prepare_pt2e(captured, quantizer)
+    if not cfg.calib_files:
+        raise BuildError("int8 needs calibration images (--calib-dir)")
+    for batch in decode_batches(cfg.calib_files, cfg.preprocess, 16):
+        prepared(torch.from_numpy(batch).to(x.dtype))
+    from importlib.metadata import version
+
+    return convert_pt2e(prepared), {
+        "quantizer": "torchao X86InductorQuantizer", "torchao": version("torchao"),
+        "weights": "int8 per channel", "activations": f"uint8 per tensor, {name}",
+        "reduce_range": reduce, "isa": int8_isa(), "calibration_images": len(cfg.calib_files)}
 
 
 def cpu_seconds() -> float:
@@ -256,17 +348,21 @@ def graph_precisions(program) -> dict[str, str]:
 class TorchAotBackend(Backend):
     name = "torch"
     capabilities = Capabilities(
-        modes=(QuantMode.FLOAT32, QuantMode.FLOAT16, QuantMode.BFLOAT16),
-        distribution="torch", install_hint="pip install torch", devices=("cpu", "cuda"),
-        from_network=True)
+        # int8 with float32 elsewhere only: X86InductorQuantizer quantizes a float32 graph
+        modes=(QuantMode.FLOAT32, QuantMode.FLOAT16, QuantMode.BFLOAT16,
+               QuantMode.INT8_FLOAT32),
+        calib_methods=tuple(ACTIVATION_OBSERVERS), distribution="torch",
+        install_hint="pip install torch", devices=("cpu", "cuda"), from_network=True)
 
     @classmethod
     def missing(cls) -> str | None:
         return _MISSING
 
     def runs_here(self, mode: QuantMode) -> bool:
-        """On this machine's CPU (a GPU build is asked for with --device cuda)."""
-        return self.capabilities.builds(mode) and cpu_computes(mode.float_type)
+        """On this machine's CPU (a GPU build is asked for with --device cuda); int8 with
+        torchao installed."""
+        return self.capabilities.builds(mode) and cpu_computes(mode.float_type) and \
+            (has_torchao() or not mode.int8)
 
     def version(self) -> str:
         import torch
@@ -285,6 +381,8 @@ class TorchAotBackend(Backend):
                  "compile_options": {"inductor_configs": done["inductor_configs"],
                                      "dynamic_batch": list(rng) if rng else None},
                  "batch_range": list(rng) if rng else None}
+        if done["int8"]:
+            extra["int8"] = done["int8"]
         if device.type == "cuda":
             from mnv3.backends.torch_session import gpu_info
 

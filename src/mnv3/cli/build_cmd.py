@@ -60,10 +60,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--calib-dir", type=Path, help="calibration images (default: demo images)")
     p.add_argument("--calib-num", type=int, default=d.CALIB_NUM,
                    help=f"calibration images (default {d.CALIB_NUM})")
-    p.add_argument("--calib-method", default=d.CALIB_METHOD, choices=CALIB_METHODS,
-                   help="int8 activation ranges from the calibration images: minmax (default: "
-                   "observed min/max), entropy (KL-divergence histogram), percentile "
-                   "(onnxruntime only: clips rare outliers)")
+    p.add_argument("--calib-method", default=None, choices=CALIB_METHODS,
+                   help="int8 activation ranges from the calibration images: minmax (observed "
+                   "min/max; the default of onnxruntime and openvino), entropy (a histogram "
+                   "search: KL divergence on onnxruntime; on torch the range of least "
+                   "quantization error, its default), percentile (onnxruntime only: clips "
+                   "rare outliers)")
     budget = p.add_argument_group(
         "accuracy budget", "a reduced-precision build must agree with float32 on held-out "
         "images (default: top-1 agreement >= 99%% and mean logit cosine >= 0.99); below it, "
