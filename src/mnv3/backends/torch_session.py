@@ -135,8 +135,10 @@ class CudaRunner:
         # too, from start to end: torch.cuda.graph synchronizes the device and empties the
         # allocator's cache on entry, which would break another thread's capture.
         self.runner_lock = threading.RLock()
-        # device ms per call, by batch size (list.append is atomic: shared by the threads)
+        # device ms per call, by batch size; the lock keeps a report (which walks the dict)
+        # from seeing another thread add a batch size
         self.device_ms: dict[int, list[float]] = collections.defaultdict(list)
+        self.times_lock = threading.Lock()
         if session.dtype == torch.float32:
             # force_float32 means IEEE float32: cuDNN convolutions default to TF32 (10-bit
             # mantissa), which is a different precision. Process-wide, as torch's flags are.
@@ -203,21 +205,24 @@ class CudaRunner:
             buf["host_out"].copy_(out.float(), non_blocking=True)
         stream.synchronize()
         buf["calls"] += 1
-        self.device_ms[batch.shape[0]].append(start.elapsed_time(end))
+        with self.times_lock:
+            self.device_ms[batch.shape[0]].append(start.elapsed_time(end))
         return buf["host_out"].numpy().copy()
 
     def report(self) -> dict[str, Any]:
         """Device time over all calls and per batch size (CUDA events), graphs, the GPU."""
-        every = [ms for calls in self.device_ms.values() for ms in calls]
+        with self.times_lock:
+            by_batch = {n: list(ms) for n, ms in sorted(self.device_ms.items())}
+        every = [ms for calls in by_batch.values() for ms in calls]
         return {"device": str(self.s.device), "gpu": gpu_info(self.s.device.index or 0),
                 "cuda_graphs": self.graphs > 0, "device_time": _ms_stats(every),
-                "device_time_by_batch": {n: _ms_stats(ms) for n, ms in
-                                         sorted(self.device_ms.items())},
+                "device_time_by_batch": {n: _ms_stats(ms) for n, ms in by_batch.items()},
                 "tf32": bool(torch_flags_tf32()), "notes": list(self.notes)}
 
     def reset_times(self) -> None:
         """Forget the device times so far (a caller measuring one setting after another)."""
-        self.device_ms.clear()
+        with self.times_lock:
+            self.device_ms.clear()
 
 
 def _ms_stats(ms: list[float]) -> dict[str, float]:
