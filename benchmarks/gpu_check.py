@@ -128,26 +128,18 @@ def preprocess(p: dict, net):
 
 
 def yardstick_source(p: dict, net, work: Path) -> dict:
-    import torch
-
     from mnv3 import export_onnx
-    from mnv3.meta import sha256_file
+    from mnv3.backends.torch_aot import save_exported_program
 
-    onnx, program = work / f"{YARDSTICK}.onnx", work / f"{YARDSTICK}.ep.pt2"
-    x = torch.zeros(2, 3, p["size"], p["size"])
+    onnx = work / f"{YARDSTICK}.onnx"
     if type(net).__name__ == "Lite0":
         import lite0
 
         lite0.export_lite0(onnx, net)
     else:
         export_onnx(net, onnx, dynamic_batch=True, image_size=p["size"])
-    batch = torch.export.Dim("batch", min=1, max=256)
-    with torch.no_grad():
-        torch.export.save(torch.export.export(net.eval(), (x,), dynamic_shapes=({0: batch},),
-                                              strict=False), str(program))
     return {"onnx": str(onnx), "preprocess": preprocess(p, net),
-            "source": {"exported_program": str(program),
-                       "exported_program_sha256": sha256_file(program)}}
+            "source": save_exported_program(net, work / f"{YARDSTICK}.ep.pt2", p["size"])}
 
 
 def build_jobs(p: dict, sources: dict) -> list[dict]:

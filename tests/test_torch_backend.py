@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 
 from mnv3.backends import load  # noqa: E402
 from mnv3.build_request import BuildRequest  # noqa: E402
-from mnv3.errors import BackendUnavailable, ModelError, UsageError  # noqa: E402
+from mnv3.errors import BackendUnavailable, BuildError, ModelError, UsageError  # noqa: E402
 from mnv3.meta import PreprocessCfg, read_meta  # noqa: E402
 
 SIZE = 32
@@ -186,6 +186,8 @@ def test_int8_is_pt2e_with_the_range_this_cpu_needs(work, tmp_path):
                  source=_source(work), options={"progress": False, "speed_check": False})
     recipe = meta.extra["int8"]
     assert recipe["reduce_range"] == int8_saturates() and recipe["calibration_images"] > 0
+    quantized, _, layers = recipe["int8_layers"].split()
+    assert quantized == layers  # every convolution and linear layer
     assert "HistogramObserver" in recipe["activations"]  # torch's default --calib-method
     assert meta.calibration["method"] == "entropy"
     assert any("int8" in p or "uint8" in p for p in meta.op_precisions.values())
@@ -196,6 +198,69 @@ def test_int8_is_pt2e_with_the_range_this_cpu_needs(work, tmp_path):
     cosine = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
     # measured 0.99974 (AVX2, reduce_range): int8 keeps the logits' direction
     assert cosine.min() > 0.999 and meta.fidelity["cosine_mean"] > 0.999
+
+
+class _SamePadConv(torch.nn.Conv2d):
+    """A subclass of nn.Conv2d padding TF-style in forward, as EfficientNet-Lite0's layers do."""
+
+    def forward(self, x):
+        return super().forward(torch.nn.functional.pad(x, (0, 1, 0, 1)))
+
+
+def _subclass_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        _SamePadConv(3, 8, 3, stride=2), torch.nn.ReLU6(),
+        _SamePadConv(8, 8, 3, groups=8), torch.nn.ReLU6(),
+        torch.nn.Conv2d(8, 16, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(16, 10)).eval()
+
+
+def _int8_of(net, folder: Path, **options):
+    from tiny_onnx import write_images
+
+    from mnv3.backends.torch_aot import quantize_int8
+
+    cfg = SimpleNamespace(calib_files=write_images(folder, 4), calib_method="minmax",
+                          preprocess=PreprocessCfg(resize=37, crop=SIZE), options=options)
+    return quantize_int8(net, torch.randn(2, 3, SIZE, SIZE), cfg)
+
+
+@needs_torchao
+def test_int8_quantizes_subclassed_convolutions_and_says_how_many(tmp_path):
+    """Every convolution and linear layer is int8, nn.Conv2d subclasses too (torchao's
+    matcher alone left them float32: Lite0 had 1 of 50 layers int8), and the recipe says so."""
+    converted, recipe = _int8_of(_subclass_net(), tmp_path / "images")
+    assert recipe["int8_layers"] == "4 of 4"
+    x = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        ref, got = _subclass_net()(x), converted(x)
+    assert torch.nn.functional.cosine_similarity(got, ref).min() > 0.99  # still the network
+
+
+@needs_torchao
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_int8_activation_range_can_be_chosen_for_measuring(tmp_path, reduce_range):
+    """The ``reduce_range`` build option overrides this CPU's choice (benchmarks measure the
+    other ISA class's setting with it); without it the CPU decides (the slow test above)."""
+    _, recipe = _int8_of(_subclass_net(), tmp_path / "images", reduce_range=reduce_range)
+    assert recipe["reduce_range"] is reduce_range
+
+
+@needs_torchao
+def test_int8_that_would_leave_every_layer_float_is_refused(tmp_path, monkeypatch):
+    """A network the quantizer finds no layer of is not shipped as "int8"."""
+    import mnv3.backends.torch_aot as ta
+
+    net = torch.nn.Sequential(_SamePadConv(3, 8, 3), torch.nn.ReLU6()).eval()
+    monkeypatch.setattr(ta, "expose_layers", lambda gm: gm)  # the quantizer's matcher alone
+    try:
+        _, recipe = _int8_of(net, tmp_path / "images")
+    except BuildError as e:
+        assert "quantized none of the network's 1 convolution / linear layers" in str(e)
+        assert "build force_float32 instead" in str(e)
+        return
+    pytest.skip(f"torchao now finds nn.Conv2d subclasses itself ({recipe['int8_layers']})")
 
 
 @pytest.mark.slow
