@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from mnv3.backends.torch_aot import private_kernel_cache
+from mnv3.backends.torch_aot import expose_layers, int8_layers, private_kernel_cache
 from mnv3.models import create_model
 from mnv3.sysinfo import cpu_model, isa_label
 
@@ -46,11 +46,13 @@ def quantize(net, x):
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
     captured = torch.export.export(net, (x,), strict=False).module()
-    prepared = prepare_pt2e(captured, quantizer)
+    prepared = prepare_pt2e(expose_layers(captured), quantizer)  # as the backend does
     with torch.no_grad():
         for _ in range(4):
             prepared(torch.randn_like(x))
-    return convert_pt2e(prepared)
+    converted = convert_pt2e(prepared)
+    print("int8 layers: %d of %d" % int8_layers(converted), file=sys.stderr)
+    return converted
 
 
 def ips(runner, x, seconds: float) -> float:

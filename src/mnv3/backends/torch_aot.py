@@ -27,14 +27,15 @@ per-tensor uint8 activations, calibrated on the build's images), the rest float3
 own documentation advises and issue 12 measured for ONNX Runtime). Its layer matcher misses
 subclasses of nn.Conv2d in a non-strict export, so ``expose_layers`` marks every convolution
 and linear node first, the recipe records how many layers are int8 (``int8_layers``), and a
-build in which none is is refused. The builder holds it to the accuracy budget like any int8
-build (no layer fallback: below budget is refused) and ships float32 instead where int8 is
-slower. EfficientNet-Lite0 (real weights, 50 of 50 layers int8, AVX2, reduce_range; README,
-"PyTorch backend"): 97.25% top-1 agreement with float32 on 400 held-out images, so refused. Speed, measured through torchao 0.18
-(``benchmarks/torch_int8_probe.py``), MobileNetV3-Small batch 8, 1 thread, AMD EPYC AVX2 (no
-VNNI), 7 interleaved rounds, other jobs sharing the 2 cores: int8 189 vs float32 95 images/s
-(x1.99), again 123 vs 69 (x1.62); at 2 threads under heavy load x0.87 (OpenMP barriers
-collapse there, so that figure says little). On CUDA, int8 is refused (the quantizer targets
+build that quantized none is refused. The builder holds it to the accuracy budget like any
+int8 build (no layer fallback: below budget is refused) and ships float32 instead where int8
+is slower. EfficientNet-Lite0 (real weights, 50 of 50 layers int8, AVX2, reduce_range;
+README, "PyTorch backend"): 97.25% top-1 agreement with float32 on 400 held-out images, so
+refused. Speed, measured through torchao 0.18 (``benchmarks/torch_int8_probe.py``; every
+layer int8 there, with or without ``expose_layers``), MobileNetV3-Small batch 8, 1 thread,
+AMD EPYC AVX2 (no VNNI), 7 interleaved rounds, other jobs sharing the 2 cores: int8 189 vs
+float32 95 images/s (x1.99), again 123 vs 69 (x1.62); at 2 threads under heavy load x0.87
+(OpenMP barriers collapse there, so that figure says little). On CUDA, int8 is refused (the quantizer targets
 x86 CPUs).
 
 Layout on the CPU (``benchmarks/torch_vs_engines.py --channels-last --threads 1``, Small batch
