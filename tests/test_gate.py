@@ -169,6 +169,8 @@ def test_build_below_budget_fails_and_writes_nothing(tiny, tmp_path, capsys):
     with pytest.raises(BuildError, match="misses its accuracy budget") as e:
         _build(tiny, out, min_agreement=100, min_cosine=1.0, speed_check=False)
     assert "--allow-below-budget" in str(e.value) and "Nothing was written" in str(e.value)
+    # the calibration methods this backend offers besides the one used (minmax)
+    assert "--calib-method entropy or percentile; more --calib-num" in str(e.value)
     # its own kind of build error (tune tells it from an engine's), the build's exit code
     assert isinstance(e.value, BelowBudgetError) and e.value.exit_code == 6
     assert not out.exists()
@@ -347,3 +349,16 @@ def test_infer_says_when_its_model_is_below_budget(tiny, tmp_path, capsys):
     assert cli(["infer", "--model", str(tmp_path / "m"), "--image-dir", str(tiny.images),
                 "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
     assert "BELOW its accuracy budget" in capsys.readouterr().out
+
+
+def test_below_budget_message_offers_only_the_backends_other_calibration():
+    """The torch backend offers entropy and minmax: a refused entropy build suggests minmax and
+    never percentile (which it would refuse); a 16-bit float build suggests no calibration."""
+    budget = gate.Budget(0.99, 0.99, False)
+    fidelity = {"inputs": "200 images"}
+    msg = gate.below_budget_error("qint8_mixed_float32", fidelity, budget, ["short"], "tried",
+                                  ["minmax"])
+    assert "calibrate another way (--calib-method minmax; more --calib-num)" in msg
+    assert "percentile" not in msg
+    msg = gate.below_budget_error("force_float16", fidelity, budget, ["short"], "tried", [])
+    assert "calib" not in msg

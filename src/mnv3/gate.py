@@ -39,7 +39,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -132,11 +132,13 @@ def _fraction(value, name: str, default: float) -> float:
     return value
 
 
-def below_budget_error(mode, fidelity: dict[str, Any], budget: Budget,
-                       shortfalls: list[str], tried: str) -> str:
-    """The one-line message of a build that cannot meet its budget."""
-    calibrate = ("calibrate another way (--calib-method percentile or entropy; more "
-                 "--calib-num), " if QuantMode.parse(mode).int8 else "")
+def below_budget_error(mode, fidelity: dict[str, Any], budget: Budget, shortfalls: list[str],
+                       tried: str, other_methods: Sequence[str] = ()) -> str:
+    """The one-line message of a build that cannot meet its budget; ``other_methods``: the
+    calibration methods the backend offers besides the one that was used."""
+    methods = f"--calib-method {' or '.join(other_methods)}; " if other_methods else ""
+    calibrate = (f"calibrate another way ({methods}more --calib-num), "
+                 if QuantMode.parse(mode).int8 else "")
     return (f"the {mode} build misses its accuracy budget on {fidelity['inputs']}: "
             f"{'; '.join(shortfalls)} ({tried}). Nothing was written. Options: {calibrate}build "
             "qint8 on the other backend or a float mode, lower the budget (--min-agreement "
@@ -201,8 +203,9 @@ def _hold_to_budget(engine, src, tmp, cfg, make_meta, measure, budget, meta, fid
     if short:
         tried = _what_was_tried(engine, cfg, meta)
         if not budget.allow_below:
+            others = [m for m in engine.capabilities.calib_methods if m != cfg.calib_method]
             raise BelowBudgetError(below_budget_error(cfg.quant_mode, fidelity, budget, short,
-                                                      tried))
+                                                      tried, others))
         fidelity["below_budget"] = short
         why = cfg.options.get("below_budget_reason", "--allow-below-budget was given")
         meta.notes.insert(0, f"BELOW ACCURACY BUDGET (shipped because {why}): "
