@@ -390,16 +390,16 @@ def test_an_exported_program_source_is_checked_before_compiling(tmp_path):
     """Any network reaches the backend as a torch.export program (gpu_check's Lite0): a
     missing, changed or foreign file is a clear error, before any compile."""
     from mnv3 import create_model
-    from mnv3.backends.torch_aot import source_module
+    from mnv3.backends.torch_aot import save_exported_program, source_module
     from mnv3.errors import BuildError
     from mnv3.meta import sha256_file
 
     net = create_model("mobilenetv3-small", "seed", width_mult=0.35, num_classes=10, seed=0)
     path = tmp_path / "net.pt2"
-    x = torch.zeros(2, 3, SIZE, SIZE)
-    torch.export.save(torch.export.export(net.eval(), (x,), strict=False), str(path))
-    want = sha256_file(path)
-    module = source_module({"exported_program": str(path), "exported_program_sha256": want})
+    source = save_exported_program(net, path, SIZE)
+    assert source == {"exported_program": str(path), "exported_program_sha256": sha256_file(path)}
+    module = source_module(source)
+    x = torch.rand(5, 3, SIZE, SIZE)  # a batch other than the example's: the batch is free
     with torch.no_grad():
         np.testing.assert_allclose(module(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(UsageError, match="does not exist; write it with torch.export.save"):
