@@ -29,7 +29,11 @@ line says what removing that one choice gives:
   no measured speed cost; all int8: 98.5% / 0.9978 and 0.5 point lost; see FLOAT_FIRST).
 Cross-layer equalization is not applied: ReLU6 and hardswish are not positively homogeneous,
 so rescaling across them changes the function, and per-channel weights already remove the
-inter-channel range problem it addresses. percentile / entropy calibration measured no better
+weights' inter-channel range problem. For activations it would not pay either: on Lite0 (AVX2,
+400 held-out images, float weights; ``benchmarks/int8_floor_lite0.py``) the activations'
+channels are balanced (widest / median channel range: median 1.31), and per-channel activation
+ranges, the most equalization can give, expected 12.4 flipped images against 4.5 per tensor
+(unseen images overshoot a channel's calibrated maximum far more than a tensor's). percentile / entropy calibration measured no better
 in agreement (98.25% / 0.9990, 98.75% / 0.9989; within a few images) and calibrate slower, so
 minmax stays the default; they are options (``--calib-method``). On AVX2 with pair-safe scales
 (400 images, no fallback): minmax 98.0% / 0.99857 (expected agreement on the build's 200:
