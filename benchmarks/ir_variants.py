@@ -11,7 +11,8 @@ the plain IR (``ovc`` + ``nncf.quantize`` defaults, vs_benchmark_app.py's), with
            MatMuls float)
   matmul8  mnv3's recipe with the MatMuls int8 (``ignored_types: []``)
   overflow mnv3's recipe with NNCF's default overflow fix (``first_layer_only``)
-  nncf     mnv3's conversion with both of NNCF's defaults
+  pc_act   mnv3's recipe with NNCF's per-channel activation scales (depthwise inputs)
+  nncf     mnv3's conversion with NNCF's defaults for all three
 
     python benchmarks/ir_variants.py [--arch mobilenetv3-small] [--batch 1] [--threads 1]
         [--rounds 10] [--seconds 2] [--work data/vs_benchmark_app]
@@ -36,7 +37,9 @@ from vs_benchmark_app import CALIB, _export, _plain_irs  # noqa: E402
 
 VARIANTS = {"mnv3": {}, "matmul8": {"ignored_types": []},
             "overflow": {"overflow_fix": "first_layer_only"},
-            "nncf": {"ignored_types": [], "overflow_fix": "first_layer_only"}}
+            "pc_act": {"per_channel_activations": True},
+            "nncf": {"ignored_types": [], "overflow_fix": "first_layer_only",
+                     "per_channel_activations": True}}
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,8 @@ uses (``split_calibration``, seeded); the other 400 images are evaluated.
 
     python benchmarks/openvino_fidelity.py                  # fp32, both int8 modes, --max-drop 0.2
     python benchmarks/openvino_fidelity.py --sweep          # the NNCF settings behind DEFAULTS
-    python benchmarks/openvino_fidelity.py --recipes        # overflow fix / float ends (no budget)
+    python benchmarks/openvino_fidelity.py --recipes        # overflow fix / float ends /
+                                                            # activation scales (no budget)
     python benchmarks/openvino_fidelity.py --threads 1      # be gentle on a shared machine
 """
 
@@ -93,7 +94,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--sweep", action="store_true", help="compare NNCF settings (int8 f32)")
     ap.add_argument("--recipes", action="store_true",
-                    help="int8 weight recipes as they are (no budget): overflow fix, float ends")
+                    help="int8 recipes as they are (no budget): overflow fix, float ends, "
+                         "per-tensor or per-channel activation scales")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="mnv3-ovfid-"))
@@ -112,9 +114,14 @@ def main() -> None:
     if args.recipes:
         as_is = {"min_agreement": 0, "min_cosine": -1, "speed_check": False}
         ends = {"float_first": 3, "float_last": 1}
+        nncf_act = {"per_channel_activations": True}  # NNCF's own activation scales
         for name, opts in (("overflow fix enable", {"overflow_fix": "enable"}),
                            ("overflow fix disable", {"overflow_fix": "disable"}),
-                           ("overflow fix enable + float ends", {"overflow_fix": "enable", **ends})):
+                           ("overflow fix enable + float ends", {"overflow_fix": "enable", **ends}),
+                           ("overflow fix enable, per-channel activations",
+                            {"overflow_fix": "enable", **nncf_act}),
+                           ("overflow fix enable + float ends, per-channel activations",
+                            {"overflow_fix": "enable", **ends, **nncf_act})):
             rows.append((f"int8 {name}", build_and_score(
                 onnx, work / "recipes", "qint8_mixed_float32", {**opts, **as_is}, x, y, ref,
                 args.threads, args.calib_num)))
