@@ -132,7 +132,8 @@ def channel_ranges(source, tensors, x: np.ndarray, batch: int = 8) -> dict[str, 
     known = {o for n in model.graph.node for o in n.output}
     missing = [t for t in tensors if t not in known]
     if missing:
-        raise SystemExit(f"the float model has no tensor {missing[0]!r}: not the int8 graph's source")
+        raise SystemExit(f"the float model has no tensor {missing[0]!r}: "
+                         "not the int8 graph's source")
     del model.graph.output[:]
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
     sess = cpu_session(model, optimize=False)

@@ -24,7 +24,8 @@ def test_benchmark_script_imports(script, monkeypatch):
 
 def _int8_floor(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("_bench_int8_floor", BENCHMARKS / "int8_floor_lite0.py")
+    spec = importlib.util.spec_from_file_location("_bench_int8_floor",
+                                                  BENCHMARKS / "int8_floor_lite0.py")
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)

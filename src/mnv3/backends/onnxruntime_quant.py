@@ -33,13 +33,14 @@ weights' inter-channel range problem. For activations it would not pay either: o
 400 held-out images, float weights; ``benchmarks/int8_floor_lite0.py``) the activations'
 channels are balanced (widest / median channel range: median 1.31), and per-channel activation
 ranges, the most equalization can give, expected 12.4 flipped images against 4.5 per tensor
-(unseen images overshoot a channel's calibrated maximum far more than a tensor's). percentile / entropy calibration measured no better
-in agreement (98.25% / 0.9990, 98.75% / 0.9989; within a few images) and calibrate slower, so
-minmax stays the default; they are options (``--calib-method``). On AVX2 with pair-safe scales
-(400 images, no fallback): minmax 98.0% / 0.99857 (expected agreement on the build's 200:
-98.73%), percentile 98.25% / 0.99876 (98.84%), entropy 98.25% / 0.99867 (98.60%): within a
-few images again, but percentile then met the default budget with 17 of 45 layers float
-(98.5% and 0.00 point on the 400, 1.18-1.22x float32) where minmax is refused.
+(unseen images overshoot a channel's calibrated maximum far more than a tensor's).
+percentile / entropy calibration measured no better in agreement (98.25% / 0.9990, 98.75% /
+0.9989; within a few images) and calibrate slower, so minmax stays the default; they are
+options (``--calib-method``). On AVX2 with pair-safe scales (400 images, no fallback): minmax
+98.0% / 0.99857 (expected agreement on the build's 200: 98.73%), percentile 98.25% / 0.99876
+(98.84%), entropy 98.25% / 0.99867 (98.60%): within a few images again, but percentile then met
+the default budget with 17 of 45 layers float (98.5% and 0.00 point on the 400, 1.18-1.22x
+float32) where minmax is refused.
 """
 
 from __future__ import annotations
