@@ -108,10 +108,9 @@ def activation_quantizers(model) -> dict[str, list]:
     """{float tensor: [its QuantizeLinear, then the DequantizeLinear nodes reading it]} for the
     activations of a QDQ graph (a QuantizeLinear whose input is not an initializer)."""
     inits = {i.name for i in model.graph.initializer}
-    readers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    from mnv3.onnx_source import tensor_readers
+
+    readers = tensor_readers(model)
     out = {}
     for n in model.graph.node:
         if n.op_type == "QuantizeLinear" and n.input[0] not in inits:
@@ -188,8 +187,8 @@ def range_rows(qdq, source, calib: np.ndarray, held: np.ndarray) -> dict[str, np
             model = with_activation_ranges(qdq, seen[where], per_channel)
             rows[f"act. only, {'per-channel' if per_channel else 'per-tensor'} "
                  f"{label} ranges"] = unfused_logits(model, held)
-    spread = [float((hi - np.minimum(lo, 0)).max() / np.median(hi - np.minimum(lo, 0)))
-              for lo, hi in seen["calibration"].values() if np.median(hi - np.minimum(lo, 0)) > 0]
+    widths = [hi - np.minimum(lo, 0) for lo, hi in seen["calibration"].values()]
+    spread = [float(w.max() / np.median(w)) for w in widths if np.median(w) > 0]
     print(f"[{len(tensors)} activation tensors quantized; widest / median channel range per "
           f"tensor: median {np.median(spread):.2f}, max {max(spread):.2f}]")
     return rows

@@ -21,6 +21,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import onnx
 
+from mnv3.onnx_source import tensor_readers
+
 INT8_OPS = ("Conv", "Gemm", "MatMul")
 
 
@@ -89,10 +91,7 @@ def _as_seen(model: onnx.ModelProto) -> dict[str, str]:
     """tensor -> the tensor carrying its value as the next layer sees it: the output of the
     QuantizeLinear -> DequantizeLinear pair it feeds in a QDQ graph (quantized and clamped to
     the calibrated range), else itself."""
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = tensor_readers(model)
     seen = {}
     for n in model.graph.node:
         if n.op_type != "QuantizeLinear":
@@ -114,10 +113,7 @@ def layer_tensors(model: onnx.ModelProto, other: onnx.ModelProto,
     if layers is not None:
         wanted = set(layers)
         nodes = [n for n in nodes if n.name in wanted]
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = tensor_readers(model)
     both = _tensors(model) & _tensors(other)
     out = {}
     for n in nodes:

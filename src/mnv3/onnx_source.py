@@ -151,6 +151,15 @@ def graph_io(model: onnx.ModelProto) -> tuple[onnx.ValueInfoProto, onnx.ValueInf
     return inputs[0], model.graph.output[0]
 
 
+def tensor_readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """tensor name -> the nodes that take it as an input, in graph order."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return readers
+
+
 def dims_of(vi: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
             for d in vi.type.tensor_type.shape.dim]

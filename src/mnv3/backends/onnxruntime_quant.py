@@ -60,7 +60,7 @@ from mnv3.calibration import decode_batches
 from mnv3.engine_errors import ort_quantization_errors
 from mnv3.errors import BuildError, Mnv3Error
 from mnv3.meta import PreprocessCfg
-from mnv3.onnx_source import graph_io
+from mnv3.onnx_source import graph_io, tensor_readers
 
 
 # Ops whose inputs/weights are quantized to int8 (the issue's "convolutions and matrix products").
@@ -317,10 +317,7 @@ def _with_activations(model: onnx.ModelProto, names: Sequence[str]) -> list[str]
     """``names`` plus the ReLU/Clip each feeds alone: a fused activation left quantized after a
     float layer would put a QuantizeLinear on the wide pre-activation range (measured on Lite0:
     keeping 22 layers float that way dropped agreement to 95%)."""
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = tensor_readers(model)
     out = list(dict.fromkeys(names))
     by_name = {n.name: n for n in model.graph.node}
     for name in list(out):
