@@ -64,6 +64,29 @@ class Tiny:
 
 
 @pytest.fixture(scope="session")
+def cpp_build() -> Path:
+    """``mnv3 build-cpp``'s binary (and beside it the native decoder library), built once; a skip
+    with the reason where it cannot be built (no OpenVINO, no compiler or image libraries). CI
+    sets MNV3_REQUIRE_CPP=1, which turns those skips into failures."""
+    def skip(reason: str):
+        if os.environ.get("MNV3_REQUIRE_CPP") == "1":
+            pytest.fail(f"MNV3_REQUIRE_CPP=1 but {reason}")
+        pytest.skip(reason)
+
+    if importlib.util.find_spec("openvino") is None:
+        skip("openvino is not installed (pip install -e '.[openvino]')")
+    from mnv3 import cpp_engine
+
+    if missing := cpp_engine.missing_tools():
+        skip(f"build tools missing: {', '.join(missing)} ({cpp_engine.INSTALL_HINT})")
+    headers = [Path(d) / h for d in ("/usr/include", "/usr/include/x86_64-linux-gnu",
+                                     "/usr/local/include") for h in ("jpeglib.h", "png.h")]
+    if not {h.name for h in headers if h.is_file()} >= {"jpeglib.h", "png.h"}:
+        skip(f"libjpeg / libpng headers missing ({cpp_engine.INSTALL_HINT})")
+    return cpp_engine.build_cpp()
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """``tiny_model(dynamic=True, images=24, classes=10, export_batch=1, bake_batch=False,
     seed=0)`` -> Tiny, exported once per distinct request in this session.

@@ -9,42 +9,23 @@ CI sets MNV3_REQUIRE_CPP=1, which turns those skips into failures.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from image_corpus import decode_corpus
 from PIL import Image
 
 from mnv3.meta import PreprocessCfg
 
-REQUIRE = os.environ.get("MNV3_REQUIRE_CPP") == "1"
 PP = PreprocessCfg(resize=36, crop=32)
 
 
-def _skip(reason: str):
-    if REQUIRE:
-        pytest.fail(f"MNV3_REQUIRE_CPP=1 but {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
-def binary() -> Path:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        _skip("openvino is not installed (pip install -e '.[openvino]')")
-    from mnv3 import cpp_engine
-
-    if missing := cpp_engine.missing_tools():
-        _skip(f"build tools missing: {', '.join(missing)} ({cpp_engine.INSTALL_HINT})")
-    headers = [Path(d) / h for d in ("/usr/include", "/usr/include/x86_64-linux-gnu",
-                                     "/usr/local/include") for h in ("jpeglib.h", "png.h")]
-    if not {h.name for h in headers if h.is_file()} >= {"jpeglib.h", "png.h"}:
-        _skip(f"libjpeg / libpng headers missing ({cpp_engine.INSTALL_HINT})")
-    return cpp_engine.build_cpp()
+def binary(cpp_build) -> Path:
+    return cpp_build
 
 
 @pytest.fixture(scope="module")
@@ -75,57 +56,6 @@ def _variant(model: Path, dest: Path, **preprocess) -> Path:
     return dest
 
 
-def _images(folder: Path) -> list[Path]:
-    """Every decoding path the program has, at sizes that take each resize pass order."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-
-    def smooth(w, h, c=3):
-        base = rng.integers(0, 256, (max(2, h // 6), max(2, w // 6), c), dtype=np.uint8)
-        img = Image.fromarray(base.squeeze() if c == 1 else base)
-        arr = np.asarray(img.resize((w, h), Image.BICUBIC))
-        return np.clip(arr.astype(int) + rng.integers(-20, 21, arr.shape), 0, 255).astype(np.uint8)
-
-    items = []
-    for i, (w, h) in enumerate([(97, 61), (61, 97), (40, 130), (130, 40), (36, 36), (36, 50),
-                                (20, 30), (300, 36), (33, 33), (500, 375), (375, 500)]):
-        items.append((f"rgb_{i:02d}.png", Image.fromarray(smooth(w, h))))
-    items.append(("jpeg_q90.jpg", Image.fromarray(smooth(120, 90))))  # saved below as JPEG
-    items.append(("jpeg_prog.jpeg", Image.fromarray(smooth(90, 120))))
-    items.append(("grey.jpg", Image.fromarray(smooth(80, 64, 1), "L")))
-    items.append(("cmyk.jpg", Image.fromarray(smooth(70, 50, 4), "CMYK")))
-    items.append(("grey.png", Image.fromarray(smooth(50, 70, 1), "L")))
-    items.append(("rgba.png", Image.fromarray(smooth(64, 48, 4), "RGBA")))
-    items.append(("la.png", Image.fromarray(smooth(48, 64, 4), "RGBA").convert("LA")))
-    items.append(("pal_trns.png", Image.fromarray(smooth(60, 45)).convert("P")))
-    items.append(("pal.png", Image.fromarray(smooth(45, 60)).convert("P")))
-    items.append(("bits1.png", Image.fromarray(smooth(50, 40, 1), "L").convert("1")))
-    # Large JPEGs, so that decoding only the iMCU columns / rows the crop needs is exercised:
-    # every chroma subsampling (4:2:0, 4:2:2, 4:4:4), progressive, grey, CMYK, both orientations
-    for name, (w, h), c in (("big_420.jpg", (500, 375), 3), ("big_422.jpg", (375, 500), 3),
-                            ("big_444.jpg", (411, 307), 3), ("big_prog.jpeg", (307, 411), 3),
-                            ("big_grey.jpg", (330, 250), 1), ("big_cmyk.jpg", (250, 330), 4)):
-        mode = {1: "L", 3: "RGB", 4: "CMYK"}[c]
-        items.append((name, Image.fromarray(smooth(w, h, c), mode)))
-    g16 = (smooth(44, 52, 1).astype(np.uint16) * 257 + rng.integers(0, 257, (52, 44))).astype(np.uint16)
-    items.append(("grey16.png", Image.fromarray(g16)))
-    paths = []
-    for name, img in items:
-        p = folder / name
-        if name in ("jpeg_prog.jpeg", "big_prog.jpeg"):
-            img.save(p, quality=85, progressive=True)
-        elif name in ("big_422.jpg", "big_444.jpg"):
-            img.save(p, quality=90, subsampling=1 if "422" in name else 0)
-        elif name.endswith(".jpg"):
-            img.save(p, quality=90)
-        elif name == "pal_trns.png":
-            img.save(p, transparency=3)
-        else:
-            img.save(p)
-        paths.append(p)
-    return paths
-
-
 def _run(binary, *args, check=True):
     proc = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL)
@@ -143,7 +73,7 @@ def test_tensors_are_bit_identical_to_python_preprocessing(binary, models, tmp_p
 
     model = _variant(models["mutable"], tmp_path / "m", **variant) if variant else models["mutable"]
     cfg = read_meta(model).preprocess
-    paths = sorted(_images(tmp_path / "img"), key=str)
+    paths = sorted(decode_corpus(tmp_path / "img"), key=str)
     _run(binary, "--model", model, "--image-dir", tmp_path / "img", "--output-dir",
          tmp_path / "out", "--dump-tensors", tmp_path / "dump", "--quiet")
     for i, p in enumerate(paths):
@@ -225,7 +155,7 @@ def test_jpeg_truncated_below_the_crop_is_skipped_as_python_skips_it(binary, mod
     from mnv3.errors import DataError
     from mnv3.meta import read_meta
 
-    src = next(p for p in _images(tmp_path / "src") if p.name == "big_420.jpg")
+    src = next(p for p in decode_corpus(tmp_path / "src") if p.name == "big_420.jpg")
     data = src.read_bytes()
     (tmp_path / "img").mkdir()
     for keep in (0.97, 0.9, 0.6):

@@ -91,7 +91,7 @@ void drain_jpeg(jpeg_decompress_struct* cinfo, uint8_t* scratch_row) {
 
 // Returns an empty string on success, else the reason. No C++ object with a destructor is
 // created between setjmp and the end of the function, so longjmp skips nothing.
-std::string decode_jpeg(const std::vector<uint8_t>& data, Rgb* out, std::vector<uint8_t>* row,
+std::string decode_jpeg(const uint8_t* data, size_t size, Rgb* out, std::vector<uint8_t>* row,
                         const Preprocessor* need) {
     jpeg_decompress_struct cinfo;
     JpegErr err;
@@ -105,7 +105,7 @@ std::string decode_jpeg(const std::vector<uint8_t>& data, Rgb* out, std::vector<
         return err.message[0] ? err.message : "JPEG decoder error";
     }
     jpeg_create_decompress(&cinfo);
-    jpeg_mem_src(&cinfo, const_cast<unsigned char*>(data.data()), static_cast<unsigned long>(data.size()));
+    jpeg_mem_src(&cinfo, const_cast<unsigned char*>(data), static_cast<unsigned long>(size));
     jpeg_read_header(&cinfo, TRUE);
     const long long iw = cinfo.image_width, ih = cinfo.image_height;
     if (iw * ih > MAX_PIXELS) {
@@ -197,13 +197,13 @@ inline void over_white(const uint8_t* s, uint8_t* d) {
     }
 }
 
-std::string decode_png(const std::vector<uint8_t>& data, Rgb* out, std::vector<uint8_t>* buf,
+std::string decode_png(const uint8_t* data, size_t size, Rgb* out, std::vector<uint8_t>* buf,
                        std::vector<png_bytep>* rows) {
     char message[200] = "PNG decoder error";
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, message, png_on_error, png_on_warning);
     if (!png) return "out of memory";
     png_infop info = png_create_info_struct(png);
-    PngSrc src{data.data(), data.size(), 0};
+    PngSrc src{data, size, 0};
     if (setjmp(png_jmpbuf(png))) {
         png_destroy_read_struct(&png, &info, nullptr);
         return message;
@@ -274,19 +274,19 @@ std::string decode_png(const std::vector<uint8_t>& data, Rgb* out, std::vector<u
 }  // namespace
 
 // ------------------------------------------------------------------------------ public API
-void decode_memory(const std::vector<uint8_t>& data, Rgb* out, const Preprocessor* need) {
+void decode_memory(const uint8_t* data, size_t size, Rgb* out, const Preprocessor* need) {
     std::string err;
     out->x0 = out->y0 = 0;
-    if (data.size() >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) {
+    if (size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) {
         thread_local std::vector<uint8_t> row;
-        err = decode_jpeg(data, out, &row, need);
-    } else if (data.size() >= 8 && std::memcmp(data.data(), "\x89PNG\r\n\x1a\n", 8) == 0) {
+        err = decode_jpeg(data, size, out, &row, need);
+    } else if (size >= 8 && std::memcmp(data, "\x89PNG\r\n\x1a\n", 8) == 0) {
         thread_local std::vector<uint8_t> buf;
         thread_local std::vector<png_bytep> rows;
-        err = decode_png(data, out, &buf, &rows);
+        err = decode_png(data, size, out, &buf, &rows);
         out->full_w = out->w;
         out->full_h = out->h;
-    } else if (data.empty()) {
+    } else if (size == 0) {
         err = "the file is empty";
     } else {
         err = "not a JPEG or PNG file (mnv3-infer-cpp decodes only these; convert the image, "

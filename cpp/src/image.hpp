@@ -56,7 +56,10 @@ void read_file(const std::string& path, std::vector<uint8_t>* data);
 // pre's resize reads (libjpeg-turbo's jpeg_crop_scanline / jpeg_skip_scanlines, with an iMCU
 // of margin so the chroma upsampling at the edges is the full decode's): the same pixels
 // there, fewer IDCTs. The whole file is still entropy-decoded, so truncation is still caught.
-void decode_memory(const std::vector<uint8_t>& data, Rgb* out, const Preprocessor* need = nullptr);
+void decode_memory(const uint8_t* data, size_t size, Rgb* out, const Preprocessor* need = nullptr);
+inline void decode_memory(const std::vector<uint8_t>& data, Rgb* out, const Preprocessor* need = nullptr) {
+    decode_memory(data.data(), data.size(), out, need);
+}
 
 class Preprocessor {
 public:

@@ -34,6 +34,7 @@ from mnv3.atomic import atomic_file
 from mnv3.errors import BackendUnavailable, DataError, Interrupted, ModelError, UsageError
 
 BINARY = "mnv3-infer-cpp"
+LIBRARY = "libmnv3-preprocess.so"  # the same decoding for Python: mnv3.data.native_decode
 SYSTEM_PACKAGES = "cmake g++ make libjpeg-dev libpng-dev"
 INSTALL_HINT = f"apt-get install -y {SYSTEM_PACKAGES}"
 _EXIT_ERRORS = {2: UsageError, 3: DataError, 7: ModelError, 8: BackendUnavailable,
@@ -106,10 +107,12 @@ def build_cpp(jobs: int | None = None, force: bool = False, verbose: bool = Fals
     """Configure and compile cpp/ (Release) and return the binary's path; reused when built.
 
     The CMake build folder is ``<cache>/build`` (incremental); the finished binary is copied
-    atomically to ``<cache>/<key>/mnv3-infer-cpp``, so a failed build leaves no binary. A lock
-    serialises concurrent builds.
+    atomically to ``<cache>/<key>/mnv3-infer-cpp``, so a failed build leaves no binary, and
+    beside it ``libmnv3-preprocess.so``, its decoding for ``--decode native``. A lock serialises
+    concurrent builds.
     """
-    if not force and (found := find_binary()) is not None and found.is_file():
+    if not force and (found := find_binary()) is not None and found.is_file() and (
+            "MNV3_INFER_CPP" in os.environ or (found.parent / LIBRARY).is_file()):
         return found
     src, ov_cmake = source_dir(), openvino_cmake_dir()
     if missing := missing_tools():
@@ -124,15 +127,17 @@ def build_cpp(jobs: int | None = None, force: bool = False, verbose: bool = Fals
     target = cache / _key() / BINARY
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.is_file() and not force:
+        if target.is_file() and (target.parent / LIBRARY).is_file() and not force:
             return target
         build = cache / f"build-{target.parent.name}"  # CMake ties a build folder to one source
         jobs = jobs or max(1, min(2, os.cpu_count() or 1))
         _cmake(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
                 f"-DOpenVINO_DIR={ov_cmake}"], verbose)
         _cmake(["cmake", "--build", str(build), "--parallel", str(jobs)], verbose)
-        with atomic_file(target) as tmp:
-            shutil.copy2(build / BINARY, tmp)  # copies the mode too: it stays executable
+        # The library first: a binary in the cache means both are there.
+        for name in (LIBRARY, BINARY):
+            with atomic_file(target.parent / name) as tmp:
+                shutil.copy2(build / name, tmp)  # copies the mode too: it stays executable
     return target
 
 

@@ -1,5 +1,8 @@
 """Build mnv3-infer-cpp, the native inference program (cpp/), and print the binary's path.
 
+Beside it goes libmnv3-preprocess.so, the program's decoding for Python: 'mnv3 infer --decode
+native' and 'mnv3 serve --decode native' (the exact pixels, about half the CPU per image).
+
 It is compiled with CMake against the OpenVINO C++ API inside the installed openvino wheel
 (nothing is downloaded) and the system libjpeg-turbo and libpng; on Debian/Ubuntu install the
 build packages once with:
