@@ -25,3 +25,9 @@ SERVE_ENGINES = ("local", "ray")  # mnv3 serve --engine; local needs no extra pa
 SERVE_HOST, SERVE_PORT = "127.0.0.1", 8000  # this machine only: the service has no auth
 SERVE_WAIT_MS = 10.0  # a batch's wait for more requests (Ray Serve's default, 0.01 s)
 SERVE_MAX_BODY = 20 << 20  # bytes of one request body; a 20 MiB photo is already huge
+
+# mnv3 infer / serve --decode. exact: mnv3.data.preprocess (Pillow); fast: mnv3.data.fast_decode
+# (other pixels); native: mnv3.data.native_decode, exact's pixels from the C++ program's decoder
+# (checked before it runs, fewer CPU ms per image; built by mnv3 build-cpp).
+DECODES = ("exact", "fast", "native")
+SAME_PIXELS = ("exact", "native")

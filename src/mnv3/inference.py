@@ -71,7 +71,7 @@ class InferResult:
     # set when the model's network has random weights: its accuracy is noise (issue 13)
     untrained: str | None = None
     engine: str = "python"  # or "cpp", "ray" (there workers counts model actors, not threads)
-    decode: str = "exact"  # or "fast" (mnv3.data.fast_decode: other pixels, measured top-1)
+    decode: str = "exact"  # "fast" (fast_decode: other pixels, measured top-1), "native"
     # --shard K/N: which slice of which image list this run took (mnv3.shards.take_shard)
     shard: dict | None = None
     # mnv3 merge: the shards merged (their folders, slices and speeds); seconds above are summed
@@ -96,8 +96,10 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
     default, starts one on this machine; "auto" or host:port joins one): ``model`` must then be
     a model folder, ``workers`` is the number of model actors and ``threads_per_worker`` their
     engine threads (``mnv3.ray_engine``). ``decode="fast"`` decodes by
-    ``mnv3.data.fast_decode`` (python engine only; recorded in infer.json); the default is
-    what ``mnv3 tune`` chose for the model (``fast_decode.tuned_decode``), else ``exact``.
+    ``mnv3.data.fast_decode`` (other pixels), ``"native"`` by ``mnv3.data.native_decode`` (the
+    exact pixels in C++; ``mnv3 build-cpp`` builds it); python engine only, recorded in
+    infer.json. The default is what ``mnv3 tune`` chose for the model
+    (``fast_decode.tuned_decode``), else ``exact``.
     ``shard="K/N"`` runs only the K-th of N contiguous slices of the images, named as in the
     whole run, for ``mnv3.shards.merge`` to join with the others (``mnv3.shards``).
     """

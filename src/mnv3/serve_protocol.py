@@ -152,6 +152,10 @@ class Classifier:
         try:
             if self.decode == "fast":
                 return preprocess_fast_bytes(data, cfg, what)
+            if self.decode == "native":
+                from mnv3.data.native_decode import decoder
+
+                return decoder(cfg).bytes(data, what)
             return preprocess_image(decode_bytes(data, what), cfg)
         except DataError as e:
             raise HttpError(422, "not a decodable image", clip(e)) from None

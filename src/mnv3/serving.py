@@ -39,7 +39,8 @@ def serve(model: str | os.PathLike, *, engine: str = "local", host: str = DEFAUL
 
     ``max_batch_size`` defaults to the model's batch; ``port=0`` takes a free port; ``address``
     (Ray only) joins a running cluster ("auto", host:port) instead of starting one here;
-    ``decode`` "exact" or "fast" (default: what 'mnv3 tune' chose for the model, else exact)."""
+    ``decode`` "exact", "native" (the same pixels in C++) or "fast" (default: what 'mnv3 tune'
+    chose for the model, else exact)."""
     from mnv3.backends import load
     from mnv3.data.fast_decode import check_decode, tuned_decode
     from mnv3.meta import read_meta
@@ -58,6 +59,10 @@ def serve(model: str | os.PathLike, *, engine: str = "local", host: str = DEFAUL
     if engine == "ray":  # replicas already run side by side, each on its own cores
         run["split"] = 1
     decode = check_decode(decode) if decode is not None else tuned_decode(meta)
+    if decode == "native":  # built and checked here, not first in a replica at its first request
+        from mnv3.data.native_decode import decoder
+
+        decoder(meta.preprocess)
     describe = {"engine": engine, "max_batch_size": batch, "batch_wait_ms": batch_wait_ms,
                 "max_body": max_body, "decode": decode, **run}
     if engine == "ray":
@@ -115,4 +120,6 @@ def startup_line(service) -> str:
             f"{m['max_batch_size']} within {m['batch_wait_ms']:g} ms, {threads} x "
             f"{m['in_flight']} batch(es) in flight ({m['settings']})"
             + ("; decode fast (chosen by 'mnv3 tune'; --decode exact overrides)"
-               if m.get("decode") == "fast" else "") + "; Ctrl-C stops")
+               if m.get("decode") == "fast" else "")
+            + ("; decode native (the exact pixels, in C++)" if m.get("decode") == "native"
+               else "") + "; Ctrl-C stops")

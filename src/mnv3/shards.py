@@ -32,6 +32,7 @@ from pathlib import Path
 
 from mnv3.atomic import atomic_write_text, normal_mode
 from mnv3.data.files import read_text, shown
+from mnv3.defaults import SAME_PIXELS
 from mnv3.errors import DataError, UsageError
 
 _SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
@@ -177,7 +178,7 @@ def _check_fit(shards: list[tuple[Path, dict]]) -> None:
             if s["shard"].get(key) != s0["shard"].get(key):
                 raise DataError(f"{shown(d)} and {shown(d0)} are shards of different runs "
                                 f"(their {key} differs); merge the shards of one run")
-        if s.get("decode", "exact") != s0.get("decode", "exact"):
+        if _pixels(s) != _pixels(s0):  # exact and native decode the same pixels
             raise DataError(f"{shown(d)} decoded {s.get('decode')!r} and {shown(d0)} "
                             f"{s0.get('decode')!r}; run every shard with the same --decode")
         lost = next((d / n for n in REQUIRED if not (d / n).is_file()), None)
@@ -225,3 +226,9 @@ def _concatenate(parts: list[Path], dest: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _pixels(summary: dict) -> str:
+    """What a shard's images looked like to the model: ``exact`` for either exact-pixel decode."""
+    decode = summary.get("decode", "exact")
+    return "exact" if decode in SAME_PIXELS else decode

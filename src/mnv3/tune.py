@@ -27,9 +27,9 @@ int8; at batch 8 OpenVINO int8 won), so nothing is assumed; every choice is meas
    among builds within budget; its model directory is copied to ``out/tuned/<objective>_b<B>``
    with ``meta.json extra["tuned"]`` = its runtime settings, which ``mnv3 bench`` uses when
    given no --threads / --streams. ``out/tune.md`` and ``out/tune.json`` list every candidate;
-6. per winner, ``mnv3.tune_decode`` measures the fast decode path against the exact one (top-1
-   agreement and end-to-end speed on the held-out images) and records ``decode`` in the tuned
-   settings, which ``mnv3 infer`` uses by default.
+6. per winner, ``mnv3.tune_decode`` measures the fast (and, where built, the native) decode
+   path against the exact one (top-1 agreement and end-to-end speed on the held-out images)
+   and records ``decode`` in the tuned settings, which ``mnv3 infer`` uses by default.
 
 ``time_budget_s`` bounds the whole run: builds stop at ``tune_build.BUILD_SHARE`` of it (a
 build is not started when one like it took longer than what is left), the decode check keeps

@@ -20,7 +20,9 @@ streams keep going when a decode thread takes a core); --threads T runs one batc
 threads. --decode fast trades exact pixels
 for speed (mnv3.data.fast_decode; its measured top-1 agreement is in the README); a model for
 which 'mnv3 tune' measured it (>= 99.5% top-1 agreement with the exact path, and faster) uses it
-by default, and says so; --decode exact overrides.
+by default, and says so; --decode exact overrides. --decode native keeps the exact pixels and
+decodes them in C++ (the decoder of mnv3-infer-cpp, built by 'mnv3 build-cpp'), about half the
+CPU per image, which end to end goes to the engine.
 --engine cpp runs an OpenVINO model through the native program mnv3-infer-cpp instead (build
 it once with 'mnv3 build-cpp'): same flags, same result files.
 --engine ray runs on a Ray cluster (pip install "mnv3[ray]"): Ray Data decodes in map tasks and
@@ -36,6 +38,8 @@ examples:
       --dataset ../shared/datasets/imagenet-sample-500 --output-dir out/sample
   mnv3 infer --model data/models/force_float32_false_8 --image-dir val/images \\
       --label-file val/labels.txt --output-dir out/val --image-num 500 --json out/val.json
+  mnv3 infer --model data/models/force_float32_false_8 --decode native \\
+      --dataset ../shared/datasets/imagenet-sample-500 --output-dir out/native
   mnv3 infer --model data/models/force_float32_false_8 --engine ray --workers 2 \\
       --dataset ../shared/datasets/imagenet-sample-500 --output-dir out/ray
   mnv3 infer --model data/models/force_float32_false_8 --shard 1/2 --output-dir out/s1
@@ -48,6 +52,7 @@ from __future__ import annotations
 import sys
 
 from mnv3.cli.common import add_parser as _add, dataset_dir, human_print, write_json
+from mnv3.defaults import DECODES
 from mnv3.provenance import below_budget_note
 
 
@@ -87,9 +92,11 @@ def add_parser(sub):
                      help="local (default: start a cluster here), auto, or host:port")
     ray.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
                      help="engine threads of each model actor (default 1)")
-    p.add_argument("--decode", choices=("exact", "fast"), default=None,
+    p.add_argument("--decode", choices=DECODES, default=None,
                    help="exact (default, unless 'mnv3 tune' chose fast for this model after "
-                   "measuring it): the reference pipeline, bit for bit; fast: JPEGs "
+                   "measuring it): the reference pipeline, bit for bit; native: the same "
+                   "pixels from the C++ decoder that 'mnv3 build-cpp' builds, about half the "
+                   "CPU per image (checked against exact before it runs); fast: JPEGs "
                    "decoded at 1/2-1/8 scale where at least twice the resize target and one "
                    "resize to the crop (other pixels; its top-1 agreement is in the README); "
                    "recorded in infer.json")
@@ -116,7 +123,7 @@ def run(args) -> int:
         raise UsageError("--dataset brings its own labels.txt; drop --label-file")
     if args.label_file and not args.image_dir:
         raise UsageError("--label-file needs --image-dir (the folder its file names are in)")
-    if args.decode == "fast" and args.engine != "python":
+    if args.decode not in (None, "exact") and args.engine != "python":
         raise UsageError(f"--decode {args.decode} is for --engine python; the {args.engine} "
                          "engine decodes the exact way")
     if args.dataset:
@@ -178,23 +185,33 @@ def run(args) -> int:
 
 
 def _tuned_decode(meta, say) -> str:
-    """The decode 'mnv3 tune' chose for this model (said when it is the fast path)."""
+    """The decode 'mnv3 tune' chose for this model (said when it is not exact)."""
     from mnv3.data.fast_decode import tuned_decode
+    from mnv3.tune_decode import describe
 
     decode = tuned_decode(meta)
     if decode == "fast":
-        from mnv3.tune_decode import describe
-
         say(f"using --decode fast, which 'mnv3 tune' chose for this model ({describe(meta.tuned)}"
             "); pass --decode exact for the exact pixels")
+    elif decode == "native":
+        say("using --decode native (the exact pixels, decoded in C++), which 'mnv3 tune' chose "
+            f"for this model ({describe(meta.tuned)}); --decode exact decodes them in Python")
+    elif (meta.tuned or {}).get("decode") == "native":
+        from mnv3.data.native_decode import unavailable
+
+        say(f"'mnv3 tune' chose --decode native for this model, which cannot run here "
+            f"({unavailable(meta.preprocess)}): decoding the exact way, the same pixels")
     return decode
 
 
 def summary_lines(r) -> list[str]:
     workers = (f"{r.workers} model actors on Ray" if getattr(r, "engine", None) == "ray"
                else f"{r.workers} decode threads")
-    if getattr(r, "decode", "exact") != "exact":  # its accuracy is not the exact pipeline's
-        workers += f", --decode {r.decode}: approximate pixels, see README for its agreement"
+    decode = getattr(r, "decode", "exact")
+    if decode == "native":
+        workers += ", --decode native: the exact pixels, decoded in C++"
+    elif decode != "exact":  # its accuracy is not the exact pipeline's
+        workers += f", --decode {decode}: approximate pixels, see README for its agreement"
     lines = [f"images: {r.processed} predicted, {r.skipped} skipped "
              f"(of {r.images}; batch {r.batch_size}, {workers})"]
     shard = getattr(r, "shard", None)

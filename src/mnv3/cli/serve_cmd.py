@@ -33,6 +33,7 @@ import threading
 import time
 
 from mnv3.cli.common import add_parser as _add
+from mnv3.defaults import DECODES
 
 
 def add_parser(sub):
@@ -57,9 +58,10 @@ def add_parser(sub):
                    "setting, else the engine's choice locally and 1 per Ray replica)")
     p.add_argument("--max-body", type=int, default=MAX_BODY, metavar="BYTES",
                    help=f"largest request body accepted (default {MAX_BODY}, 20 MiB)")
-    p.add_argument("--decode", choices=("exact", "fast"), default=None,
+    p.add_argument("--decode", choices=DECODES, default=None,
                    help="how request images are decoded (default: what 'mnv3 tune' chose for "
-                        "the model, else exact; fast: fewer CPU ms, other pixels)")
+                        "the model, else exact; native: the exact pixels in C++, about half "
+                        "the CPU, built by 'mnv3 build-cpp'; fast: fewer CPU ms, other pixels)")
     ray = p.add_argument_group("--engine ray")
     ray.add_argument("--replicas", type=int, default=1, metavar="N",
                      help="copies of the model serving at once (default 1)")

@@ -24,7 +24,9 @@ rounds, then slices, shrink to fit); what was skipped to fit is listed.
 Decoding: per winner, tune runs 'mnv3 infer' over its held-out images with both decode paths
 (exact and --decode fast) and records decode: fast in the tuned settings only when the fast
 path's top-1 agreement with the exact path is >= 99.5% and its end-to-end speed is higher;
-'mnv3 infer' then uses it by default for that model and says so (--decode exact overrides).
+where 'mnv3 build-cpp' built the native decoder, --decode native (the exact pixels in C++) is
+timed too and recorded where it is the fastest; 'mnv3 infer' then uses the recorded path by
+default for that model and says so (--decode exact overrides).
 This check gets 15% of the time budget.
 
 examples:
@@ -92,7 +94,7 @@ def add_parser(sub):
                    metavar="SECONDS",
                    help=f"one setting's measurement per round (default {d.TUNE_SLICE_S})")
     p.add_argument("--no-decode-check", dest="decode_check", action="store_false",
-                   help="do not measure the fast decode path for the winners ('mnv3 infer' "
+                   help="do not measure the fast / native decode paths for the winners ('mnv3 infer' "
                    "then decodes them the exact way by default)")
     p.add_argument("--out", default="data/tune", metavar="DIR", help="default data/tune")
     p.add_argument("--no-progress", dest="progress", action="store_false",

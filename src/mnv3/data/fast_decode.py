@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image
 
 from mnv3.data.preprocess import _RESAMPLE, _decode, _geometry, decode_image, normalize
+from mnv3.defaults import DECODES
 from mnv3.errors import UsageError
 from mnv3.meta import PreprocessCfg
 
-DECODES = ("exact", "fast")
 
 
 def check_decode(decode: str) -> str:
@@ -32,9 +32,14 @@ def check_decode(decode: str) -> str:
 
 
 def tuned_decode(meta) -> str:
-    """The decode ``mnv3 tune`` chose for this model (``mnv3.tune_decode``: ``fast`` only
-    where it measured the fast path's agreement and speed), else ``exact``."""
+    """The decode ``mnv3 tune`` chose for this model (``mnv3.tune_decode``: ``fast`` or
+    ``native`` only where it measured them), else ``exact``. A recorded ``native`` that cannot
+    run here (the library not built on this machine) is ``exact``: the same pixels."""
     decode = (getattr(meta, "tuned", None) or {}).get("decode")
+    if decode == "native":
+        from mnv3.data.native_decode import unavailable
+
+        return "exact" if unavailable(meta.preprocess) else "native"
     return decode if decode in DECODES else "exact"
 
 

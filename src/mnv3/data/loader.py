@@ -24,7 +24,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from mnv3.data import heap
+from mnv3.data import heap, native_decode
 from mnv3.data.datasets import Sample
 from mnv3.data.fast_decode import check_decode, preprocess_fast
 from mnv3.data.preprocess import preprocess_image
@@ -73,6 +73,8 @@ class BatchLoader:
             raise UsageError(f"prefetch must be at least 1, got {prefetch}")
         self.strict = strict
         self.decode = check_decode(decode)  # "fast": mnv3.data.fast_decode, other pixels
+        # "native": the C++ decoder, loaded and checked here, before any image is read.
+        self._native = native_decode.decoder(cfg) if decode == "native" else None
         self.skipped: list[tuple[Sample, str]] = []
 
     def __len__(self) -> int:
@@ -119,6 +121,8 @@ class BatchLoader:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _decode(self, sample: Sample) -> np.ndarray:
+        if self._native is not None:
+            return self._native.file(sample.path)
         if self.decode == "fast":
             return preprocess_fast(sample.path, self.cfg)
         return preprocess_image(sample.path, self.cfg)
@@ -130,7 +134,8 @@ def iter_batches(samples: Sequence[Sample], cfg: PreprocessCfg, batch_size: int,
     """Preprocessed batches of ``samples`` in order, decoded on ``workers`` threads.
 
     ``prefetch`` bounds how many images are decoded ahead (default: the larger of two batches
-    and four per thread); ``decode="fast"`` takes ``mnv3.data.fast_decode``'s path. Returns a
+    and four per thread); ``decode="fast"`` takes ``mnv3.data.fast_decode``'s path,
+    ``"native"`` ``mnv3.data.native_decode``'s (the same pixels as the default). Returns a
     ``BatchLoader``: iterate it, then read ``.skipped``.
     """
     return BatchLoader(samples, cfg, batch_size, workers=workers, strict=strict,
