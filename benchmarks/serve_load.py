@@ -18,10 +18,11 @@ Measured, interleaved round after round (DESIGN.md: 2-vCPU speed is bimodal):
 
     python benchmarks/serve_load.py [--duration 60] [--concurrency 20] [--rounds 2] \\
         [--engines local,ray] [--arch mobilenetv3-large] [--batch 8] [--batch-wait-ms 10] \\
-        [--decodes exact,fast]
+        [--decodes exact,fast,native]
 
 ``--decodes exact,fast`` serves each engine both ways (``mnv3 serve --decode``; fast is what a
-model gets where ``mnv3 tune`` measured that it keeps top-1), interleaved in the same rounds.
+model gets where ``mnv3 tune`` measured that it keeps top-1), interleaved in the same rounds;
+``native`` decodes the exact pixels in C++ (``mnv3 build-cpp`` first).
 
 Images: ../shared/datasets/imagenet-sample-500 (else the bundled demo photos); the load
 generator cycles the first 64.
@@ -88,7 +89,7 @@ def main() -> None:
     ap.add_argument("--arch", default="mobilenetv3-large")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--batch-wait-ms", type=float, default=10.0, help="the services' batch wait")
-    ap.add_argument("--decodes", default="exact", help="exact and/or fast, comma-separated")
+    ap.add_argument("--decodes", default="exact", help="exact, fast and/or native, comma-separated")
     args = ap.parse_args()
     folder = SHARED / "images" if SHARED.is_dir() else demo_dir() / "images"
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
