@@ -21,7 +21,10 @@ decoding and the engine are spread, the driver is not, so
 and the script prints it for ImageNet-val (50,000 images) and 10 million images.
 
     python benchmarks/ray_scale.py [--images 1000] [--rounds 3] [--workers 1,2] \\
-        [--arch mobilenetv3-large] [--probe-images 4000]
+        [--arch mobilenetv3-large] [--probe-images 4000] [--decode exact|native]
+
+``--decode native`` runs the local path, the Ray runs and the per-image decode cost with the
+native decoder (the exact pixels in C++, ``mnv3.data.native_decode``; ``mnv3 build-cpp`` first).
 
 Images: hard links of ../shared/datasets/imagenet-sample-500 (else the bundled demo set),
 cycled to --images.
@@ -102,10 +105,17 @@ def engine_cpu_ms(model: Path, calls: int = 10) -> float:
         return (time.process_time() - c0) * 1e3 / (calls * x.shape[0])
 
 
-def decode_ms(samples, cfg, n: int = 50) -> float:
+def decode_ms(samples, cfg, n: int = 50, decode: str = "exact") -> float:
+    if decode == "native":
+        from mnv3.data.native_decode import decoder
+
+        one = decoder(cfg).file
+    else:
+        def one(path):
+            return preprocess_image(path, cfg)
     c0 = time.process_time()
     for s in samples[:n]:
-        preprocess_image(s.path, cfg)
+        one(s.path)
     return (time.process_time() - c0) * 1e3 / min(n, len(samples))
 
 
@@ -152,6 +162,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--probe-images", type=int, default=4000,
                     help="images of the near-free probe run (0: no probe; see the docstring)")
+    ap.add_argument("--decode", default="exact", choices=("exact", "native"),
+                    help="how the local path and the Ray decode tasks decode (default exact)")
     args = ap.parse_args()
     import ray
 
@@ -164,8 +176,9 @@ def main() -> None:
         link_images(tmp / "images", args.images)
         samples = load_dataset(tmp / "images", None, None, num_classes=1000)
         workers = [int(w) for w in args.workers.split(",")]
-        configs = {"local": (model, samples, {}),
-                   **{f"ray {w}": (model, samples, {"engine": "ray", "workers": w})
+        how = {"decode": args.decode}
+        configs = {"local": (model, samples, how),
+                   **{f"ray {w}": (model, samples, {"engine": "ray", "workers": w, **how})
                       for w in workers}}
         if args.probe_images:
             build_probe_model(tmp / "probe", args.batch, tmp)
@@ -197,7 +210,7 @@ def driver_line(rows: list[dict]) -> tuple[float, float]:
 def report(res, samples, model, tmp: Path, args) -> None:
     most = max(int(w) for w in args.workers.split(","))  # the probe ran with this many actors
     print(f"CPU: {cpu_model()} ({os.cpu_count()} cores, {isa_label()}); {args.arch} "
-          f"force_float32 batch {args.batch}; {len(samples)} images; load "
+          f"force_float32 batch {args.batch}; {len(samples)} images; decode {args.decode}; load "
           f"{os.getloadavg()[0]:.1f}")
     local = [r["wall"] for r in res["local"]]
     print(f"local        : {median(local):.1f} images/s end to end (median of {args.rounds}; "
@@ -222,7 +235,7 @@ def report(res, samples, model, tmp: Path, args) -> None:
                        for f in FILES)
             print(f"{'':<13}  result files byte-identical to local: {same}")
     last = res[f"ray {most}"]
-    d_ms = decode_ms(samples, read_meta(model).preprocess)
+    d_ms = decode_ms(samples, read_meta(model).preprocess, decode=args.decode)
     e_ms = engine_cpu_ms(model)
     print(f"per image: decode {d_ms:.2f} CPU ms, engine {e_ms:.2f} CPU ms (1 thread; the "
           f"actors' engine wall time {median([r['engine_ms'] for r in last]):.2f} ms while "

@@ -74,5 +74,5 @@ def test_infer_records_the_decode_path(tmp_path):
                   progress=False, decode=decode)
         assert r.decode == decode
         assert json.loads((tmp_path / decode / "infer.json").read_text())["decode"] == decode
-    with pytest.raises(UsageError, match="python engine"):
+    with pytest.raises(UsageError, match="is for --engine python; the ray engine"):
         infer(str(tmp_path), demo, tmp_path / "x", engine="ray", decode="fast")

@@ -104,8 +104,8 @@ def test_infer_native_writes_the_exact_result_files(built, tmp_path):
     for name in ("eval_result_1.txt", "eval_result_5.txt", "results.jsonl"):
         assert (tmp_path / "native" / name).read_bytes() == (tmp_path / "exact" / name).read_bytes()
     assert json.loads((tmp_path / "native" / "infer.json").read_text())["decode"] == "native"
-    with pytest.raises(UsageError, match="python engine"):
-        infer(str(tmp_path), demo, tmp_path / "x", engine="ray", decode="native")
+    with pytest.raises(UsageError, match="is for --engine python or ray; the cpp engine"):
+        infer(str(tmp_path), demo, tmp_path / "x", engine="cpp", decode="native")
 
 
 def test_cli_infer_and_serve_decode_native(built, tiny_model, tmp_path, capsys):

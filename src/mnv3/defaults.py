@@ -31,3 +31,5 @@ SERVE_MAX_BODY = 20 << 20  # bytes of one request body; a 20 MiB photo is alread
 # (checked before it runs, fewer CPU ms per image; built by mnv3 build-cpp).
 DECODES = ("exact", "fast", "native")
 SAME_PIXELS = ("exact", "native")
+DECODE_ENGINES = {"exact": ("python", "cpp", "ray"), "fast": ("python",),
+                  "native": ("python", "ray")}  # mnv3 infer --engine that can decode that way

@@ -97,22 +97,22 @@ def infer(model, samples: Sequence[Sample], output_dir: str | os.PathLike, *,
     a model folder, ``workers`` is the number of model actors and ``threads_per_worker`` their
     engine threads (``mnv3.ray_engine``). ``decode="fast"`` decodes by
     ``mnv3.data.fast_decode`` (other pixels), ``"native"`` by ``mnv3.data.native_decode`` (the
-    exact pixels in C++; ``mnv3 build-cpp`` builds it); python engine only, recorded in
+    exact pixels in C++; ``mnv3 build-cpp`` builds it; python and ray engines), recorded in
     infer.json. The default is what ``mnv3 tune`` chose for the model
     (``fast_decode.tuned_decode``), else ``exact``.
     ``shard="K/N"`` runs only the K-th of N contiguous slices of the images, named as in the
     whole run, for ``mnv3.shards.merge`` to join with the others (``mnv3.shards``).
     """
-    if decode is not None and check_decode(decode) != "exact" and engine != "python":
-        raise UsageError(f"decode {decode!r} is for the python engine; the {engine} engine "
-                         "decodes the exact way")
+    if decode is not None:
+        check_decode(decode, engine)
     if engine == "ray":
         from mnv3.ray_engine import infer_ray
 
         return infer_ray(model, samples, output_dir, batch_size=batch_size, image_num=image_num,
                          workers=workers, strict=strict, save_images=save_images,
                          class_names=class_names, progress=progress, address=address,
-                         threads_per_worker=threads_per_worker, shard=shard)
+                         threads_per_worker=threads_per_worker, shard=shard,
+                         decode=decode or "exact")
     if engine != "python":
         raise UsageError(f"engine must be 'python' or 'ray', got {shown(engine)}")
     session, owned = _open(model)

@@ -45,8 +45,12 @@ def infer_ray(model, samples, output_dir, *, batch_size: int | None = None,
               image_num: int | None = None, workers: int | None = None, strict: bool = False,
               save_images: bool = False, class_names: list[str] | None = None,
               progress: bool = False, address: str | None = None,
-              threads_per_worker: int | None = None, shard=None):
-    """``mnv3.infer(..., engine="ray")``: see the module docstring. Returns an InferResult."""
+              threads_per_worker: int | None = None, shard=None, decode: str = "exact"):
+    """``mnv3.infer(..., engine="ray")``: see the module docstring. Returns an InferResult.
+
+    ``decode="native"``: the decode tasks use ``mnv3.data.native_decode`` (checked here, on
+    the driver, first); a worker on another machine without the library decodes the exact
+    way, which gives the same pixels."""
     from mnv3.backends import load
     from mnv3.inference import select_samples, write_predictions
 
@@ -58,16 +62,21 @@ def infer_ray(model, samples, output_dir, *, batch_size: int | None = None,
     model_dir = Path(model)
     with load(model_dir, threads=1) as session:  # the driver's check: a clear error, early
         meta = session.meta
+    if decode == "native":
+        from mnv3.data.native_decode import decoder
+
+        decoder(meta.preprocess)  # not built / other pixels: the clear error, before the cluster
     samples, names, record = select_samples(samples, image_num, meta, shard)
     bs = int(batch_size or meta.default_batch)
     with ray_cluster(address, cpus_needed=workers * threads) as ray:
         predictions = RayPredictions(ray, samples, meta, _pack_model(model_dir), batch_size=bs,
-                                     workers=workers, threads=threads, strict=strict)
+                                     workers=workers, threads=threads, strict=strict,
+                                     decode=decode)
         return write_predictions(predictions, samples, meta, output_dir,
                                  class_names=class_names, batch_size=bs,
                                  save_images=save_images, progress=progress,
                                  label=str(model_dir), engine="ray", names=names,
-                                 shard=record)
+                                 shard=record, decode=decode)
 
 
 def _positive(value: int | None, flag: str, default: int) -> int:
@@ -157,8 +166,9 @@ class RayPredictions:
     pipeline; ``skipped`` lists ``(Sample, reason)`` as they come (as the local loader does)."""
 
     def __init__(self, ray, samples, meta, files: dict[str, bytes], *, batch_size: int,
-                 workers: int, threads: int, strict: bool):
+                 workers: int, threads: int, strict: bool, decode: str = "exact"):
         self.ray, self.samples, self.meta, self.strict = ray, samples, meta, strict
+        self.decode = decode
         self.files, self.batch_size = files, batch_size
         self.workers, self.threads = workers, threads
         self.skipped: list = []
@@ -181,7 +191,8 @@ class RayPredictions:
             warnings.simplefilter("ignore", DeprecationWarning)
             ds = ds.map_batches(decode_batch,
                                 fn_kwargs={"cfg": self.meta.preprocess,
-                                           "shape": tuple(self.meta.input_shape[1:])},
+                                           "shape": tuple(self.meta.input_shape[1:]),
+                                           "decode": self.decode},
                                 batch_size=None, batch_format="numpy", num_cpus=1,
                                 ray_remote_args_fn=_decode_task_args)
         # Inside a list, so the actor fetches it itself (a top-level ObjectRef argument would
@@ -225,17 +236,25 @@ def _decode_task_args() -> dict:
     return {"max_retries": 3}
 
 
-def decode_batch(batch: dict, cfg, shape: tuple) -> dict:
+def decode_batch(batch: dict, cfg, shape: tuple, decode: str = "exact") -> dict:
     """Map task: decode and preprocess each path; an undecodable image gets zeros and its
-    reason (the message the local loader records)."""
+    reason (the message the local loader records). ``decode="native"`` where this worker has
+    the native decoder, else the exact path: the same pixels either way."""
     from mnv3.data.preprocess import preprocess_image
 
+    native = None
+    if decode == "native":
+        from mnv3.data import native_decode
+
+        if native_decode.unavailable(cfg) is None:
+            native = native_decode.decoder(cfg)
     paths = batch["path"]
     images = np.zeros((len(paths), *shape), dtype=np.float32)
     errors = []
     for k, raw in enumerate(paths):
         try:
-            images[k] = preprocess_image(Path(os.fsdecode(bytes(raw))), cfg)
+            path = Path(os.fsdecode(bytes(raw)))
+            images[k] = native.file(path) if native else preprocess_image(path, cfg)
             errors.append("")
         except DataError as e:
             errors.append(str(e))

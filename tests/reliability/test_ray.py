@@ -67,6 +67,17 @@ def test_ray_writes_the_local_files_byte_for_byte(cluster, tiny, images, tmp_pat
     assert not [p for p in (tmp_path / "ray").iterdir() if p.name.startswith(".")]
 
 
+def test_ray_decode_native_writes_the_local_exact_files(cluster, cpp_build, tiny, images,
+                                                        tmp_path):
+    """The decode tasks decode natively: the exact run's files, skipped.txt's words too."""
+    samples = load_dataset(images, None, None, num_classes=10)
+    infer(tiny["model"], samples, tmp_path / "local", progress=False)
+    res = infer(tiny["model"], samples, tmp_path / "ray", engine="ray", workers=2,
+                progress=False, decode="native")
+    assert res.decode == "native" and res.skipped == 1
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+
+
 def test_a_ray_shard_and_a_local_shard_merge_into_the_local_run(cluster, tiny, images,
                                                                tmp_path):
     """--shard on two drivers, one of them on Ray: mnv3 merge gives the one run's files."""

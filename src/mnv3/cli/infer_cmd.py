@@ -99,7 +99,7 @@ def add_parser(sub):
                    "CPU per image (checked against exact before it runs); fast: JPEGs "
                    "decoded at 1/2-1/8 scale where at least twice the resize target and one "
                    "resize to the crop (other pixels; its top-1 agreement is in the README); "
-                   "recorded in infer.json")
+                   "recorded in infer.json. --engine python; native also with --engine ray")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="only the K-th of N contiguous slices of the images (after "
                    "--image-num), for 'mnv3 merge' to join with the other shards' folders")
@@ -112,6 +112,7 @@ def add_parser(sub):
 def run(args) -> int:
     from mnv3.backends import load
     from mnv3.data.datasets import demo_dataset, demo_dir, load_class_names, load_dataset
+    from mnv3.data.fast_decode import check_decode
     from mnv3.errors import UsageError
     from mnv3.inference import infer, open_for_infer
 
@@ -123,9 +124,8 @@ def run(args) -> int:
         raise UsageError("--dataset brings its own labels.txt; drop --label-file")
     if args.label_file and not args.image_dir:
         raise UsageError("--label-file needs --image-dir (the folder its file names are in)")
-    if args.decode not in (None, "exact") and args.engine != "python":
-        raise UsageError(f"--decode {args.decode} is for --engine python; the {args.engine} "
-                         "engine decodes the exact way")
+    if args.decode is not None:
+        check_decode(args.decode, args.engine)
     if args.dataset:
         args.image_dir, args.label_file, args.synsets = dataset_dir(args.dataset, args.synsets)
     for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
@@ -174,7 +174,7 @@ def run(args) -> int:
                        image_num=args.image_num, workers=args.workers, strict=args.strict,
                        save_images=args.save_images, class_names=class_names,
                        progress=not args.no_progress and sys.stderr.isatty(),
-                       **({"decode": args.decode} if args.engine == "python" else {}), **extra)
+                       **({"decode": args.decode} if args.engine != "cpp" else {}), **extra)
     for line in summary_lines(result):
         say(line)
     below = below_budget_note(getattr(session, "meta", None))

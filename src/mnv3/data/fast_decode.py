@@ -19,15 +19,19 @@ import numpy as np
 from PIL import Image
 
 from mnv3.data.preprocess import _RESAMPLE, _decode, _geometry, decode_image, normalize
-from mnv3.defaults import DECODES
+from mnv3.defaults import DECODE_ENGINES, DECODES
 from mnv3.errors import UsageError
 from mnv3.meta import PreprocessCfg
 
 
 
-def check_decode(decode: str) -> str:
+def check_decode(decode: str, engine: str = "python") -> str:
+    """``decode`` when it is a decode path that ``engine`` (infer's) has, else UsageError."""
     if decode not in DECODES:
         raise UsageError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
+    if engine in DECODE_ENGINES["exact"] and engine not in DECODE_ENGINES[decode]:
+        raise UsageError(f"--decode {decode} is for --engine {' or '.join(DECODE_ENGINES[decode])}"
+                         f"; the {engine} engine decodes the exact way")
     return decode
 
 
