@@ -14,7 +14,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import FakeSession, fake_meta
+from conftest import IMAGENET_SAMPLE, FakeSession, fake_meta, needs_imagenet_sample
 from image_corpus import decode_corpus
 from PIL import Image
 
@@ -66,6 +66,20 @@ def test_native_tensors_are_the_exact_paths_bit_for_bit(built, corpus, cfg):
         exact = preprocess_image(path, cfg)
         assert np.array_equal(dec.file(path), exact), path.name
         assert np.array_equal(dec.bytes(path.read_bytes()), exact), path.name
+
+
+@pytest.mark.slow  # about 10 s: both paths over 1,000 tensors
+@needs_imagenet_sample
+def test_every_real_imagenet_photo_of_the_sample_is_bit_identical(built):
+    """The 500 real photos (every size, subsampling and quirk the sample has), at the
+    preprocessing of torchvision's ImageNet models and at Lite0's (another mean, std)."""
+    paths = sorted((IMAGENET_SAMPLE / "images").iterdir())
+    assert len(paths) == 500
+    for cfg in (PreprocessCfg(), PreprocessCfg(mean=(0.498,) * 3, std=(0.502,) * 3)):
+        dec = native_decode.decoder(cfg)
+        differ = [p.name for p in paths if not np.array_equal(dec.file(p),
+                                                              preprocess_image(p, cfg))]
+        assert not differ, f"{len(differ)} of 500 differ, e.g. {differ[:3]}"
 
 
 def test_images_it_does_not_decode_get_the_exact_paths_verdict_and_words(built, tmp_path):
