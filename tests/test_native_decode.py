@@ -235,3 +235,18 @@ def test_a_tuned_native_model_decodes_natively_where_built(built):
     said = []
     assert _tuned_decode(meta, said.append) == "native"
     assert "using --decode native" in said[0] and "1.30x its speed" in said[0]
+
+
+def test_a_service_replica_without_the_library_decodes_the_exact_way(monkeypatch):
+    """A Ray Serve replica on another machine may lack the library: it serves the same pixels
+    the exact way, and its /metadata says so."""
+    from mnv3.serve_protocol import Classifier
+
+    native_decode.decoder.cache_clear()
+    monkeypatch.setattr(native_decode, "find_library", lambda: None)
+    c = Classifier(FakeSession(fake_meta(batch=2, cfg=SMALL)), decode="native")
+    assert c.decode == c.metadata["decode"] == "exact"
+    path = demo_dataset()[0].path
+    with open(path, "rb") as f:
+        assert np.array_equal(c.preprocess(f.read()), preprocess_image(path, SMALL))
+    native_decode.decoder.cache_clear()

@@ -139,6 +139,11 @@ class Classifier:
 
         self.session, self.meta = session, session.meta
         self.decode = describe.get("decode", "exact")  # "fast": mnv3.data.fast_decode
+        if self.decode == "native":  # a Ray replica on a machine without the library: exact,
+            from mnv3.data.native_decode import unavailable  # the same pixels
+
+            if unavailable(self.meta.preprocess):
+                self.decode = describe["decode"] = "exact"
         self.class_names = (class_names or self.meta.class_names
                             or _imagenet_names(self.meta.num_classes))
         self.metadata = metadata(self.meta, **describe)

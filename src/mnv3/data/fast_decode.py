@@ -24,7 +24,6 @@ from mnv3.errors import UsageError
 from mnv3.meta import PreprocessCfg
 
 
-
 def check_decode(decode: str, engine: str = "python") -> str:
     """``decode`` when it is a decode path that ``engine`` (infer's) has, else UsageError."""
     if decode not in DECODES:
