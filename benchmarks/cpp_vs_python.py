@@ -12,12 +12,13 @@ own images/s figure (decode included, load excluded) is quoted too.
    same as Python's, both top-1 / top-5 accuracies, and whether the result files are identical.
 2. Speed: `mnv3 infer --threads T` vs `mnv3-infer-cpp --threads T` (T engine threads in all,
    the program's default split: T streams of one thread) and `mnv3-infer-cpp --threads T
-   --streams 1` (Python's split: one stream of T threads), beside the engine-only figures for
-   the same model and threads: `mnv3 bench --threads T` (1 stream), `mnv3 bench --threads 1
-   --streams T` (the program's split) and `mnv3-infer-cpp --bench` (the program measuring its
-   own engine calls). For Lite0 (engine-bound) and for a seeded MobileNetV3-Small
-   (decode-bound) built the same way. The program's --profile (CPU ms per image per decode
-   stage) is printed for the default configuration.
+   --streams 1` (Python's split: one stream of T threads), and `mnv3 infer --decode native`
+   (Python with the program's decoding: how much of the difference is decoding), beside the
+   engine-only figures for the same model and threads: `mnv3 bench --threads T` (1 stream),
+   `mnv3 bench --threads 1 --streams T` (the program's split) and `mnv3-infer-cpp --bench`
+   (the program measuring its own engine calls). For Lite0 (engine-bound) and for a seeded
+   MobileNetV3-Small (decode-bound) built the same way. The program's --profile (CPU ms per
+   image per decode stage) is printed for the default configuration.
 3. Memory: the program's peak resident memory (VmHWM) on the 500 images and on the same images
    listed 4 times (2000 files, symlinks): streaming means it does not grow.
 
@@ -94,10 +95,11 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_py(model: Path, out: Path, threads: int) -> dict:
+def run_py(model: Path, out: Path, threads: int, decode: str = "exact") -> dict:
     t0, c0 = time.perf_counter(), children_cpu()
     proc = subprocess.run([venv_tool("mnv3"), "infer", "--model", str(model), *data_args(), "--output-dir",
-                           str(out), "--threads", str(threads), "--json", "-", "--no-progress"],
+                           str(out), "--threads", str(threads), "--json", "-", "--no-progress",
+                           "--decode", decode],
                           check=True, capture_output=True, text=True)
     d = json.loads(proc.stdout)
     return {"wall": 500 / (time.perf_counter() - t0), "ips": d["images_per_s"],
@@ -227,6 +229,8 @@ def main() -> int:
     for name, model in models.items():
         configs = {
             "python": lambda: run_py(model, work / "py", T),
+            # the same pixels decoded by the C++ code inside Python (mnv3.data.native_decode)
+            "python_native": lambda: run_py(model, work / "pyn", T, decode="native"),
             "cpp": lambda: run_cpp(binary, model, work / "cpp", T),
             "cpp_1stream": lambda: run_cpp(binary, model, work / "cpp1", T, streams=1),
             "bench_1stream": lambda: run_bench(model, T, 1, secs),
