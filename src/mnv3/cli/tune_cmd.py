@@ -94,8 +94,8 @@ def add_parser(sub):
                    metavar="SECONDS",
                    help=f"one setting's measurement per round (default {d.TUNE_SLICE_S})")
     p.add_argument("--no-decode-check", dest="decode_check", action="store_false",
-                   help="do not measure the fast / native decode paths for the winners ('mnv3 infer' "
-                   "then decodes them the exact way by default)")
+                   help="do not measure the fast / native decode paths for the winners "
+                   "('mnv3 infer' then decodes them the exact way by default)")
     p.add_argument("--out", default="data/tune", metavar="DIR", help="default data/tune")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress lines on stderr")

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 
 from mnv3.data.files import read_bytes, shown
-from mnv3.data.preprocess import _decode, normalize, preprocess_image, resize_and_crop
+from mnv3.data.preprocess import decode_bytes, preprocess_image
 from mnv3.cpp_engine import LIBRARY, find_binary
 from mnv3.errors import BackendUnavailable, UsageError
 from mnv3.meta import PreprocessCfg
@@ -121,16 +120,15 @@ class NativeDecoder:
         elif out.shape != (3, crop, crop) or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous float32 array of shape (3, {crop}, "
                              f"{crop}), got {out.dtype} {out.shape}")
-        err = ctypes.create_string_buffer(_ERR_LEN)
-        rc = self._lib.mnv3_pre_run(self._handle, data, len(data), out.ctypes.data, err, _ERR_LEN)
+        # No error buffer: the library's reason is never shown (the exact path's words are).
+        rc = self._lib.mnv3_pre_run(self._handle, data, len(data), out.ctypes.data, None, 0)
         if rc == 0:
             return out
         if rc == 2:
             raise MemoryError(f"out of memory decoding image {name}")
         # Not decoded here (another format, damaged, too thin): the exact path decodes it or
         # raises its own DataError, word for word what --decode exact would write.
-        img = _decode(io.BytesIO(data), name, None)[0]
-        return normalize(resize_and_crop(img, self.cfg), self.cfg, out=out)
+        return preprocess_image(decode_bytes(data, name), self.cfg, out=out)
 
     def _check_same_pixels(self) -> None:
         from mnv3.data.datasets import demo_dir
