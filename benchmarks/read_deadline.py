@@ -4,19 +4,20 @@ Every image is read on a reader thread that the decode thread waits for with a d
 of by the decode thread itself. Measured interleaved, round after round in one process
 (DESIGN.md: 2-vCPU speed is bimodal), switching ``MNV3_READ_TIMEOUT`` between rounds:
 
-* ``deadline``   : the default (60 s): reads hand off to the reader threads;
+* ``deadline``   : the default (60 s): reads hand off to the reader threads (read ahead);
 * ``no deadline``: ``MNV3_READ_TIMEOUT=0``: reads on the decode threads, as before issue 19.
 
 for ``decode only`` (the threaded loader alone, where the hand-off weighs most) and
 ``end to end`` (``mnv3.infer`` over the images with a seeded random MobileNetV3-Small,
-force_float32, batch 8). Printed: medians and the median of per-round ratios, with the CPU's
-ISA and the load average.
+force_float32, batch 8; ``--arch`` and ``--decode`` change the model and the decoder). Printed:
+medians and the median of per-round ratios, with the CPU's ISA and the load average.
 
 ``--baseline-src DIR`` adds decode-only rounds of another source tree (e.g. ``../main/src``,
 the code before the deadline, which let Pillow read the open file itself) in child processes,
 alternated with this tree's.
 
-    python benchmarks/read_deadline.py [--images 500] [--rounds 5] [--workers 2]
+    python benchmarks/read_deadline.py [--images 500] [--rounds 5] [--workers 2] \
+        [--arch mobilenetv3-small] [--decode exact|native|fast]
 """
 
 from __future__ import annotations
@@ -69,10 +70,11 @@ def timed(label: str, n: int, fn) -> float:
     return n / (time.perf_counter() - t)
 
 
-def decode_only(data, cfg, workers: int) -> int:
+def decode_only(data, cfg, workers: int, decode: str) -> int:
     from mnv3.data.loader import iter_batches
 
-    return sum(len(b.samples) for b in iter_batches(data, cfg, 8, workers=workers))
+    return sum(len(b.samples) for b in iter_batches(data, cfg, 8, workers=workers,
+                                                    decode=decode))
 
 
 def child_decode(label: str, src: str, images: Path, n: int, workers: int) -> float:
@@ -99,12 +101,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--baseline-src", default=None)
+    ap.add_argument("--arch", default="mobilenetv3-small")
+    ap.add_argument("--decode", default="exact",
+                    help="exact, native (mnv3 build-cpp first) or fast")
     args = ap.parse_args()
     import mnv3
     from mnv3.inference import infer
     from mnv3.sysinfo import cpu_model, int8_isa
 
-    print(f"CPU {cpu_model()}, ISA {int8_isa()}, {args.workers} decode threads, "
+    print(f"CPU {cpu_model()}, ISA {int8_isa()}, {args.arch} force_float32 batch 8, "
+          f"--decode {args.decode}, {args.workers} decode threads, "
           f"load average at start {os.getloadavg()[0]:.1f}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     data = samples(args.images)
@@ -117,17 +123,18 @@ def main() -> None:
             os.environ.pop("MNV3_READ_TIMEOUT", None)
 
     with tempfile.TemporaryDirectory(prefix="mnv3-deadline-") as tmp:
-        _, onnx_path = export_fp32("mobilenetv3-small", out_dir=tmp)
+        _, onnx_path = export_fp32(args.arch, out_dir=tmp)
         model = Path(tmp) / "model"
         mnv3.build(onnx_path, model, quant_mode="force_float32", shape_mutable=False,
                    batch_size=8, options={"progress": False})
         session = mnv3.load(model, spin=False)
         cfg = session.meta.preprocess
         dec = interleave(CONFIGS, args.rounds, lambda k, v: with_timeout(v, lambda: timed(
-            f"decode {k}", len(data), lambda: decode_only(data, cfg, args.workers))))
+            f"decode {k}", len(data), lambda: decode_only(data, cfg, args.workers, args.decode))))
         e2e = interleave(CONFIGS, args.rounds, lambda k, v: with_timeout(v, lambda: timed(
             f"infer {k}", len(data), lambda: infer(session, data, Path(tmp) / "out",
-                                                   workers=args.workers, progress=False))))
+                                                   workers=args.workers, progress=False,
+                                                   decode=args.decode))))
         session.close()
         report("decode only (loader):", dec, "no deadline")
         report("  CPU ms per image:", {k: CPU_MS[f"decode {k}"] for k in CONFIGS}, "no deadline")

@@ -11,6 +11,7 @@ import pytest
 
 import mnv3.data.loader as loader_mod
 from mnv3.data.datasets import Sample, demo_dataset
+from mnv3.data.files import shown
 from mnv3.data.loader import iter_batches
 from mnv3.data.preprocess import preprocess_image
 from mnv3.errors import DataError, UsageError
@@ -38,14 +39,14 @@ def test_batches_in_order_and_equal_to_single_images(demo):
 
 def test_order_is_deterministic_whatever_finishes_first(demo, monkeypatch):
     """Later images finishing first must not reorder the output."""
-    real = loader_mod.preprocess_image
+    real = loader_mod.decode_bytes
 
-    def slow_first(path, cfg):
-        if path == demo[0].path:
+    def slow_first(data, name):
+        if name == shown(demo[0].path):
             time.sleep(0.2)
-        return real(path, cfg)
+        return real(data, name)
 
-    monkeypatch.setattr(loader_mod, "preprocess_image", slow_first)
+    monkeypatch.setattr(loader_mod, "decode_bytes", slow_first)
     got = [s for b in iter_batches(demo, CFG, 3, workers=4) for s in b.samples]
     assert got == demo
 
@@ -73,27 +74,57 @@ def test_strict_raises_on_first_bad_image(demo, tmp_path):
 
 def test_prefetch_bounds_images_in_flight(demo, monkeypatch):
     started, lock = [], threading.Lock()
-    real = loader_mod.preprocess_image
+    real = loader_mod.decode_bytes
 
-    def counting(path, cfg):
+    def counting(data, name):
         with lock:
-            started.append(path)
-        return real(path, cfg)
+            started.append(name)
+        return real(data, name)
 
-    monkeypatch.setattr(loader_mod, "preprocess_image", counting)
+    monkeypatch.setattr(loader_mod, "decode_bytes", counting)
+    from mnv3.data import files
+
+    reads, real_read = [], files._read_file
+    monkeypatch.setattr(files, "_read_file", lambda path, *a: reads.append(path) or
+                        real_read(path, *a))
     it = iter(iter_batches(demo, CFG, batch_size=1, workers=2, prefetch=3))
     next(it)
     time.sleep(0.2)  # give the threads every chance to run ahead
     assert len(started) <= 1 + 3  # the one consumed plus at most `prefetch` in flight
+    assert len(reads) <= 1 + 3  # files are read ahead as far, no further
     it.close()
 
 
+def _decode_threads() -> int:
+    """Threads but the reader threads of mnv3.data.deadline (long-lived by design, reused)."""
+    return sum(not t.name.startswith("mnv3-read") for t in threading.enumerate())
+
+
 def test_early_stop_shuts_the_pool_down(demo):
-    before = threading.active_count()
+    before = _decode_threads()
     for _ in iter_batches(demo * 3, CFG, batch_size=2, workers=3):
         break
     time.sleep(0.05)
-    assert threading.active_count() <= before
+    assert _decode_threads() <= before
+
+
+def test_files_are_read_ahead_on_the_reader_threads(demo, monkeypatch):
+    """Each file's read is started when its decode is queued (read ahead, on the deadline's
+    reader threads), so a decode thread finds its bytes read; the images are the same."""
+    from mnv3.data import files
+
+    readers, real = set(), files._read_file
+
+    def read(path, *args):
+        readers.add(threading.current_thread().name)
+        return real(path, *args)
+
+    monkeypatch.setattr(files, "_read_file", read)
+    monkeypatch.delenv("MNV3_READ_TIMEOUT", raising=False)
+    images = np.concatenate([b.images for b in iter_batches(demo, CFG, 4, workers=2)])
+    assert readers and all(name.startswith("mnv3-read") for name in readers)
+    np.testing.assert_array_equal(images, np.stack([preprocess_image(s.path, CFG)
+                                                    for s in demo]))
 
 
 def test_bad_arguments(demo):

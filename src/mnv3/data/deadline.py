@@ -15,7 +15,9 @@ The reader threads are **daemon** threads of our own, long-lived and reused: not
 returns would make the process hang at its very end. A stuck thread never takes new work (a new
 one is started when no reader is idle), and the process exits normally while it is stuck.
 Cost on the fast path: one hand-off to an idle reader and back (tens of microseconds against
-milliseconds to decode an image; benchmarks/read_deadline.py measures it).
+milliseconds to decode an image; benchmarks/read_deadline.py measures it). ``start`` hands a read
+over without waiting, so a caller that knows its next files (the image loader) has them read
+ahead and finds them done instead of waiting for the reader's turn on a busy core.
 """
 
 from __future__ import annotations
@@ -57,25 +59,52 @@ def call(fn, *args, timeout: float | None = None):
     """``fn(*args)`` on a reader thread, waiting at most ``timeout`` seconds (default:
     ``read_timeout()``); raises ``ReadStalled`` when it takes longer, what ``fn`` raised when
     it fails. With no deadline (``MNV3_READ_TIMEOUT=0``) it runs here, on this thread."""
+    return start(fn, *args, timeout=timeout).result()
+
+
+def start(fn, *args, timeout: float | None = None):
+    """``call`` in two steps: ``fn(*args)`` is handed to a reader thread now, and the returned
+    job's ``result()`` (call it once) waits for it at most ``timeout`` seconds from then. With
+    no deadline, ``fn`` runs in ``result()``, on the caller's thread."""
     timeout = read_timeout() if timeout is None else timeout
     if not timeout:
-        return fn(*args)
-    return _readers().run(fn, args, timeout)
+        return _Here(fn, args)
+    return _readers().submit(_Job(fn, args, timeout))
+
+
+class _Here:
+    """A job without a deadline: run by ``result()`` itself."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def result(self):
+        return self.fn(*self.args)
 
 
 class _Job:
-    __slots__ = ("fn", "args", "result", "error", "done")
+    __slots__ = ("fn", "args", "timeout", "value", "error", "done")
 
-    def __init__(self, fn, args):
-        self.fn, self.args, self.result, self.error = fn, args, None, None
+    def __init__(self, fn, args, timeout: float):
+        self.fn, self.args, self.timeout, self.value, self.error = fn, args, timeout, None, None
         self.done = threading.Lock()  # held until the job ran: cheaper than an Event
         self.done.acquire()
 
     def run(self) -> None:
         try:
-            self.result = self.fn(*self.args)
+            self.value = self.fn(*self.args)
         except BaseException as e:  # noqa: BLE001 - handed to the caller, raised there
             self.error = e
+
+    def result(self):
+        if not self.done.acquire(timeout=self.timeout):
+            raise ReadStalled(self.timeout)
+        if self.error is not None:
+            error, self.error = self.error, None  # no cycle through the traceback
+            raise error
+        return self.value
 
 
 class _Readers:
@@ -88,8 +117,7 @@ class _Readers:
         self._idle = 0
         self.started = 0
 
-    def run(self, fn, args, timeout: float):
-        job = _Job(fn, args)
+    def submit(self, job: _Job) -> _Job:
         with self._lock:
             spawn = self._idle == 0
             if not spawn:
@@ -99,12 +127,7 @@ class _Readers:
         if spawn:
             threading.Thread(target=self._serve, name="mnv3-read", daemon=True).start()
         self._jobs.put(job)
-        if not job.done.acquire(timeout=timeout):
-            raise ReadStalled(timeout)
-        if job.error is not None:
-            error, job.error = job.error, None  # no cycle through the traceback
-            raise error
-        return job.result
+        return job
 
     def _serve(self) -> None:
         while True:

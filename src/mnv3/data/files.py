@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from mnv3.data import deadline
 from mnv3.errors import DataError, Mnv3Error
@@ -164,9 +164,25 @@ def read_bytes(path: str | os.PathLike, what: str, error: type[Mnv3Error] = Data
     Opened and read with a deadline (``mnv3.data.deadline``, ``MNV3_READ_TIMEOUT``): a file on a
     network mount that stopped answering raises ``error`` saying so instead of blocking forever.
     """
+    return start_read(path, what, error, max_bytes)()
+
+
+def start_read(path: str | os.PathLike, what: str, error: type[Mnv3Error] = DataError,
+               max_bytes: int | None = None) -> Callable[[], bytes]:
+    """``read_bytes`` in two steps: the read starts now on a reader thread, and the returned
+    function (call it once) waits for its bytes with the deadline, raising what ``read_bytes``
+    would. The image loader starts its next files' reads this way, so a decode thread finds
+    its file read instead of waiting for the reader's turn on a busy core."""
     cap = MAX_BYTES.get(what, 1 << 30) if max_bytes is None else max_bytes
-    return with_deadline(f"reading {what} {shown(path)}", error, _read_file, path, what, error,
-                         cap)
+    job = deadline.start(_read_file, path, what, error, cap)
+
+    def result() -> bytes:
+        try:
+            return job.result()
+        except deadline.ReadStalled as e:
+            raise _stalled(f"reading {what} {shown(path)}", error, e) from None
+
+    return result
 
 
 def with_deadline(doing: str, error: type[Mnv3Error], fn, *args):
@@ -175,9 +191,13 @@ def with_deadline(doing: str, error: type[Mnv3Error], fn, *args):
     try:
         return deadline.call(fn, *args)
     except deadline.ReadStalled as e:
-        raise error(f"{doing} {e}: its file system stopped answering (a network mount, NFS, "
-                    "SMB or FUSE, that stalled?); check the mount and run again, or set "
-                    f"{deadline.ENV}=SECONDS to wait longer") from None
+        raise _stalled(doing, error, e) from None
+
+
+def _stalled(doing: str, error: type[Mnv3Error], e: deadline.ReadStalled) -> Mnv3Error:
+    return error(f"{doing} {e}: its file system stopped answering (a network mount, NFS, SMB or "
+                 f"FUSE, that stalled?); check the mount and run again, or set {deadline.ENV}="
+                 "SECONDS to wait longer")
 
 
 def _read_file(path, what: str, error: type[Mnv3Error], cap: int) -> bytes:

@@ -20,14 +20,15 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from mnv3.data import heap, native_decode
 from mnv3.data.datasets import Sample
-from mnv3.data.fast_decode import check_decode, preprocess_fast
-from mnv3.data.preprocess import preprocess_image
+from mnv3.data.fast_decode import check_decode, preprocess_fast_bytes
+from mnv3.data.files import shown, start_read
+from mnv3.data.preprocess import decode_bytes, preprocess_image
 from mnv3.errors import DataError, UsageError
 from mnv3.meta import PreprocessCfg
 
@@ -92,7 +93,9 @@ class BatchLoader:
             done: list[Sample] = []
             while True:
                 for sample in todo:  # top the queue up to `prefetch` images in flight
-                    pending.append((sample, pool.submit(self._decode, sample)))
+                    # its read starts now (read ahead, with the deadline), its decode in turn
+                    read = start_read(sample.path, "image")
+                    pending.append((sample, pool.submit(self._decode, sample, read)))
                     if len(pending) >= self.prefetch:
                         break
                 if not pending:
@@ -120,12 +123,15 @@ class BatchLoader:
             # On break, error or Ctrl-C: drop queued work, let running decodes finish (ms).
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _decode(self, sample: Sample) -> np.ndarray:
+    def _decode(self, sample: Sample, read: Callable[[], bytes]) -> np.ndarray:
+        """``sample``'s tensor from its file's bytes (``read()``: the same checks and errors
+        as a path given to ``preprocess_image``)."""
+        data, name = read(), shown(sample.path)
         if self._native is not None:
-            return self._native.file(sample.path)
+            return self._native.bytes(data, name)
         if self.decode == "fast":
-            return preprocess_fast(sample.path, self.cfg)
-        return preprocess_image(sample.path, self.cfg)
+            return preprocess_fast_bytes(data, self.cfg, name)
+        return preprocess_image(decode_bytes(data, name), self.cfg)
 
 
 def iter_batches(samples: Sequence[Sample], cfg: PreprocessCfg, batch_size: int,
