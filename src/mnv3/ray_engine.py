@@ -240,21 +240,20 @@ def decode_batch(batch: dict, cfg, shape: tuple, decode: str = "exact") -> dict:
     """Map task: decode and preprocess each path; an undecodable image gets zeros and its
     reason (the message the local loader records). ``decode="native"`` where this worker has
     the native decoder, else the exact path: the same pixels either way."""
-    from mnv3.data.preprocess import preprocess_image
+    from mnv3.data.files import shown, start_read
+    from mnv3.data.loader import preprocess_bytes
 
-    native = None
     if decode == "native":
-        from mnv3.data import native_decode
+        from mnv3.data.native_decode import unavailable
 
-        if native_decode.unavailable(cfg) is None:
-            native = native_decode.decoder(cfg)
-    paths = batch["path"]
-    images = np.zeros((len(paths), *shape), dtype=np.float32)
+        decode = "exact" if unavailable(cfg) else "native"
+    files = [Path(os.fsdecode(bytes(raw))) for raw in batch["path"]]
+    reads = [start_read(path, "image") for path in files]  # read ahead, as the local loader
+    images = np.zeros((len(files), *shape), dtype=np.float32)
     errors = []
-    for k, raw in enumerate(paths):
+    for k, (path, read) in enumerate(zip(files, reads)):
         try:
-            path = Path(os.fsdecode(bytes(raw)))
-            images[k] = native.file(path) if native else preprocess_image(path, cfg)
+            preprocess_bytes(read(), shown(path), cfg, decode, out=images[k])
             errors.append("")
         except DataError as e:
             errors.append(str(e))

@@ -74,8 +74,8 @@ class BatchLoader:
             raise UsageError(f"prefetch must be at least 1, got {prefetch}")
         self.strict = strict
         self.decode = check_decode(decode)  # "fast": mnv3.data.fast_decode, other pixels
-        # "native": the C++ decoder, loaded and checked here, before any image is read.
-        self._native = native_decode.decoder(cfg) if decode == "native" else None
+        if decode == "native":  # the C++ decoder, loaded and checked before any image is read
+            native_decode.decoder(cfg)
         self.skipped: list[tuple[Sample, str]] = []
 
     def __len__(self) -> int:
@@ -124,14 +124,20 @@ class BatchLoader:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _decode(self, sample: Sample, read: Callable[[], bytes]) -> np.ndarray:
-        """``sample``'s tensor from its file's bytes (``read()``: the same checks and errors
-        as a path given to ``preprocess_image``)."""
-        data, name = read(), shown(sample.path)
-        if self._native is not None:
-            return self._native.bytes(data, name)
-        if self.decode == "fast":
-            return preprocess_fast_bytes(data, self.cfg, name)
-        return preprocess_image(decode_bytes(data, name), self.cfg)
+        # read(): the bytes, with the checks and errors of a path given to preprocess_image
+        return preprocess_bytes(read(), shown(sample.path), self.cfg, self.decode)
+
+
+def preprocess_bytes(data: bytes, name: str, cfg: PreprocessCfg, decode: str = "exact",
+                     out: np.ndarray | None = None) -> np.ndarray:
+    """An image file's bytes -> float32 [3, crop, crop] the ``decode`` way (exact, fast or
+    native, which ``native_decode.decoder(cfg)`` must have checked); ``name`` is the file in
+    errors, ``out`` as ``preprocess_image``'s (not for fast)."""
+    if decode == "native":
+        return native_decode.decoder(cfg).bytes(data, name, out)
+    if decode == "fast":
+        return preprocess_fast_bytes(data, cfg, name)
+    return preprocess_image(decode_bytes(data, name), cfg, out=out)
 
 
 def iter_batches(samples: Sequence[Sample], cfg: PreprocessCfg, batch_size: int,
